@@ -1,0 +1,129 @@
+"""Port-forward and pod log streams for `devloop dev`, kept alive across rollouts.
+
+`kubectl port-forward svc/...` binds to one pod and dies with it, so the forwarder is restarted
+after every rollout and whenever it exits; it reports ready only once an HTTP request through
+it gets an answer. Logs follow each ready pod with a coloured pod prefix.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import socket
+import threading
+from collections.abc import Callable
+
+from devloop.kube import Kube
+from devloop.output import Output
+from devloop.proc import Background
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def http_check(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
+    """GET / on 127.0.0.1:port; (status, body) or None when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        return resp.status, resp.read(4096).decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+class PortForward:
+    def __init__(self, kube: Kube, out: Output, namespace: str, service: str, port: int, local_port: int) -> None:
+        self.kube = kube
+        self.out = out
+        self.namespace = namespace
+        self.target = f"service/{service}"
+        self.port = port
+        self.local_port = local_port
+        self.url = f"http://127.0.0.1:{local_port}"
+        self._proc: Background | None = None
+        self._stopped = threading.Event()
+        self._listening = threading.Event()
+        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+        self.ready = False
+
+    def _on_line(self, line: str) -> None:
+        if line.startswith("Forwarding from"):
+            self._listening.set()
+        elif "unable to listen" in line or "address already in use" in line:
+            self.out.warn(f"port-forward: {line.strip()}", f"free port {self.local_port} or set portForward.localPort")
+        elif line.startswith("Handling connection"):
+            pass
+        elif line.strip():
+            self.out.detail(f"port-forward: {line.strip()}")
+
+    def start(self) -> bool:
+        """Start (or restart) the forward and check it; True once HTTP answers through it."""
+        with self._lock:
+            if self._proc is not None:
+                self._proc.stop()
+            self._listening.clear()
+            self.ready = False
+            self._proc = self.kube.port_forward(self.target, self.namespace, self.local_port, self.port, self._on_line)
+            proc = self._proc
+        if self._monitor is None:
+            self._monitor = threading.Thread(target=self._watch, daemon=True)
+            self._monitor.start()
+        if not self._listening.wait(15) or not proc.alive():
+            self.out.forward(self.url, False, "port-forward did not start (retrying)")
+            return False
+        answer = http_check(self.local_port)
+        self.ready = answer is not None
+        self.out.forward(self.url, self.ready, "" if self.ready else "no HTTP answer yet")
+        return self.ready
+
+    def _watch(self) -> None:
+        """Restart the forward when kubectl exits (its pod went away)."""
+        while not self._stopped.is_set():
+            with self._lock:
+                proc = self._proc
+            if proc is None or proc.wait(timeout=1.0) is None:
+                continue
+            if self._stopped.wait(1.0):
+                return
+            self.out.detail("port-forward exited; reconnecting")
+            self.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            if self._proc is not None:
+                self._proc.stop()
+                self._proc = None
+
+
+class LogStreams:
+    """One `kubectl logs -f` per ready pod; pods that are gone have their stream stopped."""
+
+    def __init__(self, kube: Kube, namespace: str, on_line: Callable[[str, str], None]) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.on_line = on_line
+        self._streams: dict[str, Background] = {}
+
+    def follow(self, pods: list[str]) -> None:
+        for name in list(self._streams):
+            if name not in pods:
+                self._streams.pop(name).stop()
+        for name in pods:
+            if name not in self._streams:
+                self._streams[name] = self.kube.stream_logs(name, self.namespace, functools.partial(self.on_line, name))
+
+    def stop(self) -> None:
+        for stream in self._streams.values():
+            stream.stop()
+        self._streams.clear()

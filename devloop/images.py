@@ -1,0 +1,227 @@
+"""The docker SDK adapter: content tags, build, save, push.
+
+The client is created lazily; a daemon that cannot be reached becomes one `DockerUnavailable`
+error with a hint, wherever it happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.utils.build import exclude_paths
+
+from devloop.errors import ConfigError, CycleFailed, DockerUnavailable
+from devloop.ignore import parse_dockerignore
+
+DOCKER_HINT = "start the Docker daemon (e.g. `sudo systemctl start docker` or open Docker Desktop) and check `docker info` works"
+TAG_PREFIX = "dl-"
+
+
+def read_dockerignore(context: Path) -> list[str]:
+    path = context / ".dockerignore"
+    if not path.is_file():
+        return []
+    return parse_dockerignore(path.read_text(encoding="utf-8", errors="replace"))
+
+
+@dataclass
+class _Entry:
+    key: tuple[int, int, int]
+    digest: str
+
+
+class ContextHasher:
+    """A content hash of exactly what `docker build` would send, cached by (inode, size, mtime)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, _Entry] = {}
+
+    def digest(self, context: Path, dockerfile: str, build_args: Mapping[str, str]) -> str:
+        h = hashlib.sha256()
+        h.update(f"dockerfile={dockerfile}\n".encode())
+        for k in sorted(build_args):
+            h.update(f"arg {k}={build_args[k]}\n".encode())
+        files = sorted(exclude_paths(str(context), read_dockerignore(context), dockerfile=dockerfile))
+        for rel in files:
+            full = context / rel
+            try:
+                st = full.lstat()
+            except FileNotFoundError:
+                continue  # removed while we walked: the next event hashes again
+            if full.is_symlink():
+                h.update(f"L {rel} {os.readlink(full)}\n".encode())
+            elif full.is_dir():
+                h.update(f"D {rel}\n".encode())
+            else:
+                h.update(f"F {rel} {st.st_mode & 0o111:o} {self._file(full, st)}\n".encode())
+        return h.hexdigest()
+
+    def _file(self, path: Path, st: os.stat_result) -> str:
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        entry = self._cache.get(str(path))
+        if entry is not None and entry.key == key:
+            return entry.digest
+        fh = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                fh.update(chunk)
+        digest = fh.hexdigest()
+        self._cache[str(path)] = _Entry(key, digest)
+        return digest
+
+
+def content_tag(digest: str) -> str:
+    return TAG_PREFIX + digest[:16]
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : ")
+
+
+@contextmanager
+def _docker_errors() -> Iterator[None]:
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
+        if isinstance(e, docker.errors.APIError | docker.errors.BuildError | docker.errors.ImageNotFound):
+            raise
+        raise DockerUnavailable(f"cannot reach the Docker daemon: {_short(e)}", DOCKER_HINT) from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+class Images:
+    def __init__(self, factory: Callable[[], docker.DockerClient] = docker.from_env) -> None:
+        self._factory = factory
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with _docker_errors():
+                client = self._factory()
+                client.ping()
+            self._client = client
+        return self._client
+
+    def ping(self) -> str:
+        with _docker_errors():
+            return str(self.client.version().get("Version", "?"))
+
+    def exists(self, ref: str) -> bool:
+        with _docker_errors():
+            try:
+                self.client.images.get(ref)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+    def image_id(self, ref: str) -> str:
+        with _docker_errors():
+            return str(self.client.images.get(ref).id)
+
+    def build(
+        self,
+        context: Path,
+        dockerfile: str,
+        tag: str,
+        build_args: Mapping[str, str],
+        on_line: Callable[[str], None] = lambda _: None,
+    ) -> str:
+        """Build and tag; returns the image ID. A failed step raises CycleFailed naming the step."""
+        if not (context / dockerfile).is_file():
+            raise ConfigError(f"{context / dockerfile}: no such Dockerfile", "set image.dockerfile (relative to image.context)")
+        step = ""
+        tail: list[str] = []
+        image_id = ""
+        with _docker_errors():
+            stream = self.client.api.build(
+                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(build_args), rm=True, forcerm=True, decode=True
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in str(chunk["stream"]).splitlines():
+                        if not line.strip():
+                            continue
+                        if _STEP.match(line):
+                            step = line
+                        tail = ([*tail, line])[-8:]
+                        on_line(line)
+                elif "error" in chunk:
+                    message = str(chunk.get("error", "")).strip()
+                    raise CycleFailed(
+                        "build",
+                        f"{step or 'docker build'} failed: {message}" if step else f"docker build failed: {message}",
+                        _build_hint(message),
+                        details=tail[-6:],
+                    )
+                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = str(chunk["aux"]["ID"])
+        return image_id or self.image_id(tag)
+
+    def save(self, ref: str, dest: Path) -> int:
+        """`docker save` of one image to a tar file; returns its size in bytes."""
+        with _docker_errors():
+            try:
+                with dest.open("wb") as f:
+                    for chunk in self.client.api.get_image(ref):
+                        f.write(chunk)
+            except OSError as e:
+                raise CycleFailed("load", f"cannot write the image archive {dest}: {e.strerror}", "free some disk space (df -h)") from e
+        return dest.stat().st_size
+
+    def push(self, ref: str) -> None:
+        with _docker_errors():
+            for chunk in self.client.api.push(ref, stream=True, decode=True):
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise CycleFailed("load", f"push of {ref} failed: {chunk['error']}", "check the registry is running: devloop doctor")
+
+    def tag(self, ref: str, new_ref: str) -> None:
+        repo, _, tag = new_ref.rpartition(":")
+        with _docker_errors():
+            self.client.api.tag(ref, repo, tag)
+
+    def raw(self) -> Any:
+        return self.client
+
+
+def _build_hint(message: str) -> str:
+    m = message.lower()
+    if "pull access denied" in m or "manifest unknown" in m or "no such host" in m or "dial tcp" in m or "not found: manifest" in m:
+        return "the base image could not be pulled: build it locally or point image.buildArgs (e.g. NODE_IMAGE) at an image you have"
+    if "no space left" in m:
+        return "the disk is full: `docker system prune` frees space"
+    return "fix the Dockerfile or the files it copies; devloop rebuilds on the next save"
+
+
+def containerd_name(ref: str) -> str:
+    """The name containerd (and so a kind node) stores a docker image reference under."""
+    first, _, rest = ref.partition("/")
+    if not rest:
+        return f"docker.io/library/{ref}"
+    if "." in first or ":" in first or first == "localhost":
+        return ref
+    return f"docker.io/{ref}"
+
+
+def node_has_image(images: Images, node: str, ref: str) -> bool:
+    """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
+    with _docker_errors():
+        try:
+            container = images.client.containers.get(node)
+        except docker.errors.NotFound:
+            return False
+        result = container.exec_run(["ctr", "-n", "k8s.io", "images", "ls", "-q", f"name=={containerd_name(ref)}"])
+    return result.exit_code == 0 and containerd_name(ref) in result.output.decode(errors="replace").split()

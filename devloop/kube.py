@@ -1,0 +1,168 @@
+"""The kubectl adapter. Every call names the context explicitly: devloop never acts on whatever
+cluster the user's current context happens to point at."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from devloop.errors import ClusterUnavailable, CommandFailed, CycleFailed
+from devloop.proc import DEFAULT, Background, Runner
+
+FAILING_WAIT_REASONS = {
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+def selector_arg(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Kube:
+    def __init__(self, context: str, runner: Runner = DEFAULT) -> None:
+        self.context = context
+        self.runner = runner
+
+    def _argv(self, *args: str) -> list[str]:
+        return ["kubectl", "--context", self.context, *args]
+
+    def client_version(self) -> str:
+        out = self.runner.run(["kubectl", "version", "--client", "-o", "json"], timeout=30).stdout
+        try:
+            return str(json.loads(out)["clientVersion"]["gitVersion"])
+        except (ValueError, KeyError, TypeError):
+            return out.strip() or "?"
+
+    def reachable(self) -> bool:
+        return self.runner.run(self._argv("get", "--raw", "/readyz", "--request-timeout", "10s"), timeout=30, check=False).ok
+
+    def require_reachable(self, cluster: str) -> None:
+        if not self.reachable():
+            raise ClusterUnavailable(
+                f"the API server of kind cluster {cluster!r} (context {self.context}) does not answer",
+                "`devloop up` creates or repairs it; `kind get clusters` lists what exists",
+            )
+
+    def apply(self, yaml_text: str, namespace: str) -> list[str]:
+        try:
+            out = self.runner.run(self._argv("apply", "-n", namespace, "-f", "-"), input=yaml_text, timeout=120).stdout
+        except CommandFailed as e:
+            raise CycleFailed(
+                "deploy", f"kubectl apply failed: {_first_error(e.stderr)}", "fix the manifest; devloop applies again on the next save"
+            ) from e
+        return [line for line in out.splitlines() if line.strip()]
+
+    def delete(self, yaml_text: str, namespace: str) -> list[str]:
+        out = self.runner.run(
+            self._argv("delete", "-n", namespace, "--ignore-not-found", "--wait=true", "-f", "-"), input=yaml_text, timeout=180
+        ).stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+    def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        r = self.runner.run(self._argv("get", resource, name, "-n", namespace, "-o", "json"), timeout=30, check=False)
+        if not r.ok:
+            if "NotFound" in r.stderr or "not found" in r.stderr:
+                return None
+            raise CommandFailed(list(r.argv), r.returncode, r.stderr)
+        return _json(r.stdout)
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        out = self.runner.run(self._argv("get", "pods", "-n", namespace, "-l", selector_arg(labels), "-o", "json"), timeout=30).stdout
+        return list(_json(out).get("items", []))
+
+    def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
+        argv = self._argv("logs", pod, "-n", namespace, f"--tail={tail}", "--all-containers")
+        if previous:
+            argv.append("--previous")
+        r = self.runner.run(argv, timeout=30, check=False)
+        return r.stdout.splitlines() if r.ok else []
+
+    def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> Background:
+        return self.runner.spawn(
+            self._argv("port-forward", "-n", namespace, "--address", "127.0.0.1", target, f"{local}:{remote}"), on_line=on_line
+        )
+
+    def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> Background:
+        argv = self._argv("logs", "-f", pod, "-n", namespace, "--all-containers")
+        argv.append(f"--since={since}" if since else "--tail=20")
+        return self.runner.spawn(argv, on_line=on_line)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise CycleFailed("deploy", f"kubectl printed something that is not JSON: {text[:80]!r}", "run with --debug") from e
+    return data if isinstance(data, dict) else {}
+
+
+def _first_error(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if line.strip():
+            return line.strip()
+    return "no output"
+
+
+# -- rollout state: pure --------------------------------------------------------------------------
+
+
+def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
+    """(done, message), following `kubectl rollout status` for Deployments."""
+    meta = deploy.get("metadata", {})
+    spec = deploy.get("spec", {})
+    status = deploy.get("status", {})
+    want = int(spec.get("replicas", 1))
+    if int(meta.get("generation", 0)) > int(status.get("observedGeneration", 0)):
+        return False, "waiting for the deployment spec update to be observed"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, "progress deadline exceeded"
+    updated = int(status.get("updatedReplicas", 0))
+    total = int(status.get("replicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    if updated < want:
+        return False, f"{updated} of {want} new replicas updated"
+    if total > updated:
+        return False, f"{total - updated} old replicas pending termination"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas available"
+    return True, f"{available}/{want} replicas ready"
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why this pod will not become ready by itself, or None while it still may."""
+    for cs in (pod.get("status", {}).get("initContainerStatuses") or []) + (pod.get("status", {}).get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FAILING_WAIT_REASONS:
+            msg = str(waiting.get("message", "")).strip().splitlines()
+            return f"{reason}" + (f": {msg[0][:200]}" if msg else "")
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if int(cs.get("restartCount", 0)) >= 1 and last and int(last.get("exitCode", 0)) != 0:
+            return f"container {cs.get('name')} exited with code {last.get('exitCode')} ({last.get('reason', 'Error')}) and is restarting"
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return f"Unschedulable: {cond.get('message', '')}"
+    return None
+
+
+def pod_images(pod: Mapping[str, Any]) -> list[str]:
+    return [str(c.get("image")) for c in pod.get("spec", {}).get("containers") or []]
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions") or [])
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", "?"))

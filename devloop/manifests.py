@@ -1,0 +1,165 @@
+"""Read the production manifests and rewrite only what devloop must: the image reference.
+
+The files on disk are never changed. At apply time every container whose image is the one
+devloop builds gets the fresh content tag and `imagePullPolicy: IfNotPresent`, so the kubelet
+never tries to pull an image that only exists on the node (or in the local registry).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devloop.errors import ConfigError
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str  # file it came from, for error messages
+    doc: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc.get("kind", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.doc.get("metadata", {}).get("name", ""))
+
+
+def manifest_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix in MANIFEST_SUFFIXES)
+        else:
+            files.append(p)
+    return files
+
+
+def load(paths: Sequence[Path]) -> list[Manifest]:
+    out: list[Manifest] = []
+    for f in manifest_files(paths):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{f}: cannot be read: {e}", "check the manifest file") from None
+        out += parse(text, str(f))
+    if not out:
+        raise ConfigError(f"no Kubernetes manifests found in {', '.join(map(str, paths))}", "set deploy.manifests in devloop.yaml")
+    return out
+
+
+def parse(text: str, source: str) -> list[Manifest]:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}", "fix the manifest's YAML") from None
+    out = []
+    for n, doc in enumerate(docs):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not isinstance(doc.get("apiVersion"), str):
+            raise ConfigError(f"{source}: document {n + 1} is not a Kubernetes object (needs apiVersion and kind)", "fix the manifest")
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise ConfigError(f"{source}: document {n + 1} ({doc['kind']}) has no metadata.name", "fix the manifest")
+        out.append(Manifest(source, doc))
+    return out
+
+
+def image_repository(ref: str) -> str:
+    """`docker.io/library/web:1` → `web`; `localhost:5001/web@sha256:..` → `localhost:5001/web`."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "library/"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    kind = doc.get("kind")
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if kind == "Pod":
+        yield spec
+    elif kind == "CronJob":
+        pod = spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+        if isinstance(pod, dict):
+            yield pod
+    else:
+        pod = spec.get("template", {}).get("spec") if isinstance(spec.get("template"), dict) else None
+        if isinstance(pod, dict):
+            yield pod
+
+
+def _containers(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for pod in _pod_specs(doc):
+        for key in ("initContainers", "containers"):
+            for c in pod.get(key) or []:
+                if isinstance(c, dict):
+                    yield c
+
+
+def rewrite(manifests: Sequence[Manifest], image_name: str, new_ref: str) -> list[Manifest]:
+    """Copies of the manifests with devloop's image swapped in. Raises when nothing uses it."""
+    out: list[Manifest] = []
+    hits = 0
+    want = image_repository(image_name)
+    for m in manifests:
+        doc = copy.deepcopy(m.doc)
+        for c in _containers(doc):
+            if isinstance(c.get("image"), str) and image_repository(c["image"]) == want:
+                c["image"] = new_ref
+                c["imagePullPolicy"] = "IfNotPresent"
+                hits += 1
+        out.append(Manifest(m.source, doc))
+    if hits == 0:
+        raise ConfigError(
+            f"no container in the manifests uses the image {image_name!r}",
+            "set image.name in devloop.yaml to the image name your Deployment references",
+        )
+    return out
+
+
+def images_of(manifests: Sequence[Manifest], image_name: str) -> list[str]:
+    want = image_repository(image_name)
+    return [
+        c["image"]
+        for m in manifests
+        for c in _containers(m.doc)
+        if isinstance(c.get("image"), str) and image_repository(c["image"]) == want
+    ]
+
+
+def to_yaml(manifests: Sequence[Manifest]) -> str:
+    return yaml.safe_dump_all([m.doc for m in manifests], sort_keys=False)
+
+
+def find(manifests: Sequence[Manifest], kind: str, name: str) -> Manifest | None:
+    for m in manifests:
+        if m.kind == kind and m.name == name:
+            return m
+    return None
+
+
+def selector_of(deployment: Manifest) -> dict[str, str]:
+    labels = deployment.doc.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def namespace_of(m: Manifest, default: str) -> str:
+    return str(m.doc.get("metadata", {}).get("namespace") or default)

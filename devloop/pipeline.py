@@ -1,0 +1,274 @@
+"""One pipeline: plan → build → load → deploy → wait ready → report.
+
+`Pipeline` holds the adapters and what is deployed; `up()` runs one full cycle; `dev()` runs
+`up()` and then one worker that takes debounced batches of changes and runs cycles one at a
+time. A failed cycle is reported and the loop goes on; only set-up failures end it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devloop import manifests as mf
+from devloop.config import Config
+from devloop.debounce import Debouncer
+from devloop.errors import ConfigError, CycleFailed, DockerUnavailable
+from devloop.ignore import IgnoreRules
+from devloop.images import ContextHasher, Images, content_tag, node_has_image, read_dockerignore
+from devloop.kind import Kind
+from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_ready, rollout_progress
+from devloop.output import Output
+from devloop.plan import Change, Layout
+
+POLL_INTERVAL = 0.5
+
+
+@dataclass
+class CycleResult:
+    ok: bool
+    image: str | None
+    phases: dict[str, float] = field(default_factory=dict)
+    error: CycleFailed | None = None
+    ready_pods: list[str] = field(default_factory=list)
+    built: bool = False
+    loaded: bool = False
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        out: Output,
+        *,
+        images: Images | None = None,
+        kind: Kind | None = None,
+        kube: Kube | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.images = images or Images()
+        self.kind = kind or Kind()
+        self.kube = kube or Kube(config.cluster.context)
+        self.clock = clock
+        self.hasher = ContextHasher()
+        self.deployed: str | None = None  # the image ref of the last successful rollout
+        self.applied: str | None = None  # the image ref last applied (may have failed)
+        self.cycles = 0
+        self._stop = threading.Event()
+
+    # -- pieces -----------------------------------------------------------------------------------
+    @property
+    def image_name(self) -> str:
+        return self.config.image.name
+
+    def layout(self) -> Layout:
+        c = self.config
+        rules = IgnoreRules(tuple(read_dockerignore(c.image.context)), c.image.dockerfile, c.watch.ignore)
+        configs = tuple(str(p) for p in (c.file.resolve() if c.file else None, c.cluster.kind_config) if p is not None)
+        return Layout(str(c.image.context), rules, tuple(str(m) for m in c.deploy.manifests), configs)
+
+    def load_manifests(self) -> tuple[list[mf.Manifest], mf.Manifest]:
+        docs = mf.load(self.config.deploy.manifests)
+        deployment = mf.find(docs, "Deployment", self.config.deploy.deployment)
+        if deployment is None:
+            raise ConfigError(
+                f"no Deployment named {self.config.deploy.deployment!r} in {', '.join(map(str, self.config.deploy.manifests))}",
+                "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
+            )
+        mf.rewrite(docs, self.image_name, "check:check")  # fails early when no container uses the image
+        return docs, deployment
+
+    def ensure_cluster(self) -> bool:
+        """Create the kind cluster when it is missing. True when it was created."""
+        name = self.config.cluster.name
+        if self.kind.exists(name):
+            self.kube.require_reachable(name)
+            return False
+        self.out.info(f"creating kind cluster {name!r} from {self.config.cluster.kind_config.name} (this takes a minute)")
+        with self.out.activity(f"creating kind cluster {name}"):
+            self.kind.create(name, self.config.cluster.kind_config, self.config.cluster.node_image)
+        return True
+
+    def image_ref(self) -> str:
+        img = self.config.image
+        return f"{img.name}:{content_tag(self.hasher.digest(img.context, img.dockerfile, img.build_args))}"
+
+    def build(self, ref: str) -> bool:
+        """Build unless an image with this content tag exists. True when it built."""
+        if self.images.exists(ref):
+            return False
+        img = self.config.image
+        with self.out.activity(f"building {ref}"):
+            self.images.build(img.context, img.dockerfile, ref, img.build_args, on_line=lambda line: self.out.detail(line))
+        return True
+
+    def load(self, ref: str) -> bool:
+        """Put the image on every node that lacks it. True when something was loaded."""
+        name = self.config.cluster.name
+        nodes = self.kind.nodes(name)
+        missing = [n for n in nodes if not node_has_image(self.images, n, ref)]
+        if not missing:
+            return False
+        with tempfile.TemporaryDirectory(prefix="devloop-") as tmp, self.out.activity(f"loading {ref} into {', '.join(missing)}"):
+            archive = Path(tmp) / "image.tar"
+            self.images.save(ref, archive)
+            self.kind.load_archive(name, archive, missing)
+        return True
+
+    def deploy(self, docs: list[mf.Manifest], ref: str) -> list[str]:
+        rendered = mf.rewrite(docs, self.image_name, ref)
+        self.applied = ref
+        return self.kube.apply(mf.to_yaml(rendered), self.config.deploy.namespace)
+
+    def wait_ready(self, deployment: mf.Manifest, ref: str) -> list[str]:
+        """Wait until the rollout of `ref` is complete; returns the ready pods' names."""
+        ns = mf.namespace_of(deployment, self.config.deploy.namespace)
+        name = deployment.name
+        selector = mf.selector_of(deployment)
+        timeout = self.config.deploy.rollout_timeout
+        deadline = self.clock() + timeout
+        message = "waiting"
+        with self.out.activity(f"rolling out {name}"):
+            while True:
+                dep = self.kube.get("deployment", name, ns)
+                if dep is None:
+                    raise CycleFailed(
+                        "rollout", f"deployment {name} disappeared during the rollout", "was it deleted? `devloop up` applies it again"
+                    )
+                done, message = rollout_progress(dep)
+                pods = self.kube.pods(ns, selector)
+                if done:
+                    return [pod_name(p) for p in pods if pod_ready(p) and ref in pod_images(p)]
+                for p in pods:
+                    if ref not in pod_images(p):
+                        continue
+                    reason = pod_failure(p)
+                    if reason:
+                        raise self._pod_failed(pod_name(p), ns, reason)
+                if self.clock() >= deadline:
+                    waiting = [f"{pod_name(p)}: not ready" for p in pods if ref in pod_images(p) and not pod_ready(p)]
+                    raise CycleFailed(
+                        "rollout",
+                        f"{name} not ready after {timeout:.0f}s ({message})",
+                        "check `kubectl describe pod`; raise deploy.rolloutTimeout if the app starts slowly",
+                        details=waiting[:5],
+                    )
+                if self._stop.wait(POLL_INTERVAL):
+                    raise CycleFailed("rollout", "stopped while waiting for the rollout")
+
+    def _pod_failed(self, pod: str, ns: str, reason: str) -> CycleFailed:
+        logs = self.kube.logs(pod, ns, tail=8, previous=True) or self.kube.logs(pod, ns, tail=8)
+        serving = f"; {self.deployed} keeps serving" if self.deployed and self.deployed != self.applied else ""
+        return CycleFailed(
+            "rollout",
+            f"pod {pod}: {reason}{serving}",
+            "fix the code and save: devloop rolls out again"
+            if "CrashLoop" in reason or "exited" in reason
+            else "check the image and the manifest",
+            details=[f"{pod}: {line}" for line in logs[-8:]],
+        )
+
+    # -- one cycle ------------------------------------------------------------------------------
+    @contextmanager
+    def _phase(self, phases: dict[str, float], name: str) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        finally:
+            phases[name] = self.clock() - start
+
+    def cycle(self, reason: str, files: tuple[str, ...] = (), *, force_apply: bool = False) -> CycleResult:
+        """plan → build → load → deploy → wait. A CycleFailed is reported and returned, not raised."""
+        phases: dict[str, float] = {}
+        result = CycleResult(ok=False, image=None, phases=phases)
+        start = self.clock()
+        try:
+            with self._phase(phases, "plan"):
+                docs, deployment = self.load_manifests()
+                ref = self.image_ref()
+        except (ConfigError, DockerUnavailable) as e:
+            self.cycles += 1
+            self.out.cycle_start(self.cycles, reason, files)
+            return self._report(result, reason, files, start, CycleFailed("plan", e.message, e.hint))
+        result.image = ref
+        if ref == self.deployed and not force_apply:
+            self.out.skipped("image content unchanged", files)
+            result.ok = True
+            return result
+        self.cycles += 1
+        self.out.cycle_start(self.cycles, reason, files)
+        try:
+            with self._phase(phases, "build"):
+                result.built = self.build(ref)
+            self.out.phase_done("build", phases["build"], "built" if result.built else "up to date")
+            with self._phase(phases, "load"):
+                result.loaded = self.load(ref)
+            self.out.phase_done("load", phases["load"], "loaded" if result.loaded else "already on every node")
+            with self._phase(phases, "deploy"):
+                applied = self.deploy(docs, ref)
+            self.out.phase_done("deploy", phases["deploy"], "; ".join(applied))
+            with self._phase(phases, "rollout"):
+                result.ready_pods = self.wait_ready(deployment, ref)
+            self.out.phase_done("rollout", phases["rollout"], f"{len(result.ready_pods)} pods ready")
+            self.deployed = ref
+            result.ok = True
+        except CycleFailed as e:
+            result.error = e
+        except (ConfigError, DockerUnavailable) as e:
+            # In a running loop these are recoverable: the next save (or a restarted daemon) may fix them.
+            result.error = CycleFailed("build", e.message, e.hint)
+        return self._report(result, reason, files, start, result.error)
+
+    def _report(self, result: CycleResult, reason: str, files: tuple[str, ...], start: float, error: CycleFailed | None) -> CycleResult:
+        result.error = error
+        self.out.cycle_done(
+            self.cycles, phases=result.phases, total=self.clock() - start, image=result.image, error=error, files=files, reason=reason
+        )
+        return result
+
+    # -- commands ---------------------------------------------------------------------------------
+    def up(self) -> CycleResult:
+        self.load_manifests()  # bad manifests are a usage error before anything is created
+        self.images.ping()
+        self.ensure_cluster()
+        return self.cycle("up", force_apply=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class ChangeQueue:
+    """Thread-safe debounced queue between the watcher thread and the worker."""
+
+    def __init__(self, quiet: float, cap: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._deb: Debouncer[Change] = Debouncer(quiet=quiet, cap=cap)
+        self._cond = threading.Condition()
+        self._clock = clock
+        self._closed = False
+
+    def put(self, change: Change) -> None:
+        with self._cond:
+            self._deb.add(change, self._clock())
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def get_batch(self) -> list[Change] | None:
+        """Block until a debounced batch is due; None once closed."""
+        with self._cond:
+            while not self._closed:
+                due = self._deb.due_in(self._clock())
+                if due == 0:
+                    return self._deb.take()
+                self._cond.wait(due)
+            return None
