@@ -19,6 +19,7 @@ from devloop import manifests as mf
 from devloop.doctor import doctor as run_doctor
 from devloop.doctor import status as get_status
 from devloop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DevloopError
+from devloop.forward import PortForward, free_port
 from devloop.images import Images
 from devloop.kind import Kind
 from devloop.kube import Kube
@@ -104,11 +105,22 @@ def up(ctx: typer.Context) -> None:
         if not result.ok:
             return EXIT_FAILED
         pf = p.config.port_forward
+        answer = None
+        if pf.enabled:
+            # an honest "ready": one request through the Service, on a throwaway local port
+            probe = PortForward(p.kube, out, p.config.deploy.namespace, pf.service, pf.port, free_port())
+            answer = probe.probe()
+            if answer is None:
+                out.warn(f"service {pf.service} did not answer through a port-forward", "check the Service's selector and ports")
+        served = f"service {pf.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}\n" if answer else ""
         out.result(
             "up",
             f"[green]ready:[/green] {p.config.deploy.deployment} runs {result.image} ({len(result.ready_pods)} pods ready)\n"
+            f"{served}"
             f"reach it: `devloop dev` forwards http://127.0.0.1:{pf.local_port}, or "
             f"`kubectl --context {p.config.cluster.context} port-forward service/{pf.service} {pf.local_port}:{pf.port}`",
+            http_status=answer[0] if answer else None,
+            response=answer[1] if answer else None,
             image=result.image,
             ready_pods=result.ready_pods,
             built=result.built,

@@ -89,7 +89,10 @@ class Config:
 
     @property
     def file(self) -> Path | None:
-        return None if self.source == "defaults" else Path(self.source)
+        if self.source == "defaults":
+            return None
+        p = Path(self.source)
+        return p if p.is_absolute() else self.root / p.name
 
 
 class _Section:
@@ -202,7 +205,16 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read: {e}", "check the file's permissions and encoding (UTF-8)") from e
-    return parse_text(text, root=path.resolve().parent, source=str(path), check_paths=check_paths)
+    return parse_text(text, root=path.resolve().parent, source=_display(path, cwd), check_paths=check_paths)
+
+
+def _display(path: Path, cwd: Path) -> str:
+    """The path as the user would type it: relative to where they are, when it is below it."""
+    full = path if path.is_absolute() else cwd / path
+    try:
+        return str(full.resolve().relative_to(cwd))
+    except ValueError:
+        return str(path)
 
 
 def parse_text(text: str, *, root: Path, source: str, check_paths: bool = True) -> Config:

@@ -27,6 +27,12 @@ def port_free(port: int) -> bool:
     return True
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def http_check(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
     """GET / on 127.0.0.1:port; (status, body) or None when nothing answers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -83,8 +89,17 @@ class PortForward:
             return False
         answer = http_check(self.local_port)
         self.ready = answer is not None
-        self.out.forward(self.url, self.ready, "" if self.ready else "no HTTP answer yet")
+        self.out.forward(self.url, self.ready, f"HTTP {answer[0]}" if answer else "no HTTP answer yet")
         return self.ready
+
+    def probe(self) -> tuple[int, str] | None:
+        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it."""
+        try:
+            if not self.start():
+                return None
+            return http_check(self.local_port)
+        finally:
+            self.stop()
 
     def _watch(self) -> None:
         """Restart the forward when kubectl exits (its pod went away)."""

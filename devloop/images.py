@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -193,8 +192,16 @@ class Images:
         with _docker_errors():
             self.client.api.tag(ref, repo, tag)
 
-    def raw(self) -> Any:
-        return self.client
+    def node_has(self, node: str, ref: str) -> bool:
+        """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
+        name = containerd_name(ref)
+        with _docker_errors():
+            try:
+                container = self.client.containers.get(node)
+            except docker.errors.NotFound:
+                return False
+            result = container.exec_run(["ctr", "-n", "k8s.io", "images", "ls", "-q", f"name=={name}"])
+        return result.exit_code == 0 and name in result.output.decode(errors="replace").split()
 
 
 def _build_hint(message: str) -> str:
@@ -214,14 +221,3 @@ def containerd_name(ref: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return ref
     return f"docker.io/{ref}"
-
-
-def node_has_image(images: Images, node: str, ref: str) -> bool:
-    """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
-    with _docker_errors():
-        try:
-            container = images.client.containers.get(node)
-        except docker.errors.NotFound:
-            return False
-        result = container.exec_run(["ctr", "-n", "k8s.io", "images", "ls", "-q", f"name=={containerd_name(ref)}"])
-    return result.exit_code == 0 and containerd_name(ref) in result.output.decode(errors="replace").split()

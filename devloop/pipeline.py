@@ -20,7 +20,7 @@ from devloop.config import Config
 from devloop.debounce import Debouncer
 from devloop.errors import ConfigError, CycleFailed, DockerUnavailable
 from devloop.ignore import IgnoreRules
-from devloop.images import ContextHasher, Images, content_tag, node_has_image, read_dockerignore
+from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
 from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_ready, rollout_progress
 from devloop.output import Output
@@ -113,7 +113,7 @@ class Pipeline:
         """Put the image on every node that lacks it. True when something was loaded."""
         name = self.config.cluster.name
         nodes = self.kind.nodes(name)
-        missing = [n for n in nodes if not node_has_image(self.images, n, ref)]
+        missing = [n for n in nodes if not self.images.node_has(n, ref)]
         if not missing:
             return False
         with tempfile.TemporaryDirectory(prefix="devloop-") as tmp, self.out.activity(f"loading {ref} into {', '.join(missing)}"):

@@ -1,0 +1,207 @@
+"""End-to-end harness: a real kind cluster, real kubectl, the real `devloop` CLI.
+
+What it needs, and where it comes from:
+- kind: on PATH, else the pinned one tests/e2e/kind/install-kind.sh puts in ~/.cache/devloop-e2e/bin.
+- the kind node image: DEVLOOP_E2E_KIND_IMAGE (e.g. kindest/node:v1.34.0 on a laptop), else the
+  offline image tests/e2e/kind/build-node-image.sh builds from Debian packages and Go modules.
+- the Node.js base for the sample: DEVLOOP_TEST_NODE_BASE (e.g. node:24-alpine on a laptop),
+  else devloop-test/node-base:bookworm from tests/images/build-node-base.sh.
+- hosts that refuse `docker run --privileged` (this CI) get tests/e2e/kind/bin/docker first on
+  PATH, for the devloop process only: it rewrites kind's --privileged. Detected, or forced with
+  DEVLOOP_E2E_DOCKER_WRAPPER=1/0. The product never knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KIND_DIR = REPO / "tests" / "e2e" / "kind"
+CACHE = Path(os.environ.get("DEVLOOP_CACHE", Path.home() / ".cache" / "devloop-e2e"))
+CLUSTER = "devloop-e2e"
+CONTEXT = f"kind-{CLUSTER}"
+
+
+def _needs_wrapper(node_base: str) -> bool:
+    forced = os.environ.get("DEVLOOP_E2E_DOCKER_WRAPPER")
+    if forced in ("0", "1"):
+        return forced == "1"
+    client = docker.from_env()
+    try:
+        client.containers.run(node_base, ["true"], privileged=True, remove=True)
+        return False
+    except docker.errors.APIError as e:
+        if "operation not permitted" in str(e) or "caps" in str(e):
+            return True
+        raise
+
+
+@dataclass
+class Harness:
+    env: dict[str, str]
+    kind_image: str
+    node_base: str
+    kubectl: str
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [self.kubectl, "--context", CONTEXT, *args, "-o", "json"], env=self.env, capture_output=True, text=True, check=True
+        )
+        return dict(json.loads(out.stdout))
+
+    def kubectl_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.kubectl, "--context", CONTEXT, *args], env=self.env, capture_output=True, text=True, check=check, timeout=120
+        )
+
+    def kind_clusters(self) -> list[str]:
+        out = subprocess.run(["kind", "get", "clusters"], env=self.env, capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def harness() -> Harness:
+    env = dict(os.environ)
+    node_base = os.environ.get("DEVLOOP_TEST_NODE_BASE", "devloop-test/node-base:bookworm")
+    if node_base == "devloop-test/node-base:bookworm":
+        subprocess.run(["bash", str(REPO / "tests" / "images" / "build-node-base.sh")], check=True)
+    kind_image = os.environ.get("DEVLOOP_E2E_KIND_IMAGE", "")
+    path = [str(CACHE / "bin")]
+    if shutil.which("kind") is None or not kind_image:
+        subprocess.run(["bash", str(KIND_DIR / "install-kind.sh")], check=True, stdout=subprocess.DEVNULL)
+    if not kind_image:
+        subprocess.run(["bash", str(KIND_DIR / "build-node-image.sh")], check=True)
+        kind_image = (KIND_DIR / "NODE_IMAGE").read_text().strip()
+    if _needs_wrapper(node_base):
+        path.insert(0, str(KIND_DIR / "bin"))
+    env["PATH"] = os.pathsep.join([*path, env["PATH"]])
+    kubectl = shutil.which("kubectl", path=env["PATH"])
+    assert kubectl, "kubectl is needed for the e2e tests"
+    return Harness(env=env, kind_image=kind_image, node_base=node_base, kubectl=kubectl)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def project(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sample app and the repo's kind-config.yaml, as a user's project."""
+    root = tmp_path_factory.mktemp("e2e") / "proj"
+    shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
+    (root / "devloop.yaml").write_text(
+        "apiVersion: devloop/v1\n"
+        f"cluster:\n  name: {CLUSTER}\n  nodeImage: {harness.kind_image}\n"
+        f"image:\n  buildArgs:\n    NODE_IMAGE: {harness.node_base}\n"
+        f"portForward:\n  localPort: {free_port()}\n"
+        "deploy:\n  rolloutTimeout: 240\n"
+    )
+    return root
+
+
+def devloop_argv(*args: str) -> list[str]:
+    return [str(Path(shutil.which("devloop") or "devloop")), "--json", *args]
+
+
+@dataclass
+class Devloop:
+    """A running `devloop --json ...` process and the events it printed."""
+
+    proc: subprocess.Popen[str]
+    events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+
+    def start_reader(self) -> None:
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.raw.append(line)
+                with contextlib.suppress(ValueError):
+                    self.events.put(json.loads(line))
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and self.events.empty()):
+                tail = "".join(self.raw[-25:])
+                raise AssertionError(f"timed out waiting for {what}; devloop exit={self.proc.poll()}; last output:\n{tail}")
+            try:
+                event = self.events.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            self.seen.append(event)
+            if predicate(event):
+                return event
+
+    def interrupt(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def run_devloop(harness: Harness, project: Path) -> Iterator[Callable[..., Devloop]]:
+    started: list[Devloop] = []
+
+    def start(*args: str) -> Devloop:
+        proc = subprocess.Popen(
+            devloop_argv(*args), cwd=project, env=harness.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        d = Devloop(proc)
+        d.start_reader()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def run_cli(harness: Harness, project: Path, *args: str, timeout: float = 900) -> tuple[int, list[dict[str, Any]], str]:
+    p = subprocess.run(devloop_argv(*args), cwd=project, env=harness.env, capture_output=True, text=True, timeout=timeout)
+    events = []
+    for line in p.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return p.returncode, events, p.stdout + p.stderr
+
+
+def children_of_cluster() -> list[str]:
+    """Processes still running that devloop would have started for the e2e cluster."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (Path("/proc") / pid / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if CONTEXT in cmd and state != "Z" and ("kubectl" in cmd or "kind " in cmd):
+            found.append(f"{pid}: {cmd.strip()}")
+    return found

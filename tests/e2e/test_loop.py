@@ -1,0 +1,172 @@
+"""The whole loop on a real kind cluster, driven through the real `devloop` CLI.
+
+The tests run in file order and share one cluster: `up` creates it, `down --cluster` removes it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import CLUSTER, REPO, Devloop, Harness, children_of_cluster, run_cli
+
+pytestmark = pytest.mark.e2e
+
+V1 = "Hello from devloop sample-app v1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_cluster(harness: Harness) -> Iterator[None]:
+    if CLUSTER in harness.kind_clusters():
+        subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=harness.env, check=True)
+    yield
+    if CLUSTER in harness.kind_clusters():
+        subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=harness.env, check=False)
+
+
+def get(port: int, path: str = "/") -> tuple[int, str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode().strip(), r.getheader("X-Pod-Name") or ""
+    finally:
+        conn.close()
+
+
+def local_port(project: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((project / "devloop.yaml").read_text())["portForward"]["localPort"])
+
+
+def served_by_every_pod(harness: Harness) -> dict[str, str]:
+    """What each ready web-app pod answers on :3000, asked from inside the pod."""
+    pods = harness.kubectl_json("get", "pods", "-l", "app=web-app")["items"]
+    answers = {}
+    for p in pods:
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        name = p["metadata"]["name"]
+        js = "require('http').get('http://127.0.0.1:3000/',r=>{let b='';r.on('data',c=>b+=c);r.on('end',()=>console.log(b.trim()))})"
+        answers[name] = harness.kubectl_run("exec", name, "--", "node", "-e", js).stdout.strip()
+    return answers
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def cycle_done(ok: bool) -> Any:
+    return lambda e: e["event"] == "cycle_done" and e["ok"] is ok
+
+
+def test_up_from_nothing(harness: Harness, project: Path) -> None:
+    assert CLUSTER not in harness.kind_clusters()
+    code, events, output = run_cli(harness, project, "up")
+    assert code == 0, output
+    assert CLUSTER in harness.kind_clusters()
+    done = [e for e in events if e["event"] == "cycle_done"][-1]
+    assert done["ok"] and set(done["phases"]) >= {"build", "load", "deploy", "rollout"}
+    up = next(e for e in events if e["event"] == "up")
+    assert up["built"] and up["loaded"] and len(up["ready_pods"]) == 3
+    assert up["http_status"] == 200 and up["response"].strip() == V1  # through devloop's port-forward
+    dep = harness.kubectl_json("get", "deployment", "web-app")
+    assert dep["status"]["readyReplicas"] == 3
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == up["image"] and ":dl-" in container["image"]
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    # the manifests on disk are the seed's, untouched
+    for f in ("deployment.yaml", "service.yaml", "monitoring.yaml"):
+        assert (project / "sample-app" / "k8s" / f).read_text() == (REPO / "sample-app" / "k8s" / f).read_text()
+    assert harness.kubectl_json("get", "service", "web-app-service")["spec"]["type"] == "LoadBalancer"
+    assert harness.kubectl_json("get", "configmap", "prometheus-config")["data"]["prometheus.yml"]
+
+
+def test_second_up_rebuilds_and_loads_nothing(harness: Harness, project: Path) -> None:
+    code, events, output = run_cli(harness, project, "up")
+    assert code == 0, output
+    up = next(e for e in events if e["event"] == "up")
+    assert up["built"] is False and up["loaded"] is False
+    assert len(up["ready_pods"]) == 3
+
+
+def test_status_reports_ready_replicas(harness: Harness, project: Path) -> None:
+    code, events, output = run_cli(harness, project, "status")
+    assert code == 0, output
+    status = next(e for e in events if e["event"] == "status")
+    assert status["ready"] == 3 and status["replicas"] == 3 and status["healthy"]
+
+
+def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: Harness, project: Path, run_devloop: Any) -> None:
+    port = local_port(project)
+    d: Devloop = run_devloop("dev")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the port-forward to be ready")
+    assert get(port)[1] == V1
+
+    # 1. a source edit reaches every replica
+    server = project / "sample-app" / "server.js"
+    edit(server, V1, "Hello from devloop sample-app v2")
+    done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the edit's cycle")
+    assert done["ok"], done
+    assert done["files"] == ["server.js"]
+    assert set(done["phases"]) >= {"build", "load", "deploy", "rollout"}
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the rollout")
+    assert {get(port)[1] for _ in range(6)} == {"Hello from devloop sample-app v2"}
+    answers = served_by_every_pod(harness)
+    assert len(answers) == 3 and set(answers.values()) == {"Hello from devloop sample-app v2"}, answers
+
+    # 2. a syntax error crashes the new pod: reported, old version keeps serving
+    edit(server, "const MESSAGE =", "const MESSAGE = = ")
+    failed = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the broken edit's cycle")
+    assert not failed["ok"] and failed["error"]["phase"] == "rollout"
+    assert "CrashLoopBackOff" in failed["error"]["message"] or "exited with code" in failed["error"]["message"]
+    assert any("SyntaxError" in line for line in failed["error"]["details"]), failed["error"]
+    assert {get(port)[1] for _ in range(6)} == {"Hello from devloop sample-app v2"}
+
+    # 3. a Dockerfile that fails to build: the failing step is named, nothing is deployed
+    edit(server, "const MESSAGE = = ", "const MESSAGE =")  # fix the code ...
+    dockerfile = project / "sample-app" / "Dockerfile"
+    edit(dockerfile, "COPY . .", "COPY . .\nRUN exit 3")  # ... but break the build in the same save batch
+    broken = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the broken build's cycle")
+    assert not broken["ok"] and broken["error"]["phase"] == "build"
+    assert "RUN exit 3" in broken["error"]["message"]
+    assert {get(port)[1] for _ in range(3)} == {"Hello from devloop sample-app v2"}
+
+    # 4. fixing the file recovers
+    edit(dockerfile, "COPY . .\nRUN exit 3", "COPY . .")
+    edit(server, "Hello from devloop sample-app v2", "Hello from devloop sample-app v3")
+    fixed = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the fixed cycle")
+    assert fixed["ok"], fixed
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the recovery")
+    assert get(port)[1] == "Hello from devloop sample-app v3"
+    assert set(served_by_every_pod(harness).values()) == {"Hello from devloop sample-app v3"}
+
+    # 5. Ctrl-C: exit 130, nothing left running
+    assert children_of_cluster(), "devloop dev should have kubectl port-forward/log children while running"
+    assert d.interrupt() == 130
+    assert children_of_cluster() == []
+
+
+def test_down_removes_what_up_applied(harness: Harness, project: Path) -> None:
+    code, _events, output = run_cli(harness, project, "down")
+    assert code == 0, output
+    for kind, name in (("deployment", "web-app"), ("service", "web-app-service"), ("configmap", "prometheus-config")):
+        r = harness.kubectl_run("get", kind, name, check=False)
+        assert r.returncode != 0 and "NotFound" in r.stderr, (kind, r.stdout)
+    assert CLUSTER in harness.kind_clusters()
+
+
+def test_down_cluster_deletes_the_cluster(harness: Harness, project: Path) -> None:
+    code, _, output = run_cli(harness, project, "down", "--cluster")
+    assert code == 0, output
+    assert CLUSTER not in harness.kind_clusters()
+    code, _, output = run_cli(harness, project, "down", "--cluster")  # idempotent
+    assert code == 0, output

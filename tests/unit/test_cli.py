@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from devloop.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "dev", "down", "status", "doctor"):
+        assert command in result.output
+
+
+def test_bad_config_exits_2_with_file_and_key_and_no_traceback(sample_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (sample_copy / "devloop.yaml").write_text("image:\n  contxt: sample-app\n")
+    monkeypatch.chdir(sample_copy)
+    result = runner.invoke(app, ["up"])
+    assert result.exit_code == 2
+    assert "error: devloop.yaml: image.contxt: unknown key" in result.output
+    assert "hint:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_json_error_record(sample_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (sample_copy / "devloop.yaml").write_text("watch: {debounceMs: soon}\n")
+    monkeypatch.chdir(sample_copy)
+    result = runner.invoke(app, ["--json", "status"])
+    assert result.exit_code == 2
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["event"] == "error" and record["exit_code"] == 2
+    assert "watch.debounceMs" in record["message"]
+
+
+def test_missing_kind_exits_3_with_install_hint(sample_copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(sample_copy)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    result = runner.invoke(app, ["down"])
+    assert result.exit_code == 3
+    assert "error: `kind` was not found on PATH" in result.output
+    assert "go install sigs.k8s.io/kind" in result.output
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    assert runner.invoke(app, ["upp"]).exit_code == 2
+
+
+def test_doctor_gives_a_fix_for_each_failed_check(sample_copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(sample_copy)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    result = runner.invoke(app, ["--json", "doctor"])
+    assert result.exit_code == 1
+    checks = {r["name"]: r for r in map(json.loads, result.stdout.splitlines()) if r["event"] == "check"}
+    assert checks["config"]["ok"] is True
+    for name in ("docker", "kind", "kubectl"):
+        assert checks[name]["ok"] is False and checks[name]["fix"], name
+    assert "inotify" in checks
+    assert os.environ["PATH"].endswith("empty-bin")

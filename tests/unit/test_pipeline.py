@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from devloop import config
+from devloop.errors import ClusterUnavailable
+from devloop.kind import Kind
+from devloop.kube import Kube
+from devloop.output import Output
+from devloop.pipeline import Pipeline
+from tests.unit.fakes import ANY, FakeImages, FakeRunner
+
+K = ("kubectl", "--context", "kind-devloop")
+
+
+def deployment(done: bool = True) -> str:
+    status = {"observedGeneration": 1, "updatedReplicas": 3 if done else 1, "replicas": 3 if done else 4, "availableReplicas": 3}
+    return json.dumps({"metadata": {"generation": 1}, "spec": {"replicas": 3}, "status": status})
+
+
+def pods(ref: str, *, crash: bool = False) -> str:
+    items = []
+    for i in range(3):
+        cs = {"name": "web-app", "restartCount": 0, "state": {"running": {}}}
+        if crash and i == 0:
+            cs = {
+                "name": "web-app",
+                "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1}},
+            }
+        items.append(
+            {
+                "metadata": {"name": f"web-app-{i}"},
+                "spec": {"containers": [{"image": ref}]},
+                "status": {"conditions": [{"type": "Ready", "status": "False" if crash and i == 0 else "True"}], "containerStatuses": [cs]},
+            }
+        )
+    return json.dumps({"items": items})
+
+
+def cluster_ok(r: FakeRunner) -> FakeRunner:
+    return r.expect("kind", "get", "clusters", stdout="devloop\n").expect(
+        *K, "get", "--raw", "/readyz", "--request-timeout", "10s", stdout="ok"
+    )
+
+
+def make(sample_copy: Path, runner: FakeRunner, images: FakeImages) -> Pipeline:
+    cfg = config.load(None, sample_copy)
+    out = Output(json_mode=True, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    return Pipeline(cfg, out, images=images, kind=Kind(runner), kube=Kube(cfg.cluster.context, runner))  # type: ignore[arg-type]
+
+
+def test_up_builds_loads_applies_and_waits(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    p = make(sample_copy, runner, images)
+    ref = p.image_ref()
+    assert ref.startswith("my-web-app:dl-") and len(ref.split(":dl-")[1]) == 16
+    cluster_ok(runner)
+    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="devloop-control-plane\n")
+    runner.expect("kind", "load", "image-archive", ANY, "--name", "devloop", "--nodes", "devloop-control-plane")
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app configured\n", input_contains=f"image: {ref}")
+    runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment())
+    runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(ref))
+    result = p.up()
+    runner.done()
+    assert result.ok and result.built and result.loaded
+    assert images.builds == [ref] and images.saves == [ref]
+    assert result.ready_pods == ["web-app-0", "web-app-1", "web-app-2"]
+    assert set(result.phases) == {"plan", "build", "load", "deploy", "rollout"}
+    applied = runner.inputs[4]
+    assert isinstance(applied, str) and "imagePullPolicy: IfNotPresent" in applied and "my-web-app:latest" not in applied
+
+
+def test_second_up_rebuilds_nothing_and_loads_nothing(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    p = make(sample_copy, runner, images)
+    ref = p.image_ref()
+    images.present.add(ref)
+    images.on_nodes["devloop-control-plane"] = {ref}
+    cluster_ok(runner)
+    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="devloop-control-plane\n")
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app unchanged\n")
+    runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment())
+    runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(ref))
+    result = p.up()
+    runner.done()
+    assert result.ok and not result.built and not result.loaded
+    assert images.builds == [] and images.saves == []
+
+
+def test_a_source_edit_changes_the_tag_and_a_noop_save_does_not(sample_copy: Path) -> None:
+    p = make(sample_copy, FakeRunner(), FakeImages())
+    server = sample_copy / "sample-app" / "server.js"
+    first = p.image_ref()
+    server.write_text(server.read_text())  # same content, new mtime
+    assert p.image_ref() == first
+    server.write_text(server.read_text() + "\n// edit\n")
+    assert p.image_ref() != first
+    (sample_copy / "sample-app" / "README.md").write_text("docs only")  # .dockerignore'd
+    (sample_copy / "sample-app" / "node_modules").mkdir(exist_ok=True)
+    second = p.image_ref()
+    (sample_copy / "sample-app" / "README.md").write_text("more docs")
+    assert p.image_ref() == second
+
+
+def test_crash_looping_rollout_fails_with_reason_and_logs(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    p = make(sample_copy, runner, images)
+    ref = p.image_ref()
+    images.present.add(ref)
+    images.on_nodes["devloop-control-plane"] = {ref}
+    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="devloop-control-plane\n")
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app configured\n")
+    runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment(done=False))
+    runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(ref, crash=True))
+    runner.expect(
+        *K, "logs", "web-app-0", "-n", "default", "--tail=8", "--all-containers", "--previous", stdout="SyntaxError: Unexpected token\n"
+    )
+    result = p.cycle("image source changed", ("server.js",))
+    runner.done()
+    assert not result.ok and result.error is not None
+    assert result.error.phase == "rollout"
+    assert "CrashLoopBackOff" in result.error.message
+    assert any("SyntaxError" in line for line in result.error.details)
+
+
+def test_unreachable_cluster_is_an_environment_error(sample_copy: Path) -> None:
+    runner = FakeRunner().expect("kind", "get", "clusters", stdout="devloop\n")
+    runner.expect(*K, "get", "--raw", "/readyz", "--request-timeout", "10s", returncode=1, stderr="connection refused")
+    p = make(sample_copy, runner, FakeImages())
+    with pytest.raises(ClusterUnavailable) as info:
+        p.up()
+    assert info.value.exit_code == 3
+
+
+def test_missing_cluster_is_created_from_kind_config(sample_copy: Path) -> None:
+    runner = FakeRunner().expect("kind", "get", "clusters", stdout="")
+    runner.expect("kind", "create", "cluster", "--name", "devloop", "--config", str(sample_copy / "kind-config.yaml"), "--wait", "120s")
+    p = make(sample_copy, runner, FakeImages())
+    assert p.ensure_cluster() is True
+    runner.done()
