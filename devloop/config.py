@@ -34,7 +34,11 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """A local registry for kind (kind's local-registry pattern); off unless enabled."""
+    """A local registry for kind (kind's local-registry pattern).
+
+    `enabled` is resolved at load time: `auto` (the default) turns it on when the kind config
+    points containerd at /etc/containerd/certs.d, which is how kind's docs prepare a cluster for one.
+    """
 
     enabled: bool = False
     name: str = "devloop-registry"
@@ -238,7 +242,8 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
 
     c = top.section("cluster")
     kind_config = _path(root, c.str_("kindConfig", "kind-config.yaml"))
-    name_default = _kind_config_name(kind_config, c, check_paths) or "devloop"
+    kind_doc = _read_kind_config(kind_config)
+    name_default = kind_doc.get("name") or "devloop"
     cluster = ClusterConfig(name=c.str_("name", name_default), kind_config=kind_config, node_image=c.str_("nodeImage", ""))
     c.done()
     if not _is_dns_label(cluster.name):
@@ -279,8 +284,13 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
     w.done()
 
     r = top.section("registry")
+    if r.data.get("enabled", "auto") == "auto":
+        r.used.add("enabled")
+        enabled = _kind_config_wants_registry(kind_doc)
+    else:
+        enabled = r.bool_("enabled", False)
     registry = RegistryConfig(
-        enabled=r.bool_("enabled", False),
+        enabled=enabled,
         name=r.str_("name", "devloop-registry"),
         host_port=r.int_("hostPort", 5001, 1, 65535),
         image=r.str_("image", "registry:2"),
@@ -323,21 +333,26 @@ def _is_image_name(s: str) -> bool:
     return re.fullmatch(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{component}(?:/{component})*", s) is not None
 
 
-def _kind_config_name(path: Path, section: _Section, check: bool) -> str | None:
-    """The `name:` in the kind config, after checking it is a kind Cluster document."""
+def _read_kind_config(path: Path) -> dict[str, Any]:
+    """The kind config as a mapping, after checking it is a kind Cluster document ({} when absent)."""
     if not path.is_file():
-        return None
+        return {}
+    hint = "see https://kind.sigs.k8s.io/docs/user/configuration/"
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not a valid kind config: {first}", "see https://kind.sigs.k8s.io/docs/user/configuration/") from None
+        raise ConfigError(f"{path}: not a valid kind config: {first}", hint) from None
     if not isinstance(doc, dict) or doc.get("kind") != "Cluster":
-        raise ConfigError(
-            f"{path}: not a kind cluster config (expected `kind: Cluster`)",
-            "see https://kind.sigs.k8s.io/docs/user/configuration/",
-        )
+        raise ConfigError(f"{path}: not a kind cluster config (expected `kind: Cluster`)", hint)
     name = doc.get("name")
     if name is not None and not isinstance(name, str):
-        raise ConfigError(f"{path}: name: must be a string", "see https://kind.sigs.k8s.io/docs/user/configuration/")
-    return name
+        raise ConfigError(f"{path}: name: must be a string", hint)
+    patches = doc.get("containerdConfigPatches")
+    if patches is not None and not (isinstance(patches, list) and all(isinstance(p, str) for p in patches)):
+        raise ConfigError(f"{path}: containerdConfigPatches: must be a list of strings", hint)
+    return doc
+
+
+def _kind_config_wants_registry(doc: dict[str, Any]) -> bool:
+    return any("config_path" in p and "/etc/containerd/certs.d" in p for p in doc.get("containerdConfigPatches") or [])

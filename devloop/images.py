@@ -87,7 +87,7 @@ _STEP = re.compile(r"^Step \d+/\d+ : ")
 
 
 @contextmanager
-def _docker_errors() -> Iterator[None]:
+def docker_errors() -> Iterator[None]:
     try:
         yield
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
@@ -109,18 +109,18 @@ class Images:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            with _docker_errors():
+            with docker_errors():
                 client = self._factory()
                 client.ping()
             self._client = client
         return self._client
 
     def ping(self) -> str:
-        with _docker_errors():
+        with docker_errors():
             return str(self.client.version().get("Version", "?"))
 
     def exists(self, ref: str) -> bool:
-        with _docker_errors():
+        with docker_errors():
             try:
                 self.client.images.get(ref)
                 return True
@@ -128,7 +128,7 @@ class Images:
                 return False
 
     def image_id(self, ref: str) -> str:
-        with _docker_errors():
+        with docker_errors():
             return str(self.client.images.get(ref).id)
 
     def build(
@@ -145,7 +145,7 @@ class Images:
         step = ""
         tail: list[str] = []
         image_id = ""
-        with _docker_errors():
+        with docker_errors():
             stream = self.client.api.build(
                 path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(build_args), rm=True, forcerm=True, decode=True
             )
@@ -172,7 +172,7 @@ class Images:
 
     def save(self, ref: str, dest: Path) -> int:
         """`docker save` of one image to a tar file; returns its size in bytes."""
-        with _docker_errors():
+        with docker_errors():
             try:
                 with dest.open("wb") as f:
                     for chunk in self.client.api.get_image(ref):
@@ -182,20 +182,20 @@ class Images:
         return dest.stat().st_size
 
     def push(self, ref: str) -> None:
-        with _docker_errors():
+        with docker_errors():
             for chunk in self.client.api.push(ref, stream=True, decode=True):
                 if isinstance(chunk, dict) and "error" in chunk:
                     raise CycleFailed("load", f"push of {ref} failed: {chunk['error']}", "check the registry is running: devloop doctor")
 
     def tag(self, ref: str, new_ref: str) -> None:
         repo, _, tag = new_ref.rpartition(":")
-        with _docker_errors():
+        with docker_errors():
             self.client.api.tag(ref, repo, tag)
 
     def node_has(self, node: str, ref: str) -> bool:
         """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
         name = containerd_name(ref)
-        with _docker_errors():
+        with docker_errors():
             try:
                 container = self.client.containers.get(node)
             except docker.errors.NotFound:

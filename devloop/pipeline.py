@@ -25,6 +25,7 @@ from devloop.kind import Kind
 from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_ready, rollout_progress
 from devloop.output import Output
 from devloop.plan import Change, Layout
+from devloop.registry import LocalRegistry
 
 POLL_INTERVAL = 0.5
 
@@ -58,6 +59,7 @@ class Pipeline:
         self.kube = kube or Kube(config.cluster.context)
         self.clock = clock
         self.hasher = ContextHasher()
+        self.registry = LocalRegistry(config.registry, self.images, self.kube) if config.registry.enabled else None
         self.deployed: str | None = None  # the image ref of the last successful rollout
         self.applied: str | None = None  # the image ref last applied (may have failed)
         self.cycles = 0
@@ -97,8 +99,13 @@ class Pipeline:
         return True
 
     def image_ref(self) -> str:
+        """The local image reference for the current sources: name + content tag."""
         img = self.config.image
         return f"{img.name}:{content_tag(self.hasher.digest(img.context, img.dockerfile, img.build_args))}"
+
+    def deploy_ref(self, local_ref: str) -> str:
+        """What the manifests will say: the registry's name for the image when one is used."""
+        return self.registry.ref(local_ref) if self.registry else local_ref
 
     def build(self, ref: str) -> bool:
         """Build unless an image with this content tag exists. True when it built."""
@@ -110,7 +117,17 @@ class Pipeline:
         return True
 
     def load(self, ref: str) -> bool:
-        """Put the image on every node that lacks it. True when something was loaded."""
+        """Make the image available to the nodes. True when something was moved.
+
+        With the local registry: push (only new layers travel; nothing when it is there already).
+        Otherwise: `docker save` + `kind load image-archive` on the nodes that lack it.
+        """
+        if self.registry is not None:
+            if self.registry.has(ref):
+                return False
+            with self.out.activity(f"pushing {self.registry.ref(ref)}"):
+                self.registry.push(ref)
+            return True
         name = self.config.cluster.name
         nodes = self.kind.nodes(name)
         missing = [n for n in nodes if not self.images.node_has(n, ref)]
@@ -192,11 +209,12 @@ class Pipeline:
         try:
             with self._phase(phases, "plan"):
                 docs, deployment = self.load_manifests()
-                ref = self.image_ref()
+                local = self.image_ref()
         except (ConfigError, DockerUnavailable) as e:
             self.cycles += 1
             self.out.cycle_start(self.cycles, reason, files)
             return self._report(result, reason, files, start, CycleFailed("plan", e.message, e.hint))
+        ref = self.deploy_ref(local)
         result.image = ref
         if ref == self.deployed and not force_apply:
             self.out.skipped("image content unchanged", files)
@@ -206,10 +224,10 @@ class Pipeline:
         self.out.cycle_start(self.cycles, reason, files)
         try:
             with self._phase(phases, "build"):
-                result.built = self.build(ref)
+                result.built = self.build(local)
             self.out.phase_done("build", phases["build"], "built" if result.built else "up to date")
             with self._phase(phases, "load"):
-                result.loaded = self.load(ref)
+                result.loaded = self.load(local)
             self.out.phase_done("load", phases["load"], "loaded" if result.loaded else "already on every node")
             with self._phase(phases, "deploy"):
                 applied = self.deploy(docs, ref)
@@ -238,6 +256,10 @@ class Pipeline:
         self.load_manifests()  # bad manifests are a usage error before anything is created
         self.images.ping()
         self.ensure_cluster()
+        if self.registry is not None:
+            with self.out.activity("starting the local registry"):
+                if self.registry.ensure(self.kind.nodes(self.config.cluster.name)):
+                    self.out.info(f"local registry {self.registry.host} ready (container {self.config.registry.name})")
         return self.cycle("up", force_apply=True)
 
     def stop(self) -> None:

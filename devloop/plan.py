@@ -50,7 +50,7 @@ class Plan:
         parts = []
         if self.build:
             parts.append("image source changed")
-        if self.apply:
+        if self.manifest_files:
             parts.append("manifests changed")
         return " and ".join(parts) or "nothing to do"
 

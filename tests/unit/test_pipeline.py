@@ -48,7 +48,8 @@ def cluster_ok(r: FakeRunner) -> FakeRunner:
     )
 
 
-def make(sample_copy: Path, runner: FakeRunner, images: FakeImages) -> Pipeline:
+def make(sample_copy: Path, runner: FakeRunner, images: FakeImages, registry: bool = False) -> Pipeline:
+    (sample_copy / "devloop.yaml").write_text(f"registry: {{enabled: {str(registry).lower()}}}\n")
     cfg = config.load(None, sample_copy)
     out = Output(json_mode=True, stdout=open("/dev/null", "w"))  # noqa: SIM115
     return Pipeline(cfg, out, images=images, kind=Kind(runner), kube=Kube(cfg.cluster.context, runner))  # type: ignore[arg-type]
@@ -146,3 +147,49 @@ def test_missing_cluster_is_created_from_kind_config(sample_copy: Path) -> None:
     p = make(sample_copy, runner, FakeImages())
     assert p.ensure_cluster() is True
     runner.done()
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.pushed: list[str] = []
+        self.held: set[str] = set()
+
+    def ref(self, local: str) -> str:
+        return f"localhost:5001/{local}"
+
+    def has(self, local: str) -> bool:
+        return local in self.held
+
+    def push(self, local: str) -> str:
+        self.pushed.append(local)
+        self.held.add(local)
+        return self.ref(local)
+
+
+def test_with_the_local_registry_images_are_pushed_and_manifests_name_the_registry(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    p = make(sample_copy, runner, images, registry=True)
+    fake = FakeRegistry()
+    p.registry = fake  # type: ignore[assignment]
+    local = p.image_ref()
+    remote = f"localhost:5001/{local}"
+    for _ in range(2):
+        runner.expect(
+            *K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app configured\n", input_contains=f"image: {remote}"
+        )
+        runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment())
+        runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(remote))
+    first = p.cycle("up", force_apply=True)
+    second = p.cycle("up", force_apply=True)
+    runner.done()
+    assert first.ok and first.loaded and first.image == remote
+    assert second.ok and not second.loaded and not second.built
+    assert fake.pushed == [local]
+    assert images.saves == []  # never a whole-image save with a registry
+
+
+def test_registry_is_on_when_the_kind_config_prepares_containerd(sample_copy: Path) -> None:
+    assert config.load(None, sample_copy).registry.enabled  # the repo's kind-config.yaml has the patch
+    (sample_copy / "kind-config.yaml").write_text("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n")
+    assert not config.load(None, sample_copy).registry.enabled

@@ -1,0 +1,149 @@
+"""kind's local-registry pattern: a registry container on the kind network, each node's
+containerd told about it (hosts.toml under /etc/containerd/certs.d), and the
+`kube-public/local-registry-hosting` ConfigMap that tools read (KEP-1755).
+
+With it, a rebuild pushes only the layers that changed and the node pulls only those, instead
+of `docker save` + import of the whole image on every cycle.
+"""
+
+from __future__ import annotations
+
+import http.client
+
+import docker.errors
+
+from devloop.config import RegistryConfig
+from devloop.errors import CycleFailed, EnvironmentMissing
+from devloop.images import Images, docker_errors
+from devloop.kube import Kube
+
+KIND_NETWORK = "kind"
+CERTS_DIR = "/etc/containerd/certs.d"
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    )
+)
+
+
+def hosting_configmap(host: str) -> str:
+    return f"""apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-registry-hosting
+  namespace: kube-public
+data:
+  localRegistryHosting.v1: |
+    host: "{host}"
+    help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
+"""
+
+
+class LocalRegistry:
+    def __init__(self, cfg: RegistryConfig, images: Images, kube: Kube) -> None:
+        self.cfg = cfg
+        self.images = images
+        self.kube = kube
+
+    @property
+    def host(self) -> str:
+        """The name images are pushed to from the host and pulled by from the nodes."""
+        return f"localhost:{self.cfg.host_port}"
+
+    def ref(self, local_ref: str) -> str:
+        return f"{self.host}/{local_ref}"
+
+    def ensure(self, nodes: list[str]) -> bool:
+        """Start the registry if needed and wire every node to it. True when anything changed."""
+        changed = self._ensure_container()
+        changed |= self._ensure_network()
+        for node in nodes:
+            changed |= self._ensure_node(node)
+        if changed:
+            self.kube.apply(hosting_configmap(self.host), "kube-public")
+        return changed
+
+    def _ensure_container(self) -> bool:
+        client = self.images.client
+        with docker_errors():
+            try:
+                c = client.containers.get(self.cfg.name)
+                if c.status == "running":
+                    return False
+                c.start()
+                return True
+            except docker.errors.NotFound:
+                pass
+            if not self.images.exists(self.cfg.image):
+                raise EnvironmentMissing(
+                    f"the registry image {self.cfg.image} is not available locally",
+                    f"`docker pull {self.cfg.image}`, or set registry.image (or registry.enabled: false to use kind load)",
+                )
+            try:
+                client.containers.run(
+                    self.cfg.image,
+                    name=self.cfg.name,
+                    detach=True,
+                    restart_policy={"Name": "always"},
+                    ports={"5000/tcp": ("127.0.0.1", self.cfg.host_port)},
+                    labels={"dev.devloop.role": "registry"},
+                )
+            except docker.errors.APIError as e:
+                if "port is already allocated" in str(e) or "address already in use" in str(e):
+                    raise EnvironmentMissing(
+                        f"port {self.cfg.host_port} for the local registry is taken",
+                        "free it or set registry.hostPort in devloop.yaml",
+                    ) from None
+                raise
+        return True
+
+    def _ensure_network(self) -> bool:
+        client = self.images.client
+        with docker_errors():
+            c = client.containers.get(self.cfg.name)
+            if KIND_NETWORK in (c.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+                return False
+            client.networks.get(KIND_NETWORK).connect(c)
+        return True
+
+    def _ensure_node(self, node: str) -> bool:
+        path = f"{CERTS_DIR}/{self.host}/hosts.toml"
+        want = f'[host."http://{self.cfg.name}:5000"]\n'
+        with docker_errors():
+            container = self.images.client.containers.get(node)
+            have = container.exec_run(["cat", path])
+            if have.exit_code == 0 and have.output.decode(errors="replace") == want:
+                return False
+            r = container.exec_run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf "%s" "$2" > "$1"', "sh", path, want])
+        if r.exit_code != 0:
+            raise CycleFailed("load", f"cannot configure the registry on node {node}: {r.output.decode(errors='replace').strip()}")
+        return True
+
+    def has(self, local_ref: str) -> bool:
+        """Whether the registry already holds this tag (a HEAD on the v2 manifest)."""
+        name, _, tag = local_ref.rpartition(":")
+        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
+        try:
+            conn.request("HEAD", f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES})
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def push(self, local_ref: str) -> str:
+        remote = self.ref(local_ref)
+        self.images.tag(local_ref, remote)
+        self.images.push(remote)
+        return remote
+
+    def remove(self) -> bool:
+        with docker_errors():
+            try:
+                self.images.client.containers.get(self.cfg.name).remove(force=True)
+                return True
+            except docker.errors.NotFound:
+                return False

@@ -1,0 +1,125 @@
+'use strict';
+// devloop sample app: a dependency-free Node.js HTTP server.
+//   GET /         -> MESSAGE + "\n" (header X-Pod-Name: $HOSTNAME)
+//   GET /healthz  -> 200 ok
+//   GET /metrics  -> Prometheus text format
+// Tests change the response by editing the MESSAGE line below (plain text replacement).
+const MESSAGE = 'Hello from devloop sample-app v1';
+
+const http = require('http');
+const os = require('os');
+
+const PORT = Number.parseInt(process.env.PORT || '3000', 10);
+const POD_NAME = process.env.HOSTNAME || os.hostname();
+const VERSION = (() => {
+  try {
+    return require('./package.json').version;
+  } catch {
+    return 'unknown';
+  }
+})();
+const SHUTDOWN_TIMEOUT_MS = 500;
+const ROUTES = new Set(['/', '/healthz', '/metrics']);
+
+// http_requests_total{path,status}; unknown paths share one label value to bound cardinality
+const requestCounts = new Map();
+
+function countRequest(path, status) {
+  const key = `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+  requestCounts.set(key, (requestCounts.get(key) || 0) + 1);
+}
+
+function escapeLabel(value) {
+  return String(value).replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+function renderMetrics() {
+  const lines = [
+    '# HELP http_requests_total Total HTTP requests handled, by path and status code.',
+    '# TYPE http_requests_total counter',
+  ];
+  for (const [key, count] of [...requestCounts.entries()].sort()) {
+    const [path, status] = key.split('\u0000');
+    lines.push(`http_requests_total{path="${escapeLabel(path)}",status="${status}"} ${count}`);
+  }
+  const mem = process.memoryUsage();
+  lines.push(
+    '# HELP app_info Application build information.',
+    '# TYPE app_info gauge',
+    `app_info{version="${escapeLabel(VERSION)}",node_version="${escapeLabel(process.version)}"} 1`,
+    '# HELP process_uptime_seconds Seconds since the process started.',
+    '# TYPE process_uptime_seconds gauge',
+    `process_uptime_seconds ${process.uptime().toFixed(3)}`,
+    '# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.',
+    '# TYPE process_start_time_seconds gauge',
+    `process_start_time_seconds ${Math.floor(Date.now() / 1000 - process.uptime())}`,
+    '# HELP process_resident_memory_bytes Resident memory size in bytes.',
+    '# TYPE process_resident_memory_bytes gauge',
+    `process_resident_memory_bytes ${mem.rss}`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+function send(res, status, body, contentType = 'text/plain; charset=utf-8') {
+  res.writeHead(status, {
+    'Content-Type': contentType,
+    'Content-Length': Buffer.byteLength(body),
+    'X-Pod-Name': POD_NAME,
+  });
+  res.end(body);
+}
+
+function handler(req, res) {
+  let path;
+  try {
+    path = new URL(req.url, 'http://localhost').pathname;
+  } catch {
+    path = req.url;
+  }
+  res.on('finish', () => countRequest(path, res.statusCode));
+
+  if (!ROUTES.has(path)) return send(res, 404, 'not found\n');
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('Allow', 'GET, HEAD');
+    return send(res, 405, 'method not allowed\n');
+  }
+  if (path === '/') return send(res, 200, MESSAGE + '\n');
+  if (path === '/healthz') return send(res, 200, 'ok\n');
+  return send(res, 200, renderMetrics(), 'text/plain; version=0.0.4; charset=utf-8');
+}
+
+function createServer() {
+  const server = http.createServer(handler);
+  server.keepAliveTimeout = 5000;
+  return server;
+}
+
+function start(port = PORT) {
+  const server = createServer();
+  let stopping = false;
+
+  const shutdown = (signal) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`received ${signal}, shutting down`);
+    // Force exit if in-flight requests do not finish quickly.
+    setTimeout(() => {
+      if (server.closeAllConnections) server.closeAllConnections();
+      process.exit(0);
+    }, SHUTDOWN_TIMEOUT_MS).unref();
+    server.close(() => process.exit(0));
+    // close() waits for keep-alive sockets; drop the idle ones now (Node >= 18.2)
+    if (server.closeIdleConnections) server.closeIdleConnections();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
+  server.listen(port, () => {
+    console.log(`listening on :${server.address().port}`);
+  });
+  return server;
+}
+
+module.exports = { MESSAGE, createServer, renderMetrics, start };
+
+if (require.main === module) start();

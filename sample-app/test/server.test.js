@@ -1,0 +1,113 @@
+'use strict';
+// Starts server.js as a child process on an ephemeral port (PORT=0) and exercises its endpoints.
+// Run with: npm test   (or: node --test)
+const { test, before, after } = require('node:test');
+const assert = require('node:assert');
+const { spawn } = require('node:child_process');
+const http = require('node:http');
+const path = require('node:path');
+
+const SERVER = path.join(__dirname, '..', 'server.js');
+const { MESSAGE } = require(SERVER); // requiring does not start the server
+
+let child;
+let port;
+
+function get(urlPath, method = 'GET') {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: urlPath, method, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [SERVER], {
+      env: { ...process.env, PORT: '0', HOSTNAME: 'test-pod-0' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start; stdout: ${out}`)), 5000);
+    proc.stdout.setEncoding('utf8');
+    proc.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on :(\d+)/);
+      if (m && !port) {
+        clearTimeout(timer);
+        resolve({ proc, port: Number(m[1]) });
+      }
+    });
+    proc.on('exit', (code) => reject(new Error(`server exited early with ${code}; stdout: ${out}`)));
+  });
+}
+
+before(async () => {
+  ({ proc: child, port } = await startServer());
+});
+
+after(() => {
+  if (child && child.exitCode === null) child.kill('SIGKILL');
+});
+
+test('GET / returns the message and the pod name header', async () => {
+  const res = await get('/');
+  assert.strictEqual(res.status, 200);
+  assert.strictEqual(res.body, MESSAGE + '\n');
+  assert.strictEqual(res.headers['x-pod-name'], 'test-pod-0');
+  assert.match(res.headers['content-type'], /^text\/plain/);
+});
+
+test('GET /healthz returns ok', async () => {
+  const res = await get('/healthz');
+  assert.strictEqual(res.status, 200);
+  assert.strictEqual(res.body.trim(), 'ok');
+});
+
+test('unknown path returns 404, wrong method 405', async () => {
+  assert.strictEqual((await get('/nope')).status, 404);
+  assert.strictEqual((await get('/', 'POST')).status, 405);
+});
+
+test('GET /metrics exposes Prometheus text format', async () => {
+  await get('/');
+  const res = await get('/metrics');
+  assert.strictEqual(res.status, 200);
+  assert.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/);
+  assert.match(res.body, /^# TYPE http_requests_total counter$/m);
+  assert.match(res.body, /^http_requests_total\{path="\/",status="200"\} [1-9]\d*$/m);
+  assert.match(res.body, /^http_requests_total\{path="\/healthz",status="200"\} 1$/m);
+  assert.match(res.body, /^http_requests_total\{path="other",status="404"\} 1$/m);
+  assert.match(res.body, /^# TYPE app_info gauge$/m);
+  const version = require('../package.json').version;
+  assert.ok(
+    res.body.includes(`app_info{version="${version}",node_version="${process.version}"} 1\n`),
+    res.body,
+  );
+  assert.match(res.body, /^process_uptime_seconds \d+(\.\d+)?$/m);
+});
+
+test('SIGTERM stops the server promptly with exit code 0', async () => {
+  // keep an idle keep-alive connection open: shutdown must not wait for it
+  const agent = new http.Agent({ keepAlive: true });
+  await new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/healthz', agent }, (res) => {
+      res.resume();
+      res.on('end', resolve);
+    }).on('error', reject);
+  });
+  const started = Date.now();
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.kill('SIGTERM');
+  const { code, signal } = await exited;
+  const ms = Date.now() - started;
+  agent.destroy();
+  assert.strictEqual(signal, null);
+  assert.strictEqual(code, 0);
+  assert.ok(ms < 1000, `shutdown took ${ms} ms`);
+});
