@@ -80,6 +80,22 @@ class WatchConfig:
     ignore: tuple[str, ...] = ()
 
 
+DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "Dockerfile", ".dockerignore")
+
+
+@dataclass(frozen=True)
+class LiveUpdateConfig:
+    """Sync changed source files into the running containers and restart the app process.
+
+    Off by default because it changes how the container is started in dev: devloop wraps the
+    container's command in a small restart loop (production manifests on disk stay unchanged).
+    """
+
+    enabled: bool = False
+    target: str = "/app"  # where the Dockerfile copies the build context (COPY . . under WORKDIR)
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK  # globs that always mean a full rebuild
+
+
 @dataclass(frozen=True)
 class Config:
     root: Path  # directory relative paths are resolved against
@@ -90,6 +106,7 @@ class Config:
     port_forward: PortForwardConfig
     watch: WatchConfig
     registry: RegistryConfig = RegistryConfig()
+    live_update: LiveUpdateConfig = LiveUpdateConfig()
 
     @property
     def file(self) -> Path | None:
@@ -283,6 +300,16 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
     watch = WatchConfig(debounce_ms=w.int_("debounceMs", 200, 0, 10_000), ignore=w.str_list("ignore", ()))
     w.done()
 
+    lu = top.section("liveUpdate")
+    live_update = LiveUpdateConfig(
+        enabled=lu.bool_("enabled", False),
+        target=lu.str_("target", "/app"),
+        fallback=lu.str_list("fallback", DEFAULT_FALLBACK),
+    )
+    lu.done()
+    if not live_update.target.startswith("/"):
+        lu.fail("must be an absolute path in the container", "target")
+
     r = top.section("registry")
     if r.data.get("enabled", "auto") == "auto":
         r.used.add("enabled")
@@ -317,6 +344,7 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
         port_forward=port_forward,
         watch=watch,
         registry=registry,
+        live_update=live_update,
     )
 
 

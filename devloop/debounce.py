@@ -43,3 +43,21 @@ class Debouncer(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass
+class LoopGuard:
+    """Notices files that change while every cycle runs: something the build or the app writes
+    into the watched tree. After `limit` cycles in a row they are reported and ignored, so devloop
+    does not rebuild forever. Pure: the caller says which files changed during the last cycle."""
+
+    limit: int = 3
+    _streak: dict[str, int] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)
+
+    def observe(self, changed_during_cycle: set[str]) -> set[str]:
+        """Record one cycle; returns the files newly paused by it."""
+        self._streak = {f: self._streak.get(f, 0) + 1 for f in changed_during_cycle}
+        newly = {f for f, n in self._streak.items() if n >= self.limit} - self.paused
+        self.paused |= newly
+        return newly

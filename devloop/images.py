@@ -192,6 +192,12 @@ class Images:
         with docker_errors():
             self.client.api.tag(ref, repo, tag)
 
+    def command(self, ref: str) -> tuple[list[str], list[str]]:
+        """The image's ENTRYPOINT and CMD."""
+        with docker_errors():
+            cfg = self.client.images.get(ref).attrs.get("Config") or {}
+        return list(cfg.get("Entrypoint") or []), list(cfg.get("Cmd") or [])
+
     def node_has(self, node: str, ref: str) -> bool:
         """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
         name = containerd_name(ref)

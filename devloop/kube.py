@@ -85,9 +85,24 @@ class Kube:
         r = self.runner.run(argv, timeout=30, check=False)
         return r.stdout.splitlines() if r.ok else []
 
+    def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
+        args = self._argv("exec", "-n", namespace, *(["-i"] if stdin is not None else []), pod, "--", *argv)
+        return self.runner.run(args, input=stdin, timeout=timeout).stdout
+
     def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> Background:
         return self.runner.spawn(
             self._argv("port-forward", "-n", namespace, "--address", "127.0.0.1", target, f"{local}:{remote}"), on_line=on_line
+        )
+
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_line: Callable[[str], None]) -> Background:
+        """One line per pod change: `name restarts... image deleting`."""
+        template = (
+            '{.metadata.name}{" "}{.status.containerStatuses[*].restartCount}{" |"}'
+            '{.spec.containers[*].image}{"|"}{.metadata.deletionTimestamp}{"\\n"}'
+        )
+        return self.runner.spawn(
+            self._argv("get", "pods", "-n", namespace, "-l", selector_arg(labels), "--watch", "-o", f"jsonpath={template}"),
+            on_line=on_line,
         )
 
     def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> Background:

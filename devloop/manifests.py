@@ -8,13 +8,14 @@ never tries to pull an image that only exists on the node (or in the local regis
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from devloop import live
 from devloop.errors import ConfigError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -114,8 +115,13 @@ def _containers(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
                     yield c
 
 
-def rewrite(manifests: Sequence[Manifest], image_name: str, new_ref: str) -> list[Manifest]:
-    """Copies of the manifests with devloop's image swapped in. Raises when nothing uses it."""
+def rewrite(
+    manifests: Sequence[Manifest], image_name: str, new_ref: str, command: Callable[[dict[str, Any]], list[str]] | None = None
+) -> list[Manifest]:
+    """Copies of the manifests with devloop's image swapped in. Raises when nothing uses it.
+
+    With `command` (live update), each such container runs its original command, as `command`
+    computes it, under devloop's restart loop."""
     out: list[Manifest] = []
     hits = 0
     want = image_repository(image_name)
@@ -125,6 +131,8 @@ def rewrite(manifests: Sequence[Manifest], image_name: str, new_ref: str) -> lis
             if isinstance(c.get("image"), str) and image_repository(c["image"]) == want:
                 c["image"] = new_ref
                 c["imagePullPolicy"] = "IfNotPresent"
+                if command is not None:
+                    c["command"], c["args"] = live.wrap(command(c))
                 hits += 1
         out.append(Manifest(m.source, doc))
     if hits == 0:

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devloop import live
 from devloop import manifests as mf
 from devloop.config import Config
 from devloop.debounce import Debouncer
-from devloop.errors import ConfigError, CycleFailed, DockerUnavailable
+from devloop.errors import ConfigError, CycleFailed, DevloopError, DockerUnavailable
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
@@ -39,6 +40,11 @@ class CycleResult:
     ready_pods: list[str] = field(default_factory=list)
     built: bool = False
     loaded: bool = False
+    synced: bool = False
+
+
+class Fallback(Exception):
+    """A live update cannot be done honestly; the cycle rebuilds instead."""
 
 
 class Pipeline:
@@ -61,6 +67,8 @@ class Pipeline:
         self.hasher = ContextHasher()
         self.registry = LocalRegistry(config.registry, self.images, self.kube) if config.registry.enabled else None
         self.deployed: str | None = None  # the image ref of the last successful rollout
+        self.live_ref: str | None = None  # the content tag of the tree as last live-synced over `deployed`
+        self.synced: set[str] = set()  # files live-synced since `deployed` was rolled out
         self.applied: str | None = None  # the image ref last applied (may have failed)
         self.cycles = 0
         self._stop = threading.Event()
@@ -74,7 +82,8 @@ class Pipeline:
         c = self.config
         rules = IgnoreRules(tuple(read_dockerignore(c.image.context)), c.image.dockerfile, c.watch.ignore)
         configs = tuple(str(p) for p in (c.file.resolve() if c.file else None, c.cluster.kind_config) if p is not None)
-        return Layout(str(c.image.context), rules, tuple(str(m) for m in c.deploy.manifests), configs)
+        fallback = c.live_update.fallback if c.live_update.enabled else None
+        return Layout(str(c.image.context), rules, tuple(str(m) for m in c.deploy.manifests), configs, fallback)
 
     def load_manifests(self) -> tuple[list[mf.Manifest], mf.Manifest]:
         docs = mf.load(self.config.deploy.manifests)
@@ -139,8 +148,12 @@ class Pipeline:
             self.kind.load_archive(name, archive, missing)
         return True
 
-    def deploy(self, docs: list[mf.Manifest], ref: str) -> list[str]:
-        rendered = mf.rewrite(docs, self.image_name, ref)
+    def deploy(self, docs: list[mf.Manifest], ref: str, local: str) -> list[str]:
+        command = None
+        if self.config.live_update.enabled:
+            entrypoint, cmd = self.images.command(local)
+            command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
+        rendered = mf.rewrite(docs, self.image_name, ref, command=command)
         self.applied = ref
         return self.kube.apply(mf.to_yaml(rendered), self.config.deploy.namespace)
 
@@ -192,6 +205,37 @@ class Pipeline:
             details=[f"{pod}: {line}" for line in logs[-8:]],
         )
 
+    def sync(self, deployment: mf.Manifest, files: tuple[str, ...]) -> list[str]:
+        """Copy files into every ready replica and restart the app there. Returns the pods, or
+        raises Fallback when a full rebuild is the honest path (pods not all ready, exec failed)."""
+        if self.deployed is None:
+            raise Fallback("nothing deployed yet")
+        ns = mf.namespace_of(deployment, self.config.deploy.namespace)
+        pods = [p for p in self.kube.pods(ns, mf.selector_of(deployment)) if not p.get("metadata", {}).get("deletionTimestamp")]
+        want = int(deployment.doc.get("spec", {}).get("replicas", 1))
+        current = [p for p in pods if self.deployed in pod_images(p)]
+        if len(current) != want or len(pods) != want or not all(pod_ready(p) for p in current):
+            raise Fallback(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
+        payload = live.tar_files(self.config.image.context, files)
+        target = self.config.live_update.target
+        names = [pod_name(p) for p in current]
+        errors: list[str] = []
+
+        def one(pod: str) -> None:
+            try:
+                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", target], stdin=payload)
+            except DevloopError as e:
+                errors.append(f"{pod}: {e.message}")
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise Fallback(errors[0])
+        return names
+
     # -- one cycle ------------------------------------------------------------------------------
     @contextmanager
     def _phase(self, phases: dict[str, float], name: str) -> Iterator[None]:
@@ -201,7 +245,7 @@ class Pipeline:
         finally:
             phases[name] = self.clock() - start
 
-    def cycle(self, reason: str, files: tuple[str, ...] = (), *, force_apply: bool = False) -> CycleResult:
+    def cycle(self, reason: str, files: tuple[str, ...] = (), *, force_apply: bool = False, sync: tuple[str, ...] = ()) -> CycleResult:
         """plan → build → load → deploy → wait. A CycleFailed is reported and returned, not raised."""
         phases: dict[str, float] = {}
         result = CycleResult(ok=False, image=None, phases=phases)
@@ -216,12 +260,27 @@ class Pipeline:
             return self._report(result, reason, files, start, CycleFailed("plan", e.message, e.hint))
         ref = self.deploy_ref(local)
         result.image = ref
-        if ref == self.deployed and not force_apply:
+        running = self.live_ref if self.synced else self.deployed  # what the pods run right now
+        if not force_apply and ref == running:
             self.out.skipped("image content unchanged", files)
             result.ok = True
             return result
         self.cycles += 1
         self.out.cycle_start(self.cycles, reason, files)
+        if sync and self.config.live_update.enabled:
+            try:
+                with self._phase(phases, "sync"):
+                    result.ready_pods = self.sync(deployment, sync)
+                self.out.phase_done("sync", phases["sync"], f"{len(sync)} files into {len(result.ready_pods)} pods, app restarted")
+                self.synced.update(sync)
+                self.live_ref = ref
+                result.image = self.deployed
+                result.synced = True
+                result.ok = True
+                return self._report(result, reason, files, start, None)
+            except Fallback as e:
+                phases.pop("sync", None)
+                self.out.detail(f"live update not possible ({e}); rebuilding")
         try:
             with self._phase(phases, "build"):
                 result.built = self.build(local)
@@ -230,12 +289,14 @@ class Pipeline:
                 result.loaded = self.load(local)
             self.out.phase_done("load", phases["load"], "loaded" if result.loaded else "already on every node")
             with self._phase(phases, "deploy"):
-                applied = self.deploy(docs, ref)
+                applied = self.deploy(docs, ref, local)
             self.out.phase_done("deploy", phases["deploy"], "; ".join(applied))
             with self._phase(phases, "rollout"):
                 result.ready_pods = self.wait_ready(deployment, ref)
             self.out.phase_done("rollout", phases["rollout"], f"{len(result.ready_pods)} pods ready")
             self.deployed = ref
+            self.synced.clear()
+            self.live_ref = None
             result.ok = True
         except CycleFailed as e:
             result.error = e

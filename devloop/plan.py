@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ class Layout:
     rules: IgnoreRules
     manifests: tuple[str, ...]  # files or directories
     config_files: tuple[str, ...] = ()  # devloop.yaml, kind-config.yaml: a change reloads
+    live_fallback: tuple[str, ...] | None = None  # live update on: globs that still need a rebuild
 
 
 @dataclass(frozen=True)
 class Plan:
     build: bool = False
+    sync: tuple[str, ...] = ()  # context-relative files to copy into the running containers
     apply: bool = False
     reload: bool = False
     image_files: tuple[str, ...] = ()  # context-relative
@@ -37,7 +40,7 @@ class Plan:
 
     @property
     def nothing(self) -> bool:
-        return not (self.build or self.apply or self.reload)
+        return not (self.build or self.sync or self.apply or self.reload)
 
     @property
     def trigger_files(self) -> tuple[str, ...]:
@@ -48,6 +51,8 @@ class Plan:
         if self.reload:
             return "configuration changed"
         parts = []
+        if self.sync:
+            parts.append("live update")
         if self.build:
             parts.append("image source changed")
         if self.manifest_files:
@@ -68,7 +73,19 @@ def _is_manifest(path: str, layout: Layout) -> bool:
     return False
 
 
+def _syncable(rel: str, fallback: tuple[str, ...]) -> bool:
+    name = os.path.basename(rel)
+    return not any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(name, g) for g in fallback)
+
+
 def plan(changes: Iterable[Change], layout: Layout) -> Plan:
+    # the last event for a path wins: an editor that deletes and recreates a file has saved it
+    last: dict[str, Change] = {}
+    for ch in changes:
+        last.pop(ch.path, None)
+        last[ch.path] = ch
+    changes = list(last.values())
+    deleted: set[str] = set()
     image: set[str] = set()
     manifests: set[str] = set()
     configs: set[str] = set()
@@ -87,9 +104,14 @@ def plan(changes: Iterable[Change], layout: Layout) -> Plan:
             rel = os.path.relpath(ch.path, layout.context)
             if layout.rules.reaches_image(rel):
                 image.add(rel)
+                if ch.deleted:
+                    deleted.add(rel)
                 matched = True
         if not matched:
             ignored.add(ch.path)
+    fallback = layout.live_fallback
+    if fallback is not None and image and not manifests and not configs and not deleted and all(_syncable(f, fallback) for f in image):
+        return Plan(sync=tuple(sorted(image)), image_files=tuple(sorted(image)), ignored=tuple(sorted(ignored)))
     return Plan(
         build=bool(image) or bool(configs),
         apply=bool(manifests) or bool(image) or bool(configs),

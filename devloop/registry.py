@@ -143,7 +143,7 @@ class LocalRegistry:
     def remove(self) -> bool:
         with docker_errors():
             try:
-                self.images.client.containers.get(self.cfg.name).remove(force=True)
+                self.images.client.containers.get(self.cfg.name).remove(force=True, v=True)
                 return True
             except docker.errors.NotFound:
                 return False

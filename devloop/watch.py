@@ -27,7 +27,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from devloop.errors import EnvironmentMissing
-from devloop.ignore import IgnoreRules
+from devloop.ignore import ALWAYS_IGNORED_DIRS, IgnoreRules
 from devloop.plan import Change
 
 # Reads (docker build tarring the context, the hasher) must never look like changes.
@@ -105,10 +105,16 @@ class Watcher:
 
     def directory_created(self, path: str) -> None:
         """A new top-level directory in the context gets its own recursive watch."""
+        rel = os.path.relpath(path, self.context)
+        if rel.startswith("..") or self.rules.ignored_dir(rel):
+            return
         if os.path.dirname(path) == str(self.context):
-            rel = os.path.relpath(path, self.context)
-            if not self.rules.ignored_dir(rel):
-                self._schedule(path, recursive=True)
+            self._schedule(path, recursive=True)
+        # files made before the watch existed (mkdir -p a/b && cp, git checkout) still count
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = [d for d in dirnames if d not in ALWAYS_IGNORED_DIRS]
+            for name in filenames:
+                self.emit(Change(os.path.join(dirpath, name)))
 
     def start(self) -> None:
         ctx = str(self.context)

@@ -134,14 +134,14 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     # 3. a Dockerfile that fails to build: the failing step is named, nothing is deployed
     edit(server, "const MESSAGE = = ", "const MESSAGE =")  # fix the code ...
     dockerfile = project / "sample-app" / "Dockerfile"
-    edit(dockerfile, "COPY . .", "COPY . .\nRUN exit 3")  # ... but break the build in the same save batch
+    edit(dockerfile, "CMD [", "RUN exit 3\nCMD [")  # ... but break the build in the same save batch
     broken = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the broken build's cycle")
     assert not broken["ok"] and broken["error"]["phase"] == "build"
     assert "RUN exit 3" in broken["error"]["message"]
     assert {get(port)[1] for _ in range(3)} == {"Hello from devloop sample-app v2"}
 
     # 4. fixing the file recovers
-    edit(dockerfile, "COPY . .\nRUN exit 3", "COPY . .")
+    edit(dockerfile, "RUN exit 3\nCMD [", "CMD [")
     edit(server, "Hello from devloop sample-app v2", "Hello from devloop sample-app v3")
     fixed = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the fixed cycle")
     assert fixed["ok"], fixed

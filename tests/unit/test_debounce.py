@@ -72,3 +72,23 @@ def test_close_wakes_a_waiting_worker() -> None:
     q.close()
     t.join(timeout=5)
     assert not t.is_alive() and got == [None]
+
+
+def test_loop_guard_pauses_files_that_change_during_every_cycle() -> None:
+    from devloop.debounce import LoopGuard
+
+    g = LoopGuard(limit=3)
+    assert g.observe({"app.log", "server.js"}) == set()
+    assert g.observe({"app.log"}) == set()
+    assert g.observe({"app.log"}) == {"app.log"}  # third cycle in a row
+    assert g.paused == {"app.log"}
+    assert g.observe({"app.log"}) == set()  # reported once
+
+
+def test_loop_guard_forgets_a_file_that_stopped() -> None:
+    from devloop.debounce import LoopGuard
+
+    g = LoopGuard(limit=2)
+    g.observe({"a"})
+    g.observe(set())  # a cycle during which nothing changed breaks the streak
+    assert g.observe({"a"}) == set()

@@ -66,3 +66,31 @@ def test_dockerignore_negation_is_honoured() -> None:
 def test_dockerfile_always_reaches_image_even_if_ignored() -> None:
     rules = IgnoreRules(("Dockerfile", "*.dockerfile"), "Dockerfile")
     assert rules.reaches_image("Dockerfile")
+
+
+LIVE = Layout(context=CTX, rules=LAYOUT.rules, manifests=LAYOUT.manifests, config_files=LAYOUT.config_files, live_fallback=("package.json", "package-lock.json", "Dockerfile", ".dockerignore"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "sync", "build"),
+    [
+        ([Change(f"{CTX}/server.js")], ("server.js",), False),
+        ([Change(f"{CTX}/server.js"), Change(f"{CTX}/lib/a.js")], ("lib/a.js", "server.js"), False),
+        ([Change(f"{CTX}/package.json")], (), True),
+        ([Change(f"{CTX}/server.js"), Change(f"{CTX}/Dockerfile")], (), True),
+        ([Change(f"{CTX}/old.js", deleted=True)], (), True),  # deletions rebuild
+        ([Change(f"{CTX}/server.js", deleted=True), Change(f"{CTX}/server.js")], ("server.js",), False),  # delete+recreate = save
+        ([Change(f"{CTX}/server.js"), Change(f"{CTX}/k8s/deployment.yaml")], (), True),
+        ([Change(f"{CTX}/README.md")], (), False),
+    ],
+)
+def test_live_update_plan(changes: list[Change], sync: tuple[str, ...], build: bool) -> None:
+    p = plan(changes, LIVE)
+    assert p.sync == sync and p.build is build
+    if sync:
+        assert p.reason == "live update" and not p.apply
+
+
+def test_without_live_update_source_edits_rebuild() -> None:
+    p = plan([Change(f"{CTX}/server.js")], LAYOUT)
+    assert p.build and p.sync == ()

@@ -1,0 +1,78 @@
+"""Live update: copy changed source files into every running replica and restart the app process
+inside its container, without a new image or a rollout.
+
+To restart the process without restarting the container, devloop starts the container's own
+command under a tiny POSIX-sh restart loop (dev only, and only with `liveUpdate.enabled`): the
+manifests on disk stay as they are; the applied Deployment runs `sh -c SUPERVISOR -- <command>`.
+A container that restarts for any other reason comes back from its image, so `devloop dev`
+rebuilds when it sees that happen (see dev.py): synced changes are never silently lost.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESTART_FLAG = "/tmp/.devloop-restart"
+CHILD_PID = "/tmp/.devloop-child"
+
+# $@ is the container's original command. TERM/INT from the kubelet go to the app and end the loop;
+# a restart requested by devloop (flag file + TERM to the child) starts the command again.
+SUPERVISOR = f"""trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' TERM INT
+while :; do
+  "$@" &
+  child=$!
+  echo "$child" > {CHILD_PID}
+  wait "$child"; code=$?
+  if [ -f {RESTART_FLAG} ]; then rm -f {RESTART_FLAG}; continue; fi
+  exit "$code"
+done"""
+
+# Run in the app container with the tar on stdin: unpack, ask for a restart, wait until the
+# supervisor has started the new process (its pid changes), at most 10 s.
+SYNC = f"""set -e
+tar -xf - -C "$1"
+old=$(cat {CHILD_PID})
+touch {RESTART_FLAG}
+kill -TERM "$old"
+i=0
+while [ "$(cat {CHILD_PID})" = "$old" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+[ "$(cat {CHILD_PID})" != "$old" ]"""
+
+SUPERVISOR_NAME = "devloop-supervisor"
+
+
+def wrap(command: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(command, args) for a container that runs `command` under the restart loop."""
+    return ["/bin/sh", "-c", SUPERVISOR, SUPERVISOR_NAME], list(command)
+
+
+def original_command(container: dict[str, Any], entrypoint: Sequence[str], cmd: Sequence[str]) -> list[str]:
+    """What the container would run: Kubernetes' command/args override the image's ENTRYPOINT/CMD."""
+    if container.get("command"):
+        return [*container["command"], *(container.get("args") or [])]
+    if container.get("args"):
+        return [*entrypoint, *container["args"]]
+    return [*entrypoint, *cmd]
+
+
+def is_wrapped(container: dict[str, object]) -> bool:
+    cmd = container.get("command")
+    return isinstance(cmd, list) and len(cmd) == 4 and cmd[3] == SUPERVISOR_NAME
+
+
+def tar_files(context: Path, files: Sequence[str]) -> bytes:
+    """A tar of these context-relative files (regular files only, no directory entries)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for rel in files:
+            path = context / rel
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
