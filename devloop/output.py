@@ -114,6 +114,9 @@ class Output:
             files=list(files),
         )
 
+    def phase_start(self, phase: str, detail: str = "") -> None:
+        self._emit("phase_start", None, phase=phase, detail=detail)
+
     def phase_done(self, phase: str, seconds: float, detail: str = "") -> None:
         human = f"  [dim]{phase:<8} {fmt_seconds(seconds):>7}  {escape(detail)}[/dim]" if self.verbose else None
         self._emit("phase", human, phase=phase, seconds=round(seconds, 3), detail=detail)

@@ -19,7 +19,7 @@ from devloop import live
 from devloop import manifests as mf
 from devloop.config import Config
 from devloop.debounce import Debouncer
-from devloop.errors import ConfigError, CycleFailed, DevloopError, DockerUnavailable
+from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
@@ -71,6 +71,8 @@ class Pipeline:
         self.synced: set[str] = set()  # files live-synced since `deployed` was rolled out
         self.applied: str | None = None  # the image ref last applied (may have failed)
         self.cycles = 0
+        self.cluster_gone = False
+        self._current_phase = "plan"
         self._stop = threading.Event()
 
     # -- pieces -----------------------------------------------------------------------------------
@@ -239,6 +241,9 @@ class Pipeline:
     # -- one cycle ------------------------------------------------------------------------------
     @contextmanager
     def _phase(self, phases: dict[str, float], name: str) -> Iterator[None]:
+        self._current_phase = name
+        if name != "plan":
+            self.out.phase_start(name)
         start = self.clock()
         try:
             yield
@@ -246,7 +251,7 @@ class Pipeline:
             phases[name] = self.clock() - start
 
     def cycle(self, reason: str, files: tuple[str, ...] = (), *, force_apply: bool = False, sync: tuple[str, ...] = ()) -> CycleResult:
-        """plan → build → load → deploy → wait. A CycleFailed is reported and returned, not raised."""
+        """plan → (sync | build → load → deploy → wait). Failures are reported and returned, not raised."""
         phases: dict[str, float] = {}
         result = CycleResult(ok=False, image=None, phases=phases)
         start = self.clock()
@@ -254,34 +259,37 @@ class Pipeline:
             with self._phase(phases, "plan"):
                 docs, deployment = self.load_manifests()
                 local = self.image_ref()
-        except (ConfigError, DockerUnavailable) as e:
-            self.cycles += 1
-            self.out.cycle_start(self.cycles, reason, files)
-            return self._report(result, reason, files, start, CycleFailed("plan", e.message, e.hint))
+        except DevloopError as e:
+            self._begin(reason, files)
+            return self._report(result, reason, files, start, self._as_failure(e))
         ref = self.deploy_ref(local)
         result.image = ref
         running = self.live_ref if self.synced else self.deployed  # what the pods run right now
-        if not force_apply and ref == running:
+        if not force_apply and not self.cluster_gone and ref == running:
             self.out.skipped("image content unchanged", files)
             result.ok = True
             return result
-        self.cycles += 1
-        self.out.cycle_start(self.cycles, reason, files)
-        if sync and self.config.live_update.enabled:
-            try:
-                with self._phase(phases, "sync"):
-                    result.ready_pods = self.sync(deployment, sync)
-                self.out.phase_done("sync", phases["sync"], f"{len(sync)} files into {len(result.ready_pods)} pods, app restarted")
-                self.synced.update(sync)
-                self.live_ref = ref
-                result.image = self.deployed
-                result.synced = True
-                result.ok = True
-                return self._report(result, reason, files, start, None)
-            except Fallback as e:
-                phases.pop("sync", None)
-                self.out.detail(f"live update not possible ({e}); rebuilding")
+        self._begin(reason, files)
         try:
+            if self.cluster_gone:
+                with self._phase(phases, "cluster"):
+                    self.prepare_cluster()
+                self.cluster_gone = False
+                self.deployed = self.live_ref = None
+                self.synced.clear()
+            elif sync and self.config.live_update.enabled:
+                try:
+                    with self._phase(phases, "sync"):
+                        result.ready_pods = self.sync(deployment, sync)
+                    self.out.phase_done("sync", phases["sync"], f"{len(sync)} files into {len(result.ready_pods)} pods, app restarted")
+                    self.synced.update(sync)
+                    self.live_ref = ref
+                    result.image = self.deployed
+                    result.synced = result.ok = True
+                    return self._report(result, reason, files, start, None)
+                except Fallback as e:
+                    phases.pop("sync", None)
+                    self.out.detail(f"live update not possible ({e}); rebuilding")
             with self._phase(phases, "build"):
                 result.built = self.build(local)
             self.out.phase_done("build", phases["build"], "built" if result.built else "up to date")
@@ -298,12 +306,32 @@ class Pipeline:
             self.synced.clear()
             self.live_ref = None
             result.ok = True
-        except CycleFailed as e:
-            result.error = e
-        except (ConfigError, DockerUnavailable) as e:
+        except DevloopError as e:
             # In a running loop these are recoverable: the next save (or a restarted daemon) may fix them.
-            result.error = CycleFailed("build", e.message, e.hint)
+            result.error = self._as_failure(e)
         return self._report(result, reason, files, start, result.error)
+
+    def _begin(self, reason: str, files: tuple[str, ...]) -> None:
+        self.cycles += 1
+        self.out.cycle_start(self.cycles, reason, files)
+
+    def _as_failure(self, e: DevloopError) -> CycleFailed:
+        """Any error inside a cycle, as a cycle failure naming its phase; notices a vanished cluster."""
+        phase = e.phase if isinstance(e, CycleFailed) else self._current_phase
+        failure = e if isinstance(e, CycleFailed) else CycleFailed(phase, e.message, e.hint)
+        if phase in ("load", "deploy", "rollout", "sync"):
+            try:
+                gone = not self.kind.exists(self.config.cluster.name)
+            except DevloopError:
+                gone = False
+            if gone:
+                self.cluster_gone = True
+                return CycleFailed(
+                    phase,
+                    f"kind cluster {self.config.cluster.name!r} is gone",
+                    "devloop creates it again on the next save (or run `devloop up`)",
+                )
+        return failure
 
     def _report(self, result: CycleResult, reason: str, files: tuple[str, ...], start: float, error: CycleFailed | None) -> CycleResult:
         result.error = error
@@ -316,12 +344,16 @@ class Pipeline:
     def up(self) -> CycleResult:
         self.load_manifests()  # bad manifests are a usage error before anything is created
         self.images.ping()
+        self.prepare_cluster()
+        return self.cycle("up", force_apply=True)
+
+    def prepare_cluster(self) -> None:
+        """The cluster (created when missing) and, when used, the local registry wired to it."""
         self.ensure_cluster()
         if self.registry is not None:
             with self.out.activity("starting the local registry"):
                 if self.registry.ensure(self.kind.nodes(self.config.cluster.name)):
                     self.out.info(f"local registry {self.registry.host} ready (container {self.config.registry.name})")
-        return self.cycle("up", force_apply=True)
 
     def stop(self) -> None:
         self._stop.set()

@@ -76,6 +76,11 @@ class Harness:
 
 @pytest.fixture(scope="session")
 def harness() -> Harness:
+    return make_harness()
+
+
+def make_harness() -> Harness:
+    """Everything the e2e tests (and benchmarks/) need, installed or built when missing."""
     env = dict(os.environ)
     node_base = os.environ.get("DEVLOOP_TEST_NODE_BASE", "devloop-test/node-base:bookworm")
     if node_base == "devloop-test/node-base:bookworm":

@@ -124,6 +124,7 @@ def test_crash_looping_rollout_fails_with_reason_and_logs(sample_copy: Path) -> 
     runner.expect(
         *K, "logs", "web-app-0", "-n", "default", "--tail=8", "--all-containers", "--previous", stdout="SyntaxError: Unexpected token\n"
     )
+    runner.expect("kind", "get", "clusters", stdout="devloop\n")  # a failed rollout checks the cluster is still there
     result = p.cycle("image source changed", ("server.js",))
     runner.done()
     assert not result.ok and result.error is not None
@@ -193,3 +194,49 @@ def test_registry_is_on_when_the_kind_config_prepares_containerd(sample_copy: Pa
     assert config.load(None, sample_copy).registry.enabled  # the repo's kind-config.yaml has the patch
     (sample_copy / "kind-config.yaml").write_text("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\n")
     assert not config.load(None, sample_copy).registry.enabled
+
+
+def test_rollout_that_never_becomes_ready_fails_at_the_deadline(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    now = [0.0]
+    p = make(sample_copy, runner, images)
+    p.clock = lambda: now[0]
+    p._stop.wait = lambda timeout: (now.__setitem__(0, now[0] + 100.0), False)[1]  # type: ignore[method-assign]
+    ref = p.image_ref()
+    images.present.add(ref)
+    images.on_nodes["devloop-control-plane"] = {ref}
+    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="devloop-control-plane\n")
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app configured\n")
+    for _ in range(3):  # polls until the 180 s deadline passes on the injected clock
+        runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment(done=False))
+        runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods("other:old"))
+    runner.expect("kind", "get", "clusters", stdout="devloop\n")
+    result = p.cycle("image source changed", ("server.js",))
+    runner.done()
+    assert result.error is not None and result.error.phase == "rollout"
+    assert "not ready after 180s" in result.error.message
+
+
+def test_a_deleted_cluster_is_reported_and_recreated_on_the_next_cycle(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    images = FakeImages()
+    p = make(sample_copy, runner, images)
+    ref = p.image_ref()
+    images.present.add(ref)
+    runner.expect("kind", "get", "nodes", "--name", "devloop", returncode=1, stderr="ERROR: no nodes found for cluster")
+    runner.expect("kind", "get", "clusters", stdout="")
+    failed = p.cycle("image source changed", ("server.js",))
+    assert failed.error is not None and "kind cluster 'devloop' is gone" in failed.error.message
+    assert "next save" in failed.error.hint
+    # the next save recreates it and deploys again, even though the sources did not change
+    runner.expect("kind", "get", "clusters", stdout="")
+    runner.expect("kind", "create", "cluster", "--name", "devloop", "--config", str(sample_copy / "kind-config.yaml"), "--wait", "120s")
+    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="devloop-control-plane\n")
+    runner.expect("kind", "load", "image-archive", ANY, "--name", "devloop", "--nodes", "devloop-control-plane")
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app created\n")
+    runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment())
+    runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(ref))
+    recovered = p.cycle("image source changed", ("server.js",))
+    runner.done()
+    assert recovered.ok and recovered.loaded and "cluster" in recovered.phases

@@ -68,7 +68,13 @@ def test_dockerfile_always_reaches_image_even_if_ignored() -> None:
     assert rules.reaches_image("Dockerfile")
 
 
-LIVE = Layout(context=CTX, rules=LAYOUT.rules, manifests=LAYOUT.manifests, config_files=LAYOUT.config_files, live_fallback=("package.json", "package-lock.json", "Dockerfile", ".dockerignore"))
+LIVE = Layout(
+    context=CTX,
+    rules=LAYOUT.rules,
+    manifests=LAYOUT.manifests,
+    config_files=LAYOUT.config_files,
+    live_fallback=("package.json", "package-lock.json", "Dockerfile", ".dockerignore"),
+)
 
 
 @pytest.mark.parametrize(
