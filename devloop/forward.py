@@ -108,6 +108,10 @@ class PortForward:
                 proc = self._proc
             if proc is None or proc.wait(timeout=1.0) is None:
                 continue
+            with self._lock:
+                replaced = proc is not self._proc  # stopped on purpose by start(): not a drop
+            if replaced:
+                continue
             if self._stopped.wait(1.0):
                 return
             self.out.detail("port-forward exited; reconnecting")

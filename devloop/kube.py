@@ -163,10 +163,22 @@ def pod_failure(pod: Mapping[str, Any]) -> str | None:
         last = (cs.get("lastState") or {}).get("terminated") or {}
         if int(cs.get("restartCount", 0)) >= 1 and last and int(last.get("exitCode", 0)) != 0:
             return f"container {cs.get('name')} exited with code {last.get('exitCode')} ({last.get('reason', 'Error')}) and is restarting"
-    for cond in pod.get("status", {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            return f"Unschedulable: {cond.get('message', '')}"
     return None
+
+
+def pod_pending_reason(pod: Mapping[str, Any]) -> str:
+    """Why a pod is not ready yet, for the message of a rollout that hit its deadline.
+
+    Unschedulable is not a failure by itself: during a rolling update a surge pod waits for the
+    old pods' CPU requests to be released."""
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("reason"):
+            return f"{cond['reason']}: {str(cond.get('message', '')).strip()[:160]}"
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return str(waiting["reason"])
+    return str(pod.get("status", {}).get("phase", "not ready"))
 
 
 def pod_images(pod: Mapping[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
-from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_ready, rollout_progress
+from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, rollout_progress
 from devloop.output import Output
 from devloop.plan import Change, Layout
 from devloop.registry import LocalRegistry
@@ -185,7 +185,7 @@ class Pipeline:
                     if reason:
                         raise self._pod_failed(pod_name(p), ns, reason)
                 if self.clock() >= deadline:
-                    waiting = [f"{pod_name(p)}: not ready" for p in pods if ref in pod_images(p) and not pod_ready(p)]
+                    waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if ref in pod_images(p) and not pod_ready(p)]
                     raise CycleFailed(
                         "rollout",
                         f"{name} not ready after {timeout:.0f}s ({message})",

@@ -14,6 +14,7 @@ from devloop.ignore import IgnoreRules
 class Change:
     path: str  # absolute
     deleted: bool = False
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,16 @@ def _syncable(rel: str, fallback: tuple[str, ...]) -> bool:
 
 
 def plan(changes: Iterable[Change], layout: Layout) -> Plan:
-    # the last event for a path wins: an editor that deletes and recreates a file has saved it
+    # the last event for a path wins: an editor that deletes and recreates a file has saved it;
+    # a file created and gone again within the batch (sed -i's temp file, an editor's backup) never was
     last: dict[str, Change] = {}
+    born: set[str] = set()
     for ch in changes:
         last.pop(ch.path, None)
         last[ch.path] = ch
-    changes = list(last.values())
+        if ch.created:
+            born.add(ch.path)
+    changes = [ch for ch in last.values() if not (ch.deleted and ch.path in born)]
     deleted: set[str] = set()
     image: set[str] = set()
     manifests: set[str] = set()

@@ -56,7 +56,7 @@ class _Handler(FileSystemEventHandler):
         if event.event_type == "moved":
             dest = _fspath(event.dest_path)
             self.watcher.emit(Change(src, deleted=True))
-            self.watcher.emit(Change(dest))
+            self.watcher.emit(Change(dest, created=True))
             if event.is_directory:
                 self.watcher.directory_created(dest)
         elif event.event_type == "deleted":
@@ -65,7 +65,7 @@ class _Handler(FileSystemEventHandler):
             if event.event_type == "created":
                 self.watcher.directory_created(src)
         else:
-            self.watcher.emit(Change(src))
+            self.watcher.emit(Change(src, created=event.event_type == "created"))
 
 
 class Watcher:
@@ -114,7 +114,7 @@ class Watcher:
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = [d for d in dirnames if d not in ALWAYS_IGNORED_DIRS]
             for name in filenames:
-                self.emit(Change(os.path.join(dirpath, name)))
+                self.emit(Change(os.path.join(dirpath, name), created=True))
 
     def start(self) -> None:
         ctx = str(self.context)

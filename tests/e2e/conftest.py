@@ -6,6 +6,8 @@ What it needs, and where it comes from:
   offline image tests/e2e/kind/build-node-image.sh builds from Debian packages and Go modules.
 - the Node.js base for the sample: DEVLOOP_TEST_NODE_BASE (e.g. node:24-alpine on a laptop),
   else devloop-test/node-base:bookworm from tests/images/build-node-base.sh.
+- the local registry image: DEVLOOP_TEST_REGISTRY_IMAGE (registry:2 on a laptop), else
+  devloop-test/registry:bookworm from tests/images/build-registry.sh (Debian's docker-registry).
 - hosts that refuse `docker run --privileged` (this CI) get tests/e2e/kind/bin/docker first on
   PATH, for the devloop process only: it rewrites kind's --privileged. Detected, or forced with
   DEVLOOP_E2E_DOCKER_WRAPPER=1/0. The product never knows.
@@ -57,6 +59,7 @@ class Harness:
     kind_image: str
     node_base: str
     kubectl: str
+    registry_image: str
 
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         out = subprocess.run(
@@ -85,6 +88,9 @@ def make_harness() -> Harness:
     node_base = os.environ.get("DEVLOOP_TEST_NODE_BASE", "devloop-test/node-base:bookworm")
     if node_base == "devloop-test/node-base:bookworm":
         subprocess.run(["bash", str(REPO / "tests" / "images" / "build-node-base.sh")], check=True)
+    registry_image = os.environ.get("DEVLOOP_TEST_REGISTRY_IMAGE", "devloop-test/registry:bookworm")
+    if registry_image == "devloop-test/registry:bookworm":
+        subprocess.run(["bash", str(REPO / "tests" / "images" / "build-registry.sh")], check=True, stdout=subprocess.DEVNULL)
     kind_image = os.environ.get("DEVLOOP_E2E_KIND_IMAGE", "")
     path = [str(CACHE / "bin")]
     if shutil.which("kind") is None or not kind_image:
@@ -97,7 +103,7 @@ def make_harness() -> Harness:
     env["PATH"] = os.pathsep.join([*path, env["PATH"]])
     kubectl = shutil.which("kubectl", path=env["PATH"])
     assert kubectl, "kubectl is needed for the e2e tests"
-    return Harness(env=env, kind_image=kind_image, node_base=node_base, kubectl=kubectl)
+    return Harness(env=env, kind_image=kind_image, node_base=node_base, kubectl=kubectl, registry_image=registry_image)
 
 
 def free_port() -> int:
@@ -118,6 +124,7 @@ def project(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "apiVersion: devloop/v1\n"
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {harness.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {harness.node_base}\n"
+        f"registry:\n  image: {harness.registry_image}\n"
         f"portForward:\n  localPort: {free_port()}\n"
         "deploy:\n  rolloutTimeout: 240\n"
     )

@@ -115,7 +115,7 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     server = project / "sample-app" / "server.js"
     edit(server, V1, "Hello from devloop sample-app v2")
     done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the edit's cycle")
-    assert done["ok"], done
+    assert done["ok"], done["error"]
     assert done["files"] == ["server.js"]
     assert set(done["phases"]) >= {"build", "load", "deploy", "rollout"}
     d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the rollout")
@@ -144,7 +144,7 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     edit(dockerfile, "RUN exit 3\nCMD [", "CMD [")
     edit(server, "Hello from devloop sample-app v2", "Hello from devloop sample-app v3")
     fixed = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the fixed cycle")
-    assert fixed["ok"], fixed
+    assert fixed["ok"], fixed["error"]
     d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the recovery")
     assert get(port)[1] == "Hello from devloop sample-app v3"
     assert set(served_by_every_pod(harness).values()) == {"Hello from devloop sample-app v3"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ def project(tmp_path: Path, node_base: str) -> Path:
 @pytest.fixture
 def pipeline(project: Path, cleanup_images: list[str]) -> Iterator[Pipeline]:
     cfg = config.load(None, project)
-    p = Pipeline(cfg, Output(json_mode=True, stdout=open("/dev/null", "w")))  # noqa: SIM115
+    p = Pipeline(cfg, Output(json_mode=True, stdout=io.StringIO()))
     yield p
     client = docker.from_env()
     for img in client.images.list(name=cfg.image.name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -94,9 +95,7 @@ def test_daemon_gone_mid_loop_fails_one_cycle_and_the_next_recovers(sample_copy:
     runner = FakeRunner()  # kind and kubectl stay fakes here: the daemon is what is real
     cfg = config.load(None, sample_copy)
     images = Images(lambda: docker.DockerClient(base_url=f"unix://{proxy.path}", version="auto"))
-    p = Pipeline(
-        cfg, Output(json_mode=True, stdout=open("/dev/null", "w")), images=images, kind=Kind(runner), kube=Kube("kind-devloop", runner)
-    )  # noqa: SIM115
+    p = Pipeline(cfg, Output(json_mode=True, stdout=io.StringIO()), images=images, kind=Kind(runner), kube=Kube("kind-devloop", runner))
     images.ping()
     proxy.cut()
     server = cfg.image.context / "server.js"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def cluster_ok(r: FakeRunner) -> FakeRunner:
 def make(sample_copy: Path, runner: FakeRunner, images: FakeImages, registry: bool = False) -> Pipeline:
     (sample_copy / "devloop.yaml").write_text(f"registry: {{enabled: {str(registry).lower()}}}\n")
     cfg = config.load(None, sample_copy)
-    out = Output(json_mode=True, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    out = Output(json_mode=True, stdout=io.StringIO())
     return Pipeline(cfg, out, images=images, kind=Kind(runner), kube=Kube(cfg.cluster.context, runner))  # type: ignore[arg-type]
 
 

@@ -100,3 +100,21 @@ def test_live_update_plan(changes: list[Change], sync: tuple[str, ...], build: b
 def test_without_live_update_source_edits_rebuild() -> None:
     p = plan([Change(f"{CTX}/server.js")], LAYOUT)
     assert p.build and p.sync == ()
+
+
+def test_a_temp_file_created_and_renamed_away_is_not_a_trigger() -> None:
+    # sed -i: create sedXXXXXX, write it, rename it over server.js
+    batch = [
+        Change(f"{CTX}/sed5ArWQK", created=True),
+        Change(f"{CTX}/sed5ArWQK"),
+        Change(f"{CTX}/sed5ArWQK", deleted=True),
+        Change(f"{CTX}/server.js", created=True),
+    ]
+    p = plan(batch, LIVE)
+    assert p.trigger_files == ("server.js",)
+    assert p.sync == ("server.js",)  # not a deletion: live update still applies
+
+
+def test_a_deleted_existing_file_is_still_a_deletion() -> None:
+    p = plan([Change(f"{CTX}/lib/a.js"), Change(f"{CTX}/lib/a.js", deleted=True)], LIVE)
+    assert p.build and p.image_files == ("lib/a.js",)

@@ -20,6 +20,9 @@
 # Env: DEVLOOP_CACHE, DEVLOOP_FORCE_REBUILD=1 (rebuild the image; cached artifacts are reused),
 #      DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
+# One brace group: bash parses the whole script before running it, so editing this file while
+# it runs cannot corrupt the running instance.
+{
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 NODE_IMAGE="$(tr -d ' \t\r\n' <"$HERE/NODE_IMAGE")"
@@ -69,7 +72,10 @@ RECIPE="$(cat "$0" "$HERE"/node/* "$HERE/NODE_IMAGE" | sha256sum | cut -c1-16)"
 if [ "${DEVLOOP_FORCE_REBUILD:-0}" != 1 ] &&
    [ "$(docker image inspect -f '{{ index .Config.Labels "devloop.kind-node.recipe" }}' "$NODE_IMAGE" 2>/dev/null || true)" = "$RECIPE" ]; then
   log "$NODE_IMAGE is up to date (recipe $RECIPE)"
-  [ -x "$CACHE/bin/kubectl" ] || log "note: $CACHE/bin/kubectl missing (rebuild with DEVLOOP_FORCE_REBUILD=1 to restore it)"
+  if [ ! -x "$CACHE/bin/kubectl" ]; then
+    if [ -x "$ART/kubernetes-$K8S_VERSION/kubectl" ]; then cp "$ART/kubernetes-$K8S_VERSION/kubectl" "$CACHE/bin/kubectl"
+    else log "note: $CACHE/bin/kubectl missing (DEVLOOP_FORCE_REBUILD=1 rebuilds it)"; fi
+  fi
   summary
   echo "$NODE_IMAGE"
   exit 0
@@ -413,3 +419,5 @@ cleanup; TMP_IMAGES=()
 log "built $NODE_IMAGE ($(docker image inspect -f '{{.Size}}' "$NODE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
 summary
 echo "$NODE_IMAGE"
+exit 0
+}

@@ -11,11 +11,15 @@
 # (unless --keep) and check that no node containers are left.
 # Env: DEVLOOP_CACHE (default ~/.cache/devloop-e2e).
 set -euo pipefail
+# One brace group: bash parses the whole script before running it, so editing this file while
+# it runs cannot corrupt the running instance.
+{
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$HERE/../../.." && pwd -P)"
 CACHE="${DEVLOOP_CACHE:-$HOME/.cache/devloop-e2e}"
-NAME=devloop-e2e
+NAME=devloop-kind-check
+CREATED=0
 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,7 +54,9 @@ cleanup() {
     k get pods -A -o wide >&2 2>&1 || true
     docker exec "$NAME-control-plane" journalctl -u kubelet --no-pager 2>/dev/null | tail -40 >&2 || true
   fi
-  if [ "$KEEP" = 0 ]; then
+  if [ "$CREATED" = 0 ]; then
+    :   # never delete a cluster this run did not create
+  elif [ "$KEEP" = 0 ]; then
     log "deleting cluster $NAME"
     kind_ delete cluster --name "$NAME" >&2 || true
     left="$(docker ps -aq --filter "label=io.x-k8s.kind.cluster=$NAME")"
@@ -69,7 +75,9 @@ if "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; then
 fi
 log "kind create cluster --name $NAME --image $NODE_IMAGE --config $REPO/kind-config.yaml"
 t=$(date +%s)
+# (on failure kind removes the nodes it started itself)
 kind_ create cluster --config "$REPO/kind-config.yaml" --image "$NODE_IMAGE" --name "$NAME" >&2
+CREATED=1
 log "cluster created in $(( $(date +%s) - t ))s"
 
 k get nodes -o wide >&2
@@ -155,3 +163,5 @@ grep -qx "CLUSTERIP:hello from devloop e2e" <<<"$out" || die "pod -> ClusterIP $
 grep -qx "DNS:hello from devloop e2e" <<<"$out" || die "pod -> http://web (DNS) failed"
 log "pod -> ClusterIP $CIP OK; DNS web.default.svc.cluster.local OK"
 log "ALL CHECKS PASSED"
+exit 0
+}
