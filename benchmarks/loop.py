@@ -22,7 +22,6 @@ Prints a table with p50/p95 per phase and the baseline/devloop ratios.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
@@ -31,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import Harness, free_port, make_harness  # noqa: E402  (the e2e tests' setup)
+from tests.e2e.conftest import Harness, free_port, make_harness, pump_json_lines  # noqa: E402  (the e2e tests' setup)
 
 CLUSTER = "devloop-bench"
 CONTEXT = f"kind-{CLUSTER}"
@@ -94,13 +92,8 @@ class Client:
         self.proc = subprocess.Popen(
             [h.kubectl, "--context", CONTEXT, "logs", "-f", "bench-client"], env=h.env, stdout=subprocess.PIPE, text=True
         )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.answers.put(json.loads(line))
+        pump_json_lines(self.proc.stdout, self.answers)
 
     def drain(self) -> None:
         while not self.answers.empty():
@@ -137,7 +130,7 @@ def write_config(root: Path, h: Harness, *, registry: bool, live: bool) -> None:
         "apiVersion: devloop/v1\n"
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {h.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {h.node_base}\n"
-        f"registry:\n  enabled: {str(registry).lower()}\n  image: {os.environ.get('DEVLOOP_TEST_REGISTRY_IMAGE', 'devloop-test/registry:bookworm')}\n"
+        f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
         f"liveUpdate:\n  enabled: {str(live).lower()}\n"
         f"portForward:\n  localPort: {free_port()}\n"
     )
@@ -154,13 +147,8 @@ class DevProcess:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
+        pump_json_lines(self.proc.stdout, self.events)
 
     def next(self, kinds: set[str], timeout: float = 600) -> dict[str, Any]:
         deadline = time.time() + timeout

@@ -24,6 +24,7 @@ from devloop.images import Images
 from devloop.kind import Kind
 from devloop.kube import Kube
 from devloop.output import Output
+from devloop.registry import LocalRegistry
 
 app = typer.Typer(
     name="devloop",
@@ -157,23 +158,20 @@ def down(
         cfg = _load(ctx.obj)
         kind = Kind()
         name = cfg.cluster.name
-        if not kind.exists(name):
-            out.result("down", f"kind cluster {name!r} does not exist: nothing to remove", removed=[], cluster_deleted=False)
-            return EXIT_OK
-        removed: list[str] = []
+        exists = kind.exists(name)
         kube = Kube(cfg.cluster.context)
-        if kube.reachable():
+        removed: list[str] = []
+        if cluster:  # deleting the cluster removes everything in it; no need to delete objects first
+            if exists:
+                with out.activity(f"deleting kind cluster {name}"):
+                    kind.delete(name)
+                removed.append(f"kind cluster {name}")
+            if cfg.registry.enabled and LocalRegistry(cfg.registry, Images(), kube).remove():
+                removed.append(f"container {cfg.registry.name} (local registry)")
+        elif exists and kube.reachable():
             removed = kube.delete(mf.to_yaml(mf.load(cfg.deploy.manifests)), cfg.deploy.namespace)
-        if cluster:
-            with out.activity(f"deleting kind cluster {name}"):
-                kind.delete(name)
-        lines = "\n".join(f"  {r}" for r in removed) or "  (nothing was applied)"
-        out.result(
-            "down",
-            f"removed:\n{lines}" + (f"\ndeleted kind cluster {name!r}" if cluster else ""),
-            removed=removed,
-            cluster_deleted=cluster,
-        )
+        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove (cluster {name!r})"
+        out.result("down", human, removed=removed, cluster_deleted=cluster and exists)
         return EXIT_OK
 
     _run(ctx, body)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import docker
 import pytest
@@ -106,6 +106,19 @@ def make_harness() -> Harness:
     return Harness(env=env, kind_image=kind_image, node_base=node_base, kubectl=kubectl, registry_image=registry_image)
 
 
+def pump_json_lines(stream: IO[str], into: queue.Queue[dict[str, Any]], raw: list[str] | None = None) -> None:
+    """A daemon thread that puts every JSON line of `stream` into `into` (and keeps the raw lines)."""
+
+    def pump() -> None:
+        for line in stream:
+            if raw is not None:
+                raw.append(line)
+            with contextlib.suppress(ValueError):
+                into.put(json.loads(line))
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
 def free_port() -> int:
     import socket
 
@@ -145,14 +158,8 @@ class Devloop:
     raw: list[str] = field(default_factory=list)
 
     def start_reader(self) -> None:
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.raw.append(line)
-                with contextlib.suppress(ValueError):
-                    self.events.put(json.loads(line))
-
-        threading.Thread(target=pump, daemon=True).start()
+        assert self.proc.stdout is not None
+        pump_json_lines(self.proc.stdout, self.events, self.raw)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

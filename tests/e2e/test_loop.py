@@ -22,8 +22,16 @@ V1 = "Hello from devloop sample-app v1"
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_cluster(harness: Harness) -> Iterator[None]:
+    """Nothing of devloop's left from earlier runs: no cluster, no registry, no built images."""
+    import docker
+
     if CLUSTER in harness.kind_clusters():
         subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=harness.env, check=True)
+    client = docker.from_env()
+    for c in client.containers.list(all=True, filters={"label": "dev.devloop.role=registry"}):
+        c.remove(force=True, v=True)
+    for image in client.images.list(name="my-web-app") + client.images.list(name="localhost:5001/my-web-app"):
+        client.images.remove(image.id, force=True)
     yield
     if CLUSTER in harness.kind_clusters():
         subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=harness.env, check=False)
@@ -155,6 +163,106 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     assert children_of_cluster() == []
 
 
+def set_config(project: Path, **sections: str) -> None:
+    """Replace or add top-level sections of the e2e project's devloop.yaml (YAML text per section)."""
+    import yaml
+
+    doc = yaml.safe_load((project / "devloop.yaml").read_text())
+    for key, text in sections.items():
+        doc[key] = yaml.safe_load(text)
+    (project / "devloop.yaml").write_text(yaml.safe_dump(doc))
+
+
+def test_kind_load_path_without_registry(harness: Harness, project: Path) -> None:
+    original = (project / "devloop.yaml").read_text()
+    try:
+        set_config(project, registry=f"{{enabled: false, image: {harness.registry_image}}}")
+        server = project / "sample-app" / "server.js"
+        text = server.read_text()
+        current = next(line for line in text.splitlines() if line.startswith("const MESSAGE ="))
+        server.write_text(text.replace(current, "const MESSAGE = 'Hello via kind load';"))
+        code, events, output = run_cli(harness, project, "up")
+        assert code == 0, output
+        up = next(e for e in events if e["event"] == "up")
+        assert up["loaded"] and not up["image"].startswith("localhost:")
+        assert up["response"].strip() == "Hello via kind load"
+        code, events, output = run_cli(harness, project, "up")
+        assert code == 0 and next(e for e in events if e["event"] == "up")["loaded"] is False  # already on the node
+    finally:
+        (project / "devloop.yaml").write_text(original)
+
+
+def test_port_already_taken_is_a_warning_not_a_hang(harness: Harness, project: Path, run_devloop: Any) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", local_port(project)))
+        s.listen()
+        d: Devloop = run_devloop("dev")
+        warning = d.wait_for(lambda e: e["event"] == "warning", 300, "a warning about the port")
+        assert "already in use" in warning["message"] and "portForward.localPort" in warning["hint"]
+        d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 60, "the watcher to start")
+        assert d.interrupt() == 130
+    assert children_of_cluster() == []
+
+
+def test_live_update_syncs_without_new_pods_and_survives_a_restart(harness: Harness, project: Path, run_devloop: Any) -> None:
+    port = local_port(project)
+    original = (project / "devloop.yaml").read_text()
+    set_config(project, liveUpdate="{enabled: true}")
+    d: Devloop = run_devloop("dev")
+    try:
+        first = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the first cycle")
+        assert first["ok"], first["error"]
+        d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 120, "the port-forward")
+        pods_before = set(served_by_every_pod(harness))
+        server = project / "sample-app" / "server.js"
+        text = server.read_text()
+        current = next(line for line in text.splitlines() if line.startswith("const MESSAGE ="))
+        server.write_text(text.replace(current, "const MESSAGE = 'Hello live';"))
+        done = d.wait_for(lambda e: e["event"] == "cycle_done", 120, "the live-update cycle")
+        assert done["ok"], done["error"]
+        assert "sync" in done["phases"] and "build" not in done["phases"] and "rollout" not in done["phases"]
+        answers = served_by_every_pod(harness)
+        assert set(answers) == pods_before  # the same pods: nothing was rolled
+        assert set(answers.values()) == {"Hello live"}, answers
+        assert get(port)[1] == "Hello live"
+
+        # a container restart brings back the image's code: devloop notices and rebuilds
+        victim = sorted(pods_before)[0]
+        harness.kubectl_run("exec", victim, "--", "kill", "1")
+        warned = d.wait_for(lambda e: e["event"] == "warning" and "restarted" in e["message"], 120, "the restart warning")
+        assert victim in warned["message"]
+        rebuilt = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the rebuild after the restart")
+        assert rebuilt["ok"], rebuilt["error"]
+        assert "build" in rebuilt["phases"] and "rollout" in rebuilt["phases"]
+        assert set(served_by_every_pod(harness).values()) == {"Hello live"}
+        assert d.interrupt() == 130
+    finally:
+        (project / "devloop.yaml").write_text(original)
+
+
+@pytest.mark.parametrize("phase", ["build", "rollout"])
+def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Harness, project: Path, run_devloop: Any, phase: str) -> None:
+    d: Devloop = run_devloop("dev")
+    d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 300, "the watcher to start")
+    dockerfile = project / "sample-app" / "Dockerfile"
+    server = project / "sample-app" / "server.js"
+    before = (dockerfile.read_text(), server.read_text())
+    try:
+        if phase == "build":
+            edit(dockerfile, "CMD [", "RUN sleep 60\nCMD [")  # a slow build step
+        else:
+            edit(server, "path === '/healthz'", "path === '/never-healthy'")  # readiness never passes: the rollout waits
+        d.wait_for(lambda e: e["event"] == "phase_start" and e["phase"] == phase, 300, f"the {phase} phase to start")
+        assert children_of_cluster() or phase == "build"
+        assert d.interrupt(timeout=30) == 130
+        assert children_of_cluster() == []
+    finally:
+        dockerfile.write_text(before[0])
+        server.write_text(before[1])
+
+
 def test_down_removes_what_up_applied(harness: Harness, project: Path) -> None:
     code, _events, output = run_cli(harness, project, "down")
     assert code == 0, output
@@ -165,8 +273,11 @@ def test_down_removes_what_up_applied(harness: Harness, project: Path) -> None:
 
 
 def test_down_cluster_deletes_the_cluster(harness: Harness, project: Path) -> None:
+    import docker
+
     code, _, output = run_cli(harness, project, "down", "--cluster")
     assert code == 0, output
     assert CLUSTER not in harness.kind_clusters()
+    assert docker.from_env().containers.list(all=True, filters={"label": "dev.devloop.role=registry"}) == []
     code, _, output = run_cli(harness, project, "down", "--cluster")  # idempotent
     assert code == 0, output

@@ -21,20 +21,11 @@ IMAGE="${NODE_BASE_IMAGE:-devloop-test/node-base:bookworm}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 LOCK="${NODE_BASE_LOCK:-/tmp/devloop-node-base.lock}"
 
-log() { echo "[build-node-base] $*" >&2; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
-
+LOG_PREFIX=build-node-base
+# shellcheck source=tests/images/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T0=$(now)
-
-image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
-
-# Fast path (no lock, no root needed): the image is already there.
-if [ "${FORCE:-0}" != 1 ] && image_exists; then
-  log "$IMAGE already present ($(elapsed "$T0")); FORCE=1 to rebuild"
-  echo "$IMAGE"
-  exit 0
-fi
+exit_if_present
 
 if [ "$(id -u)" != 0 ]; then
   log "must run as root (debootstrap/chroot/mount); try: sudo $0"

@@ -30,20 +30,11 @@ DEBS="$CACHE/debs"
 LOCK="${REGISTRY_IMAGE_LOCK:-/tmp/devloop-registry-image.lock}"
 PKG=docker-registry
 
-log() { echo "[build-registry] $*" >&2; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
-
+LOG_PREFIX=build-registry
+# shellcheck source=tests/images/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T0=$(now)
-
-image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
-
-# Fast path (no lock): the image is already there.
-if [ "${FORCE:-0}" != 1 ] && image_exists; then
-  log "$IMAGE already present ($(elapsed "$T0")); FORCE=1 to rebuild"
-  echo "$IMAGE"
-  exit 0
-fi
+exit_if_present
 
 # Serialise concurrent builds; re-check after taking the lock (another run may have just built it).
 exec 9>"$LOCK"

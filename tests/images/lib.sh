@@ -1,0 +1,14 @@
+# Shared by the image scripts here (source it after setting IMAGE and LOG_PREFIX).
+log() { echo "[$LOG_PREFIX] $*" >&2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
+
+# Fast path: the image is already there (FORCE=1 rebuilds). Prints the image name.
+exit_if_present() {
+  if [ "${FORCE:-0}" != 1 ] && image_exists; then
+    log "$IMAGE already present ($(elapsed "$T0")); FORCE=1 to rebuild"
+    echo "$IMAGE"
+    exit 0
+  fi
+}
