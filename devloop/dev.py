@@ -29,10 +29,10 @@ class DevSession:
         self.logs = LogStreams(pipeline.kube, cfg.deploy.namespace, self.out.pod_log)
         self.guard = LoopGuard()
         self._restarts: dict[str, int] = {}
-        self._restarts_seeded = False
         self._pod_watch: Background | None = None
         self._in_cycle = False
         self._during: set[str] = set()
+        self._port_warned = False
 
     def _on_change(self, change: Change) -> None:
         """Called on the watcher thread."""
@@ -45,10 +45,12 @@ class DevSession:
         if not pf.enabled:
             return
         if not port_free(pf.local_port):
-            self.out.warn(
-                f"port {pf.local_port} on 127.0.0.1 is already in use: no port-forward",
-                "free the port or set portForward.localPort in devloop.yaml",
-            )
+            if not self._port_warned:
+                self.out.warn(
+                    f"port {pf.local_port} on 127.0.0.1 is already in use: no port-forward (retried after each rollout)",
+                    "free the port or set portForward.localPort in devloop.yaml",
+                )
+                self._port_warned = True
             return
         self.forward = PortForward(self.p.kube, self.out, self.p.config.deploy.namespace, pf.service, pf.port, pf.local_port)
         self.forward.start()
@@ -75,11 +77,10 @@ class DevSession:
             return
         restarts = sum(int(c) for c in counts.split() if c.isdigit())
         known = self._restarts.get(name)
-        if known is None or restarts > known:
+        if known is None or restarts > known:  # a new replica, or a container that restarted
             self._restarts[name] = restarts
-            if known is not None or self._restarts_seeded:
-                self.out.warn(f"pod {name} restarted: it lost the live-updated files; rebuilding", "")
-                self.queue.put(Change(REBUILD))
+            self.out.warn(f"pod {name} restarted: it lost the live-updated files; rebuilding", "")
+            self.queue.put(Change(REBUILD))
 
     def _start_pod_watch(self) -> None:
         if not self.p.config.live_update.enabled or self._pod_watch is not None:
@@ -89,7 +90,6 @@ class DevSession:
         for pod in self.p.kube.pods(ns, selector_of(deployment)):
             cs = pod.get("status", {}).get("containerStatuses") or []
             self._restarts[pod_name(pod)] = sum(int(c.get("restartCount", 0)) for c in cs)
-        self._restarts_seeded = True
         self._pod_watch = self.p.kube.watch_pods(ns, selector_of(deployment), self._pod_event)
 
     def _start_watcher(self) -> None:
@@ -131,7 +131,7 @@ class DevSession:
                 continue
             if todo.reload:
                 try:
-                    self.p.config = config_mod.load(self.p.config.file, self.p.config.root)
+                    self.p.reconfigure(config_mod.load(self.p.config.file, self.p.config.root))
                 except DevloopError as e:
                     self.out.error(e)
                     self.out.warn("keeping the previous configuration", "fix the file and save it again")

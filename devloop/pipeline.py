@@ -1,12 +1,14 @@
 """One pipeline: plan → build → load → deploy → wait ready → report.
 
-`Pipeline` holds the adapters and what is deployed; `up()` runs one full cycle; `dev()` runs
-`up()` and then one worker that takes debounced batches of changes and runs cycles one at a
-time. A failed cycle is reported and the loop goes on; only set-up failures end it.
+`Pipeline` holds the adapters and what is deployed; `up()` prepares the cluster and runs one
+full cycle; `cycle()` is one pass (or a live sync), which `devloop dev` (dev.py) calls once per
+debounced batch of changes. A failed cycle is reported and the loop goes on; only set-up
+failures end it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -74,6 +76,19 @@ class Pipeline:
         self.cluster_gone = False
         self._current_phase = "plan"
         self._stop = threading.Event()
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded devloop.yaml. The cluster stays the one devloop started with."""
+        if config.cluster.name != self.config.cluster.name:
+            self.out.warn(
+                f"cluster.name changed to {config.cluster.name!r}; still using {self.config.cluster.name!r}",
+                "restart `devloop dev` to switch clusters",
+            )
+            config = dataclasses.replace(config, cluster=self.config.cluster)
+        self.config = config
+        self.registry = LocalRegistry(config.registry, self.images, self.kube) if config.registry.enabled else None
+        if self.registry is not None:
+            self.registry.ensure(self.kind.nodes(config.cluster.name))
 
     # -- pieces -----------------------------------------------------------------------------------
     @property

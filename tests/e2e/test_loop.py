@@ -30,8 +30,8 @@ def fresh_cluster(harness: Harness) -> Iterator[None]:
     client = docker.from_env()
     for c in client.containers.list(all=True, filters={"label": "dev.devloop.role=registry"}):
         c.remove(force=True, v=True)
-    for image in client.images.list(name="my-web-app") + client.images.list(name="localhost:5001/my-web-app"):
-        client.images.remove(image.id, force=True)
+    for image_id in {i.id for i in client.images.list(name="my-web-app") + client.images.list(name="localhost:5001/my-web-app")}:
+        client.images.remove(image_id, force=True)
     yield
     if CLUSTER in harness.kind_clusters():
         subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=harness.env, check=False)
