@@ -9,6 +9,7 @@ failures end it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 import threading
 import time
@@ -43,6 +44,19 @@ class CycleResult:
     built: bool = False
     loaded: bool = False
     synced: bool = False
+
+
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception)\b|\bERR!|\bpanic:|\bFATAL\b")
+
+
+def log_excerpt(lines: list[str], size: int = 8) -> list[str]:
+    """The lines of a crash log a person needs: the first error line with what led up to it
+    (a Node.js SyntaxError prints file:line, the code and a caret before it), else the tail."""
+    for i, line in enumerate(lines):
+        if _ERROR_LINE.search(line):
+            start = max(0, i - 4)
+            return lines[start : start + size]
+    return lines[-size:]
 
 
 class Fallback(Exception):
@@ -211,7 +225,7 @@ class Pipeline:
                     raise CycleFailed("rollout", "stopped while waiting for the rollout")
 
     def _pod_failed(self, pod: str, ns: str, reason: str) -> CycleFailed:
-        logs = self.kube.logs(pod, ns, tail=8, previous=True) or self.kube.logs(pod, ns, tail=8)
+        logs = log_excerpt(self.kube.logs(pod, ns, tail=40, previous=True) or self.kube.logs(pod, ns, tail=40))
         serving = f"; {self.deployed} keeps serving" if self.deployed and self.deployed != self.applied else ""
         return CycleFailed(
             "rollout",
@@ -219,7 +233,7 @@ class Pipeline:
             "fix the code and save: devloop rolls out again"
             if "CrashLoop" in reason or "exited" in reason
             else "check the image and the manifest",
-            details=[f"{pod}: {line}" for line in logs[-8:]],
+            details=[f"{pod}: {line}" for line in logs],
         )
 
     def sync(self, deployment: mf.Manifest, files: tuple[str, ...]) -> list[str]:

@@ -123,7 +123,7 @@ def test_crash_looping_rollout_fails_with_reason_and_logs(sample_copy: Path) -> 
     runner.expect(*K, "get", "deployment", "web-app", "-n", "default", "-o", "json", stdout=deployment(done=False))
     runner.expect(*K, "get", "pods", "-n", "default", "-l", "app=web-app", "-o", "json", stdout=pods(ref, crash=True))
     runner.expect(
-        *K, "logs", "web-app-0", "-n", "default", "--tail=8", "--all-containers", "--previous", stdout="SyntaxError: Unexpected token\n"
+        *K, "logs", "web-app-0", "-n", "default", "--tail=40", "--all-containers", "--previous", stdout="SyntaxError: Unexpected token\n"
     )
     runner.expect("kind", "get", "clusters", stdout="devloop\n")  # a failed rollout checks the cluster is still there
     result = p.cycle("image source changed", ("server.js",))
@@ -241,3 +241,22 @@ def test_a_deleted_cluster_is_reported_and_recreated_on_the_next_cycle(sample_co
     recovered = p.cycle("image source changed", ("server.js",))
     runner.done()
     assert recovered.ok and recovered.loaded and "cluster" in recovered.phases
+
+
+def test_log_excerpt_keeps_the_error_and_what_led_to_it() -> None:
+    from devloop.pipeline import log_excerpt
+
+    crash = [
+        "> sample-app@1.0.0 start",
+        "> node server.js",
+        "/app/server.js:7",
+        "const MESSAGE = = 'x';",
+        "                ^",
+        "SyntaxError: Unexpected token '='",
+        *[f"    at frame {i}" for i in range(20)],
+        "Node.js v18.20.4",
+    ]
+    out = log_excerpt(crash)
+    assert "SyntaxError: Unexpected token '='" in out and "/app/server.js:7" in out
+    assert len(out) == 8
+    assert log_excerpt(["a", "b", "c"], size=2) == ["b", "c"]

@@ -48,7 +48,7 @@ cleanup() {
   [ -z "$PF_PID" ] || kill "$PF_PID" 2>/dev/null || true
   docker rmi "$APP_IMAGE" >/dev/null 2>&1 || true
   rm -rf "$WORK"
-  if [ $rc != 0 ]; then
+  if [ $rc != 0 ] && [ "$CREATED" = 1 ]; then
     log "failure: diagnostics"
     k get nodes -o wide >&2 2>&1 || true
     k get pods -A -o wide >&2 2>&1 || true
