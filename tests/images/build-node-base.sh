@@ -32,17 +32,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# Serialise concurrent builds; re-check after taking the lock (another run may have just built it).
-exec 9>"$LOCK"
-if ! flock -w 1200 9; then
-  log "timed out waiting for lock $LOCK"
-  exit 1
-fi
-if [ "${FORCE:-0}" != 1 ] && image_exists; then
-  log "$IMAGE was built by a concurrent run ($(elapsed "$T0"))"
-  echo "$IMAGE"
-  exit 0
-fi
+take_lock 1200
 
 # --- mirror ------------------------------------------------------------------------------------------
 find_mirror() {

@@ -36,17 +36,7 @@ LOG_PREFIX=build-registry
 T0=$(now)
 exit_if_present
 
-# Serialise concurrent builds; re-check after taking the lock (another run may have just built it).
-exec 9>"$LOCK"
-if ! flock -w 600 9; then
-  log "timed out waiting for lock $LOCK"
-  exit 1
-fi
-if [ "${FORCE:-0}" != 1 ] && image_exists; then
-  log "$IMAGE was built by a concurrent run ($(elapsed "$T0"))"
-  echo "$IMAGE"
-  exit 0
-fi
+take_lock 600
 
 mkdir -p "$DEBS"
 

@@ -12,3 +12,18 @@ exit_if_present() {
     exit 0
   fi
 }
+
+# Serialise concurrent builds on $LOCK (fd 9, held until the script exits); afterwards re-check,
+# since another run may just have built the image. $1: seconds to wait for the lock.
+take_lock() {
+  exec 9>"$LOCK"
+  if ! flock -w "$1" 9; then
+    log "timed out waiting for lock $LOCK"
+    exit 1
+  fi
+  if [ "${FORCE:-0}" != 1 ] && image_exists; then
+    log "$IMAGE was built by a concurrent run ($(elapsed "$T0"))"
+    echo "$IMAGE"
+    exit 0
+  fi
+}

@@ -16,7 +16,7 @@ import docker
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-NODE_BASE = os.environ.get("DEVLOOP_TEST_NODE_IMAGE", "devloop-test/node-base:bookworm")
+NODE_BASE = os.environ.get("DEVLOOP_TEST_NODE_BASE", "devloop-test/node-base:bookworm")
 
 
 @pytest.fixture(scope="session")
