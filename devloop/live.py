@@ -31,16 +31,35 @@ while :; do
   exit "$code"
 done"""
 
-# Run in the app container with the tar on stdin: unpack, ask for a restart, wait until the
-# supervisor has started the new process (its pid changes), at most 10 s.
+# Run in the app container with the tar on stdin ($1: target dir, $2...: container ports as the
+# 4-digit hex /proc/net/tcp uses): unpack, ask for a restart, wait until the supervisor has started
+# the new process (its pid changes) and, when the container declares ports, until one listens
+# again; at most 10 s each. Exit 3 when the new process never listened.
 SYNC = f"""set -e
-tar -xf - -C "$1"
+target=$1; shift
+tar -xf - -C "$target"
 old=$(cat {CHILD_PID})
 touch {RESTART_FLAG}
 kill -TERM "$old"
 i=0
 while [ "$(cat {CHILD_PID})" = "$old" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-[ "$(cat {CHILD_PID})" != "$old" ]"""
+[ "$(cat {CHILD_PID})" != "$old" ]
+[ $# -eq 0 ] && exit 0
+i=0
+while [ $i -lt 500 ]; do
+  for port in "$@"; do
+    if grep -q ":$port [0-9A-F]*:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; then exit 0; fi
+  done
+  sleep 0.02; i=$((i+1))
+done
+exit 3"""
+
+
+def port_args(container: dict[str, Any]) -> list[str]:
+    """The container's TCP ports in /proc/net/tcp's notation (3000 -> 0BB8)."""
+    ports = [p.get("containerPort") for p in container.get("ports") or [] if str(p.get("protocol", "TCP")).upper() == "TCP"]
+    return [f"{int(p):04X}" for p in ports if isinstance(p, int)]
+
 
 SUPERVISOR_NAME = "devloop-supervisor"
 

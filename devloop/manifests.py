@@ -124,17 +124,15 @@ def rewrite(
     computes it, under devloop's restart loop."""
     out: list[Manifest] = []
     hits = 0
-    want = image_repository(image_name)
     for m in manifests:
-        doc = copy.deepcopy(m.doc)
-        for c in _containers(doc):
-            if isinstance(c.get("image"), str) and image_repository(c["image"]) == want:
-                c["image"] = new_ref
-                c["imagePullPolicy"] = "IfNotPresent"
-                if command is not None:
-                    c["command"], c["args"] = live.wrap(command(c))
-                hits += 1
-        out.append(Manifest(m.source, doc))
+        copied = Manifest(m.source, copy.deepcopy(m.doc))
+        for c in containers_of(copied, image_name):
+            c["image"] = new_ref
+            c["imagePullPolicy"] = "IfNotPresent"
+            if command is not None:
+                c["command"], c["args"] = live.wrap(command(c))
+            hits += 1
+        out.append(copied)
     if hits == 0:
         raise ConfigError(
             f"no container in the manifests uses the image {image_name!r}",
@@ -143,14 +141,10 @@ def rewrite(
     return out
 
 
-def images_of(manifests: Sequence[Manifest], image_name: str) -> list[str]:
+def containers_of(manifest: Manifest, image_name: str) -> list[dict[str, Any]]:
+    """The containers (and init containers) of this object that run devloop's image."""
     want = image_repository(image_name)
-    return [
-        c["image"]
-        for m in manifests
-        for c in _containers(m.doc)
-        if isinstance(c.get("image"), str) and image_repository(c["image"]) == want
-    ]
+    return [c for c in _containers(manifest.doc) if isinstance(c.get("image"), str) and image_repository(c["image"]) == want]
 
 
 def to_yaml(manifests: Sequence[Manifest]) -> str:

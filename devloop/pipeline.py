@@ -249,12 +249,13 @@ class Pipeline:
             raise Fallback(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
         payload = live.tar_files(self.config.image.context, files)
         target = self.config.live_update.target
+        ports = [port for c in mf.containers_of(deployment, self.image_name) for port in live.port_args(c)]
         names = [pod_name(p) for p in current]
         errors: list[str] = []
 
         def one(pod: str) -> None:
             try:
-                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", target], stdin=payload)
+                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", target, *ports], stdin=payload)
             except DevloopError as e:
                 errors.append(f"{pod}: {e.message}")
 
