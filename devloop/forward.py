@@ -106,8 +106,9 @@ class PortForward:
         while not self._stopped.is_set():
             with self._lock:
                 proc = self._proc
-            if proc is None or proc.wait(timeout=1.0) is None:
-                continue
+            if proc is None:
+                return
+            proc.wait()  # blocks in waitpid: no polling while the forward is healthy
             with self._lock:
                 replaced = proc is not self._proc  # stopped on purpose by start(): not a drop
             if replaced:

@@ -230,7 +230,7 @@ def test_live_update_syncs_without_new_pods_and_survives_a_restart(harness: Harn
 
         # a container restart brings back the image's code: devloop notices and rebuilds
         victim = sorted(pods_before)[0]
-        harness.kubectl_run("exec", victim, "--", "kill", "1")
+        harness.kubectl_run("exec", victim, "--", "sh", "-c", "kill -TERM 1")  # the container exits and restarts
         warned = d.wait_for(lambda e: e["event"] == "warning" and "restarted" in e["message"], 120, "the restart warning")
         assert victim in warned["message"]
         rebuilt = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the rebuild after the restart")
