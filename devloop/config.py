@@ -64,6 +64,8 @@ class DeployConfig:
     deployment: str
     namespace: str = "default"
     rollout_timeout: float = 180.0
+    # dev-only rolling-update override (maxSurge, maxUnavailable); None keeps the manifest's
+    rolling_update: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
         deployment=d.str_("deployment", "web-app"),
         namespace=d.str_("namespace", "default"),
         rollout_timeout=float(d.int_("rolloutTimeout", 180, 5, 3600)),
+        rolling_update=_rolling_update(d.section("rollingUpdate")),
     )
     d.done()
 
@@ -346,6 +349,23 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
         registry=registry,
         live_update=live_update,
     )
+
+
+def _rolling_update(r: _Section) -> tuple[str, str] | None:
+    if not r.data:
+        r.done()
+        return None
+    values = []
+    for key in ("maxSurge", "maxUnavailable"):
+        v = r.data.get(key, 0)
+        r.used.add(key)
+        if isinstance(v, bool) or not ((isinstance(v, int) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"\d{1,3}%", v))):
+            r.fail("must be a count (0, 1, 2...) or a percentage like '25%'", key)
+        values.append(str(v))
+    r.done()
+    if values == ["0", "0"]:
+        r.fail("maxSurge and maxUnavailable cannot both be 0", "maxUnavailable")
+    return values[0], values[1]
 
 
 def _path(root: Path, value: str) -> Path:

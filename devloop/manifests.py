@@ -141,6 +141,22 @@ def rewrite(
     return out
 
 
+def with_rolling_update(manifests: Sequence[Manifest], deployment: str, max_surge: str, max_unavailable: str) -> list[Manifest]:
+    """Copies with a dev-only rolling-update strategy on one Deployment (the files stay as they are)."""
+    out = []
+    for m in manifests:
+        if m.kind == "Deployment" and m.name == deployment:
+            doc = copy.deepcopy(m.doc)
+            ints = [int(v) if v.isdigit() else v for v in (max_surge, max_unavailable)]
+            doc.setdefault("spec", {})["strategy"] = {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": ints[0], "maxUnavailable": ints[1]},
+            }
+            m = Manifest(m.source, doc)
+        out.append(m)
+    return out
+
+
 def containers_of(manifest: Manifest, image_name: str) -> list[dict[str, Any]]:
     """The containers (and init containers) of this object that run devloop's image."""
     want = image_repository(image_name)

@@ -185,6 +185,8 @@ class Pipeline:
             entrypoint, cmd = self.images.command(local)
             command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
         rendered = mf.rewrite(docs, self.image_name, ref, command=command)
+        if self.config.deploy.rolling_update is not None:
+            rendered = mf.with_rolling_update(rendered, self.config.deploy.deployment, *self.config.deploy.rolling_update)
         self.applied = ref
         return self.kube.apply(mf.to_yaml(rendered), self.config.deploy.namespace)
 

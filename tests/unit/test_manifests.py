@@ -90,3 +90,12 @@ def test_rewrite_without_a_user_of_the_image_is_a_clear_error() -> None:
 def test_malformed_manifests(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         mf.parse(text, "bad.yaml")
+
+
+def test_dev_rolling_update_override_touches_only_that_deployment(repo: Path) -> None:
+    docs = mf.load([repo / "sample-app" / "k8s"])
+    out = mf.with_rolling_update(docs, "web-app", "1", "2")
+    dep = mf.find(out, "Deployment", "web-app")
+    assert dep is not None and dep.doc["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 2}}
+    assert "strategy" not in mf.find(docs, "Deployment", "web-app").doc["spec"]  # type: ignore[union-attr]
+    assert mf.with_rolling_update(docs, "web-app", "25%", "0")[0].doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
