@@ -119,7 +119,7 @@ class DevSession:
                 return
             batch = [c for c in batch if c.path not in self.guard.paused]
             if any(c.path == REBUILD for c in batch):
-                result = self.p.cycle("a live-updated pod restarted", ())
+                result = self.p.cycle("a live-updated pod restarted", (), force_apply=True)
                 if result.ok and result.ready_pods:
                     self._ready(result)
                 batch = [c for c in batch if c.path != REBUILD]

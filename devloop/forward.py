@@ -137,7 +137,7 @@ class LogStreams:
 
     def follow(self, pods: list[str]) -> None:
         for name in list(self._streams):
-            if name not in pods:
+            if name not in pods or not self._streams[name].alive():  # gone, or its stream ended
                 self._streams.pop(name).stop()
         for name in pods:
             if name not in self._streams:

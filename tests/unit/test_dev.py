@@ -60,3 +60,21 @@ def test_files_rewritten_during_every_cycle_are_paused_and_named(sample_copy: Pa
     warning = [e for e in events(buf) if e["event"] == "warning"]
     assert len(warning) == 1 and "sample-app/build-stamp.js" in warning[0]["message"]
     assert "watch.ignore" in warning[0]["hint"]
+
+
+def test_a_rebuild_request_forces_a_full_cycle_even_when_the_tree_matches_the_live_sync(sample_copy: Path) -> None:
+    from devloop.pipeline import CycleResult
+    from devloop.plan import Change
+
+    s, _ = session(sample_copy)
+    calls: list[dict] = []
+
+    def fake_cycle(reason: str, files: tuple[str, ...] = (), **kw: object) -> CycleResult:
+        calls.append({"reason": reason, **kw})
+        s.queue.close()  # one batch is enough
+        return CycleResult(ok=False, image=None)
+
+    s.p.cycle = fake_cycle  # type: ignore[method-assign]
+    s.queue.put(Change(REBUILD))
+    s._loop()
+    assert calls == [{"reason": "a live-updated pod restarted", "force_apply": True}]

@@ -96,6 +96,9 @@ def test_dev_rolling_update_override_touches_only_that_deployment(repo: Path) ->
     docs = mf.load([repo / "sample-app" / "k8s"])
     out = mf.with_rolling_update(docs, "web-app", "1", "2")
     dep = mf.find(out, "Deployment", "web-app")
-    assert dep is not None and dep.doc["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 2}}
+    assert dep is not None and dep.doc["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 2},
+    }
     assert "strategy" not in mf.find(docs, "Deployment", "web-app").doc["spec"]  # type: ignore[union-attr]
     assert mf.with_rolling_update(docs, "web-app", "25%", "0")[0].doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
