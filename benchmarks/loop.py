@@ -9,6 +9,7 @@ Modes (same cluster, same sample, 3 replicas):
   devloop-live      devloop dev with liveUpdate (sync + restart the process in place)
   devloop-registry  devloop dev, rebuild path, pushing to the local registry
   devloop-kindload  devloop dev, rebuild path, docker save + kind load image-archive
+  devloop-registry-fastroll  as devloop-registry, with the dev-only deploy.rollingUpdate 1/2
   baseline          docker build; kind load docker-image; kubectl rollout restart; rollout status
 
 Also: a no-op save and an ignored-file save (must start no cycle), and the idle CPU / RSS of
@@ -125,9 +126,11 @@ class Client:
         self.h.kubectl_run("delete", "pod", "bench-client", "--ignore-not-found", "--wait=false", check=False)
 
 
-def write_config(root: Path, h: Harness, *, registry: bool, live: bool) -> None:
+def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rollout: bool = False) -> None:
+    rolling = "  rollingUpdate: {maxSurge: 1, maxUnavailable: 2}\n" if fast_rollout else ""
     (root / "devloop.yaml").write_text(
         "apiVersion: devloop/v1\n"
+        f"deploy:\n  manifests: [sample-app/k8s]\n{rolling}"
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {h.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {h.node_base}\n"
         f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
@@ -176,7 +179,7 @@ def edit(root: Path, message: str) -> None:
 
 
 def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str, float]]:
-    write_config(root, h, registry=mode != "devloop-kindload", live=mode == "devloop-live")
+    write_config(root, h, registry=mode != "devloop-kindload", live=mode == "devloop-live", fast_rollout=mode.endswith("-fastroll"))
     d = DevProcess(root, h)
     while True:  # wait for the initial cycle
         e = d.next({"cycle_done", "skipped"})
@@ -305,7 +308,7 @@ def noop_and_idle(h: Harness, root: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
-    ap.add_argument("--modes", default="devloop-live,devloop-registry,devloop-kindload,baseline")
+    ap.add_argument("--modes", default="devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
     args = ap.parse_args()
