@@ -127,6 +127,15 @@ class Images:
             except docker.errors.ImageNotFound:
                 return False
 
+    def pull(self, ref: str) -> bool:
+        """Pull an image; False when the registry cannot be reached or has no such image."""
+        with docker_errors():
+            try:
+                self.client.images.pull(ref)
+                return True
+            except (docker.errors.APIError, docker.errors.ImageNotFound):
+                return False
+
     def image_id(self, ref: str) -> str:
         with docker_errors():
             return str(self.client.images.get(ref).id)

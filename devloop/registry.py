@@ -77,10 +77,11 @@ class LocalRegistry:
                 return True
             except docker.errors.NotFound:
                 pass
-            if not self.images.exists(self.cfg.image):
+            if not self.images.exists(self.cfg.image) and not self.images.pull(self.cfg.image):
                 raise EnvironmentMissing(
-                    f"the registry image {self.cfg.image} is not available locally",
-                    f"`docker pull {self.cfg.image}`, or set registry.image (or registry.enabled: false to use kind load)",
+                    f"the registry image {self.cfg.image} is not available locally and cannot be pulled",
+                    "set registry.image to a registry image you have (offline: tests/images/build-registry.sh), "
+                    "or registry.enabled: false to use kind load",
                 )
             try:
                 client.containers.run(
