@@ -23,6 +23,7 @@ Prints a table with p50/p95 per phase and the baseline/devloop ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import queue
@@ -134,7 +135,7 @@ def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rol
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {h.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {h.node_base}\n"
         f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
-        f"liveUpdate:\n  enabled: {str(live).lower()}\n"
+        f"liveUpdate:\n  enabled: {str(live).lower()}\n  command: [node, server.js]\n"
         f"portForward:\n  localPort: {free_port()}\n"
     )
 
@@ -313,7 +314,7 @@ def main() -> int:
     ap.add_argument("--keep-cluster", action="store_true")
     args = ap.parse_args()
 
-    h = make_harness()
+    h = dataclasses.replace(make_harness(), context=CONTEXT)
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="devloop-bench-")) / "proj"

@@ -96,6 +96,7 @@ class LiveUpdateConfig:
     enabled: bool = False
     target: str = "/app"  # where the Dockerfile copies the build context (COPY . . under WORKDIR)
     fallback: tuple[str, ...] = DEFAULT_FALLBACK  # globs that always mean a full rebuild
+    command: tuple[str, ...] = ()  # what the restart loop runs; empty = the container's own command
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,7 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
         enabled=lu.bool_("enabled", False),
         target=lu.str_("target", "/app"),
         fallback=lu.str_list("fallback", DEFAULT_FALLBACK),
+        command=lu.str_list("command", ()),
     )
     lu.done()
     if not live_update.target.startswith("/"):

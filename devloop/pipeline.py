@@ -181,7 +181,10 @@ class Pipeline:
 
     def deploy(self, docs: list[mf.Manifest], ref: str, local: str) -> list[str]:
         command = None
-        if self.config.live_update.enabled:
+        lu = self.config.live_update
+        if lu.enabled and lu.command:
+            command = lambda c: list(lu.command)  # noqa: E731
+        elif lu.enabled:
             entrypoint, cmd = self.images.command(local)
             command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
         rendered = mf.rewrite(docs, self.image_name, ref, command=command)

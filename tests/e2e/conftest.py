@@ -60,16 +60,17 @@ class Harness:
     node_base: str
     kubectl: str
     registry_image: str
+    context: str = CONTEXT
 
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         out = subprocess.run(
-            [self.kubectl, "--context", CONTEXT, *args, "-o", "json"], env=self.env, capture_output=True, text=True, check=True
+            [self.kubectl, "--context", self.context, *args, "-o", "json"], env=self.env, capture_output=True, text=True, check=True
         )
         return dict(json.loads(out.stdout))
 
     def kubectl_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [self.kubectl, "--context", CONTEXT, *args], env=self.env, capture_output=True, text=True, check=check, timeout=120
+            [self.kubectl, "--context", self.context, *args], env=self.env, capture_output=True, text=True, check=check, timeout=120
         )
 
     def kind_clusters(self) -> list[str]:

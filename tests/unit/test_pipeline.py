@@ -260,3 +260,25 @@ def test_log_excerpt_keeps_the_error_and_what_led_to_it() -> None:
     assert "SyntaxError: Unexpected token '='" in out and "/app/server.js:7" in out
     assert len(out) == 8
     assert log_excerpt(["a", "b", "c"], size=2) == ["b", "c"]
+
+
+def test_live_update_wraps_the_configured_command_in_the_restart_loop(sample_copy: Path) -> None:
+    runner = FakeRunner()
+    p = make(sample_copy, runner, FakeImages())
+    (sample_copy / "devloop.yaml").write_text("registry: {enabled: false}\nliveUpdate: {enabled: true, command: [node, server.js]}\n")
+    p.config = config.load(None, sample_copy)
+    docs, _ = p.load_manifests()
+    runner.expect(*K, "apply", "-n", "default", "-f", "-", stdout="deployment.apps/web-app configured\n")
+    p.deploy(docs, "my-web-app:dl-1", "my-web-app:dl-1")
+    import yaml
+
+    applied = next(d for d in yaml.safe_load_all(runner.inputs[0]) if d["kind"] == "Deployment")  # type: ignore[arg-type]
+    c = applied["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:2] == ["/bin/sh", "-c"] and c["command"][3] == "devloop-supervisor"
+    assert c["args"] == ["node", "server.js"]
+    assert (
+        "command"
+        not in yaml.safe_load((sample_copy / "sample-app" / "k8s" / "deployment.yaml").read_text())["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
