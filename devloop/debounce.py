@@ -7,6 +7,9 @@ collect here and become exactly one follow-up batch.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -61,3 +64,33 @@ class LoopGuard:
         newly = {f for f, n in self._streak.items() if n >= self.limit} - self.paused
         self.paused |= newly
         return newly
+
+
+class ChangeQueue(Generic[T]):
+    """Thread-safe debounced queue between the watcher thread and the worker."""
+
+    def __init__(self, quiet: float, cap: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._deb: Debouncer[T] = Debouncer(quiet=quiet, cap=cap)
+        self._cond = threading.Condition()
+        self._clock = clock
+        self._closed = False
+
+    def put(self, change: T) -> None:
+        with self._cond:
+            self._deb.add(change, self._clock())
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def get_batch(self) -> list[T] | None:
+        """Block until a debounced batch is due; None once closed."""
+        with self._cond:
+            while not self._closed:
+                due = self._deb.due_in(self._clock())
+                if due == 0:
+                    return self._deb.take()
+                self._cond.wait(due)
+            return None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 from devloop import config as config_mod
-from devloop.debounce import LoopGuard
+from devloop.debounce import ChangeQueue, LoopGuard
 from devloop.errors import DevloopError
 from devloop.forward import LogStreams, PortForward, port_free
 from devloop.kube import pod_name, pod_ready
 from devloop.manifests import selector_of
-from devloop.pipeline import ChangeQueue, CycleResult, Pipeline
+from devloop.pipeline import CycleResult, Pipeline
 from devloop.plan import Change, Layout, plan
 from devloop.proc import Background
 from devloop.watch import Watcher
@@ -23,7 +23,7 @@ class DevSession:
         self.p = pipeline
         self.out = pipeline.out
         cfg = pipeline.config
-        self.queue = ChangeQueue(quiet=cfg.watch.debounce_ms / 1000)
+        self.queue: ChangeQueue[Change] = ChangeQueue(quiet=cfg.watch.debounce_ms / 1000)
         self.watcher: Watcher | None = None
         self.forward: PortForward | None = None
         self.logs = LogStreams(pipeline.kube, cfg.deploy.namespace, self.out.pod_log)

@@ -6,7 +6,6 @@ reads the .dockerignore file; nothing here touches the disk.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -54,10 +53,3 @@ class IgnoreRules:
         if not relpath or relpath == "." or self.always_ignored(relpath):
             return False
         return not self._matcher.matches(relpath)
-
-
-def first_match(paths: Sequence[str], pattern: str) -> str | None:
-    for p in paths:
-        if fnmatch.fnmatchcase(p, pattern):
-            return p
-    return None

@@ -82,11 +82,6 @@ def original_command(container: dict[str, Any], entrypoint: Sequence[str], cmd: 
     return [*entrypoint, *cmd]
 
 
-def is_wrapped(container: dict[str, object]) -> bool:
-    cmd = container.get("command")
-    return isinstance(cmd, list) and len(cmd) == 4 and cmd[3] == SUPERVISOR_NAME
-
-
 def tar_files(context: Path, files: Sequence[str]) -> bytes:
     """A tar of these context-relative files (regular files only, no directory entries)."""
     buf = io.BytesIO()

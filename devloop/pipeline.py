@@ -21,14 +21,13 @@ from pathlib import Path
 from devloop import live
 from devloop import manifests as mf
 from devloop.config import Config
-from devloop.debounce import Debouncer
 from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
 from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, rollout_progress
 from devloop.output import Output
-from devloop.plan import Change, Layout
+from devloop.plan import Layout
 from devloop.registry import LocalRegistry
 
 POLL_INTERVAL = 0.5
@@ -392,33 +391,3 @@ class Pipeline:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class ChangeQueue:
-    """Thread-safe debounced queue between the watcher thread and the worker."""
-
-    def __init__(self, quiet: float, cap: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._deb: Debouncer[Change] = Debouncer(quiet=quiet, cap=cap)
-        self._cond = threading.Condition()
-        self._clock = clock
-        self._closed = False
-
-    def put(self, change: Change) -> None:
-        with self._cond:
-            self._deb.add(change, self._clock())
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def get_batch(self) -> list[Change] | None:
-        """Block until a debounced batch is due; None once closed."""
-        with self._cond:
-            while not self._closed:
-                due = self._deb.due_in(self._clock())
-                if due == 0:
-                    return self._deb.take()
-                self._cond.wait(due)
-            return None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from devloop.debounce import ChangeQueue
 from devloop.ignore import IgnoreRules, parse_dockerignore
-from devloop.pipeline import ChangeQueue
 from devloop.plan import Change, Layout, plan
 from devloop.watch import Watcher
 

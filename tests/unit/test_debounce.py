@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from devloop.debounce import Debouncer
-from devloop.pipeline import ChangeQueue
+from devloop.debounce import ChangeQueue, Debouncer
 from devloop.plan import Change
 
 
