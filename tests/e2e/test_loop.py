@@ -242,8 +242,11 @@ def test_live_update_syncs_without_new_pods_and_survives_a_restart(harness: Harn
         (project / "devloop.yaml").write_text(original)
 
 
-@pytest.mark.parametrize("phase", ["build", "rollout"])
+@pytest.mark.parametrize("phase", ["build", "load", "deploy", "rollout"])
 def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Harness, project: Path, run_devloop: Any, phase: str) -> None:
+    config_before = (project / "devloop.yaml").read_text()
+    if phase == "load":  # the kind-load path: docker save + kind load image-archive take seconds
+        set_config(project, registry=f"{{enabled: false, image: {harness.registry_image}}}")
     d: Devloop = run_devloop("dev")
     d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 300, "the watcher to start")
     dockerfile = project / "sample-app" / "Dockerfile"
@@ -252,8 +255,10 @@ def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Har
     try:
         if phase == "build":
             edit(dockerfile, "CMD [", "RUN sleep 60\nCMD [")  # a slow build step
-        else:
+        elif phase == "rollout":
             edit(server, "path === '/healthz'", "path === '/never-healthy'")  # readiness never passes: the rollout waits
+        else:
+            edit(server, "const MESSAGE =", f"const UNUSED_{phase} = 1;\nconst MESSAGE =")
         d.wait_for(lambda e: e["event"] == "phase_start" and e["phase"] == phase, 300, f"the {phase} phase to start")
         assert children_of_cluster() or phase == "build"
         assert d.interrupt(timeout=30) == 130
@@ -261,6 +266,35 @@ def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Har
     finally:
         dockerfile.write_text(before[0])
         server.write_text(before[1])
+        (project / "devloop.yaml").write_text(config_before)
+
+
+def test_hundred_saves_in_a_second_make_at_most_two_cycles_and_the_last_is_served(
+    harness: Harness, project: Path, run_devloop: Any
+) -> None:
+    port = local_port(project)
+    d: Devloop = run_devloop("dev")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the port-forward")
+    server = project / "sample-app" / "server.js"
+    text = server.read_text()
+    current = next(line for line in text.splitlines() if line.startswith("const MESSAGE ="))
+    for i in range(100):
+        server.write_text(text.replace(current, f"const MESSAGE = 'save {i}';"))
+    # the tag devloop must end on: the content hash of the final tree (what the last save wrote)
+    from devloop import config as config_mod
+    from devloop.images import ContextHasher, content_tag
+
+    cfg = config_mod.load(None, project)
+    want = content_tag(ContextHasher().digest(cfg.image.context, cfg.image.dockerfile, cfg.image.build_args))
+    done = d.wait_for(
+        lambda e: e["event"] == "cycle_done" and e["ok"] and str(e["image"]).endswith(want), 300, "the cycle of the last save"
+    )
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the rollout")
+    assert get(port)[1] == "save 99", done
+    assert set(served_by_every_pod(harness).values()) == {"save 99"}
+    assert d.interrupt() == 130
+    starts = [e for e in d.seen if e["event"] == "cycle_start" and e["reason"] != "up"]
+    assert 1 <= len(starts) <= 2, starts
 
 
 def test_down_removes_what_up_applied(harness: Harness, project: Path) -> None:

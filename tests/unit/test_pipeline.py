@@ -282,3 +282,20 @@ def test_live_update_wraps_the_configured_command_in_the_restart_loop(sample_cop
             "containers"
         ][0]
     )
+
+
+def test_paths_with_spaces_and_shell_metacharacters_stay_one_argument(tmp_path: Path, repo: Path) -> None:
+    import shutil
+
+    root = tmp_path / "my proj; rm -rf ~ $(x)"
+    shutil.copytree(repo / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copy(repo / "kind-config.yaml", root / "kind config.yaml")
+    (root / "devloop.yaml").write_text("cluster: {kindConfig: kind config.yaml}\nregistry: {enabled: false}\n")
+    runner = FakeRunner().expect("kind", "get", "clusters", stdout="")
+    runner.expect("kind", "create", "cluster", "--name", "devloop", "--config", str(root / "kind config.yaml"), "--wait", "120s")
+    cfg = config.load(None, root)
+    p = Pipeline(
+        cfg, Output(json_mode=True, stdout=io.StringIO()), images=FakeImages(), kind=Kind(runner), kube=Kube(cfg.cluster.context, runner)
+    )  # type: ignore[arg-type]
+    assert p.ensure_cluster()
+    runner.done()
