@@ -126,6 +126,9 @@ class PortForward:
                 self._proc = None
 
 
+KUBECTL_NOISE = ("rpc error: code = NotFound", "Error from server (NotFound)", "unexpected stream type")
+
+
 class LogStreams:
     """One `kubectl logs -f` per ready pod; pods that are gone have their stream stopped."""
 
@@ -141,7 +144,14 @@ class LogStreams:
                 self._streams.pop(name).stop()
         for name in pods:
             if name not in self._streams:
-                self._streams[name] = self.kube.stream_logs(name, self.namespace, functools.partial(self.on_line, name))
+                self._streams[name] = self.kube.stream_logs(name, self.namespace, functools.partial(self._line, name))
+
+    def _line(self, pod: str, line: str) -> None:
+        if not line.strip():
+            return
+        if line.startswith(KUBECTL_NOISE):  # kubectl's own words when a pod goes away, not the app's
+            return
+        self.on_line(pod, line)
 
     def stop(self) -> None:
         for stream in self._streams.values():
