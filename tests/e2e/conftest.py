@@ -44,13 +44,16 @@ def _needs_wrapper(node_base: str) -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     client = docker.from_env()
+    probe = client.containers.create(node_base, ["true"], privileged=True)
     try:
-        client.containers.run(node_base, ["true"], privileged=True, remove=True)
+        probe.start()
         return False
     except docker.errors.APIError as e:
         if "operation not permitted" in str(e) or "caps" in str(e):
             return True
         raise
+    finally:
+        probe.remove(force=True)  # a container that failed to start is not removed by itself
 
 
 @dataclass
