@@ -136,6 +136,25 @@ class Images:
             except (docker.errors.APIError, docker.errors.ImageNotFound):
                 return False
 
+    def prune(self, repositories: list[str], keep: int = 3) -> list[str]:
+        """Untag all but the newest `keep` devloop content tags (`dl-…`) of these repositories, so a
+        day of saves does not leave hundreds of tags. Layers still used by a kept tag stay."""
+        removed: list[str] = []
+        with docker_errors():
+            for repo in repositories:
+                tagged = sorted(
+                    ((str(img.attrs.get("Created", "")), tag) for img in self.client.images.list(name=repo) for tag in img.tags),
+                    reverse=True,
+                )
+                ours = [tag for _, tag in tagged if tag.startswith(f"{repo}:{TAG_PREFIX}")]
+                for tag in ours[keep:]:
+                    try:
+                        self.client.images.remove(tag)
+                        removed.append(tag)
+                    except docker.errors.APIError:
+                        pass  # in use by a container, or already gone: leave it
+        return removed
+
     def image_id(self, ref: str) -> str:
         with docker_errors():
             return str(self.client.images.get(ref).id)

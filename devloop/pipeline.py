@@ -340,10 +340,21 @@ class Pipeline:
             self.synced.clear()
             self.live_ref = None
             result.ok = True
+            self._prune()
         except DevloopError as e:
             # In a running loop these are recoverable: the next save (or a restarted daemon) may fix them.
             result.error = self._as_failure(e)
         return self._report(result, reason, files, start, result.error)
+
+    def _prune(self) -> None:
+        """Keep the newest few content tags; tidying never fails a cycle."""
+        repos = [self.image_name] + ([self.registry.ref(self.image_name)] if self.registry else [])
+        try:
+            removed = self.images.prune(repos)
+        except DevloopError:
+            return
+        if removed:
+            self.out.detail(f"removed {len(removed)} old image tags")
 
     def _begin(self, reason: str, files: tuple[str, ...]) -> None:
         self.cycles += 1

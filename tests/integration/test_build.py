@@ -121,3 +121,16 @@ def test_stopped_daemon_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DockerUnavailable) as info:
         images.ping()
     assert info.value.exit_code == 3 and "start the Docker daemon" in info.value.hint
+
+
+def test_old_content_tags_are_pruned_newest_kept(pipeline: Pipeline, docker_client: docker.DockerClient) -> None:
+    server = pipeline.config.image.context / "server.js"
+    refs = []
+    for i in range(4):
+        server.write_text(server.read_text().replace(MESSAGE if i == 0 else f"prune {i - 1}", f"prune {i}"))
+        refs.append(pipeline.image_ref())
+        assert pipeline.build(refs[-1])
+    removed = pipeline.images.prune([pipeline.config.image.name], keep=3)
+    assert removed == [refs[0]]
+    assert not pipeline.images.exists(refs[0])
+    assert all(pipeline.images.exists(r) for r in refs[1:])

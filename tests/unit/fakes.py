@@ -118,5 +118,8 @@ class FakeImages:
         dest.write_bytes(b"tar")
         return 3
 
+    def prune(self, repositories: list[str], keep: int = 3) -> list[str]:
+        return []
+
     def node_has(self, node: str, ref: str) -> bool:
         return ref in self.on_nodes.get(node, set())
