@@ -90,8 +90,8 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load(opts: Options, *, check_paths: bool = True) -> config_mod.Config:
-    return config_mod.load(opts.config, Path.cwd(), check_paths=check_paths)
+def _load(opts: Options) -> config_mod.Config:
+    return config_mod.load(opts.config, Path.cwd())
 
 
 @app.command()

@@ -44,9 +44,6 @@ class Debouncer(Generic[T]):
         self._first = self._last = None
         return items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 @dataclass
 class LoopGuard:

@@ -134,11 +134,21 @@ def rewrite(
             hits += 1
         out.append(copied)
     if hits == 0:
-        raise ConfigError(
-            f"no container in the manifests uses the image {image_name!r}",
-            "set image.name in devloop.yaml to the image name your Deployment references",
-        )
+        raise _no_user(image_name)
     return out
+
+
+def require_image_user(manifests: Sequence[Manifest], image_name: str) -> None:
+    """Fail early when no container in the manifests runs devloop's image."""
+    if not any(containers_of(m, image_name) for m in manifests):
+        raise _no_user(image_name)
+
+
+def _no_user(image_name: str) -> ConfigError:
+    return ConfigError(
+        f"no container in the manifests uses the image {image_name!r}",
+        "set image.name in devloop.yaml to the image name your Deployment references",
+    )
 
 
 def with_rolling_update(manifests: Sequence[Manifest], deployment: str, max_surge: str, max_unavailable: str) -> list[Manifest]:

@@ -123,7 +123,7 @@ class Pipeline:
                 f"no Deployment named {self.config.deploy.deployment!r} in {', '.join(map(str, self.config.deploy.manifests))}",
                 "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
             )
-        mf.rewrite(docs, self.image_name, "check:check")  # fails early when no container uses the image
+        mf.require_image_user(docs, self.image_name)
         return docs, deployment
 
     def ensure_cluster(self) -> bool:
