@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from devloop import config as config_mod
 from devloop import manifests as mf
+from devloop import tools
+from devloop.config import RegistryConfig
 from devloop.errors import DevloopError
 from devloop.images import DOCKER_HINT, Images
 from devloop.kind import Kind
 from devloop.kube import Kube, pod_ready
 from devloop.proc import INSTALL_HINTS
+from devloop.registry import LocalRegistry, Problem
 
 MIN_WATCHES = 65536
 MIN_INSTANCES = 128
@@ -51,7 +54,57 @@ def inotify_check(proc_dir: Path = Path("/proc/sys/fs/inotify")) -> Check:
     )
 
 
-def doctor(config_path: Path | None, cwd: Path, images: Images, kind: Kind, make_kube: Callable[[str], Kube]) -> list[Check]:
+class RegistryProbe(Protocol):
+    """What doctor needs from devloop.registry.LocalRegistry."""
+
+    def problems(self, nodes: Sequence[str]) -> list[Problem]: ...
+
+
+def tool_check(name: str, path: str | None, version: Callable[[], str]) -> Check:
+    """Which binary devloop uses for `name` (the user's, else devloop's copy) and its version."""
+    if path is None:
+        pinned = tools.KIND_VERSION if name == "kind" else tools.KUBECTL_VERSION
+        return Check(
+            name,
+            False,
+            f"`{name}` is not on PATH and devloop has no copy in {tools.bin_dir()}",
+            f"`devloop up` downloads {name} {pinned} into {tools.bin_dir()}; or {INSTALL_HINTS[name]}",
+        )
+    whose = "devloop's copy" if tools.is_devloop_copy(path) else "yours"
+    try:
+        return Check(name, True, f"{version()} ({path}, {whose})")
+    except DevloopError as e:
+        return Check(name, False, f"{path} ({whose}): {e.message}", e.hint or INSTALL_HINTS[name])
+
+
+def registry_check(registry: RegistryConfig, probe: RegistryProbe, nodes: Sequence[str] | None) -> Check:
+    """The local registry: container running, on the kind network, every node's containerd pointed at
+    it, `GET /v2/` answering. `nodes` None: the cluster is not running, so its nodes are not checked."""
+    try:
+        problems = probe.problems(list(nodes or []))
+    except DevloopError as e:
+        return Check("registry", False, e.message, e.hint)
+    if problems:
+        fixes = list(dict.fromkeys(p.fix for p in problems if p.fix))
+        return Check("registry", False, "; ".join(p.message for p in problems), " && ".join(fixes))
+    wired = "nodes not checked (the cluster is not running)" if nodes is None else f"{len(nodes)} node(s) pull from it"
+    return Check(
+        "registry",
+        True,
+        f"{registry.name} runs on the kind network, answers on http://127.0.0.1:{registry.host_port}/v2/, {wired}",
+    )
+
+
+def doctor(
+    config_path: Path | None,
+    cwd: Path,
+    images: Images,
+    kind: Kind,
+    make_kube: Callable[[str], Kube],
+    *,
+    which: Callable[[], dict[str, str | None]] = tools.which_tools,
+    make_registry: Callable[[RegistryConfig, Images, Kube], RegistryProbe] = LocalRegistry,
+) -> list[Check]:
     checks: list[Check] = []
     cfg: config_mod.Config | None = None
     try:
@@ -59,11 +112,17 @@ def doctor(config_path: Path | None, cwd: Path, images: Images, kind: Kind, make
         checks.append(Check("config", True, f"{cfg.source} is valid"))
     except DevloopError as e:
         checks.append(Check("config", False, e.message, e.hint))
-    checks.append(_check("docker", lambda: f"daemon {images.ping()} answers", DOCKER_HINT))
-    checks.append(_check("kind", kind.version, INSTALL_HINTS["kind"]))
+    docker = _check("docker", lambda: f"daemon {images.ping()} answers", DOCKER_HINT)
+    checks.append(docker)
+    paths = which()
+    if any(p is not None and tools.is_devloop_copy(p) for p in paths.values()):
+        tools.add_cache_to_path()  # this process only: kind/kubectl below run devloop's copies, as `up` would
+    kind_check = tool_check("kind", paths.get("kind"), kind.version)
+    checks.append(kind_check)
     kube = make_kube(cfg.cluster.context if cfg else "kind-devloop")
-    checks.append(_check("kubectl", lambda: f"client {kube.client_version()}", INSTALL_HINTS["kubectl"]))
-    if cfg is not None and checks[-2].ok:
+    checks.append(tool_check("kubectl", paths.get("kubectl"), lambda: f"client {kube.client_version()}"))
+    cluster_up = False
+    if cfg is not None and kind_check.ok:
         name = cfg.cluster.name
         try:
             if not kind.exists(name):
@@ -78,9 +137,16 @@ def doctor(config_path: Path | None, cwd: Path, images: Images, kind: Kind, make
                     )
                 )
             else:
+                cluster_up = True
                 checks.append(Check("cluster", True, f"kind cluster {name!r} answers (context {cfg.cluster.context})"))
         except DevloopError as e:
             checks.append(Check("cluster", False, e.message, e.hint))
+    if cfg is not None and cfg.registry.enabled is True and docker.ok:
+        try:
+            nodes = kind.nodes(cfg.cluster.name) if cluster_up else None
+            checks.append(registry_check(cfg.registry, make_registry(cfg.registry, images, kube), nodes))
+        except DevloopError as e:
+            checks.append(Check("registry", False, e.message, e.hint))
     checks.append(inotify_check())
     return checks
 

@@ -9,6 +9,9 @@ of `docker save` + import of the whole image on every cycle.
 from __future__ import annotations
 
 import http.client
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import docker.errors
 
@@ -40,6 +43,14 @@ data:
     host: "{host}"
     help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
 """
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with the local registry, and the command that fixes it."""
+
+    message: str
+    fix: str
 
 
 class LocalRegistry:
@@ -123,6 +134,75 @@ class LocalRegistry:
             raise CycleFailed("load", f"cannot configure the registry on node {node}: {r.output.decode(errors='replace').strip()}")
         return True
 
+    # -- read-only checks (`devloop doctor`) ---------------------------------------------------------
+    def problems(self, nodes: Sequence[str]) -> list[Problem]:
+        """What keeps the registry from working, each with a copy-paste fix; [] when it is healthy.
+        Looks only: starts, connects and writes nothing."""
+        name = self.cfg.name
+        with docker_errors():
+            try:
+                c = self.images.client.containers.get(name)
+            except docker.errors.NotFound:
+                return [Problem(f"the registry container {name} does not exist", "devloop up")]
+            found: list[Problem] = []
+            running = c.status == "running"
+            if not running:
+                found.append(Problem(f"the registry container {name} is {c.status}, not running", f"docker start {name}"))
+            published = _published_port(c.attrs)
+            if published != self.cfg.host_port:
+                what = f"publishes port {published}" if published is not None else "does not publish port 5000"
+                found.append(
+                    Problem(
+                        f"the registry container {name} {what}, registry.hostPort is {self.cfg.host_port}",
+                        f"docker rm -f {name} && devloop up",
+                    )
+                )
+            if KIND_NETWORK not in (c.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+                found.append(Problem(f"the registry container {name} is not on the {KIND_NETWORK!r} docker network", "devloop up"))
+            for node in nodes:
+                problem = self._node_problem(node)
+                if problem is not None:
+                    found.append(problem)
+        if running and published == self.cfg.host_port:
+            error = self.answers()
+            if error is not None:
+                found.append(
+                    Problem(
+                        f"the registry does not answer GET http://127.0.0.1:{self.cfg.host_port}/v2/: {error}", f"docker restart {name}"
+                    )
+                )
+        return found
+
+    def _node_problem(self, node: str) -> Problem | None:
+        path = f"{CERTS_DIR}/{self.host}/hosts.toml"
+        want = f"http://{self.cfg.name}:5000"
+        try:
+            container = self.images.client.containers.get(node)
+            if container.status != "running":
+                return Problem(f"kind node {node} is {container.status}", f"docker start {node}")
+            have = container.exec_run(["cat", path])
+        except docker.errors.NotFound:
+            return Problem(f"kind node {node} does not exist", "devloop up")
+        except docker.errors.APIError as e:
+            return Problem(f"cannot read {path} on kind node {node}: {e.explanation or e}", "devloop up")
+        if have.exit_code != 0:
+            return Problem(f"kind node {node} has no {path} (containerd does not know the registry)", "devloop up")
+        if want not in have.output.decode(errors="replace"):
+            return Problem(f"{path} on kind node {node} does not point at {want}", "devloop up")
+        return None
+
+    def answers(self) -> str | None:
+        """None when the registry answers `GET /v2/` on 127.0.0.1:<hostPort>, else what went wrong."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
+        try:
+            conn.request("GET", "/v2/")
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException) as e:
+            return str(e) or type(e).__name__
+        finally:
+            conn.close()
+        return None if status in (200, 401) else f"HTTP {status}"
+
     def has(self, local_ref: str) -> bool:
         """Whether the registry already holds this tag (a HEAD on the v2 manifest)."""
         name, _, tag = local_ref.rpartition(":")
@@ -148,3 +228,14 @@ class LocalRegistry:
                 return True
             except docker.errors.NotFound:
                 return False
+
+
+def _published_port(attrs: dict[str, Any]) -> int | None:
+    """The host port the container publishes 5000/tcp on, if it publishes it."""
+    bindings = (attrs.get("HostConfig", {}).get("PortBindings") or {}).get("5000/tcp") or []
+    for b in bindings:
+        try:
+            return int(b.get("HostPort") or "")
+        except ValueError:
+            continue
+    return None
