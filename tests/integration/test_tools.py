@@ -1,0 +1,280 @@
+"""devloop.tools against a real HTTP server on 127.0.0.1 (no Docker, no internet).
+
+The server plays kind's and Kubernetes' download sites: a fake `kind`/`kubectl` shell script and
+the checksum file published next to it. The cache dir and PATH are private to each test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import subprocess
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from devloop import tools
+from devloop.errors import EXIT_ENVIRONMENT, ToolMissing
+from devloop.output import Output
+from devloop.proc import DEFAULT
+
+
+def script(text: str) -> bytes:
+    return f"#!/bin/sh\necho '{text}'\n".encode()
+
+
+@dataclass
+class FakeDownloads:
+    base: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    delay: float = 0.0
+
+    def publish(self, name: str, body: bytes, *, checksum_of: bytes | None = None) -> None:
+        """Serve `body` where devloop looks for `name`, with the checksum file next to it."""
+        dl = tools.download_for(name)
+        path = urllib.parse.urlparse(dl.url).path
+        digest = hashlib.sha256(body if checksum_of is None else checksum_of).hexdigest()
+        self.files[path] = body
+        # kind's .sha256sum is `sha256sum` output; kubectl's .sha256 is the bare digest
+        self.files[urllib.parse.urlparse(dl.checksum_url).path] = (
+            f"{digest}  {path.rsplit('/', 1)[-1]}\n" if name == "kind" else digest
+        ).encode()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDownloads]:
+    state = FakeDownloads(base="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests.append(self.path)
+            if state.delay:
+                time.sleep(state.delay)
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that gave up (the timeout test) is not an error here
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    monkeypatch.setenv("DEVLOOP_KIND_URL", state.base + "/kind-dl")
+    monkeypatch.setenv("DEVLOOP_KUBECTL_URL", state.base + "/k8s-release")
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache dir and a PATH with neither kind, kubectl nor go on it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEVLOOP_CACHE_DIR", str(cache))
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    return cache
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if not p.is_dir()] if path.exists() else []
+
+
+def test_missing_tools_are_downloaded_verified_and_run(server: FakeDownloads, env: Path) -> None:
+    server.publish("kind", script("kind v0.30.0 fake"))
+    server.publish("kubectl", script("kubectl v1.34.4 fake"))
+    out = Output(json_mode=True)
+
+    used = tools.ensure_tools(["kind", "kubectl"], out)
+
+    assert used == {"kind": str(env / "bin" / "kind"), "kubectl": str(env / "bin" / "kubectl")}
+    assert subprocess.run([used["kind"]], capture_output=True, text=True, check=True).stdout.strip() == "kind v0.30.0 fake"
+    # devloop's own subprocesses find them by name now
+    assert DEFAULT.run(["kubectl"]).stdout.strip() == "kubectl v1.34.4 fake"
+    assert os.access(used["kind"], os.X_OK)
+    messages = [e["message"] for e in out.events if e["event"] == "info"]
+    assert any("fetched kind v0.30.0" in m and str(env / "bin" / "kind") in m for m in messages), messages
+    assert any("fetched kubectl v1.34.4" in m for m in messages), messages
+    assert any(e["event"] == "detail" and e.get("bytes") for e in out.events), "no progress reported"
+    assert not [p for p in files_under(env) if p.name.endswith(".part")]
+    assert tools.which_tools() == {"kind": used["kind"], "kubectl": used["kubectl"]}
+    assert tools.is_devloop_copy(used["kind"])
+
+
+def test_a_second_call_uses_the_cached_copy_without_downloading(server: FakeDownloads, env: Path) -> None:
+    server.publish("kind", script("kind"))
+    tools.ensure_tools(["kind"], Output(json_mode=True))
+    server.requests.clear()
+    out = Output(json_mode=True)
+
+    assert tools.ensure_tools(["kind"], out) == {"kind": str(env / "bin" / "kind")}
+    assert server.requests == []
+    assert not [e for e in out.events if e["event"] == "info"]
+
+
+def test_a_copy_of_an_older_pinned_version_is_replaced(server: FakeDownloads, env: Path) -> None:
+    server.publish("kind", script("kind new"))
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "kind").write_bytes(script("kind old"))
+    (env / "bin" / "kind").chmod(0o755)
+    (env / "bin" / ".kind.version").write_text("v0.1.0\n")
+
+    used = tools.ensure_tools(["kind"], Output(json_mode=True))
+
+    assert subprocess.run([used["kind"]], capture_output=True, text=True, check=True).stdout.strip() == "kind new"
+    assert (env / "bin" / ".kind.version").read_text().strip() == tools.KIND_VERSION
+
+
+def test_a_checksum_mismatch_is_refused_and_nothing_is_installed(server: FakeDownloads, env: Path) -> None:
+    server.publish("kind", script("evil kind"), checksum_of=script("the real kind"))
+    path_before = os.environ["PATH"]
+
+    with pytest.raises(tools.ChecksumMismatch) as err:
+        tools.ensure_tools(["kind"], Output(json_mode=True))
+
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+    assert "does not match its published SHA-256" in err.value.message
+    assert "nothing was installed" in err.value.message
+    assert files_under(env) == []
+    assert os.environ["PATH"] == path_before
+    assert tools.which_tools(["kind"]) == {"kind": None}
+
+
+def test_a_tool_on_path_is_used_and_never_downloaded(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.publish("kind", script("devloop's kind"))
+    user_bin = tmp_path / "user-bin"
+    user_bin.mkdir()
+    (user_bin / "kind").write_bytes(script("the user's kind"))
+    (user_bin / "kind").chmod(0o755)
+    monkeypatch.setenv("PATH", str(user_bin))
+
+    used = tools.ensure_tools(["kind"], Output(json_mode=True))
+
+    assert used == {"kind": str(user_bin / "kind")}
+    assert server.requests == []
+    assert os.environ["PATH"] == str(user_bin)
+    assert files_under(env) == []
+    assert not tools.is_devloop_copy(used["kind"])
+
+
+def test_the_users_binary_wins_over_an_existing_devloop_copy(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.publish("kind", script("devloop's kind"))
+    tools.ensure_tools(["kind"], Output(json_mode=True))  # devloop's copy now exists and PATH ends with it
+    user_bin = tmp_path / "user-bin"
+    user_bin.mkdir()
+    (user_bin / "kind").write_bytes(script("the user's kind"))
+    (user_bin / "kind").chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(user_bin), os.environ["PATH"]]))
+
+    assert tools.ensure_tools(["kind"], Output(json_mode=True)) == {"kind": str(user_bin / "kind")}
+    assert tools.which_tools(["kind"]) == {"kind": str(user_bin / "kind")}
+
+
+def test_path_gets_the_cache_dir_appended_not_prepended(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.publish("kind", script("kind"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("PATH", os.pathsep.join([str(first), str(second)]))
+
+    tools.ensure_tools(["kind"], Output(json_mode=True))
+    tools.ensure_tools(["kind"], Output(json_mode=True))  # idempotent: appended once
+
+    assert os.environ["PATH"].split(os.pathsep) == [str(first), str(second), str(env / "bin")]
+
+
+def test_no_download_and_no_go_is_a_tool_missing_error(server: FakeDownloads, env: Path) -> None:
+    # nothing published: every GET is a 404
+    with pytest.raises(ToolMissing) as err:
+        tools.ensure_tools(["kubectl"], Output(json_mode=True))
+
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+    assert "could not download kubectl v1.34.4" in err.value.message and "HTTP 404" in err.value.message
+    assert "DEVLOOP_KUBECTL_URL" in err.value.hint
+    assert files_under(env) == []
+
+
+def test_a_stalled_download_times_out(server: FakeDownloads, env: Path) -> None:
+    server.publish("kubectl", script("kubectl"))
+    server.delay = 3.0
+    start = time.monotonic()
+
+    with pytest.raises(ToolMissing, match="timed out"):
+        tools.ensure_tools(["kubectl"], Output(json_mode=True), timeout=0.5)
+
+    assert time.monotonic() - start < 2.5
+    assert files_under(env) == []
+
+
+def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go_bin = tmp_path / "go-bin"
+    go_bin.mkdir()
+    calls = tmp_path / "go-calls"
+    (go_bin / "go").write_text(
+        "#!/bin/sh\n"
+        f'echo "$* GOBIN=$GOBIN" >> {calls}\n'
+        "printf '#!/bin/sh\\necho kind built by go\\n' > \"$GOBIN/kind\"\n"
+        '/bin/chmod +x "$GOBIN/kind"\n'
+    )
+    (go_bin / "go").chmod(0o755)
+    monkeypatch.setenv("PATH", str(go_bin))
+    out = Output(json_mode=True)
+
+    used = tools.ensure_tools(["kind"], out)  # nothing published: the download 404s
+
+    assert used == {"kind": str(env / "bin" / "kind")}
+    assert calls.read_text().strip() == f"install sigs.k8s.io/kind@v0.30.0 GOBIN={env / 'bin'}"
+    assert subprocess.run([used["kind"]], capture_output=True, text=True, check=True).stdout.strip() == "kind built by go"
+    assert any("go install" in e["message"] for e in out.events if e["event"] == "info")
+    assert os.environ["PATH"].split(os.pathsep) == [str(go_bin), str(env / "bin")]
+
+
+def test_cache_dir_defaults_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DEVLOOP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tools.bin_dir() == tmp_path / "xdg" / "devloop" / "bin"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tools.bin_dir() == tmp_path / "home" / ".cache" / "devloop" / "bin"
+
+
+def test_published_url_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVLOOP_KIND_URL", raising=False)
+    monkeypatch.delenv("DEVLOOP_KUBECTL_URL", raising=False)
+    monkeypatch.setattr(tools, "host_platform", lambda: ("darwin", "arm64"))
+    kind = tools.download_for("kind")
+    assert kind.url == "https://kind.sigs.k8s.io/dl/v0.30.0/kind-darwin-arm64"
+    assert kind.checksum_url == "https://kind.sigs.k8s.io/dl/v0.30.0/kind-darwin-arm64.sha256sum"
+    kubectl = tools.download_for("kubectl")
+    assert kubectl.url == "https://dl.k8s.io/release/v1.34.4/bin/darwin/arm64/kubectl"
+    assert kubectl.checksum_url == "https://dl.k8s.io/release/v1.34.4/bin/darwin/arm64/kubectl.sha256"
