@@ -1,38 +1,41 @@
-"""The command line (typer). Thin: parse, build the pipeline, catch DevloopError once."""
+"""The command line (typer). Thin: parse, wire the engine, catch DevloopError once."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from devloop import __version__, proc
+from devloop import __version__, proc, tools
 from devloop import config as config_mod
 from devloop import manifests as mf
-from devloop.doctor import doctor as run_doctor
-from devloop.doctor import status as get_status
 from devloop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DevloopError
-from devloop.forward import PortForward, free_port
-from devloop.images import Images
-from devloop.kind import Kind
-from devloop.kube import Kube
 from devloop.output import Output
-from devloop.registry import LocalRegistry
+
+if TYPE_CHECKING:  # the engine is imported lazily to keep `devloop --help` fast
+    from devloop.engine import Engine
 
 app = typer.Typer(
     name="devloop",
-    help="A fast, honest inner loop for Kubernetes on a local kind cluster: watch, build, load, roll out.",
+    help="A fast, honest inner loop for Kubernetes on a local kind cluster: watch, build, publish, roll out.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+# Options that belong to devloop itself; people (and scripts) also write them after the command,
+# as with kubectl, docker and tilt (`devloop up --json`): main() moves them in front of it.
+GLOBAL_FLAGS = ("--json", "--verbose", "-v", "--debug")
+GLOBAL_VALUED = ("--config", "-f")
 
 
 @dataclass
@@ -56,7 +59,8 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Option("--config", "-f", help="devloop.yaml to use (default: ./devloop.yaml, else built-in defaults)")
+        Path | None,
+        typer.Option("--config", "-f", metavar="FILE", help="devloop.yaml to use (default: the nearest devloop.yaml up from here)"),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="JSON lines on stdout, for scripts")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show every phase, build output and skipped events")] = False,
@@ -94,54 +98,89 @@ def _load(opts: Options) -> config_mod.Config:
     return config_mod.load(opts.config, Path.cwd())
 
 
+def _engine(cfg: config_mod.Config, out: Output, fetch_tools: bool = True) -> Engine:
+    from devloop.engine import Engine
+
+    if fetch_tools:
+        tools.ensure_tools(["kind", "kubectl"], out)
+    else:
+        tools.add_cache_to_path()
+    return Engine(cfg, out)
+
+
 @app.command()
 def up(ctx: typer.Context) -> None:
-    """Create the cluster if needed, build, load, apply and wait until ready. Idempotent; exits."""
+    """Create the cluster if needed, build, publish, apply and wait until every service is ready. Exits."""
 
     def body(out: Output) -> int:
-        from devloop.pipeline import Pipeline
+        from devloop.forward import PortForward, free_port
+        from devloop.lock import ProjectLock
 
-        p = Pipeline(_load(ctx.obj), out)
-        result = p.up()
-        if not result.ok:
-            return EXIT_FAILED
-        pf = p.config.port_forward
-        answer = None
-        if pf.enabled:
-            # an honest "ready": one request through the Service, on a throwaway local port
-            probe = PortForward(p.kube, out, p.config.deploy.namespace, pf.service, pf.port, free_port())
-            answer = probe.probe()
-            if answer is None:
-                out.warn(f"service {pf.service} did not answer through a port-forward", "check the Service's selector and ports")
-        served = f"service {pf.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}\n" if answer else ""
+        cfg = _load(ctx.obj)
+        with ProjectLock(cfg.root, "up"):
+            engine = _engine(cfg, out)
+            results = engine.up()
+        failed = [r.service for r in results if not r.ok]
+        lines = []
+        answers = {}
+        for r in results:
+            svc = cfg.service(r.service)
+            if not r.ok:
+                lines.append(f"[red]failed:[/red] {r.service} ({r.error.phase if r.error else '?'})")
+                continue
+            lines.append(f"[green]ready:[/green] {r.service} runs {r.image} ({len(r.ready_pods)} pods ready)")
+            ns = engine.namespace(svc)
+            for f in svc.port_forward:
+                # an honest "ready": one request through the Service, on a throwaway local port
+                probe = PortForward(engine.kube, out, ns, f.service, f.port, free_port(), label=svc.name)
+                answer = probe.probe()
+                answers[f"{svc.name}/{f.service}"] = answer[0] if answer else None
+                if answer is None:
+                    out.warn(f"{svc.name}: service {f.service} did not answer through a port-forward", probe.why_no_answer())
+                else:
+                    lines.append(f"  service {f.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}")
+                lines.append(
+                    f"  reach it: `devloop dev` forwards http://127.0.0.1:{f.local_port}, or "
+                    f"`kubectl --context {cfg.cluster.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
+                )
+        if failed:
+            lines.append(f"[red]{len(failed)} of {len(results)} services failed:[/red] {', '.join(failed)}")
         out.result(
             "up",
-            f"[green]ready:[/green] {p.config.deploy.deployment} runs {result.image} ({len(result.ready_pods)} pods ready)\n"
-            f"{served}"
-            f"reach it: `devloop dev` forwards http://127.0.0.1:{pf.local_port}, or "
-            f"`kubectl --context {p.config.cluster.context} port-forward service/{pf.service} {pf.local_port}:{pf.port}`",
-            http_status=answer[0] if answer else None,
-            response=answer[1] if answer else None,
-            image=result.image,
-            ready_pods=result.ready_pods,
-            built=result.built,
-            loaded=result.loaded,
-            phases=result.phases,
+            "\n".join(lines),
+            ok=not failed,
+            failed=failed,
+            answers=answers,
+            services=[
+                {
+                    "service": r.service,
+                    "ok": r.ok,
+                    "image": str(r.image) if r.image else None,
+                    "ready_pods": r.ready_pods,
+                    "built": r.built,
+                    "published": r.published,
+                    "phases": r.phases,
+                    "outcome": r.outcome,
+                }
+                for r in results
+            ],
         )
-        return EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
 
     _run(ctx, body)
 
 
 @app.command()
 def dev(ctx: typer.Context) -> None:
-    """`up`, then watch the app: every save is built, loaded and rolled out. Ctrl-C stops."""
+    """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
     def body(out: Output) -> int:
-        from devloop.dev import DevSession
-        from devloop.pipeline import Pipeline
+        from devloop.lock import ProjectLock
+        from devloop.session import DevSession
 
-        DevSession(Pipeline(_load(ctx.obj), out)).run()
+        cfg = _load(ctx.obj)
+        with ProjectLock(cfg.root, "dev"):
+            DevSession(_engine(cfg, out)).run()
         return EXIT_OK
 
     _run(ctx, body)
@@ -150,28 +189,37 @@ def dev(ctx: typer.Context) -> None:
 @app.command()
 def down(
     ctx: typer.Context,
-    cluster: Annotated[bool, typer.Option("--cluster", help="also delete the kind cluster")] = False,
+    cluster: Annotated[bool, typer.Option("--cluster", help="also delete the kind cluster (and devloop's registry)")] = False,
 ) -> None:
-    """Delete what `up` applied (and with --cluster, the kind cluster itself)."""
+    """Delete what `up` applied for every service (with --cluster, the kind cluster itself)."""
 
     def body(out: Output) -> int:
+        from devloop.lock import ProjectLock
+        from devloop.registry import LocalRegistry
+
         cfg = _load(ctx.obj)
-        kind = Kind()
-        name = cfg.cluster.name
-        exists = kind.exists(name)
-        kube = Kube(cfg.cluster.context)
         removed: list[str] = []
-        if cluster:  # deleting the cluster removes everything in it; no need to delete objects first
-            if exists:
-                with out.activity(f"deleting kind cluster {name}"):
-                    kind.delete(name)
-                removed.append(f"kind cluster {name}")
-            if cfg.registry.enabled and LocalRegistry(cfg.registry, Images(), kube).remove():
-                removed.append(f"container {cfg.registry.name} (local registry)")
-        elif exists and kube.reachable():
-            removed = kube.delete(mf.to_yaml(mf.load(cfg.deploy.manifests)), cfg.deploy.namespace)
-        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove (cluster {name!r})"
-        out.result("down", human, removed=removed, cluster_deleted=cluster and exists)
+        with ProjectLock(cfg.root, "down"):
+            engine = _engine(cfg, out)
+            name = cfg.cluster.name
+            exists = engine.kind.exists(name)
+            if cluster:  # deleting the cluster removes everything in it
+                if exists:
+                    with out.activity(f"deleting kind cluster {name}"):
+                        engine.kind.delete(name)
+                    removed.append(f"kind cluster {name}")
+                if cfg.registry_enabled and LocalRegistry(cfg.registry, engine.images, engine.kube).remove():
+                    removed.append(f"container {cfg.registry.name} (local registry)")
+            elif exists and engine.kube.reachable():
+                by_ns: dict[str, dict[tuple[str, str], mf.Manifest]] = {}
+                for svc in cfg.services:
+                    d = engine.manifests(svc)
+                    for m in d.docs:
+                        by_ns.setdefault(mf.namespace_of(m, d.namespace), {})[(m.kind, m.name)] = m
+                for ns, docs in by_ns.items():
+                    removed += engine.kube.delete(mf.to_yaml(list(docs.values())), ns)
+        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove (cluster {cfg.cluster.name!r})"
+        out.result("down", human, removed=removed, cluster_deleted=cluster and bool(removed))
         return EXIT_OK
 
     _run(ctx, body)
@@ -179,51 +227,79 @@ def down(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show the cluster, the deployed image and ready replicas. Exit 0 only when all are ready."""
+    """Show the cluster and, per service, the image running and its pods. Exit 0 only when all are healthy."""
 
     def body(out: Output) -> int:
+        from devloop import status as st
+
         cfg = _load(ctx.obj)
-        info = get_status(cfg, Kind(), Kube(cfg.cluster.context))
-        healthy = bool(info.get("deployed")) and info.get("ready") == info.get("replicas")
-        if not info["exists"]:
-            human = f"cluster {cfg.cluster.name!r}: does not exist (run `devloop up`)"
-        elif not info["reachable"]:
-            human = f"cluster {cfg.cluster.name!r}: exists, API server not answering"
-        elif not info.get("deployed"):
-            human = f"cluster {cfg.cluster.name!r}: up; {cfg.deploy.deployment}: not deployed (run `devloop up`)"
-        else:
-            human = (
-                f"cluster {cfg.cluster.name!r}: up (context {cfg.cluster.context})\n"
-                f"{cfg.deploy.deployment}: {info['ready']}/{info['replicas']} ready, image {', '.join(info['images'])}"
-            )
-            for pod in info.get("pods", []):
-                human += f"\n  {pod['name']}: {'ready' if pod['ready'] else 'not ready'}"
-            if "service" in info:
-                human += f"\nservice {info['service']['name']}: type {info['service']['type']}"
-        out.result("status", human, healthy=healthy, **info)
-        return EXIT_OK if healthy else EXIT_FAILED
+        info = st.status(cfg, _engine(cfg, out, fetch_tools=False))
+        ok = st.healthy(info)
+        out.result("status", st.human(info), healthy=ok, **info)
+        return EXIT_OK if ok else EXIT_FAILED
 
     _run(ctx, body)
 
 
 @app.command()
 def doctor(ctx: typer.Context) -> None:
-    """Check Docker, kind, kubectl, the cluster and inotify limits; print a fix for each problem."""
+    """Check Docker, kind, kubectl, the cluster, the local registry and inotify limits; print a fix for each problem."""
 
     def body(out: Output) -> int:
+        from devloop.doctor import doctor as run_doctor
+        from devloop.images import Images
+        from devloop.kind import Kind
+        from devloop.kube import Kube
+
         checks = run_doctor(ctx.obj.config, Path.cwd(), Images(), Kind(), Kube)
         for c in checks:
-            mark = "[green]✔[/green]" if c.ok else "[red]✖[/red]"
-            human = f"{mark} {c.name:<8} {c.detail}" + (f"\n  [dim]fix:[/dim] {c.fix}" if not c.ok and c.fix else "")
+            mark = "✔" if c.ok else "✖"
+            human = f"{mark} {c.name:<8} {c.detail}" + (f"\n  fix: {c.fix}" if not c.ok and c.fix else "")
             out.result("check", human, name=c.name, ok=c.ok, detail=c.detail, fix=c.fix)
         return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
     _run(ctx, body)
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of devloop.yaml (for editors: the YAML language server's $schema)."""
+    typer.echo(json.dumps(config_mod.schema(), indent=2))
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Move devloop's own options written after the command in front of it."""
+    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    args = list(argv)
+    try:
+        at = next(i for i, a in enumerate(args) if a in commands)
+    except StopIteration:
+        return args
+    head, tail = args[: at + 1], args[at + 1 :]
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(tail):
+        a = tail[i]
+        if a == "--":
+            rest += tail[i:]
+            break
+        if a in GLOBAL_FLAGS:
+            moved.append(a)
+        elif a in GLOBAL_VALUED and i + 1 < len(tail):
+            moved += [a, tail[i + 1]]
+            i += 1
+        elif a.startswith("--config="):
+            moved.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return head[:at] + moved + head[at:] + rest
+
+
 def main() -> None:
     try:
-        app()
+        app(args=normalize_argv(sys.argv[1:]), prog_name="devloop")
     except KeyboardInterrupt:
         proc.terminate_all()
         sys.exit(EXIT_INTERRUPTED)

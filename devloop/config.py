@@ -1,30 +1,67 @@
-"""Load and validate devloop.yaml into frozen dataclasses.
+"""Load and validate devloop.yaml into frozen pydantic models.
 
-One loader: `yaml.safe_load`, then every key is checked. Unknown keys and wrong types are errors
-that name the file and the key path (`devloop.yaml: image.context: not a directory`). With no
-file at all, the defaults serve the bundled sample app from the repository root.
+Two forms are read. `devloop/v2` has a `services:` list (each with image, deploy, portForward,
+liveUpdate); `devloop/v1` (and no file at all) is the single-service form, read as a one-service
+list. Unknown keys and wrong types are errors naming the file and the key path
+(`devloop.yaml: services[1].image.contxt: unknown key`). Relative paths are resolved against the
+directory of the file. `devloop schema` prints the JSON Schema of the v2 form.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from devloop.errors import ConfigError
 
-API_VERSION = "devloop/v1"
+API_V1 = "devloop/v1"
+API_V2 = "devloop/v2"
+API_VERSION = API_V2
 CONFIG_FILE = "devloop.yaml"
+DEFAULT_KIND_CONFIG = "kind-config.yaml"
+DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "Dockerfile", ".dockerignore")
+
+_DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_IMAGE_NAME = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$"
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
-    name: str
-    kind_config: Path
+_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=False)
+
+
+def _text(v: Any) -> Any:
+    """Scalars in string maps (buildArgs) become strings, as docker would see them."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return str(v)
+    return v
+
+
+def _path_text(v: Any) -> Any:
+    if isinstance(v, Path) or (isinstance(v, str) and v.strip()):
+        return v
+    raise ValueError(f"must be a non-empty string (a path), got {_TYPES.get(type(v), type(v).__name__)}")
+
+
+PathText = Annotated[Path, BeforeValidator(_path_text)]
+NonEmpty = Annotated[str, Field(min_length=1, strict=True)]
+StrList = Annotated[tuple[NonEmpty, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+
+
+class ClusterConfig(_Model):
+    name: Annotated[str, Field(pattern=_DNS_LABEL)] = ""  # empty: the kind config's name, else "devloop"
+    kind_config: PathText = Path(DEFAULT_KIND_CONFIG)
     node_image: str = ""  # kind's default node image when empty
 
     @property
@@ -32,191 +69,218 @@ class ClusterConfig:
         return f"kind-{self.name}"
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
-    """A local registry for kind (kind's local-registry pattern).
+class RegistryConfig(_Model):
+    """A local registry for kind (kind's local-registry pattern). `auto` turns it on when the kind
+    config points containerd at /etc/containerd/certs.d, as kind's docs prepare a cluster for one."""
 
-    `enabled` is resolved at load time: `auto` (the default) turns it on when the kind config
-    points containerd at /etc/containerd/certs.d, which is how kind's docs prepare a cluster for one.
-    """
-
-    enabled: bool = False
-    name: str = "devloop-registry"
-    host_port: int = 5001
-    image: str = "registry:2"
+    enabled: bool | Literal["auto"] = "auto"
+    name: NonEmpty = "devloop-registry"
+    host_port: Port = 5001
+    image: NonEmpty = "registry:2"
 
 
-@dataclass(frozen=True)
-class ImageConfig:
-    name: str
-    context: Path
-    dockerfile: str = "Dockerfile"
-    build_args: Mapping[str, str] = field(default_factory=dict)
+class WatchConfig(_Model):
+    debounce_ms: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
+    ignore: StrList = ()
+
+
+class ImageConfig(_Model):
+    name: Annotated[str, Field(pattern=_IMAGE_NAME, strict=True)]
+    context: PathText = Path(".")
+    dockerfile: NonEmpty = "Dockerfile"
+    build_args: dict[str, Annotated[str, BeforeValidator(_text)]] = Field(default_factory=dict)
+    target: NonEmpty | None = None  # a build stage
 
     @property
     def dockerfile_path(self) -> Path:
         return self.context / self.dockerfile
 
 
-@dataclass(frozen=True)
-class DeployConfig:
-    manifests: tuple[Path, ...]
-    deployment: str
-    namespace: str = "default"
-    rollout_timeout: float = 180.0
-    # dev-only rolling-update override (maxSurge, maxUnavailable); None keeps the manifest's
-    rolling_update: tuple[str, str] | None = None
+class RollingUpdate(_Model):
+    max_surge: int | Annotated[str, Field(pattern=r"^\d{1,3}%$")] = 0
+    max_unavailable: int | Annotated[str, Field(pattern=r"^\d{1,3}%$")] = 0
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> RollingUpdate:
+        if str(self.max_surge) == "0" and str(self.max_unavailable) == "0":
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
 
 
-@dataclass(frozen=True)
-class PortForwardConfig:
-    enabled: bool = True
-    service: str = "web-app-service"
-    port: int = 80
-    local_port: int = 8080
+class DeployConfig(_Model):
+    manifests: Annotated[
+        tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = ()  # files, directories, or kustomize directories; empty: <context>/k8s
+    deployment: NonEmpty | None = None  # default: the service's name
+    namespace: NonEmpty | None = None  # default: the manifest's metadata.namespace, else the kube context's
+    rollout_timeout: Annotated[float, Field(ge=5, le=3600)] = 180.0
+    rolling_update: RollingUpdate | None = None  # dev-only override of the Deployment's strategy
+    on_failure: Literal["rollback", "keep"] = "rollback"
 
 
-@dataclass(frozen=True)
-class WatchConfig:
-    debounce_ms: int = 200
-    ignore: tuple[str, ...] = ()
+class PortForwardConfig(_Model):
+    service: NonEmpty
+    port: Port = 80
+    local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 8080
 
 
-DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "Dockerfile", ".dockerignore")
-
-
-@dataclass(frozen=True)
-class LiveUpdateConfig:
+class LiveUpdateConfig(_Model):
     """Sync changed source files into the running containers and restart the app process.
-
-    Off by default because it changes how the container is started in dev: devloop wraps the
-    container's command in a small restart loop (production manifests on disk stay unchanged).
-    """
+    Off by default: devloop then wraps the container's command in a small restart loop (dev only)."""
 
     enabled: bool = False
-    target: str = "/app"  # where the Dockerfile copies the build context (COPY . . under WORKDIR)
-    fallback: tuple[str, ...] = DEFAULT_FALLBACK  # globs that always mean a full rebuild
-    command: tuple[str, ...] = ()  # what the restart loop runs; empty = the container's own command
+    target: Annotated[str, Field(pattern=r"^/")] = "/app"  # where the Dockerfile copies the context
+    fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
+    command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
 
-@dataclass(frozen=True)
-class Config:
-    root: Path  # directory relative paths are resolved against
+class ServiceConfig(_Model):
+    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
+    image: ImageConfig
+    deploy: DeployConfig = DeployConfig()
+    port_forward: tuple[PortForwardConfig, ...] = ()
+    live_update: LiveUpdateConfig = LiveUpdateConfig()
+
+    @field_validator("port_forward", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @property
+    def deployment(self) -> str:
+        return self.deploy.deployment or self.name
+
+    @property
+    def manifests(self) -> tuple[Path, ...]:
+        return self.deploy.manifests
+
+
+class ConfigV2(_Model):
+    """The devloop.yaml format (apiVersion devloop/v2)."""
+
+    api_version: Literal["devloop/v2"] = Field("devloop/v2", alias="apiVersion")
+    cluster: ClusterConfig = ClusterConfig()
+    registry: RegistryConfig = RegistryConfig()
+    watch: WatchConfig = WatchConfig()
+    services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ConfigV2:
+        seen: set[str] = set()
+        for s in self.services:
+            if s.name in seen:
+                raise ValueError(f"two services are named {s.name!r}")
+            seen.add(s.name)
+        ports = [(f.local_port, s.name) for s in self.services for f in s.port_forward if f.local_port]
+        taken: dict[int, str] = {}
+        for port, name in ports:
+            if port in taken:
+                raise ValueError(f"localPort {port} is used by two port-forwards ({taken[port]} and {name})")
+            taken[port] = name
+        return self
+
+
+class _LegacyPortForward(_Model):
+    enabled: bool = True
+    service: NonEmpty = "web-app-service"
+    port: Port = 80
+    local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 8080
+
+
+_V1_IMAGE: dict[str, Any] = {"name": "my-web-app", "context": Path("sample-app")}
+
+
+class ConfigV1(_Model):
+    """The single-service form (apiVersion devloop/v1, and the defaults with no file): the bundled sample."""
+
+    api_version: Literal["devloop/v1"] = Field("devloop/v1", alias="apiVersion")
+    cluster: ClusterConfig = ClusterConfig()
+    registry: RegistryConfig = RegistryConfig()
+    watch: WatchConfig = WatchConfig()
+    image: ImageConfig = ImageConfig(**_V1_IMAGE)
+    deploy: DeployConfig = DeployConfig(deployment="web-app")
+    port_forward: _LegacyPortForward = _LegacyPortForward()
+    live_update: LiveUpdateConfig = LiveUpdateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("image"), dict):
+            data = {**data, "image": {**_V1_IMAGE, **data["image"]}}
+        return data
+
+    def as_v2(self) -> dict[str, Any]:
+        pf = self.port_forward
+        forwards = [PortForwardConfig(service=pf.service, port=pf.port, local_port=pf.local_port)] if pf.enabled else []
+        service = ServiceConfig(
+            name=self.deploy.deployment or "web-app",
+            image=self.image,
+            deploy=self.deploy if self.deploy.deployment else self.deploy.model_copy(update={"deployment": "web-app"}),
+            port_forward=tuple(forwards),
+            live_update=self.live_update,
+        )
+        return {"cluster": self.cluster, "registry": self.registry, "watch": self.watch, "services": (service,)}
+
+
+class Config(BaseModel):
+    """What the rest of devloop reads: resolved paths, a resolved cluster name and registry switch."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    root: Path  # directory relative paths were resolved against
     source: str  # the file it came from, or "defaults"
     cluster: ClusterConfig
-    image: ImageConfig
-    deploy: DeployConfig
-    port_forward: PortForwardConfig
+    registry: RegistryConfig
     watch: WatchConfig
-    registry: RegistryConfig = RegistryConfig()
-    live_update: LiveUpdateConfig = LiveUpdateConfig()
+    services: tuple[ServiceConfig, ...]
 
     @property
     def file(self) -> Path | None:
         if self.source == "defaults":
             return None
         p = Path(self.source)
-        return p if p.is_absolute() else self.root / p.name
+        return p if p.is_absolute() else (self.root / p.name)
+
+    @property
+    def registry_enabled(self) -> bool:
+        return self.registry.enabled is True
+
+    def service(self, name: str) -> ServiceConfig:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
 
 
-class _Section:
-    """Reads one mapping of the YAML document, remembering which keys were used."""
-
-    def __init__(self, source: str, path: str, data: Any) -> None:
-        self.source = source
-        self.path = path
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.fail(f"must be a mapping, got {_type_name(data)}")
-        self.data: dict[Any, Any] = data
-        self.used: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, message: str, key: str | None = None, hint: str = "") -> ConfigError:
-        at = self.where(key) if key else (self.path or "(top level)")
-        raise ConfigError(f"{self.source}: {at}: {message}", hint or "see the configuration reference in README.md")
-
-    def _get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def str_(self, key: str, default: str) -> str:
-        v = self._get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str) or not v.strip():
-            self.fail(f"must be a non-empty string, got {_type_name(v)}", key)
-        return str(v)
-
-    def int_(self, key: str, default: int, lo: int, hi: int) -> int:
-        v = self._get(key)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.fail(f"must be an integer, got {_type_name(v)}", key)
-        if not lo <= v <= hi:
-            self.fail(f"must be between {lo} and {hi}, got {v}", key)
-        return int(v)
-
-    def bool_(self, key: str, default: bool) -> bool:
-        v = self._get(key)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            self.fail(f"must be true or false, got {_type_name(v)}", key)
-        return bool(v)
-
-    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        v = self._get(key)
-        if v is None:
-            return default
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            self.fail("must be a list of non-empty strings", key)
-        return tuple(v)
-
-    def str_map(self, key: str) -> dict[str, str]:
-        v = self._get(key)
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            self.fail(f"must be a mapping of names to strings, got {_type_name(v)}", key)
-        out: dict[str, str] = {}
-        for k, val in v.items():
-            if not isinstance(k, str) or isinstance(val, (dict, list)) or val is None:
-                self.fail("must map names to strings (quote numbers)", f"{key}.{k}")
-            out[k] = str(val).lower() if isinstance(val, bool) else str(val)
-        return out
-
-    def section(self, key: str) -> _Section:
-        return _Section(self.source, self.where(key), self._get(key))
-
-    def done(self) -> None:
-        for key in self.data:
-            if not isinstance(key, str) or key not in self.used:
-                known = ", ".join(sorted(self.used))
-                self.fail(f"unknown key (known keys: {known})", str(key))
+def schema() -> dict[str, Any]:
+    """The JSON Schema of devloop.yaml (v2), for editors."""
+    s = ConfigV2.model_json_schema(by_alias=True)
+    s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    s["title"] = "devloop.yaml"
+    return s
 
 
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "nothing"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(
-        type(v), type(v).__name__
-    )
+# -- finding and reading the file ------------------------------------------------------------------
 
 
 def find_config_file(explicit: Path | None, cwd: Path) -> Path | None:
+    """--config, else devloop.yaml in cwd or the nearest parent (as git finds .git)."""
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"{explicit}: no such file", "pass an existing devloop.yaml to --config")
         return explicit
-    candidate = cwd / CONFIG_FILE
-    return candidate if candidate.is_file() else None
+    for d in (cwd, *cwd.parents):
+        if (d / CONFIG_FILE).is_file():
+            return d / CONFIG_FILE
+    return None
+
+
+def _defaults_root(cwd: Path) -> Path | None:
+    """With no devloop.yaml anywhere: the nearest directory holding the default kind config."""
+    for d in (cwd, *cwd.parents):
+        if (d / DEFAULT_KIND_CONFIG).is_file():
+            return d
+    return None
 
 
 def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: bool = True) -> Config:
@@ -224,7 +288,13 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
     cwd = (cwd or Path.cwd()).resolve()
     path = find_config_file(explicit, cwd)
     if path is None:
-        return parse({}, root=cwd, source="defaults", check_paths=check_paths)
+        root = _defaults_root(cwd)
+        if root is None:
+            raise ConfigError(
+                f"no {CONFIG_FILE} found in {cwd} or any parent directory, and no {DEFAULT_KIND_CONFIG} for the built-in defaults",
+                f"run devloop from your project's directory, or create {CONFIG_FILE} (see the configuration reference in README.md)",
+            )
+        return parse({}, root=root, source="defaults", check_paths=check_paths)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -233,12 +303,11 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
 
 
 def _display(path: Path, cwd: Path) -> str:
-    """The path as the user would type it: relative to where they are, when it is below it."""
     full = path if path.is_absolute() else cwd / path
     try:
         return str(full.resolve().relative_to(cwd))
     except ValueError:
-        return str(path)
+        return str(full.resolve())
 
 
 def parse_text(text: str, *, root: Path, source: str, check_paths: bool = True) -> Config:
@@ -254,133 +323,135 @@ def parse_text(text: str, *, root: Path, source: str, check_paths: bool = True) 
     return parse(data, root=root, source=source, check_paths=check_paths)
 
 
+HINT = "see the configuration reference in README.md (`devloop schema` prints the JSON Schema)"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"int|str|bool|float|constrained-str|function-\w+|.*\[.*\]", str(part)):
+            continue  # pydantic's names for validators and union members, not keys
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    got = err.get("input")
+    what = "nothing" if got is None else _TYPES.get(type(got), type(got).__name__)
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind in ("string_type", "string_too_short"):
+        return f"must be a non-empty string, got {what}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {what}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {what}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping, got {what}"
+    if kind in ("tuple_type", "list_type"):
+        return f"must be a list, got {what}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        ctx = err.get("ctx", {})
+        return f"must be {'at least ' + str(ctx['ge']) if 'ge' in ctx else 'at most ' + str(ctx['le'])}, got {got}"
+    if kind == "string_pattern_mismatch":
+        return f"{got!r} is not valid here"
+    if kind == "too_short":
+        return "must list at least one entry"
+    if kind == "literal_error":
+        return f"must be one of {err.get('ctx', {}).get('expected', '?')}, got {got!r}"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _pick(errors: list[Any]) -> Any:
+    """The error a person should see first: of a union's alternatives, the one that went deepest."""
+    return max(errors, key=lambda e: (e["type"] == "extra_forbidden", len([p for p in e["loc"] if not str(p).startswith(("str", "int"))])))
+
+
 def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Config:
-    top = _Section(source, "", data)
-    version = top.str_("apiVersion", API_VERSION)
-    if version != API_VERSION:
-        top.fail(f"unsupported version {version!r}", "apiVersion", hint=f"this devloop reads apiVersion: {API_VERSION}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): must be a mapping, got {_TYPES.get(type(data), type(data).__name__)}", HINT)
+    version = data.get("apiVersion", API_V2 if "services" in data else API_V1)
+    if version not in (API_V1, API_V2):
+        raise ConfigError(
+            f"{source}: apiVersion: unsupported version {version!r}", f"this devloop reads apiVersion: {API_V2} (and the older {API_V1})"
+        )
+    try:
+        if version == API_V1:
+            if "services" in data:
+                raise ConfigError(f"{source}: services: needs apiVersion: {API_V2}", f"set apiVersion: {API_V2} at the top")
+            parts = ConfigV1.model_validate(data).as_v2()
+        else:
+            v2 = ConfigV2.model_validate(data)
+            parts = {"cluster": v2.cluster, "registry": v2.registry, "watch": v2.watch, "services": v2.services}
+    except ValidationError as e:
+        errs = e.errors()
+        first = errs[0]
+        if len(errs) > 1 and any(str(p).startswith(("int", "str", "tuple", "function")) for p in first["loc"]):
+            first = _pick(errs)
+        hint = HINT
+        if first["type"] == "extra_forbidden":
+            hint = "check the spelling; " + HINT
+        raise ConfigError(f"{source}: {_loc(first['loc'])}: {_message(first)}", hint) from None
+    return _resolve(root, source, parts, check_paths, legacy=version == API_V1)
 
-    c = top.section("cluster")
-    kind_config = _path(root, c.str_("kindConfig", "kind-config.yaml"))
+
+def _path(root: Path, value: Path | str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else (root / p).resolve()
+
+
+def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, *, legacy: bool) -> Config:
+    cluster: ClusterConfig = parts["cluster"]
+    kind_config = _path(root, cluster.kind_config)
     kind_doc = _read_kind_config(kind_config)
-    name_default = kind_doc.get("name") or "devloop"
-    cluster = ClusterConfig(name=c.str_("name", name_default), kind_config=kind_config, node_image=c.str_("nodeImage", ""))
-    c.done()
-    if not _is_dns_label(cluster.name):
-        c.fail("must be lowercase letters, digits and '-' (a kind cluster name)", "name")
-
-    i = top.section("image")
-    image = ImageConfig(
-        name=i.str_("name", "my-web-app"),
-        context=_path(root, i.str_("context", "sample-app")),
-        dockerfile=i.str_("dockerfile", "Dockerfile"),
-        build_args=i.str_map("buildArgs"),
-    )
-    i.done()
-    if not _is_image_name(image.name):
-        i.fail(f"{image.name!r} is not a valid image repository name (lowercase, no tag)", "name")
-
-    d = top.section("deploy")
-    manifests = tuple(_path(root, m) for m in d.str_list("manifests", (str(image.context / "k8s"),)))
-    deploy = DeployConfig(
-        manifests=manifests,
-        deployment=d.str_("deployment", "web-app"),
-        namespace=d.str_("namespace", "default"),
-        rollout_timeout=float(d.int_("rolloutTimeout", 180, 5, 3600)),
-        rolling_update=_rolling_update(d.section("rollingUpdate")),
-    )
-    d.done()
-
-    p = top.section("portForward")
-    port_forward = PortForwardConfig(
-        enabled=p.bool_("enabled", True),
-        service=p.str_("service", "web-app-service"),
-        port=p.int_("port", 80, 1, 65535),
-        local_port=p.int_("localPort", 8080, 0, 65535),
-    )
-    p.done()
-
-    w = top.section("watch")
-    watch = WatchConfig(debounce_ms=w.int_("debounceMs", 200, 0, 10_000), ignore=w.str_list("ignore", ()))
-    w.done()
-
-    lu = top.section("liveUpdate")
-    live_update = LiveUpdateConfig(
-        enabled=lu.bool_("enabled", False),
-        target=lu.str_("target", "/app"),
-        fallback=lu.str_list("fallback", DEFAULT_FALLBACK),
-        command=lu.str_list("command", ()),
-    )
-    lu.done()
-    if not live_update.target.startswith("/"):
-        lu.fail("must be an absolute path in the container", "target")
-
-    r = top.section("registry")
-    if r.data.get("enabled", "auto") == "auto":
-        r.used.add("enabled")
-        enabled = _kind_config_wants_registry(kind_doc)
-    else:
-        enabled = r.bool_("enabled", False)
-    registry = RegistryConfig(
-        enabled=enabled,
-        name=r.str_("name", "devloop-registry"),
-        host_port=r.int_("hostPort", 5001, 1, 65535),
-        image=r.str_("image", "registry:2"),
-    )
-    r.done()
-    top.done()
-
-    if check_paths:
-        if not image.context.is_dir():
-            i.fail(f"not a directory: {image.context}", "context", hint="point image.context at the directory holding the Dockerfile")
-        if not image.dockerfile_path.is_file():
-            i.fail(f"no such file: {image.dockerfile_path}", "dockerfile", hint="image.dockerfile is relative to image.context")
-        for n, m in enumerate(manifests):
-            if not m.exists():
-                d.fail(f"no such file or directory: {m}", f"manifests[{n}]")
-        if not kind_config.is_file():
-            c.fail(f"no such file: {kind_config}", "kindConfig", hint="devloop creates the kind cluster from this file")
-    return Config(
-        root=root,
-        source=source,
-        cluster=cluster,
-        image=image,
-        deploy=deploy,
-        port_forward=port_forward,
-        watch=watch,
-        registry=registry,
-        live_update=live_update,
-    )
+    name = cluster.name or str(kind_doc.get("name") or "devloop")
+    if re.fullmatch(_DNS_LABEL, name) is None:
+        raise ConfigError(f"{kind_config}: name: must be lowercase letters, digits and '-' (a kind cluster name)", HINT)
+    cluster = cluster.model_copy(update={"name": name, "kind_config": kind_config})
+    registry: RegistryConfig = parts["registry"]
+    if registry.enabled == "auto":
+        registry = registry.model_copy(update={"enabled": _kind_config_wants_registry(kind_doc)})
+    services = []
+    for n, s in enumerate(parts["services"]):
+        where = "" if legacy else f"services[{n}]"
+        context = _path(root, s.image.context)
+        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
+        s = s.model_copy(
+            update={
+                "image": s.image.model_copy(update={"context": context}),
+                "deploy": s.deploy.model_copy(update={"manifests": manifests}),
+            }
+        )
+        if check_paths:
+            _check_paths(source, where, s)
+        services.append(s)
+    if check_paths and not kind_config.is_file():
+        raise ConfigError(f"{source}: cluster.kindConfig: no such file: {kind_config}", "devloop creates the kind cluster from this file")
+    return Config(root=root, source=source, cluster=cluster, registry=registry, watch=parts["watch"], services=tuple(services))
 
 
-def _rolling_update(r: _Section) -> tuple[str, str] | None:
-    if not r.data:
-        r.done()
-        return None
-    values = []
-    for key in ("maxSurge", "maxUnavailable"):
-        v = r.data.get(key, 0)
-        r.used.add(key)
-        if isinstance(v, bool) or not ((isinstance(v, int) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"\d{1,3}%", v))):
-            r.fail("must be a count (0, 1, 2...) or a percentage like '25%'", key)
-        values.append(str(v))
-    r.done()
-    if values == ["0", "0"]:
-        r.fail("maxSurge and maxUnavailable cannot both be 0", "maxUnavailable")
-    return values[0], values[1]
-
-
-def _path(root: Path, value: str) -> Path:
-    return (root / value).resolve() if not Path(value).is_absolute() else Path(value)
-
-
-def _is_dns_label(s: str) -> bool:
-    return re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?", s) is not None
-
-
-def _is_image_name(s: str) -> bool:
-    component = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-    return re.fullmatch(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{component}(?:/{component})*", s) is not None
+def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
+    at = f"{where}." if where else ""
+    if not s.image.context.is_dir():
+        raise ConfigError(
+            f"{source}: {at}image.context: not a directory: {s.image.context}",
+            "point image.context at the directory holding the Dockerfile",
+        )
+    if not s.image.dockerfile_path.is_file():
+        raise ConfigError(
+            f"{source}: {at}image.dockerfile: no such file: {s.image.dockerfile_path}", "image.dockerfile is relative to image.context"
+        )
+    for n, m in enumerate(s.manifests):
+        if not m.exists():
+            raise ConfigError(f"{source}: {at}deploy.manifests[{n}]: no such file or directory: {m}", "set deploy.manifests")
 
 
 def _read_kind_config(path: Path) -> dict[str, Any]:

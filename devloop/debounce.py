@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -45,22 +45,66 @@ class Debouncer(Generic[T]):
         return items
 
 
-@dataclass
 class LoopGuard:
-    """Notices files that change while every cycle runs: something the build or the app writes
-    into the watched tree. After `limit` cycles in a row they are reported and ignored, so devloop
-    does not rebuild forever. Pure: the caller says which files changed during the last cycle."""
+    """Stops a rebuild loop: something that writes into the watched tree because a cycle ran (a
+    build step, a tool that reacts to the build) would otherwise rebuild forever. Pure: the caller
+    passes the times in.
 
-    limit: int = 3
-    _streak: dict[str, int] = field(default_factory=dict)
-    paused: set[str] = field(default_factory=set)
+    Nothing in devloop writes into the tree, so a write during a cycle is usually a person saving.
+    The rule tells the two apart by timing:
 
-    def observe(self, changed_during_cycle: set[str]) -> set[str]:
-        """Record one cycle; returns the files newly paused by it."""
-        self._streak = {f: self._streak.get(f, 0) + 1 for f in changed_during_cycle}
-        newly = {f for f, n in self._streak.items() if n >= self.limit} - self.paused
-        self.paused |= newly
+    - a write is *suspicious* only when it lands within `window` seconds (default 1.0) after a
+      cycle's build phase started: that is when the build reads the context and when a tool
+      reacting to the build would write. Per cycle, what counts is the path's last write in it;
+    - a path is paused after `limit` (default 3) consecutive building cycles with a suspicious
+      write of it. A building cycle without one breaks its streak; a cycle that did not build
+      counts neither way;
+    - while paused, a change of the path inside that window is dropped (`admit` says False). A
+      change outside it (while idle, or later in a cycle) is a real change: `admit` resumes the
+      path and says True, and the path needs `limit` suspicious cycles again to be paused.
+
+    So a person saving every few seconds during long rollouts is never paused (their last save of
+    a cycle is rarely in its first second, and never in `limit` cycles in a row), while a writer
+    triggered by each build is paused after `limit` cycles. A save that happens to land inside the
+    window while its path is paused is dropped; the next save outside it goes through.
+    """
+
+    def __init__(self, limit: int = 3, window: float = 1.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._streak: dict[str, int] = {}
+        self._paused: set[str] = set()
+
+    @property
+    def paused(self) -> frozenset[str]:
+        return frozenset(self._paused)
+
+    def _in_window(self, at: float, build_started: float | None) -> bool:
+        return build_started is not None and build_started <= at <= build_started + self.window
+
+    def observe(self, build_started: float | None, writes: Mapping[str, float]) -> set[str]:
+        """Record one finished cycle: `writes` maps each path written during it to the time of its
+        last write; `build_started` is when its build phase began (None: it did not build).
+        Returns the paths newly paused by it."""
+        if build_started is None:
+            return set()
+        suspicious = {p for p, at in writes.items() if self._in_window(at, build_started)}
+        self._streak = {p: self._streak.get(p, 0) + 1 for p in suspicious}
+        newly = {p for p, n in self._streak.items() if n >= self.limit} - self._paused
+        self._paused |= newly
         return newly
+
+    def admit(self, path: str, at: float, build_started: float | None) -> bool:
+        """Whether a change of `path` at time `at` is processed. `build_started` is when the
+        running cycle's build phase began (None: idle, or the cycle is not building). False only
+        for a paused path written inside the window; True otherwise, resuming a paused path."""
+        if path not in self._paused:
+            return True
+        if self._in_window(at, build_started):
+            return False
+        self._paused.discard(path)
+        self._streak.pop(path, None)
+        return True
 
 
 class ChangeQueue(Generic[T]):
@@ -76,6 +120,11 @@ class ChangeQueue(Generic[T]):
         with self._cond:
             self._deb.add(change, self._clock())
             self._cond.notify()
+
+    def set_quiet(self, quiet: float) -> None:
+        """A reloaded watch.debounceMs."""
+        with self._cond:
+            self._deb.quiet = quiet
 
     def close(self) -> None:
         with self._cond:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from devloop import config as config_mod
-from devloop import manifests as mf
 from devloop import tools
 from devloop.config import RegistryConfig
 from devloop.errors import DevloopError
 from devloop.images import DOCKER_HINT, Images
 from devloop.kind import Kind
-from devloop.kube import Kube, pod_ready
+from devloop.kube import Kube
 from devloop.proc import INSTALL_HINTS
 from devloop.registry import LocalRegistry, Problem
 
@@ -149,36 +148,3 @@ def doctor(
             checks.append(Check("registry", False, e.message, e.hint))
     checks.append(inotify_check())
     return checks
-
-
-def status(cfg: config_mod.Config, kind: Kind, kube: Kube) -> dict[str, Any]:
-    """What is running: cluster, the deployed image, ready replicas."""
-    name = cfg.cluster.name
-    info: dict[str, Any] = {"cluster": name, "context": cfg.cluster.context, "exists": False, "reachable": False}
-    if not kind.exists(name):
-        return info
-    info["exists"] = True
-    info["reachable"] = kube.reachable()
-    if not info["reachable"]:
-        return info
-    docs = mf.load(cfg.deploy.manifests)
-    deployment = mf.find(docs, "Deployment", cfg.deploy.deployment)
-    ns = mf.namespace_of(deployment, cfg.deploy.namespace) if deployment else cfg.deploy.namespace
-    dep = kube.get("deployment", cfg.deploy.deployment, ns)
-    info["deployment"] = cfg.deploy.deployment
-    info["deployed"] = dep is not None
-    if dep is not None:
-        containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
-        info["images"] = [c.get("image") for c in containers]
-        info["replicas"] = int(dep.get("spec", {}).get("replicas", 1))
-        info["ready"] = int(dep.get("status", {}).get("readyReplicas", 0))
-        pods = kube.pods(ns, mf.selector_of(deployment)) if deployment else []
-        info["pods"] = [{"name": p["metadata"]["name"], "ready": pod_ready(p)} for p in pods]
-    svc = kube.get("service", cfg.port_forward.service, ns)
-    if svc is not None:
-        info["service"] = {
-            "name": cfg.port_forward.service,
-            "type": svc.get("spec", {}).get("type"),
-            "ports": svc.get("spec", {}).get("ports", []),
-        }
-    return info

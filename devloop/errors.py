@@ -63,20 +63,27 @@ class CommandFailed(DevloopError):
         self.stderr = stderr
 
 
-class CycleFailed(DevloopError):
-    """A build, load, apply or rollout failed; in `devloop dev` the loop goes on."""
+class StepFailed(DevloopError):
+    """An adapter could not do what it was asked (a build step, a push, an apply); neutral about
+    where in a cycle that happened: the engine adds the phase."""
 
-    def __init__(self, phase: str, message: str, hint: str = "", details: list[str] | None = None) -> None:
+    def __init__(self, message: str, hint: str = "", details: list[str] | None = None) -> None:
         super().__init__(message, hint)
-        self.phase = phase
         self.details = details or []
 
 
-class Interrupted(DevloopError):
-    exit_code = EXIT_INTERRUPTED
+class CycleFailed(StepFailed):
+    """A phase of a service's cycle failed (build, publish, deploy, rollout); in `devloop dev` the loop goes on."""
 
-    def __init__(self) -> None:
-        super().__init__("interrupted", "")
+    def __init__(self, phase: str, message: str, hint: str = "", details: list[str] | None = None) -> None:
+        super().__init__(message, hint, details)
+        self.phase = phase
+
+    @classmethod
+    def of(cls, phase: str, e: DevloopError) -> CycleFailed:
+        if isinstance(e, CycleFailed):
+            return e
+        return cls(phase, e.message, e.hint, list(getattr(e, "details", [])))
 
 
 def _last_line(text: str) -> str:

@@ -11,6 +11,7 @@ import functools
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from devloop.kube import Kube
@@ -19,7 +20,10 @@ from devloop.proc import Background
 
 
 def port_free(port: int) -> bool:
+    """Whether kubectl could listen on 127.0.0.1:port. Like kubectl's own bind (Go sets
+    SO_REUSEADDR), a port held only by TIME-WAIT entries of closed connections counts as free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -46,10 +50,17 @@ def http_check(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
         conn.close()
 
 
+RETRY_TAKEN = 3.0  # seconds between checks of a taken local port while idle
+
+
 class PortForward:
-    def __init__(self, kube: Kube, out: Output, namespace: str, service: str, port: int, local_port: int) -> None:
+    """One declared forward, kept alive: restarted after each rollout and whenever kubectl exits;
+    a taken local port is retried every few seconds until it is free."""
+
+    def __init__(self, kube: Kube, out: Output, namespace: str, service: str, port: int, local_port: int, label: str = "") -> None:
         self.kube = kube
         self.out = out
+        self.label = label
         self.namespace = namespace
         self.target = f"service/{service}"
         self.port = port
@@ -60,20 +71,35 @@ class PortForward:
         self._listening = threading.Event()
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
+        self._warned_taken = False
+        self.refused = False  # kubectl said the pod refused the connection (app not listening yet / on that port)
         self.ready = False
 
     def _on_line(self, line: str) -> None:
+        if "connection refused" in line:
+            self.refused = True
         if line.startswith("Forwarding from"):
             self._listening.set()
         elif "unable to listen" in line or "address already in use" in line:
-            self.out.warn(f"port-forward: {line.strip()}", f"free port {self.local_port} or set portForward.localPort")
+            self.out.detail(f"port-forward: {line.strip()}", service=self.label)
         elif line.startswith("Handling connection"):
             pass
         elif line.strip():
-            self.out.detail(f"port-forward: {line.strip()}")
+            self.out.detail(f"port-forward: {line.strip()}", service=self.label)
 
     def start(self) -> bool:
-        """Start (or restart) the forward and check it; True once HTTP answers through it."""
+        """Start (or restart) the forward and check it; True once HTTP answers through it.
+        A taken local port is warned about once and retried while idle."""
+        if not port_free(self.local_port):
+            if not self._warned_taken:
+                self.out.warn(
+                    f"port {self.local_port} on 127.0.0.1 is already in use: no port-forward to {self.target} yet "
+                    f"(retried every {RETRY_TAKEN:.0f}s)",
+                    "free the port or set portForward.localPort in devloop.yaml",
+                )
+                self._warned_taken = True
+            self._ensure_monitor()
+            return False
         with self._lock:
             if self._proc is not None:
                 self._proc.stop()
@@ -81,33 +107,53 @@ class PortForward:
             self.ready = False
             self._proc = self.kube.port_forward(self.target, self.namespace, self.local_port, self.port, self._on_line)
             proc = self._proc
-        if self._monitor is None:
-            self._monitor = threading.Thread(target=self._watch, daemon=True)
-            self._monitor.start()
+        self._ensure_monitor()
         if not self._listening.wait(15) or not proc.alive():
-            self.out.forward(self.url, False, "port-forward did not start (retrying)")
+            self.out.forward(self.url, False, "port-forward did not start (retrying)", service=self.label)
             return False
         answer = http_check(self.local_port)
         self.ready = answer is not None
-        self.out.forward(self.url, self.ready, f"HTTP {answer[0]}" if answer else "no HTTP answer yet")
+        self.out.forward(self.url, self.ready, f"HTTP {answer[0]}" if answer else "no HTTP answer yet", service=self.label)
         return self.ready
 
-    def probe(self) -> tuple[int, str] | None:
-        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it."""
+    def _ensure_monitor(self) -> None:
+        if self._monitor is None:
+            self._monitor = threading.Thread(target=self._watch, daemon=True, name=f"forward-{self.local_port}")
+            self._monitor.start()
+
+    def probe(self, within: float = 15.0) -> tuple[int, str] | None:
+        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it. Retries for
+        `within` seconds: without a readiness probe a pod is ready before the app listens."""
+        deadline = time.monotonic() + within
         try:
-            if not self.start():
-                return None
-            return http_check(self.local_port)
+            while True:
+                if self._listening.is_set() or self.start():
+                    answer = http_check(self.local_port)
+                    if answer is not None:
+                        return answer
+                if time.monotonic() >= deadline or self._stopped.wait(0.5):
+                    return None
         finally:
             self.stop()
 
+    def why_no_answer(self) -> str:
+        """The hint that matches what kubectl said."""
+        if self.refused:
+            return "the pod refused the connection: the app is not listening (yet), or not on the Service's targetPort"
+        return "check the Service's selector and ports (`kubectl get endpoints`)"
+
     def _watch(self) -> None:
-        """Restart the forward when kubectl exits (its pod went away)."""
+        """Restart the forward when kubectl exits (its pod went away); retry a taken port while idle."""
         while not self._stopped.is_set():
             with self._lock:
                 proc = self._proc
             if proc is None:
-                return
+                if self._stopped.wait(RETRY_TAKEN):
+                    return
+                if port_free(self.local_port):
+                    self.out.info(f"port {self.local_port} is free again; starting the port-forward", service=self.label)
+                    self.start()
+                continue
             proc.wait()  # blocks in waitpid: no polling while the forward is healthy
             with self._lock:
                 replaced = proc is not self._proc  # stopped on purpose by start(): not a drop
@@ -135,7 +181,7 @@ class LogStreams:
     def __init__(self, kube: Kube, namespace: str, on_line: Callable[[str, str], None]) -> None:
         self.kube = kube
         self.namespace = namespace
-        self.on_line = on_line
+        self.on_line = on_line  # (pod, line)
         self._streams: dict[str, Background] = {}
 
     def follow(self, pods: list[str]) -> None:

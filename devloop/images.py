@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils.build import exclude_paths
 
-from devloop.errors import ConfigError, CycleFailed, DockerUnavailable
+from devloop.errors import DockerUnavailable, StepFailed
 from devloop.ignore import parse_dockerignore
 
 DOCKER_HINT = "start the Docker daemon (e.g. `sudo systemctl start docker` or open Docker Desktop) and check `docker info` works"
@@ -81,9 +80,6 @@ class ContextHasher:
 
 def content_tag(digest: str) -> str:
     return TAG_PREFIX + digest[:16]
-
-
-_STEP = re.compile(r"^Step \d+/\d+ : ")
 
 
 @contextmanager
@@ -166,37 +162,13 @@ class Images:
         tag: str,
         build_args: Mapping[str, str],
         on_line: Callable[[str], None] = lambda _: None,
+        target: str | None = None,
     ) -> str:
-        """Build and tag; returns the image ID. A failed step raises CycleFailed naming the step."""
-        if not (context / dockerfile).is_file():
-            raise ConfigError(f"{context / dockerfile}: no such Dockerfile", "set image.dockerfile (relative to image.context)")
-        step = ""
-        tail: list[str] = []
-        image_id = ""
-        with docker_errors():
-            stream = self.client.api.build(
-                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(build_args), rm=True, forcerm=True, decode=True
-            )
-            for chunk in stream:
-                if "stream" in chunk:
-                    for line in str(chunk["stream"]).splitlines():
-                        if not line.strip():
-                            continue
-                        if _STEP.match(line):
-                            step = line
-                        tail = ([*tail, line])[-8:]
-                        on_line(line)
-                elif "error" in chunk:
-                    message = str(chunk.get("error", "")).strip()
-                    raise CycleFailed(
-                        "build",
-                        f"{step or 'docker build'} failed: {message}" if step else f"docker build failed: {message}",
-                        _build_hint(message),
-                        details=tail[-6:],
-                    )
-                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = str(chunk["aux"]["ID"])
-        return image_id or self.image_id(tag)
+        """Build and tag with the classic builder (docker SDK); returns the image ID. A failed step raises
+        CycleFailed naming the step. BuildKit builds: devloop.builder.detect_builder."""
+        from devloop.builder import ClassicSDK  # builder imports this module
+
+        return ClassicSDK(self).build(context, dockerfile, tag, build_args, target, on_line)
 
     def save(self, ref: str, dest: Path) -> int:
         """`docker save` of one image to a tar file; returns its size in bytes."""
@@ -206,14 +178,14 @@ class Images:
                     for chunk in self.client.api.get_image(ref):
                         f.write(chunk)
             except OSError as e:
-                raise CycleFailed("load", f"cannot write the image archive {dest}: {e.strerror}", "free some disk space (df -h)") from e
+                raise StepFailed(f"cannot write the image archive {dest}: {e.strerror}", "free some disk space (df -h)") from e
         return dest.stat().st_size
 
     def push(self, ref: str) -> None:
         with docker_errors():
             for chunk in self.client.api.push(ref, stream=True, decode=True):
                 if isinstance(chunk, dict) and "error" in chunk:
-                    raise CycleFailed("load", f"push of {ref} failed: {chunk['error']}", "check the registry is running: devloop doctor")
+                    raise StepFailed(f"push of {ref} failed: {chunk['error']}", "check the registry is running: devloop doctor")
 
     def tag(self, ref: str, new_ref: str) -> None:
         repo, _, tag = new_ref.rpartition(":")
@@ -236,15 +208,6 @@ class Images:
                 return False
             result = container.exec_run(["ctr", "-n", "k8s.io", "images", "ls", "-q", f"name=={name}"])
         return result.exit_code == 0 and name in result.output.decode(errors="replace").split()
-
-
-def _build_hint(message: str) -> str:
-    m = message.lower()
-    if "pull access denied" in m or "manifest unknown" in m or "no such host" in m or "dial tcp" in m or "not found: manifest" in m:
-        return "the base image could not be pulled: build it locally or point image.buildArgs (e.g. NODE_IMAGE) at an image you have"
-    if "no space left" in m:
-        return "the disk is full: `docker system prune` frees space"
-    return "fix the Dockerfile or the files it copies; devloop rebuilds on the next save"
 
 
 def containerd_name(ref: str) -> str:

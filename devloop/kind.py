@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from devloop.errors import ClusterUnavailable, CommandFailed, CycleFailed
+from devloop.errors import ClusterUnavailable, CommandFailed, StepFailed
 from devloop.proc import DEFAULT, Runner
 
 
@@ -46,8 +46,8 @@ class Kind:
         try:
             self.runner.run(argv, timeout=900)
         except CommandFailed as e:
-            raise CycleFailed(
-                "load", f"kind load image-archive failed: {_tail(e.stderr)}", "check disk space on the host and `kind get nodes`"
+            raise StepFailed(
+                f"kind load image-archive failed: {_tail(e.stderr)}", "check disk space on the host and `kind get nodes`"
             ) from e
 
     def delete(self, name: str) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from devloop.errors import ClusterUnavailable, CommandFailed, CycleFailed
+from devloop.errors import ClusterUnavailable, CommandFailed, StepFailed
 from devloop.proc import DEFAULT, Background, Runner
 
 FAILING_WAIT_REASONS = {
@@ -20,6 +21,24 @@ FAILING_WAIT_REASONS = {
     "CreateContainerError",
     "RunContainerError",
 }
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    name: str
+    restarts: int
+    images: tuple[str, ...]
+    deleting: bool
+
+    @classmethod
+    def parse(cls, line: str) -> PodEvent | None:
+        """`name restarts... |image...|deletionTimestamp`, as watch_pods' template prints it."""
+        name, _, rest = line.partition(" ")
+        counts, _, rest = rest.partition("|")
+        images, _, deleting = rest.partition("|")
+        if not name:
+            return None
+        return cls(name, sum(int(c) for c in counts.split() if c.isdigit()), tuple(images.split()), bool(deleting.strip()))
 
 
 def selector_arg(labels: Mapping[str, str]) -> str:
@@ -55,10 +74,33 @@ class Kube:
         try:
             out = self.runner.run(self._argv("apply", "-n", namespace, "-f", "-"), input=yaml_text, timeout=120).stdout
         except CommandFailed as e:
-            raise CycleFailed(
-                "deploy", f"kubectl apply failed: {_first_error(e.stderr)}", "fix the manifest; devloop applies again on the next save"
+            raise StepFailed(
+                f"kubectl apply failed: {_first_error(e.stderr)}", "fix the manifest; devloop applies again on the next save"
             ) from e
         return [line for line in out.splitlines() if line.strip()]
+
+    def kustomize(self, directory: str) -> str:
+        """`kubectl kustomize DIR`: kubectl's built-in kustomize (no cluster involved)."""
+        try:
+            return self.runner.run(["kubectl", "kustomize", directory], timeout=60).stdout
+        except CommandFailed as e:
+            raise StepFailed(f"kubectl kustomize {directory} failed: {_first_error(e.stderr)}", "fix the kustomization") from e
+
+    def context_namespace(self) -> str:
+        """The namespace the kube context names, else `default`."""
+        r = self.runner.run(
+            ["kubectl", "config", "view", "--minify", "--context", self.context, "-o", "jsonpath={..namespace}"], timeout=30, check=False
+        )
+        return (r.stdout.strip().split() or ["default"])[0] if r.ok else "default"
+
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+        argv = self._argv("rollout", "undo", f"deployment/{deployment}", "-n", namespace)
+        if revision:
+            argv.append(f"--to-revision={revision}")
+        try:
+            self.runner.run(argv, timeout=60)
+        except CommandFailed as e:
+            raise StepFailed(f"kubectl rollout undo failed: {_first_error(e.stderr)}", "check `kubectl rollout history`") from e
 
     def delete(self, yaml_text: str, namespace: str) -> list[str]:
         out = self.runner.run(
@@ -94,12 +136,18 @@ class Kube:
             self._argv("port-forward", "-n", namespace, "--address", "127.0.0.1", target, f"{local}:{remote}"), on_line=on_line
         )
 
-    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_line: Callable[[str], None]) -> Background:
-        """One line per pod change: `name restarts... image deleting`."""
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> Background:
+        """A typed event per pod change (kubectl get --watch, one jsonpath line each)."""
         template = (
             '{.metadata.name}{" "}{.status.containerStatuses[*].restartCount}{" |"}'
             '{.spec.containers[*].image}{"|"}{.metadata.deletionTimestamp}{"\\n"}'
         )
+
+        def on_line(line: str) -> None:
+            event = PodEvent.parse(line)
+            if event is not None:
+                on_event(event)
+
         return self.runner.spawn(
             self._argv("get", "pods", "-n", namespace, "-l", selector_arg(labels), "--watch", "-o", f"jsonpath={template}"),
             on_line=on_line,
@@ -115,7 +163,7 @@ def _json(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise CycleFailed("deploy", f"kubectl printed something that is not JSON: {text[:80]!r}", "run with --debug") from e
+        raise StepFailed(f"kubectl printed something that is not JSON: {text[:80]!r}", "run with --debug") from e
     return data if isinstance(data, dict) else {}
 
 

@@ -45,14 +45,79 @@ def manifest_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def load(paths: Sequence[Path]) -> list[Manifest]:
-    out: list[Manifest] = []
-    for f in manifest_files(paths):
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+def is_kustomization(path: Path) -> bool:
+    return path.is_dir() and any((path / k).is_file() for k in KUSTOMIZATION_FILES)
+
+
+def _kustomize_refs(directory: Path, seen: set[Path]) -> None:
+    """A kustomize directory and the local directories and files it refers to (bases, resources,
+    components, patches), recursively: a change to any of them changes what it renders."""
+    if directory in seen:
+        return
+    seen.add(directory)
+    for name in KUSTOMIZATION_FILES:
+        k = directory / name
+        if not k.is_file():
+            continue
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{f}: cannot be read: {e}", "check the manifest file") from None
-        out += parse(text, str(f))
+            doc = yaml.safe_load(k.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return
+        if not isinstance(doc, dict):
+            return
+        refs: list[str] = []
+        for key in ("resources", "bases", "components", "patchesStrategicMerge", "crds", "configurations"):
+            refs += [r for r in doc.get(key) or [] if isinstance(r, str)]
+        refs += [p["path"] for p in doc.get("patches") or [] if isinstance(p, dict) and isinstance(p.get("path"), str)]
+        for ref in refs:
+            if "://" in ref:
+                continue  # a remote base: nothing to watch here
+            target = (directory / ref).resolve()
+            if is_kustomization(target):
+                _kustomize_refs(target, seen)
+            elif target.exists() and not _inside(target, directory):
+                seen.add(target)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """What a manifests list reads: (plain manifest files, plain directories, kustomize inputs)."""
+    files: list[Path] = []
+    dirs: list[Path] = []
+    kustomize: set[Path] = set()
+    for p in paths:
+        if is_kustomization(p):
+            _kustomize_refs(p.resolve(), kustomize)
+        elif p.is_dir():
+            dirs.append(p)
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix in MANIFEST_SUFFIXES)
+        else:
+            files.append(p)
+    return files, dirs, sorted(kustomize)
+
+
+def load(paths: Sequence[Path], kustomize: Callable[[str], str] | None = None) -> list[Manifest]:
+    """Every object of the manifests list; a kustomize directory is rendered with `kustomize`
+    (kubectl kustomize) first."""
+    out: list[Manifest] = []
+    for p in paths:
+        if is_kustomization(p):
+            if kustomize is None:
+                raise ConfigError(f"{p}: a kustomize directory, and no renderer was given", "this is a bug in devloop")
+            out += parse(kustomize(str(p)), str(p))
+            continue
+        for f in manifest_files([p]):
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{f}: cannot be read: {e}", "check the manifest file") from None
+            out += parse(text, str(f))
     if not out:
         raise ConfigError(f"no Kubernetes manifests found in {', '.join(map(str, paths))}", "set deploy.manifests in devloop.yaml")
     return out
@@ -175,6 +240,23 @@ def containers_of(manifest: Manifest, image_name: str) -> list[dict[str, Any]]:
 
 def to_yaml(manifests: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all([m.doc for m in manifests], sort_keys=False)
+
+
+def select(manifests: Sequence[Manifest], deployment: str, others: set[str]) -> list[Manifest]:
+    """A service's share of manifests that several services may list: the files that hold its
+    Deployment, and the files that hold no other service's Deployment (shared objects)."""
+    owner: dict[str, set[str]] = {}
+    for m in manifests:
+        if m.kind == "Deployment":
+            owner.setdefault(m.source, set()).add(m.name)
+    out = []
+    for m in manifests:
+        names = owner.get(m.source, set())
+        if m.kind == "Deployment" and m.name in others:
+            continue
+        if deployment in names or not (names & others):
+            out.append(m)
+    return out
 
 
 def find(manifests: Sequence[Manifest], kind: str, name: str) -> Manifest | None:

@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -49,18 +50,27 @@ class Output:
         self._lock = threading.RLock()
         self.console = Console(file=self._out, force_terminal=force_terminal, highlight=False, soft_wrap=True)
         self.err_console = Console(file=stderr or sys.stderr, force_terminal=force_terminal, highlight=False, soft_wrap=True)
-        self.events: list[dict[str, Any]] = []  # kept for `--json` summaries and tests
+        # The most recent events only (tests, the dashboard's first paint): a long session keeps a bounded tail.
+        self.events: deque[dict[str, Any]] = deque(maxlen=500)
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
 
     # -- plumbing -----------------------------------------------------------------------------
     def _emit(self, event: str, human: str | None, *, err: bool = False, **fields: Any) -> None:
         record = {"event": event, "ts": round(time.time(), 3), **fields}
         with self._lock:
             self.events.append(record)
+            for fn in self._subscribers:
+                fn(record)
             if self.json_mode:
                 self._out.write(json.dumps(record, default=str) + "\n")
                 self._out.flush()
             elif human is not None:
                 (self.err_console if err else self.console).print(human)
+
+    def subscribe(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every event to `fn` (called under the output lock; it must not block)."""
+        with self._lock:
+            self._subscribers.append(fn)
 
     @contextmanager
     def activity(self, text: str) -> Iterator[None]:
@@ -104,22 +114,31 @@ class Output:
         self._emit(event, human, **fields)
 
     # -- cycles ---------------------------------------------------------------------------------
-    def cycle_start(self, number: int, reason: str, files: Sequence[str]) -> None:
+    def cycle_start(self, number: int, reason: str, files: Sequence[str], services: Sequence[str] = ()) -> None:
         what = f": {summarize_files(list(files))}" if files else ""
+        who = f" [{', '.join(services)}]" if services else ""
         self._emit(
             "cycle_start",
-            f"[bold]▶ cycle {number}[/bold] {escape(reason)}{escape(what)}",
+            f"[bold]▶ cycle {number}[/bold]{escape(who)} {escape(reason)}{escape(what)}",
             cycle=number,
             reason=reason,
             files=list(files),
+            services=list(services),
         )
 
-    def phase_start(self, phase: str, detail: str = "") -> None:
-        self._emit("phase_start", None, phase=phase, detail=detail)
+    def phase_start(self, phase: str, detail: str = "", service: str = "") -> None:
+        self._emit("phase_start", None, phase=phase, detail=detail, service=service)
 
-    def phase_done(self, phase: str, seconds: float, detail: str = "") -> None:
-        human = f"  [dim]{phase:<8} {fmt_seconds(seconds):>7}  {escape(detail)}[/dim]" if self.verbose else None
-        self._emit("phase", human, phase=phase, seconds=round(seconds, 3), detail=detail)
+    def phase_done(self, phase: str, seconds: float, detail: str = "", service: str = "") -> None:
+        who = f"{service} " if service else ""
+        human = f"  [dim]{escape(who)}{phase:<8} {fmt_seconds(seconds):>7}  {escape(detail)}[/dim]" if self.verbose else None
+        self._emit("phase", human, phase=phase, seconds=round(seconds, 3), detail=detail, service=service)
+
+    def progress(self, service: str, message: str) -> None:
+        """A step of a long phase (rollout n/3) a person may want to follow."""
+        self._emit(
+            "progress", f"[dim]  {escape(service)}: {escape(message)}[/dim]" if self.verbose else None, service=service, message=message
+        )
 
     def cycle_done(
         self,
@@ -131,44 +150,67 @@ class Output:
         error: CycleFailed | None = None,
         files: Sequence[str] = (),
         reason: str = "",
+        service: str = "",
+        outcome: str = "",
+        synced: bool = False,
     ) -> None:
+        """One line per service per cycle, with its trigger files and phase timings."""
         timing = " · ".join(f"{p} {fmt_seconds(s)}" for p, s in phases.items())
+        who = f" {service}" if service else ""
+        why = f"  [dim]({escape(summarize_files(list(files)))})[/dim]" if files else ""
         if error is None:
-            human = f"[green]✔ cycle {number}[/green] ready in {fmt_seconds(total)}  [dim]{escape(timing)}[/dim]" + (
+            human = f"[green]✔{escape(who)}[/green] cycle {number} ready in {fmt_seconds(total)}  [dim]{escape(timing)}[/dim]" + (
                 f"  → {escape(image)}" if image else ""
             )
+            human += why
         else:
-            human = f"[red]✖ cycle {number} failed[/red] in {error.phase} after {fmt_seconds(total)}: {escape(error.message)}"
+            human = (
+                f"[red]✖{escape(who)}[/red] cycle {number} failed in {error.phase} after {fmt_seconds(total)}: {escape(error.message)}{why}"
+            )
             for line in error.details:
                 human += f"\n  [dim]│[/dim] {escape(line)}"
+            if outcome:
+                human += f"\n  [bold]{escape(outcome)}[/bold]"
             if error.hint:
                 human += f"\n[dim]hint:[/dim] {escape(error.hint)}"
         self._emit(
             "cycle_done",
             human,
             cycle=number,
+            service=service,
             ok=error is None,
             total=round(total, 3),
             phases={p: round(s, 3) for p, s in phases.items()},
             image=image,
             reason=reason,
             files=list(files),
+            synced=synced,
+            outcome=outcome,
             error=None if error is None else {"phase": error.phase, "message": error.message, "hint": error.hint, "details": error.details},
         )
 
-    def skipped(self, reason: str, files: Sequence[str]) -> None:
+    def skipped(self, reason: str, files: Sequence[str], service: str = "") -> None:
+        who = f"{service}: " if service else ""
         self._emit(
             "skipped",
-            f"[dim]· no cycle: {escape(reason)}: {escape(summarize_files(list(files)))}[/dim]" if self.verbose else None,
+            f"[dim]· no cycle: {escape(who)}{escape(reason)}: {escape(summarize_files(list(files)))}[/dim]" if self.verbose else None,
             reason=reason,
             files=list(files),
+            service=service,
         )
 
     # -- long-running helpers ------------------------------------------------------------------
-    def pod_log(self, pod: str, line: str) -> None:
-        colour = _POD_COLOURS[zlib.crc32(pod.encode()) % len(_POD_COLOURS)]
-        self._emit("log", f"[{colour}]{escape(pod)}[/{colour}] │ {escape(line)}", pod=pod, line=line)
+    def pod_log(self, pod: str, line: str, service: str = "") -> None:
+        """A line of a pod's log, prefixed with service and pod, coloured per service."""
+        colour = _POD_COLOURS[zlib.crc32((service or pod).encode()) % len(_POD_COLOURS)]
+        prefix = f"{service}/{pod}" if service else pod
+        self._emit("log", f"[{colour}]{escape(prefix)}[/{colour}] │ {escape(line)}", pod=pod, line=line, service=service)
 
-    def forward(self, url: str, ready: bool, message: str = "") -> None:
-        human = f"[green]⇄[/green] {escape(url)} → ready" if ready else f"[yellow]⇄[/yellow] {escape(url)} {escape(message)}"
-        self._emit("port_forward", human, url=url, ready=ready, message=message)
+    def forward(self, url: str, ready: bool, message: str = "", service: str = "") -> None:
+        who = f"{service} " if service else ""
+        human = (
+            f"[green]⇄[/green] {escape(who)}{escape(url)} → ready"
+            if ready
+            else f"[yellow]⇄[/yellow] {escape(who)}{escape(url)} {escape(message)}"
+        )
+        self._emit("port_forward", human, url=url, ready=ready, message=message, service=service)

@@ -1,13 +1,20 @@
-"""Pure planning: which files changed → what a cycle must do. No I/O: tested with plain tables."""
+"""Pure planning: which files changed → what each service must do. No I/O: tested with plain tables.
+
+The plan is the decision. For every service a change reaches, it says whether to rebuild the
+image, live-sync files into the running containers, or only re-apply the manifests, and why; the
+engine executes exactly that. A change to devloop.yaml or the kind config asks for a reload.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from devloop.ignore import IgnoreRules
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass(frozen=True)
@@ -18,58 +25,65 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Where things are, as plain strings (absolute paths)."""
+class ServiceLayout:
+    """Where one service's inputs are, as plain strings (absolute paths)."""
 
+    name: str
     context: str
     rules: IgnoreRules
-    manifests: tuple[str, ...]  # files or directories
-    config_files: tuple[str, ...] = ()  # devloop.yaml, kind-config.yaml: a change reloads
+    manifests: tuple[str, ...]  # files, or directories whose top-level *.yaml files are manifests
+    kustomize: tuple[str, ...] = ()  # kustomize directories (and what they refer to): any file below counts
+    foreign: tuple[str, ...] = ()  # files in a shared manifests directory that hold only other services' objects
     live_fallback: tuple[str, ...] | None = None  # live update on: globs that still need a rebuild
 
 
 @dataclass(frozen=True)
-class Plan:
-    build: bool = False
+class ServiceChange:
+    """What one service does in a cycle."""
+
+    service: str
+    rebuild: bool = False  # build (when the content tag is new), publish, apply, wait
     sync: tuple[str, ...] = ()  # context-relative files to copy into the running containers
-    apply: bool = False
-    reload: bool = False
+    reapply: bool = False  # apply the manifests even when the image is unchanged
     image_files: tuple[str, ...] = ()  # context-relative
     manifest_files: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def trigger_files(self) -> tuple[str, ...]:
+        return self.image_files + self.manifest_files
+
+
+@dataclass(frozen=True)
+class Plan:
+    services: tuple[ServiceChange, ...] = ()
+    reload: bool = False
     config_files: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
 
     @property
     def nothing(self) -> bool:
-        return not (self.build or self.sync or self.apply or self.reload)
+        return not self.services and not self.reload
 
-    @property
-    def trigger_files(self) -> tuple[str, ...]:
-        return self.config_files + self.image_files + self.manifest_files
 
-    @property
-    def reason(self) -> str:
-        if self.reload:
-            return "configuration changed"
-        parts = []
-        if self.sync:
-            parts.append("live update")
-        if self.build:
-            parts.append("image source changed")
-        if self.manifest_files:
-            parts.append("manifests changed")
-        return " and ".join(parts) or "nothing to do"
+def everything(layouts: Sequence[ServiceLayout], reason: str) -> Plan:
+    """Every service rebuilt and applied (`up`, a reloaded configuration)."""
+    return Plan(services=tuple(ServiceChange(s.name, rebuild=True, reapply=True, reason=reason) for s in layouts))
 
 
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def _is_manifest(path: str, layout: Layout) -> bool:
+def is_manifest(path: str, layout: ServiceLayout) -> bool:
+    if any(_under(path, k) for k in layout.kustomize):
+        return True
+    if path in layout.foreign:
+        return False
     for m in layout.manifests:
         if path == m:
             return True
-        if _under(path, m) and os.path.dirname(path) == m.rstrip(os.sep) and path.endswith((".yaml", ".yml", ".json")):
+        if os.path.dirname(path) == m.rstrip(os.sep) and path.endswith(MANIFEST_SUFFIXES):
             return True
     return False
 
@@ -79,9 +93,9 @@ def _syncable(rel: str, fallback: tuple[str, ...]) -> bool:
     return not any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(name, g) for g in fallback)
 
 
-def plan(changes: Iterable[Change], layout: Layout) -> Plan:
-    # the last event for a path wins: an editor that deletes and recreates a file has saved it;
-    # a file created and gone again within the batch (sed -i's temp file, an editor's backup) never was
+def settle(changes: Iterable[Change]) -> list[Change]:
+    """The last event for a path wins: an editor that deletes and recreates a file has saved it;
+    a file created and gone again within the batch (sed -i's temp file, an editor's backup) never was."""
     last: dict[str, Change] = {}
     born: set[str] = set()
     for ch in changes:
@@ -89,40 +103,53 @@ def plan(changes: Iterable[Change], layout: Layout) -> Plan:
         last[ch.path] = ch
         if ch.created:
             born.add(ch.path)
-    changes = [ch for ch in last.values() if not (ch.deleted and ch.path in born)]
-    deleted: set[str] = set()
-    image: set[str] = set()
-    manifests: set[str] = set()
-    configs: set[str] = set()
-    ignored: set[str] = set()
-    for ch in changes:
-        if ch.path in layout.config_files:
-            configs.add(os.path.basename(ch.path))
+    return [ch for ch in last.values() if not (ch.deleted and ch.path in born)]
+
+
+def _reason(sync: bool, image: bool, manifests: bool) -> str:
+    parts = (["live update"] if sync else []) + (["image source changed"] if image else []) + (["manifests changed"] if manifests else [])
+    return " and ".join(parts)
+
+
+def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_files: Sequence[str] = ()) -> Plan:
+    settled = settle(changes)
+    configs = sorted({os.path.basename(ch.path) for ch in settled if ch.path in config_files})
+    if configs:
+        return Plan(reload=True, config_files=tuple(configs))
+    matched: set[str] = set()
+    out: list[ServiceChange] = []
+    for layout in layouts:
+        image: set[str] = set()
+        manifests: set[str] = set()
+        deleted = False
+        for ch in settled:
+            # A manifest inside the build context (sample-app/k8s) is a manifest first; it also
+            # reaches the image only if .dockerignore lets it.
+            if is_manifest(ch.path, layout):
+                manifests.add(ch.path)
+                matched.add(ch.path)
+            if _under(ch.path, layout.context):
+                rel = os.path.relpath(ch.path, layout.context)
+                if layout.rules.reaches_image(rel):
+                    image.add(rel)
+                    deleted |= ch.deleted
+                    matched.add(ch.path)
+        if not image and not manifests:
             continue
-        # A manifest that lives inside the build context (sample-app/k8s) is a manifest first;
-        # it also reaches the image only if .dockerignore lets it.
-        matched = False
-        if _is_manifest(ch.path, layout):
-            manifests.add(ch.path)
-            matched = True
-        if _under(ch.path, layout.context):
-            rel = os.path.relpath(ch.path, layout.context)
-            if layout.rules.reaches_image(rel):
-                image.add(rel)
-                if ch.deleted:
-                    deleted.add(rel)
-                matched = True
-        if not matched:
-            ignored.add(ch.path)
-    fallback = layout.live_fallback
-    if fallback is not None and image and not manifests and not configs and not deleted and all(_syncable(f, fallback) for f in image):
-        return Plan(sync=tuple(sorted(image)), image_files=tuple(sorted(image)), ignored=tuple(sorted(ignored)))
-    return Plan(
-        build=bool(image) or bool(configs),
-        apply=bool(manifests) or bool(image) or bool(configs),
-        reload=bool(configs),
-        image_files=tuple(sorted(image)),
-        manifest_files=tuple(sorted(manifests)),
-        config_files=tuple(sorted(configs)),
-        ignored=tuple(sorted(ignored)),
-    )
+        fallback = layout.live_fallback
+        files = tuple(sorted(image))
+        if fallback is not None and image and not manifests and not deleted and all(_syncable(f, fallback) for f in image):
+            out.append(ServiceChange(layout.name, sync=files, image_files=files, reason=_reason(True, False, False)))
+        else:
+            out.append(
+                ServiceChange(
+                    layout.name,
+                    rebuild=bool(image),
+                    reapply=bool(manifests),
+                    image_files=files,
+                    manifest_files=tuple(sorted(manifests)),
+                    reason=_reason(False, bool(image), bool(manifests)),
+                )
+            )
+    ignored = tuple(sorted(ch.path for ch in settled if ch.path not in matched))
+    return Plan(services=tuple(out), ignored=ignored)

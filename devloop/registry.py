@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 
 from devloop.config import RegistryConfig
-from devloop.errors import CycleFailed, EnvironmentMissing
+from devloop.errors import EnvironmentMissing, StepFailed
 from devloop.images import Images, docker_errors
 from devloop.kube import Kube
 
@@ -131,7 +131,7 @@ class LocalRegistry:
                 return False
             r = container.exec_run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf "%s" "$2" > "$1"', "sh", path, want])
         if r.exit_code != 0:
-            raise CycleFailed("load", f"cannot configure the registry on node {node}: {r.output.decode(errors='replace').strip()}")
+            raise StepFailed(f"cannot configure the registry on node {node}: {r.output.decode(errors='replace').strip()}")
         return True
 
     # -- read-only checks (`devloop doctor`) ---------------------------------------------------------
@@ -202,6 +202,14 @@ class LocalRegistry:
         finally:
             conn.close()
         return None if status in (200, 401) else f"HTTP {status}"
+
+    def running(self) -> bool:
+        """Whether the registry container exists and runs."""
+        with docker_errors():
+            try:
+                return bool(self.images.client.containers.get(self.cfg.name).status == "running")
+            except docker.errors.NotFound:
+                return False
 
     def has(self, local_ref: str) -> bool:
         """Whether the registry already holds this tag (a HEAD on the v2 manifest)."""

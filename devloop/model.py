@@ -1,0 +1,62 @@
+"""Small values the engine passes around: an image reference and what devloop knows of a service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image, named twice: how the host's Docker knows it and how the cluster pulls it.
+
+    `registry` is where the cluster pulls from (`localhost:5001` for kind's local registry); empty
+    when the image is loaded straight into the nodes, which then know it by its local name."""
+
+    repository: str  # my-web-app
+    tag: str  # dl-<16 hex>
+    registry: str = ""
+
+    @property
+    def local(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def cluster(self) -> str:
+        return f"{self.registry}/{self.local}" if self.registry else self.local
+
+    def __str__(self) -> str:
+        return self.cluster
+
+    @classmethod
+    def parse(cls, ref: str, registry: str = "") -> ImageRef:
+        """`name:tag` (or `host:port/name:tag` with `registry` set to `host:port`)."""
+        if registry and ref.startswith(registry + "/"):
+            ref = ref[len(registry) + 1 :]
+        repo, _, tag = ref.rpartition(":")
+        if not repo or "/" in tag:
+            raise ValueError(f"not a name:tag image reference: {ref!r}")
+        return cls(repo, tag, registry)
+
+
+@dataclass
+class ServiceState:
+    """What devloop knows the cluster runs for one service. Owned by the engine's worker only."""
+
+    applied: ImageRef | None = None  # what the Deployment was last told to run
+    good: ImageRef | None = None  # the last version that rolled out completely (and so served)
+    good_revision: str = ""  # the Deployment revision of `good`, for a rollback
+    healthy: bool = False  # the rollout of `applied` completed (or a rollback restored `good`)
+    live_ref: ImageRef | None = None  # content tag of the tree as last live-synced over `good`
+    synced: set[str] = field(default_factory=set)  # files live-synced since `good` rolled out
+
+    @property
+    def running(self) -> ImageRef | None:
+        """The content the pods run right now: the live-synced tree, else what was applied."""
+        return self.live_ref if self.synced else self.applied
+
+    def rolled_out(self, ref: ImageRef, revision: str) -> None:
+        self.applied = self.good = ref
+        self.good_revision = revision
+        self.healthy = True
+        self.synced.clear()
+        self.live_ref = None

@@ -1,0 +1,89 @@
+"""Getting an image to the cluster: one small interface, one implementation per way.
+
+- `RegistryPublisher`: push to kind's local registry (only new layers travel; the nodes pull them).
+- `KindLoadPublisher`: `docker save` + `kind load image-archive` on the nodes that lack the image.
+
+A remote registry is a third implementation of the same interface; the engine does not change.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from devloop.errors import DevloopError
+from devloop.images import Images
+from devloop.kind import Kind
+from devloop.model import ImageRef
+from devloop.registry import LocalRegistry
+
+
+class Publisher(Protocol):
+    @property
+    def registry(self) -> str:
+        """The registry host the cluster pulls from ("" when images go straight into the nodes)."""
+        ...
+
+    def prepare(self) -> bool:
+        """Make the way ready (start and wire the registry). True when something changed."""
+        ...
+
+    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+        """Make the image available to the cluster. True when something moved."""
+        ...
+
+
+class RegistryPublisher:
+    def __init__(self, registry: LocalRegistry, kind: Kind, cluster: str) -> None:
+        self._registry = registry
+        self._kind = kind
+        self._cluster = cluster
+
+    @property
+    def registry(self) -> str:
+        return self._registry.host
+
+    def prepare(self) -> bool:
+        return self._registry.ensure(self._kind.nodes(self._cluster))
+
+    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+        if self._registry.has(ref.local):
+            return False
+        try:
+            self._registry.push(ref.local)
+        except DevloopError:
+            # devloop created the registry: when it was stopped (docker stop, a reboot), start it again
+            if self._registry.running():
+                raise
+            note(f"the local registry {self._registry.cfg.name} was stopped; starting it again")
+            self.prepare()
+            self._registry.push(ref.local)
+        return True
+
+
+class KindLoadPublisher:
+    def __init__(self, images: Images, kind: Kind, cluster: str) -> None:
+        self._images = images
+        self._kind = kind
+        self._cluster = cluster
+
+    @property
+    def registry(self) -> str:
+        return ""
+
+    def prepare(self) -> bool:
+        return False
+
+    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+        nodes = self._kind.nodes(self._cluster)
+        missing = [n for n in nodes if not self._images.node_has(n, ref.local)]
+        if not missing:
+            return False
+        note(f"loading {ref.local} into {', '.join(missing)}")
+        with tempfile.TemporaryDirectory(prefix="devloop-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            self._images.save(ref.local, archive)
+            self._kind.load_archive(self._cluster, archive, missing)
+        return True

@@ -1,0 +1,263 @@
+"""`devloop dev`: up, then watch → plan → run, with port-forwards and pod logs kept alive per service.
+
+One worker (the thread that calls `run`) owns everything that changes: the engine's state, the
+forwards, the log streams, the loop guard. The watcher and the pod watches only queue typed
+events (`Seen`, `PodChanged`); the worker takes them in debounced batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devloop import config as config_mod
+from devloop.config import Config, ServiceConfig
+from devloop.debounce import ChangeQueue, LoopGuard
+from devloop.engine import Engine, ServiceResult
+from devloop.errors import DevloopError
+from devloop.forward import LogStreams, PortForward
+from devloop.ignore import IgnoreRules
+from devloop.kube import PodEvent, pod_name, pod_ready
+from devloop.plan import Change, Plan, ServiceChange, everything, plan
+from devloop.proc import Background
+from devloop.watch import Watcher
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A file change, with when the watcher saw it (for the loop guard)."""
+
+    change: Change
+    at: float
+
+
+@dataclass(frozen=True)
+class PodChanged:
+    service: str
+    pod: PodEvent
+
+
+Event = Seen | PodChanged
+
+
+@dataclass
+class _Access:
+    """What the developer reaches of one service: its forwards and its pods' logs."""
+
+    forwards: list[PortForward] = field(default_factory=list)
+    logs: LogStreams | None = None
+    pod_watch: Background | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+
+
+class DevSession:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.out = engine.out
+        self.clock = clock
+        self.queue: ChangeQueue[Event] = ChangeQueue(quiet=engine.config.watch.debounce_ms / 1000)
+        self.watcher: Watcher | None = None
+        self.guard = LoopGuard()
+        self.access: dict[str, _Access] = {}
+        self._last_cycle: tuple[float, float] | None = None  # (start, end) of the last cycle that built
+        self._observed = True
+
+    @property
+    def config(self) -> Config:
+        return self.engine.config
+
+    # -- events from other threads: queue only ------------------------------------------------------
+    def _on_change(self, change: Change) -> None:
+        self.queue.put(Seen(change, self.clock()))
+
+    # -- access: forwards, logs, pod watches (worker thread) ----------------------------------------
+    def _access(self, svc: ServiceConfig) -> _Access:
+        a = self.access.get(svc.name)
+        if a is None:
+            ns = self.engine.namespace(svc)
+            a = _Access(logs=LogStreams(self.engine.kube, ns, functools.partial(self._pod_log, svc.name)))
+            for f in svc.port_forward:
+                a.forwards.append(PortForward(self.engine.kube, self.out, ns, f.service, f.port, f.local_port, label=svc.name))
+            self.access[svc.name] = a
+        return a
+
+    def _ready(self, svc: ServiceConfig, pods: list[str]) -> None:
+        """After a rollout (or at start): follow the new pods' logs, (re)start the forwards."""
+        a = self._access(svc)
+        if a.logs is not None:
+            a.logs.follow(pods)
+        for f in a.forwards:
+            f.start()
+
+    def _current_pods(self, svc: ServiceConfig) -> list[str]:
+        d = self.engine.manifests(svc)
+        return [pod_name(p) for p in self.engine.kube.pods(d.namespace, d.selector) if pod_ready(p)]
+
+    def _watch_pods(self, svc: ServiceConfig) -> None:
+        """Live update on: watch the service's pods; a replica that restarts comes back from its
+        image without the synced files, and the worker then rolls out a fresh image."""
+        a = self._access(svc)
+        if not svc.live_update.enabled or a.pod_watch is not None:
+            return
+        d = self.engine.manifests(svc)
+        for pod in self.engine.kube.pods(d.namespace, d.selector):
+            cs = pod.get("status", {}).get("containerStatuses") or []
+            a.restarts[pod_name(pod)] = sum(int(c.get("restartCount", 0)) for c in cs)
+        a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
+
+    def _pod_event(self, service: str, event: PodEvent) -> None:
+        self.queue.put(PodChanged(service, event))
+
+    def _pod_log(self, service: str, pod: str, line: str) -> None:
+        self.out.pod_log(pod, line, service=service)
+
+    def _pod_changed(self, ev: PodChanged) -> str | None:
+        """The service to rebuild when this pod event means synced files were lost."""
+        a = self.access.get(ev.service)
+        st = self.engine.state.get(ev.service)
+        if a is None or st is None or ev.pod.deleting or not st.synced or st.good is None or st.good.cluster not in ev.pod.images:
+            return None
+        known = a.restarts.get(ev.pod.name)
+        a.restarts[ev.pod.name] = ev.pod.restarts
+        if known is None or ev.pod.restarts > known:  # a new replica, or a container that restarted
+            self.out.warn(f"{ev.service}: pod {ev.pod.name} restarted: it lost the live-updated files; rebuilding")
+            return ev.service
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._after(self.engine.up(), first=True)
+            self._start_watcher()
+            self._loop()
+        finally:
+            self.stop()
+
+    def _watch_inputs(self) -> tuple[list[tuple[Path, IgnoreRules]], list[Path]]:
+        """Every build context (with its ignore rules), manifest path, kustomize input and config file."""
+        layouts = self.engine.layouts()
+        roots = [(Path(layout.context), layout.rules) for layout in layouts]
+        extra = [m for svc in self.config.services for m in svc.manifests]
+        extra += [Path(k) for layout in layouts for k in layout.kustomize]
+        extra += [Path(p) for p in self.engine.config_files()]
+        return roots, extra
+
+    def _start_watcher(self) -> None:
+        roots, extra = self._watch_inputs()
+        self.watcher = Watcher(roots, extra, self._on_change)
+        self.watcher.start()
+        where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services}))
+        self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.queue.get_batch()
+            if batch is None:
+                return
+            self._observe_last_cycle(batch)
+            changes: list[Change] = []
+            rebuild: set[str] = set()
+            for item in batch:
+                if isinstance(item, PodChanged):
+                    service = self._pod_changed(item)
+                    if service:
+                        rebuild.add(service)
+                elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
+                    changes.append(item.change)
+            todo = plan(changes, self.engine.layouts(), self.engine.config_files())
+            if rebuild:
+                forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason="a live-updated pod restarted") for s in sorted(rebuild))
+                todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
+            if todo.reload:
+                reloaded = self._reload(todo)
+                if reloaded is None:
+                    continue
+                todo = reloaded
+            if todo.nothing:
+                if changes:
+                    self.out.skipped("not part of any image or manifests", [c.path for c in changes])
+                continue
+            start = self.clock()
+            results = self.engine.run(todo)
+            if any(not r.skipped and not r.synced for r in results):
+                self._last_cycle, self._observed = (start, self.clock()), False
+            self._after(results)
+
+    def _build_started(self, at: float) -> float | None:
+        """When the cycle that was running at `at` started building (None: devloop was idle)."""
+        if self._last_cycle is not None and self._last_cycle[0] <= at <= self._last_cycle[1]:
+            return self._last_cycle[0]
+        return None
+
+    def _observe_last_cycle(self, batch: list[Event]) -> None:
+        """Tell the loop guard what was written while the last building cycle ran."""
+        if self._observed or self._last_cycle is None:
+            return
+        self._observed = True
+        start, end = self._last_cycle
+        writes = {i.change.path: i.at for i in batch if isinstance(i, Seen) and start <= i.at <= end}
+        newly = self.guard.observe(start, writes)
+        if newly:
+            names = ", ".join(sorted(os.path.relpath(f, self.config.root) for f in newly))
+            self.out.warn(
+                f"paused rebuilds from {names}: rewritten within {self.guard.window:.0f}s of the build starting in "
+                f"{self.guard.limit} cycles in a row (written by the build or a tool reacting to it?)",
+                "add them to .dockerignore or watch.ignore; a save to them while devloop is idle resumes them",
+            )
+
+    def _reload(self, todo: Plan) -> Plan | None:
+        try:
+            new = config_mod.load(self.config.file, self.config.root)
+        except DevloopError as e:
+            self.out.error(e)
+            self.out.warn("keeping the previous configuration", "fix the file and save it again")
+            return None
+        before = {s.name for s in self.config.services}
+        kept = self.engine.reconfigure(new)
+        for part in kept:
+            self.out.warn(f"{part} changed in the configuration; keeping the running one", "restart `devloop dev` to switch")
+        gone = before - {s.name for s in new.services}
+        for name in gone:
+            self._close_access(name)
+            self.out.info(f"service {name} removed from the configuration; its objects stay until `devloop down`")
+        for svc in new.services:  # forwards and log namespace follow the new configuration
+            self._close_access(svc.name)
+        self.queue.set_quiet(new.watch.debounce_ms / 1000)
+        if self.watcher is not None:
+            roots, extra = self._watch_inputs()
+            self.watcher.update(roots, extra)
+        self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
+        return everything(self.engine.layouts(), "configuration changed")
+
+    def _after(self, results: list[ServiceResult], first: bool = False) -> None:
+        for r in results:
+            svc = self.config.service(r.service)
+            if r.synced:
+                self._watch_pods(svc)
+            elif r.ok and not r.skipped:
+                self._ready(svc, r.ready_pods)
+            elif first and r.ok:
+                self._ready(svc, self._current_pods(svc))
+
+    def _close_access(self, name: str) -> None:
+        a = self.access.pop(name, None)
+        if a is None:
+            return
+        for f in a.forwards:
+            f.stop()
+        if a.logs is not None:
+            a.logs.stop()
+        if a.pod_watch is not None:
+            a.pod_watch.stop()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.queue.close()
+        if self.watcher is not None:
+            self.watcher.stop()
+        for name in list(self.access):
+            self._close_access(name)

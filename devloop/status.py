@@ -1,0 +1,84 @@
+"""`devloop status`: what runs, per service, asked from the cluster (never assumed). Read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devloop.config import Config
+from devloop.engine import Engine
+from devloop.errors import DevloopError
+from devloop.kube import pod_failure, pod_images, pod_ready
+
+
+def status(cfg: Config, engine: Engine) -> dict[str, Any]:
+    """Cluster, and per service: the Deployment's image, ready replicas, pods (with crash loops)."""
+    name = cfg.cluster.name
+    info: dict[str, Any] = {"cluster": name, "context": cfg.cluster.context, "exists": False, "reachable": False, "services": []}
+    if not engine.kind.exists(name):
+        return info
+    info["exists"] = True
+    info["reachable"] = engine.kube.reachable()
+    if not info["reachable"]:
+        return info
+    for svc in cfg.services:
+        entry: dict[str, Any] = {"service": svc.name, "deployment": svc.deployment, "deployed": False, "healthy": False}
+        try:
+            d = engine.manifests(svc)
+        except DevloopError as e:
+            entry["problem"] = e.message
+            info["services"].append(entry)
+            continue
+        entry["namespace"] = d.namespace
+        dep = engine.kube.get("deployment", svc.deployment, d.namespace)
+        if dep is not None:
+            containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+            pods = engine.kube.pods(d.namespace, d.selector)
+            entry.update(
+                deployed=True,
+                images=[c.get("image") for c in containers],
+                replicas=int(dep.get("spec", {}).get("replicas", 1)),
+                ready=int(dep.get("status", {}).get("readyReplicas", 0)),
+                updated=int(dep.get("status", {}).get("updatedReplicas", 0)),
+                pods=[
+                    {
+                        "name": p["metadata"]["name"],
+                        "ready": pod_ready(p),
+                        "images": pod_images(p),
+                        "restarts": sum(int(c.get("restartCount", 0)) for c in p.get("status", {}).get("containerStatuses") or []),
+                        "failing": pod_failure(p),
+                    }
+                    for p in pods
+                ],
+            )
+            failing = [p for p in entry["pods"] if p["failing"]]
+            entry["healthy"] = entry["ready"] == entry["replicas"] and entry["updated"] == entry["replicas"] and not failing
+        entry["forwards"] = [{"service": f.service, "port": f.port, "localPort": f.local_port} for f in svc.port_forward]
+        info["services"].append(entry)
+    return info
+
+
+def healthy(info: dict[str, Any]) -> bool:
+    return bool(info["reachable"]) and bool(info["services"]) and all(s["healthy"] for s in info["services"])
+
+
+def human(info: dict[str, Any]) -> str:
+    name = info["cluster"]
+    if not info["exists"]:
+        return f"cluster {name!r}: does not exist (run `devloop up`)"
+    if not info["reachable"]:
+        return f"cluster {name!r}: exists, API server not answering"
+    lines = [f"cluster {name!r}: up (context {info['context']})"]
+    for s in info["services"]:
+        head = f"{s['service']}: "
+        if "problem" in s:
+            lines.append(head + s["problem"])
+        elif not s["deployed"]:
+            lines.append(head + f"Deployment {s['deployment']} not deployed (run `devloop up`)")
+        else:
+            mark = "healthy" if s["healthy"] else "UNHEALTHY"
+            lines.append(head + f"{mark}, {s['ready']}/{s['replicas']} ready, image {', '.join(s['images'])}")
+            for p in s["pods"]:
+                state = "ready" if p["ready"] else "not ready"
+                extra = f" — {p['failing']}" if p["failing"] else ""
+                lines.append(f"  {p['name']}: {state}, {p['restarts']} restarts{extra}")
+    return "\n".join(lines)
