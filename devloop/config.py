@@ -84,6 +84,23 @@ class WatchConfig(_Model):
     ignore: StrList = ()
 
 
+class MonitoringConfig(_Model):
+    """A Prometheus server in the cluster that reads the user's scrape ConfigMap as it is."""
+
+    enabled: bool = False  # on for the bundled sample (the v1 form)
+    config_map: NonEmpty = "prometheus-config"  # the user's ConfigMap, by name (key prometheus.yml)
+    namespace: NonEmpty | None = None  # default: the first service's namespace
+    image: NonEmpty = "prom/prometheus:v2.53.4"  # offline: tests/images/build-prometheus.sh
+    local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 9090  # devloop's forward to it (0: any free port)
+
+
+class DashboardConfig(_Model):
+    """The local web page of `devloop dev` (127.0.0.1 only)."""
+
+    enabled: bool = True
+    port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 10350
+
+
 class ImageConfig(_Model):
     name: Annotated[str, Field(pattern=_IMAGE_NAME, strict=True)]
     context: PathText = Path(".")
@@ -162,6 +179,8 @@ class ConfigV2(_Model):
     cluster: ClusterConfig = ClusterConfig()
     registry: RegistryConfig = RegistryConfig()
     watch: WatchConfig = WatchConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -197,6 +216,8 @@ class ConfigV1(_Model):
     cluster: ClusterConfig = ClusterConfig()
     registry: RegistryConfig = RegistryConfig()
     watch: WatchConfig = WatchConfig()
+    monitoring: MonitoringConfig = MonitoringConfig(enabled=True)
+    dashboard: DashboardConfig = DashboardConfig()
     image: ImageConfig = ImageConfig(**_V1_IMAGE)
     deploy: DeployConfig = DeployConfig(deployment="web-app")
     port_forward: _LegacyPortForward = _LegacyPortForward()
@@ -219,7 +240,14 @@ class ConfigV1(_Model):
             port_forward=tuple(forwards),
             live_update=self.live_update,
         )
-        return {"cluster": self.cluster, "registry": self.registry, "watch": self.watch, "services": (service,)}
+        return {
+            "cluster": self.cluster,
+            "registry": self.registry,
+            "watch": self.watch,
+            "monitoring": self.monitoring,
+            "dashboard": self.dashboard,
+            "services": (service,),
+        }
 
 
 class Config(BaseModel):
@@ -232,6 +260,8 @@ class Config(BaseModel):
     cluster: ClusterConfig
     registry: RegistryConfig
     watch: WatchConfig
+    monitoring: MonitoringConfig
+    dashboard: DashboardConfig
     services: tuple[ServiceConfig, ...]
 
     @property
@@ -390,7 +420,7 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
             parts = ConfigV1.model_validate(data).as_v2()
         else:
             v2 = ConfigV2.model_validate(data)
-            parts = {"cluster": v2.cluster, "registry": v2.registry, "watch": v2.watch, "services": v2.services}
+            parts = {k: getattr(v2, k) for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "services")}
     except ValidationError as e:
         errs = e.errors()
         first = errs[0]
@@ -435,7 +465,16 @@ def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, 
         services.append(s)
     if check_paths and not kind_config.is_file():
         raise ConfigError(f"{source}: cluster.kindConfig: no such file: {kind_config}", "devloop creates the kind cluster from this file")
-    return Config(root=root, source=source, cluster=cluster, registry=registry, watch=parts["watch"], services=tuple(services))
+    return Config(
+        root=root,
+        source=source,
+        cluster=cluster,
+        registry=registry,
+        watch=parts["watch"],
+        monitoring=parts["monitoring"],
+        dashboard=parts["dashboard"],
+        services=tuple(services),
+    )
 
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
