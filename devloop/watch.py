@@ -124,12 +124,29 @@ def plan_watches(roots: Sequence[tuple[str, IgnoreRules]], extra_paths: Iterable
     return {d: r for d, r in sorted(want.items()) if not any(d != q and _under(d, q) for q in recursive)}
 
 
+def _ident(directory: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _event_filter() -> list[type[FileSystemEvent]]:
+    """EVENTS plus an event class of its own, never emitted. watchdog knows a watch by (path,
+    recursive, filter): a watch made for a path that a stale watch still holds (a directory moved
+    away and a new one made under the old name) must not share the old one's emitter and queue."""
+    token: type[FileSystemEvent] = type("_WatchToken", (FileSystemEvent,), {})
+    return [*EVENTS, token]
+
+
 @dataclass(eq=False)
 class _Watch:
     path: str
     recursive: bool
     ident: tuple[int, int]  # (st_dev, st_ino) of the directory when the watch was made
     observed: Any = None  # watchdog's ObservedWatch
+    doomed: bool = False  # its directory is gone: only the deletions still queued below it count
 
 
 class _Handler(FileSystemEventHandler):
@@ -201,26 +218,30 @@ class Watcher:
 
     # which directories get a watch ----------------------------------------------------------------
     def _reconcile(self) -> None:
+        """Make the watches match plan_watches(): schedule what is missing, replace a watch whose
+        directory is not the one it was made for, unschedule what is no longer wanted."""
         want = plan_watches(self._roots, self._extra)
         for d, recursive in want.items():
             old = self._watches.get(d)
-            if old is not None and old.recursive == recursive:
+            if old is not None and old.recursive == recursive and not old.doomed and old.ident == _ident(d):
                 continue
             new = self._schedule(d, recursive)  # the new watch first: a duplicate event coalesces, a gap loses one
             if old is not None:
                 self._unschedule(old)
             if new is not None:
                 self._watches[d] = new
-        for d in [d for d in self._watches if d not in want]:
-            self._unschedule(self._watches.pop(d))
+        for w in [w for d, w in self._watches.items() if d not in want]:
+            self._unschedule(w)
 
     def _schedule(self, directory: str, recursive: bool) -> _Watch | None:
+        ident = _ident(directory)
+        if ident is None:  # gone meanwhile: its deletion event follows
+            return None
+        watch = _Watch(directory, recursive, ident)
         try:
-            st = os.stat(directory)
-            watch = _Watch(directory, recursive, (st.st_dev, st.st_ino))
-            watch.observed = self._observer.schedule(_Handler(self, watch), directory, recursive=recursive, event_filter=EVENTS)
+            watch.observed = self._observer.schedule(_Handler(self, watch), directory, recursive=recursive, event_filter=_event_filter())
         except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):  # gone meanwhile: its deletion event follows
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
             _raise_limit_error(e)
             raise
@@ -233,11 +254,20 @@ class Watcher:
             self._observer.unschedule(watch.observed)
 
     def _forget(self, path: str) -> bool:
-        """Unschedule the watches at `path` and below it (the directory moved or is gone)."""
+        """Unschedule the watches at `path` and below it: the directory moved away, so what they
+        would report from now on carries the old path."""
         gone = [w for d, w in self._watches.items() if _under(d, path)]
         for w in gone:
             self._unschedule(w)
         return bool(gone)
+
+    def _doom(self, path: str) -> None:
+        """The directory at `path` is gone (deleted, or moved out of sight). Its watches stay until
+        their own deletion event, so the file deletions they have queued still arrive; the next
+        reconcile drops them (a directory moved away never sends one)."""
+        for d, w in self._watches.items():
+            if _under(d, path):
+                w.doomed = True
 
     def _covered(self, path: str) -> bool:
         """Whether a watch reports events about `path` itself (from its parent directory)."""
@@ -272,11 +302,11 @@ class Watcher:
         src = _fspath(event.src_path)
         if event.event_type == "deleted" and src == watch.path:
             # the watched directory itself: its parent's watch reports it, if there is one
-            self._forget(src)
+            self._unschedule(watch)
             if not self._covered(src):
                 self.emit(Change(src, deleted=True))
             return
-        if self._stale(watch, event):
+        if (watch.doomed and event.event_type != "deleted") or self._stale(watch, event):
             return
         if event.event_type == "moved":
             dest = _fspath(event.dest_path)
@@ -287,7 +317,7 @@ class Watcher:
                 self.emit(Change(dest, created=True))
         elif event.event_type == "deleted":
             if event.is_directory:
-                self._forget(src)
+                self._doom(src)
             self.emit(Change(src, deleted=True))
         elif event.is_directory:
             if event.event_type == "created":
