@@ -208,7 +208,7 @@ def down(
                     with out.activity(f"deleting kind cluster {name}"):
                         engine.kind.delete(name)
                     removed.append(f"kind cluster {name}")
-                if cfg.registry_enabled and LocalRegistry(cfg.registry, engine.images, engine.kube).remove():
+                if cfg.registry_enabled and LocalRegistry(cfg.registry, engine.docker, engine.kube).remove():
                     removed.append(f"container {cfg.registry.name} (local registry)")
             elif exists and engine.kube.reachable():
                 by_ns: dict[str, dict[tuple[str, str], mf.Manifest]] = {}

@@ -390,6 +390,13 @@ def _message(err: Any) -> str:
         ctx = err.get("ctx", {})
         return f"must be {'at least ' + str(ctx['ge']) if 'ge' in ctx else 'at most ' + str(ctx['le'])}, got {got}"
     if kind == "string_pattern_mismatch":
+        loc = [str(p) for p in err["loc"]]
+        if loc[-2:] == ["image", "name"]:
+            return f"{got!r} is not a valid image repository name (lowercase, no tag)"
+        if loc[-1] == "name":
+            return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
+        if loc[-1] == "target":
+            return f"{got!r}: must be an absolute path in the container"
         return f"{got!r} is not valid here"
     if kind == "too_short":
         return "must list at least one entry"

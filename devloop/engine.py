@@ -33,6 +33,7 @@ from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_re
 from devloop.model import ImageRef, ServiceState
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, ServiceLayout
+from devloop.ports import Cluster, Clusters, ImageStore
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 
@@ -94,17 +95,18 @@ class Engine:
         config: Config,
         out: Output,
         *,
-        images: Images | None = None,
-        kind: Kind | None = None,
-        kube: Kube | None = None,
+        images: ImageStore | None = None,
+        kind: Clusters | None = None,
+        kube: Cluster | None = None,
         builder: Builder | None = None,
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.out = out
-        self.images = images or Images()
-        self.kind = kind or Kind()
-        self.kube = kube or Kube(config.cluster.context)
+        self._docker = images if isinstance(images, Images) else None
+        self.images: ImageStore = images or self.docker
+        self.kind: Clusters = kind or Kind()
+        self.kube: Cluster = kube or Kube(config.cluster.context)
         self.clock = clock
         self.hasher = ContextHasher()
         self._builder = builder
@@ -133,19 +135,26 @@ class Engine:
         return kept
 
     @property
+    def docker(self) -> Images:
+        """The docker SDK adapter (for the real publishers and builders)."""
+        if self._docker is None:
+            self._docker = Images()
+        return self._docker
+
+    @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
             c = self.config
             if c.registry_enabled:
-                self._publisher = RegistryPublisher(LocalRegistry(c.registry, self.images, self.kube), self.kind, c.cluster.name)
+                self._publisher = RegistryPublisher(LocalRegistry(c.registry, self.docker, self.kube), self.kind, c.cluster.name)
             else:
-                self._publisher = KindLoadPublisher(self.images, self.kind, c.cluster.name)
+                self._publisher = KindLoadPublisher(self.docker, self.kind, c.cluster.name)
         return self._publisher
 
     @property
     def builder(self) -> Builder:
         if self._builder is None:
-            self._builder = detect_builder(self.images)
+            self._builder = detect_builder(self.docker)
         return self._builder
 
     @property

@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from devloop.kube import Kube
 from devloop.output import Output
+from devloop.ports import Cluster
 from devloop.proc import Background
 
 
@@ -57,7 +57,7 @@ class PortForward:
     """One declared forward, kept alive: restarted after each rollout and whenever kubectl exits;
     a taken local port is retried every few seconds until it is free."""
 
-    def __init__(self, kube: Kube, out: Output, namespace: str, service: str, port: int, local_port: int, label: str = "") -> None:
+    def __init__(self, kube: Cluster, out: Output, namespace: str, service: str, port: int, local_port: int, label: str = "") -> None:
         self.kube = kube
         self.out = out
         self.label = label
@@ -178,7 +178,7 @@ KUBECTL_NOISE = ("rpc error: code = NotFound", "Error from server (NotFound)", "
 class LogStreams:
     """One `kubectl logs -f` per ready pod; pods that are gone have their stream stopped."""
 
-    def __init__(self, kube: Kube, namespace: str, on_line: Callable[[str, str], None]) -> None:
+    def __init__(self, kube: Cluster, namespace: str, on_line: Callable[[str, str], None]) -> None:
         self.kube = kube
         self.namespace = namespace
         self.on_line = on_line  # (pod, line)

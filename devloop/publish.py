@@ -15,8 +15,8 @@ from typing import Protocol
 
 from devloop.errors import DevloopError
 from devloop.images import Images
-from devloop.kind import Kind
 from devloop.model import ImageRef
+from devloop.ports import Clusters
 from devloop.registry import LocalRegistry
 
 
@@ -36,7 +36,7 @@ class Publisher(Protocol):
 
 
 class RegistryPublisher:
-    def __init__(self, registry: LocalRegistry, kind: Kind, cluster: str) -> None:
+    def __init__(self, registry: LocalRegistry, kind: Clusters, cluster: str) -> None:
         self._registry = registry
         self._kind = kind
         self._cluster = cluster
@@ -64,7 +64,7 @@ class RegistryPublisher:
 
 
 class KindLoadPublisher:
-    def __init__(self, images: Images, kind: Kind, cluster: str) -> None:
+    def __init__(self, images: Images, kind: Clusters, cluster: str) -> None:
         self._images = images
         self._kind = kind
         self._cluster = cluster

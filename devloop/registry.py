@@ -18,7 +18,7 @@ import docker.errors
 from devloop.config import RegistryConfig
 from devloop.errors import EnvironmentMissing, StepFailed
 from devloop.images import Images, docker_errors
-from devloop.kube import Kube
+from devloop.ports import Cluster
 
 KIND_NETWORK = "kind"
 CERTS_DIR = "/etc/containerd/certs.d"
@@ -54,7 +54,7 @@ class Problem:
 
 
 class LocalRegistry:
-    def __init__(self, cfg: RegistryConfig, images: Images, kube: Kube) -> None:
+    def __init__(self, cfg: RegistryConfig, images: Images, kube: Cluster) -> None:
         self.cfg = cfg
         self.images = images
         self.kube = kube

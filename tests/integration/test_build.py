@@ -11,12 +11,12 @@ from pathlib import Path
 
 import docker
 import pytest
+from devloop.pipeline import Pipeline
 
 from devloop import config
 from devloop.errors import CycleFailed, DockerUnavailable
 from devloop.images import Images
 from devloop.output import Output
-from devloop.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 

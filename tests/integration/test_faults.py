@@ -11,6 +11,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from devloop.pipeline import Pipeline
 
 from devloop import config
 from devloop.errors import CycleFailed
@@ -18,7 +19,6 @@ from devloop.images import Images
 from devloop.kind import Kind
 from devloop.kube import Kube
 from devloop.output import Output
-from devloop.pipeline import Pipeline
 from tests.unit.fakes import FakeRunner
 
 pytestmark = pytest.mark.integration

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devloop.errors import CommandFailed
 from devloop.proc import Result
@@ -90,36 +91,245 @@ class FakeRunner:
         assert not self.script, f"expected commands never ran: {[e.argv for e in self.script]}"
 
 
+# -- fakes at the level of meaning, for the engine and the session ------------------------------------
+
+
 @dataclass
-class FakeImages:
-    """Stands in for the docker SDK adapter."""
+class _Deployment:
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    replicas: int
+    image: str
+    probes: bool
+    history: list[str] = field(default_factory=list)  # image per revision (revision = index + 1)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    applied_docs: int = 0
 
-    present: set[str] = field(default_factory=set)
-    on_nodes: dict[str, set[str]] = field(default_factory=dict)
-    builds: list[str] = field(default_factory=list)
-    saves: list[str] = field(default_factory=list)
-    fail_build: Exception | None = None
 
+class FakeCluster:
+    """A tiny Kubernetes: Deployments roll out at once to pods that are ready, unless their image
+    is in `crashing`. Then, as Kubernetes does, a Deployment with a readiness probe keeps its old
+    pods serving and one new pod crash-loops; without a probe every pod is replaced and crash-loops."""
+
+    def __init__(self, context: str = "kind-devloop") -> None:
+        self.context = context
+        self.deployments: dict[tuple[str, str], _Deployment] = {}
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (ns, kind, name) → doc
+        self.crashing: set[str] = set()
+        self.applies: list[tuple[str, list[str]]] = []  # (namespace, ["Kind/name", ...]) per apply
+        self.undos: list[tuple[str, str]] = []
+        self.execs: list[tuple[str, list[str]]] = []
+        self.spawned: list[FakeBackground] = []
+        self._pod_seq = 0
+
+    # Cluster protocol
+    def reachable(self) -> bool:
+        return True
+
+    def require_reachable(self, cluster: str) -> None:
+        return None
+
+    def context_namespace(self) -> str:
+        return "default"
+
+    def kustomize(self, directory: str) -> str:
+        raise AssertionError("kustomize is tested with the real kubectl (tests/integration)")
+
+    def apply(self, yaml_text: str, namespace: str) -> list[str]:
+        import yaml as _yaml
+
+        names = []
+        for doc in _yaml.safe_load_all(yaml_text):
+            if not doc:
+                continue
+            ns = doc.get("metadata", {}).get("namespace") or namespace
+            self.objects[(ns, doc["kind"], doc["metadata"]["name"])] = doc
+            names.append(f"{doc['kind']}/{doc['metadata']['name']}")
+            if doc["kind"] == "Deployment":
+                self._apply_deployment(doc, ns)
+        self.applies.append((namespace, names))
+        return [f"{n} configured" for n in names]
+
+    def _apply_deployment(self, doc: dict[str, Any], ns: str) -> None:
+        spec = doc["spec"]
+        container = spec["template"]["spec"]["containers"][0]
+        key = (ns, doc["metadata"]["name"])
+        d = self.deployments.get(key)
+        if d is None:
+            d = _Deployment(doc["metadata"]["name"], ns, dict(spec["selector"]["matchLabels"]), int(spec.get("replicas", 1)), "", False)
+            self.deployments[key] = d
+        d.probes = bool(container.get("readinessProbe"))
+        if container["image"] != d.image:
+            d.history.append(container["image"])
+            self._roll(d, container["image"])
+
+    def _new_pods(self, d: _Deployment, image: str, n: int, crash: bool) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            self._pod_seq += 1
+            cs: dict[str, Any] = {"name": "app", "restartCount": 0, "state": {"running": {}}}
+            if crash:
+                cs = {
+                    "name": "app",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1}},
+                }
+            out.append(
+                {
+                    "metadata": {"name": f"{d.name}-{self._pod_seq}", "labels": dict(d.labels)},
+                    "spec": {"containers": [{"image": image}]},
+                    "status": {"conditions": [{"type": "Ready", "status": "False" if crash else "True"}], "containerStatuses": [cs]},
+                }
+            )
+        return out
+
+    def _roll(self, d: _Deployment, image: str) -> None:
+        d.image = image
+        if image not in self.crashing:
+            d.pods = self._new_pods(d, image, d.replicas, crash=False)
+        elif d.probes and d.pods:
+            d.pods = [p for p in d.pods if p["spec"]["containers"][0]["image"] != image] + self._new_pods(d, image, 1, crash=True)
+        else:
+            d.pods = self._new_pods(d, image, d.replicas, crash=True)
+
+    def delete(self, yaml_text: str, namespace: str) -> list[str]:
+        return []
+
+    def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        d = self.deployments.get((namespace, name))
+        if resource != "deployment" or d is None:
+            return None
+        updated = sum(1 for p in d.pods if p["spec"]["containers"][0]["image"] == d.image)
+        ready_new = sum(
+            1 for p in d.pods if p["spec"]["containers"][0]["image"] == d.image and p["status"]["conditions"][0]["status"] == "True"
+        )
+        return {
+            "metadata": {"generation": len(d.history), "annotations": {"deployment.kubernetes.io/revision": str(len(d.history))}},
+            "spec": {"replicas": d.replicas, "template": {"spec": {"containers": [{"image": d.image}]}}},
+            "status": {
+                "observedGeneration": len(d.history),
+                "updatedReplicas": updated,
+                "replicas": len(d.pods),
+                "availableReplicas": ready_new,
+                "readyReplicas": sum(1 for p in d.pods if p["status"]["conditions"][0]["status"] == "True"),
+            },
+        }
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [p for d in self.deployments.values() if d.namespace == namespace and d.labels == dict(labels) for p in d.pods]
+
+    def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
+        return ["/app/server.js:3", "  const x = ;", "SyntaxError: Unexpected token ';'"] if previous else []
+
+    def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
+        self.execs.append((pod, argv))
+        return ""
+
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+        d = self.deployments[(namespace, deployment)]
+        self.undos.append((deployment, revision))
+        image = d.history[int(revision) - 1] if revision else d.history[-2]
+        d.history.append(image)
+        self._roll(d, image)
+
+    def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> FakeBackground:
+        bg = FakeBackground(["port-forward", target], on_line)
+        self.spawned.append(bg)
+        return bg
+
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[Any], None]) -> FakeBackground:
+        bg = FakeBackground(["watch", namespace], lambda _line: None)
+        self.spawned.append(bg)
+        return bg
+
+    def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> FakeBackground:
+        bg = FakeBackground(["logs", pod], on_line)
+        self.spawned.append(bg)
+        return bg
+
+    # helpers for tests
+    def serving(self, name: str, namespace: str = "default") -> list[str]:
+        d = self.deployments[(namespace, name)]
+        return [p["spec"]["containers"][0]["image"] for p in d.pods if p["status"]["conditions"][0]["status"] == "True"]
+
+
+class FakeKind:
+    def __init__(self, clusters: Sequence[str] = ("devloop",)) -> None:
+        self.clusters = list(clusters)
+        self.created: list[str] = []
+
+    def exists(self, name: str) -> bool:
+        return name in self.clusters
+
+    def create(self, name: str, config: Path, image: str = "", wait: str = "120s") -> None:
+        self.created.append(name)
+        self.clusters.append(name)
+
+    def nodes(self, name: str) -> list[str]:
+        return [f"{name}-control-plane"]
+
+    def load_archive(self, name: str, archive: Path, nodes: Sequence[str]) -> None:
+        raise AssertionError("the engine publishes through its Publisher")
+
+    def delete(self, name: str) -> None:
+        self.clusters.remove(name)
+
+
+class FakeDocker:
+    """Images in the local engine, and the builder that makes them."""
+
+    def __init__(self) -> None:
+        self.present: set[str] = set()
+        self.builds: list[str] = []
+        self.failing: dict[str, Exception] = {}  # image repository → the error its build raises
+
+    # ImageStore
     def ping(self) -> str:
         return "fake"
 
     def exists(self, ref: str) -> bool:
         return ref in self.present
 
-    def build(self, context: Path, dockerfile: str, tag: str, build_args: Mapping[str, str], on_line: Callable[[str], None] = print) -> str:
-        if self.fail_build is not None:
-            raise self.fail_build
-        self.builds.append(tag)
-        self.present.add(tag)
-        return "sha256:fake"
-
-    def save(self, ref: str, dest: Path) -> int:
-        self.saves.append(ref)
-        dest.write_bytes(b"tar")
-        return 3
+    def command(self, ref: str) -> tuple[list[str], list[str]]:
+        return [], ["node", "server.js"]
 
     def prune(self, repositories: list[str], keep: int = 3) -> list[str]:
         return []
 
-    def node_has(self, node: str, ref: str) -> bool:
-        return ref in self.on_nodes.get(node, set())
+    # Builder
+    @property
+    def name(self) -> str:
+        return "fake"
+
+    def build(
+        self, context: Path, dockerfile: str, tag: str, build_args: Mapping[str, str], target: str | None, on_line: Callable[[str], None]
+    ) -> str:
+        error = self.failing.get(tag.rpartition(":")[0])
+        if error is not None:
+            raise error
+        self.builds.append(tag)
+        self.present.add(tag)
+        return "sha256:fake"
+
+
+class FakePublisher:
+    def __init__(self, registry: str = "localhost:5001") -> None:
+        self._registry = registry
+        self.pushed: list[str] = []
+        self.prepared = 0
+
+    @property
+    def registry(self) -> str:
+        return self._registry
+
+    def prepare(self) -> bool:
+        self.prepared += 1
+        return False
+
+    def publish(self, ref: Any, note: Callable[[str], None]) -> bool:
+        if ref.cluster in self.pushed:
+            return False
+        self.pushed.append(ref.cluster)
+        return True

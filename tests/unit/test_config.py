@@ -6,6 +6,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from devloop import config
 from devloop.errors import ConfigError
@@ -22,17 +23,22 @@ def test_defaults_serve_the_bundled_sample(sample_copy: Path) -> None:
     assert cfg.source == "defaults"
     assert cfg.cluster.name == "devloop"  # from kind-config.yaml's name
     assert cfg.cluster.context == "kind-devloop"
-    assert cfg.image.context == sample_copy / "sample-app"
-    assert cfg.deploy.manifests == (sample_copy / "sample-app" / "k8s",)
-    assert cfg.deploy.deployment == "web-app"
-    assert cfg.image.name == "my-web-app"
-    assert cfg.port_forward.service == "web-app-service"
+    (svc,) = cfg.services
+    assert svc.name == "web-app"
+    assert svc.image.context == sample_copy / "sample-app"
+    assert svc.manifests == (sample_copy / "sample-app" / "k8s",)
+    assert svc.deployment == "web-app"
+    assert svc.image.name == "my-web-app"
+    assert [f.service for f in svc.port_forward] == ["web-app-service"]
+    assert cfg.monitoring.enabled  # on for the bundled sample
 
 
 def test_config_is_frozen(sample_copy: Path) -> None:
     cfg = config.load(None, sample_copy)
-    with pytest.raises(AttributeError):
-        cfg.image = None  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        cfg.services = ()  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        cfg.services[0].image.name = "x"  # type: ignore[misc]
 
 
 def test_file_values_and_relative_paths(sample_copy: Path) -> None:
@@ -43,8 +49,8 @@ def test_file_values_and_relative_paths(sample_copy: Path) -> None:
     )
     cfg = config.load(None, sample_copy)
     assert cfg.cluster.name == "mine"
-    assert cfg.image.build_args == {"NODE_IMAGE": "local/node:1", "N": "3"}
-    assert cfg.port_forward.local_port == 9090
+    assert cfg.services[0].image.build_args == {"NODE_IMAGE": "local/node:1", "N": "3"}
+    assert cfg.services[0].port_forward[0].local_port == 9090
     assert cfg.watch.debounce_ms == 50 and cfg.watch.ignore == ("*.log",)
 
 
@@ -53,18 +59,18 @@ def test_file_values_and_relative_paths(sample_copy: Path) -> None:
     [
         ("imgae: {}\n", "devloop.yaml: imgae: unknown key"),
         ("image: {contxt: x}\n", "devloop.yaml: image.contxt: unknown key"),
-        ("image: {context: 3}\n", "image.context: must be a non-empty string, got an integer"),
+        ("image: {context: 3}\n", "image.context: must be a non-empty string (a path), got an integer"),
         ("image: []\n", "image: must be a mapping, got a list"),
         ("portForward: {localPort: http}\n", "portForward.localPort: must be an integer, got a string"),
-        ("portForward: {localPort: 70000}\n", "portForward.localPort: must be between 0 and 65535"),
+        ("portForward: {localPort: 70000}\n", "portForward.localPort: must be at most 65535, got 70000"),
         ("portForward: {enabled: yes please}\n", "portForward.enabled: must be true or false"),
         ("apiVersion: devloop/v9\n", "apiVersion: unsupported version"),
         ("image: {context: nowhere}\n", "image.context: not a directory"),
         ("image: {dockerfile: Nope.dockerfile}\n", "image.dockerfile: no such file"),
         ("deploy: {manifests: [missing.yaml]}\n", "deploy.manifests[0]: no such file or directory"),
         ("image: {name: 'My App'}\n", "image.name: 'My App' is not a valid image repository name"),
-        ("cluster: {name: Bad_Name}\n", "cluster.name: must be lowercase"),
-        ("image: {buildArgs: {A: [1]}}\n", "image.buildArgs.A: must map names to strings"),
+        ("cluster: {name: Bad_Name}\n", "cluster.name: 'Bad_Name': must be lowercase letters"),
+        ("image: {buildArgs: {A: [1]}}\n", "image.buildArgs.A: must be a non-empty string, got a list"),
         ("- just\n- a list\n", "(top level): must be a mapping"),
         ("image: {context: [unclosed\n", "not valid YAML (line 2"),
     ],

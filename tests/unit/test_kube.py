@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from devloop.errors import CycleFailed
+from devloop.errors import StepFailed
 from devloop.kind import Kind
 from devloop.kube import Kube, pod_failure, rollout_progress
 from tests.unit.fakes import FakeRunner
@@ -89,9 +89,9 @@ def test_failed_apply_is_a_cycle_failure_with_kubectls_reason() -> None:
         returncode=1,
         stderr='error: error validating "STDIN": unknown field "replicaz"\n',
     )
-    with pytest.raises(CycleFailed, match='unknown field "replicaz"') as info:
+    with pytest.raises(StepFailed, match='unknown field "replicaz"') as info:
         Kube("kind-dev", runner).apply("x", "default")
-    assert info.value.phase == "deploy"
+    assert "fix the manifest" in info.value.hint
 
 
 def test_get_missing_object_is_none() -> None:

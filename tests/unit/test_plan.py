@@ -1,27 +1,30 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from devloop.ignore import IgnoreRules, parse_dockerignore
-from devloop.plan import Change, Layout, plan
+from devloop.plan import Change, Plan, ServiceChange, ServiceLayout, plan
 
 CTX = "/p/sample-app"
+CONFIGS = ("/p/devloop.yaml", "/p/kind-config.yaml")
 DOCKERIGNORE = parse_dockerignore("node_modules\nnpm-debug.log\n.git\nk8s\ntest\n*.md\n# comment\n")
-LAYOUT = Layout(
-    context=CTX,
-    rules=IgnoreRules(tuple(DOCKERIGNORE), "Dockerfile", ("*.log",)),
-    manifests=(f"{CTX}/k8s",),
-    config_files=("/p/devloop.yaml", "/p/kind-config.yaml"),
-)
+LAYOUT = ServiceLayout("web", context=CTX, rules=IgnoreRules(tuple(DOCKERIGNORE), "Dockerfile", ("*.log",)), manifests=(f"{CTX}/k8s",))
+
+
+def one(p: Plan) -> ServiceChange | None:
+    assert len(p.services) <= 1
+    return p.services[0] if p.services else None
 
 
 @pytest.mark.parametrize(
-    ("paths", "build", "apply", "reload"),
+    ("paths", "rebuild", "reapply", "reload"),
     [
-        (["server.js"], True, True, False),
-        (["lib/util.js"], True, True, False),
-        (["package.json"], True, True, False),
-        (["Dockerfile"], True, True, False),
+        (["server.js"], True, False, False),
+        (["lib/util.js"], True, False, False),
+        (["package.json"], True, False, False),
+        (["Dockerfile"], True, False, False),
         (["k8s/deployment.yaml"], False, True, False),  # ignored by .dockerignore, but a manifest
         (["README.md"], False, False, False),
         (["test/server.test.js"], False, False, False),
@@ -32,29 +35,29 @@ LAYOUT = Layout(
         (["server.js~"], False, False, False),
         (["4913"], False, False, False),
         (["app.log"], False, False, False),
-        (["../devloop.yaml"], True, True, True),
+        (["../devloop.yaml"], False, False, True),
         (["../other.txt"], False, False, False),
         (["server.js", "k8s/service.yaml"], True, True, False),
     ],
 )
-def test_plan_table(paths: list[str], build: bool, apply: bool, reload: bool) -> None:
-    import os
-
-    p = plan([Change(os.path.normpath(f"{CTX}/{x}")) for x in paths], LAYOUT)
-    assert (p.build, p.apply, p.reload) == (build, apply, reload)
-    assert p.nothing == (not (build or apply or reload))
+def test_plan_table(paths: list[str], rebuild: bool, reapply: bool, reload: bool) -> None:
+    p = plan([Change(os.path.normpath(f"{CTX}/{x}")) for x in paths], [LAYOUT], CONFIGS)
+    c = one(p)
+    assert (c.rebuild if c else False, c.reapply if c else False, p.reload) == (rebuild, reapply, reload)
+    assert p.nothing == (not (rebuild or reapply or reload))
 
 
 def test_plan_names_its_trigger_files_and_reason() -> None:
-    p = plan([Change(f"{CTX}/server.js"), Change(f"{CTX}/README.md")], LAYOUT)
-    assert p.image_files == ("server.js",)
-    assert p.trigger_files == ("server.js",)
+    p = plan([Change(f"{CTX}/server.js"), Change(f"{CTX}/README.md")], [LAYOUT])
+    c = one(p)
+    assert c is not None and c.image_files == ("server.js",) and c.trigger_files == ("server.js",)
     assert p.ignored == (f"{CTX}/README.md",)
-    assert p.reason == "image source changed"
+    assert c.reason == "image source changed"
 
 
 def test_deleted_source_file_rebuilds() -> None:
-    assert plan([Change(f"{CTX}/old.js", deleted=True)], LAYOUT).build
+    c = one(plan([Change(f"{CTX}/old.js", deleted=True)], [LAYOUT]))
+    assert c is not None and c.rebuild
 
 
 def test_dockerignore_negation_is_honoured() -> None:
@@ -68,17 +71,13 @@ def test_dockerfile_always_reaches_image_even_if_ignored() -> None:
     assert rules.reaches_image("Dockerfile")
 
 
-LIVE = Layout(
-    context=CTX,
-    rules=LAYOUT.rules,
-    manifests=LAYOUT.manifests,
-    config_files=LAYOUT.config_files,
-    live_fallback=("package.json", "package-lock.json", "Dockerfile", ".dockerignore"),
+LIVE = ServiceLayout(
+    "web", CTX, LAYOUT.rules, LAYOUT.manifests, live_fallback=("package.json", "package-lock.json", "Dockerfile", ".dockerignore")
 )
 
 
 @pytest.mark.parametrize(
-    ("changes", "sync", "build"),
+    ("changes", "sync", "rebuild"),
     [
         ([Change(f"{CTX}/server.js")], ("server.js",), False),
         ([Change(f"{CTX}/server.js"), Change(f"{CTX}/lib/a.js")], ("lib/a.js", "server.js"), False),
@@ -87,19 +86,13 @@ LIVE = Layout(
         ([Change(f"{CTX}/old.js", deleted=True)], (), True),  # deletions rebuild
         ([Change(f"{CTX}/server.js", deleted=True), Change(f"{CTX}/server.js")], ("server.js",), False),  # delete+recreate = save
         ([Change(f"{CTX}/server.js"), Change(f"{CTX}/k8s/deployment.yaml")], (), True),
-        ([Change(f"{CTX}/README.md")], (), False),
     ],
 )
-def test_live_update_plan(changes: list[Change], sync: tuple[str, ...], build: bool) -> None:
-    p = plan(changes, LIVE)
-    assert p.sync == sync and p.build is build
+def test_live_update_plan(changes: list[Change], sync: tuple[str, ...], rebuild: bool) -> None:
+    c = one(plan(changes, [LIVE]))
+    assert c is not None and c.sync == sync and c.rebuild is rebuild
     if sync:
-        assert p.reason == "live update" and not p.apply
-
-
-def test_without_live_update_source_edits_rebuild() -> None:
-    p = plan([Change(f"{CTX}/server.js")], LAYOUT)
-    assert p.build and p.sync == ()
+        assert c.reason == "live update" and not c.reapply
 
 
 def test_a_temp_file_created_and_renamed_away_is_not_a_trigger() -> None:
@@ -110,11 +103,40 @@ def test_a_temp_file_created_and_renamed_away_is_not_a_trigger() -> None:
         Change(f"{CTX}/sed5ArWQK", deleted=True),
         Change(f"{CTX}/server.js", created=True),
     ]
-    p = plan(batch, LIVE)
-    assert p.trigger_files == ("server.js",)
-    assert p.sync == ("server.js",)  # not a deletion: live update still applies
+    c = one(plan(batch, [LIVE]))
+    assert c is not None and c.trigger_files == ("server.js",) and c.sync == ("server.js",)
 
 
-def test_a_deleted_existing_file_is_still_a_deletion() -> None:
-    p = plan([Change(f"{CTX}/lib/a.js"), Change(f"{CTX}/lib/a.js", deleted=True)], LIVE)
-    assert p.build and p.image_files == ("lib/a.js",)
+# -- several services ---------------------------------------------------------------------------------
+
+RULES = IgnoreRules((), "Dockerfile")
+SHOP = "/s"
+WEB = ServiceLayout("web", f"{SHOP}/web", RULES, (f"{SHOP}/k8s/web.yaml", f"{SHOP}/k8s"), foreign=(f"{SHOP}/k8s/api.yaml",))
+API = ServiceLayout("api", f"{SHOP}/api", RULES, (f"{SHOP}/k8s/api.yaml", f"{SHOP}/k8s"), foreign=(f"{SHOP}/k8s/web.yaml",))
+# two services built from one context (different Dockerfiles): the worker's .dockerignore-like rules hide docs/
+SHARED_A = ServiceLayout("a", f"{SHOP}/mono", IgnoreRules(("k8s",), "Dockerfile.a"), (f"{SHOP}/mono/k8s",))
+SHARED_B = ServiceLayout("b", f"{SHOP}/mono", IgnoreRules(("docs", "k8s"), "Dockerfile.b"), (f"{SHOP}/mono/k8s",))
+
+
+@pytest.mark.parametrize(
+    ("layouts", "path", "want"),
+    [
+        ([WEB, API], f"{SHOP}/api/server.js", {"api": "rebuild"}),
+        ([WEB, API], f"{SHOP}/web/server.js", {"web": "rebuild"}),
+        ([WEB, API], f"{SHOP}/k8s/api.yaml", {"api": "reapply"}),  # a shared directory: only the file's owner
+        ([WEB, API], f"{SHOP}/k8s/common.yaml", {"web": "reapply", "api": "reapply"}),  # a new shared file: both
+        ([SHARED_A, SHARED_B], f"{SHOP}/mono/lib/x.js", {"a": "rebuild", "b": "rebuild"}),  # a shared context triggers both
+        ([SHARED_A, SHARED_B], f"{SHOP}/mono/docs/guide.txt", {"a": "rebuild"}),  # hidden from b by its ignore rules
+        ([SHARED_A, SHARED_B], f"{SHOP}/mono/k8s/deploy.yaml", {"a": "reapply", "b": "reapply"}),
+        ([WEB, API], f"{SHOP}/README", {}),
+    ],
+)
+def test_a_change_reaches_exactly_the_services_it_touches(layouts: list[ServiceLayout], path: str, want: dict[str, str]) -> None:
+    p = plan([Change(path)], layouts)
+    got = {c.service: ("rebuild" if c.rebuild else "reapply") for c in p.services}
+    assert got == want
+
+
+def test_a_config_change_is_a_reload_and_nothing_else() -> None:
+    p = plan([Change("/p/devloop.yaml"), Change(f"{CTX}/server.js")], [LAYOUT], CONFIGS)
+    assert p.reload and p.config_files == ("devloop.yaml",) and p.services == ()

@@ -1,0 +1,212 @@
+"""The engine with fakes at the level of meaning: a fake cluster that knows Deployments and pods,
+a fake Docker, a fake publisher. Several services, failures in one, rollback, undo."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devloop import config
+from devloop.engine import Engine, ServiceResult
+from devloop.errors import CycleFailed
+from devloop.output import Output
+from devloop.plan import Plan, ServiceChange, everything
+from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    root = tmp_path / "shop"
+    shutil.copytree(REPO / "examples" / "shop", root)
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    (root / "devloop.yaml").write_text((root / "devloop.yaml").read_text().replace("../../kind-config.yaml", "../kind-config.yaml"))
+    return root
+
+
+class World:
+    def __init__(self, root: Path, text: str | None = None) -> None:
+        if text is not None:
+            (root / "devloop.yaml").write_text(text)
+        self.root = root
+        self.cluster = FakeCluster()
+        self.docker = FakeDocker()
+        self.publisher = FakePublisher()
+        self.buf = io.StringIO()
+        self.engine = Engine(
+            config.load(None, root),
+            Output(json_mode=True, stdout=self.buf),
+            images=self.docker,
+            kind=FakeKind(),
+            kube=self.cluster,
+            builder=self.docker,
+            publisher=self.publisher,
+        )
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in map(json.loads, self.buf.getvalue().splitlines()) if e["event"] == kind]
+
+    def save(self, service: str, rel: str, old: str, new: str) -> list[ServiceResult]:
+        path = Path(self.engine.config.service(service).image.context) / rel
+        path.write_text(path.read_text().replace(old, new))
+        return run(self.engine, [ServiceChange(service, rebuild=True, image_files=(rel,), reason="image source changed")])
+
+
+def run(engine: Engine, changes: list[ServiceChange]) -> list[ServiceResult]:
+    return engine.run(Plan(services=tuple(changes)))
+
+
+def by_service(results: list[ServiceResult]) -> dict[str, ServiceResult]:
+    return {r.service: r for r in results}
+
+
+def test_up_builds_publishes_and_rolls_out_every_service(shop: Path) -> None:
+    w = World(shop)
+    results = by_service(w.engine.up())
+    assert set(results) == {"web", "api", "worker"} and all(r.ok for r in results.values())
+    assert sorted(t.split(":")[0] for t in w.docker.builds) == ["shop-api", "shop-web", "shop-worker"]
+    for name in ("web", "api", "worker"):
+        d = w.cluster.deployments[("default", name)]
+        assert d.image == str(results[name].image) and d.image.startswith(f"localhost:5001/shop-{name}:dl-")
+    done = w.events("cycle_done")
+    assert {e["service"] for e in done} == {"web", "api", "worker"} and len(w.events("cycle_start")) == 1
+
+
+def test_a_shared_manifests_directory_applies_each_deployment_only_with_its_own_service(tmp_path: Path, shop: Path) -> None:
+    text = (
+        (shop / "devloop.yaml")
+        .read_text()
+        .replace("manifests: [k8s/web.yaml]", "manifests: [k8s]")
+        .replace("manifests: [k8s/api.yaml]", "manifests: [k8s]")
+    )
+    w = World(shop, text)
+    w.engine.up()
+    applied = {names_ns[1][0] if names_ns[1] else "" for names_ns in w.cluster.applies}
+    deployments_per_apply = [[n for n in names if n.startswith("Deployment/")] for _, names in w.cluster.applies]
+    assert sorted(map(tuple, deployments_per_apply)) == [("Deployment/api",), ("Deployment/web",), ("Deployment/worker",)]
+    assert applied  # every apply carried objects
+
+
+def test_an_edit_to_one_service_rolls_only_that_service(shop: Path) -> None:
+    w = World(shop)
+    w.engine.up()
+    web_pods = [p["metadata"]["name"] for p in w.cluster.deployments[("default", "web")].pods]
+    results = w.save("api", "server.js", "api v1", "api v2")
+    assert [r.service for r in results] == ["api"] and results[0].ok
+    assert [p["metadata"]["name"] for p in w.cluster.deployments[("default", "web")].pods] == web_pods
+
+
+def test_a_failing_build_in_one_service_leaves_the_others_rolling_out(shop: Path) -> None:
+    w = World(shop)
+    w.engine.up()
+    before_worker = w.cluster.deployments[("default", "worker")].image
+    w.docker.failing["shop-worker"] = CycleFailed("build", "RUN npm ci failed", "fix it")
+    for svc in ("web", "api", "worker"):
+        ctx = Path(w.engine.config.service(svc).image.context) / "server.js"
+        ctx.write_text(ctx.read_text() + "\n// v2\n")
+    results = by_service(w.engine.run(everything(w.engine.layouts(), "edit")))
+    assert results["web"].ok and results["api"].ok
+    assert not results["worker"].ok and results["worker"].error is not None and results["worker"].error.phase == "build"
+    assert w.cluster.deployments[("default", "worker")].image == before_worker
+    failed = [e for e in w.events("cycle_done") if not e["ok"]]
+    assert [e["service"] for e in failed] == ["worker"] and "RUN npm ci failed" in failed[0]["error"]["message"]
+
+
+def test_unchanged_content_is_skipped_and_nothing_is_applied(shop: Path) -> None:
+    w = World(shop)
+    w.engine.up()
+    applies = len(w.cluster.applies)
+    results = run(w.engine, [ServiceChange("api", rebuild=True, image_files=("README.md",))])
+    assert results[0].skipped and len(w.cluster.applies) == applies
+
+
+def crash(w: World, service: str) -> None:
+    """Make the next image of this service crash (its content tag is computed after the edit)."""
+    svc = w.engine.config.service(service)
+    w.cluster.crashing.add(w.engine.image_ref(svc).cluster)
+
+
+def test_without_readiness_probes_a_crashing_version_is_rolled_back_and_serves_again(sample_copy: Path) -> None:
+    deployment = sample_copy / "sample-app" / "k8s" / "deployment.yaml"
+    text = deployment.read_text()
+    deployment.write_text(text[: text.index("          readinessProbe:")])  # the seed's manifest: no probes
+    w = World(sample_copy)
+    good = str(by_service(w.engine.up())["web-app"].image)
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\nconst x = ;\n")
+    crash(w, "web-app")
+    result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert not result.ok and result.error is not None and result.error.phase == "rollout"
+    assert result.outcome.startswith("rolled back to ") and "serves again (3/3" in result.outcome
+    assert w.cluster.serving("web-app") == [good] * 3
+    assert w.cluster.undos == [("web-app", "1")]
+    warning = [e["message"] for e in w.events("warning")]
+    assert any("no readinessProbe" in m for m in warning)
+
+
+def test_with_readiness_probes_kubernetes_keeps_the_old_version_and_undo_applies_it_again(sample_copy: Path) -> None:
+    w = World(sample_copy)
+    good = str(by_service(w.engine.up())["web-app"].image)
+    server = sample_copy / "sample-app" / "server.js"
+    original = server.read_text()
+    server.write_text(original + "\nconst x = ;\n")
+    crash(w, "web-app")
+    result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert not result.ok and "keeps serving (3/3 ready pods run it" in result.outcome
+    assert w.cluster.undos == []
+    # the editor's undo: exactly the last good content again. The cluster still runs the broken
+    # version beside the old pods, so this is not "unchanged": the good version is applied again.
+    server.write_text(original)
+    again = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert again.ok and not again.skipped
+    assert w.cluster.deployments[("default", "web-app")].image == good and w.cluster.serving("web-app") == [good] * 3
+
+
+def test_on_failure_keep_leaves_the_broken_version_applied(sample_copy: Path) -> None:
+    deployment = sample_copy / "sample-app" / "k8s" / "deployment.yaml"
+    text = deployment.read_text()
+    deployment.write_text(text[: text.index("          readinessProbe:")])
+    w = World(sample_copy, "deploy: {onFailure: keep}\n")
+    w.engine.up()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\nconst x = ;\n")
+    crash(w, "web-app")
+    result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert not result.ok and "onFailure is keep: only 0/3" in result.outcome and w.cluster.undos == []
+
+
+def test_a_crash_excerpt_names_the_error_line(sample_copy: Path) -> None:
+    w = World(sample_copy)
+    w.engine.up()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\nconst x = ;\n")
+    crash(w, "web-app")
+    run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])
+    failed = next(e for e in w.events("cycle_done") if not e["ok"])
+    assert any("SyntaxError" in line for line in failed["error"]["details"])
+
+
+def test_namespace_comes_from_the_manifest_for_rollout_logs_and_forwards(sample_copy: Path) -> None:
+    deployment = sample_copy / "sample-app" / "k8s" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("  name: web-app\n", "  name: web-app\n  namespace: shop\n", 1))
+    w = World(sample_copy)
+    assert w.engine.namespace(w.engine.config.services[0]) == "shop"
+    w.engine.up()
+    assert ("shop", "web-app") in w.cluster.deployments
+
+
+def test_a_live_update_syncs_into_every_ready_pod(sample_copy: Path) -> None:
+    w = World(sample_copy, "liveUpdate: {enabled: true}\n")
+    w.engine.up()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text().replace("sample-app v1", "sample-app v2"))
+    r = run(w.engine, [ServiceChange("web-app", sync=("server.js",), image_files=("server.js",))])[0]
+    assert r.ok and r.synced and len(w.cluster.execs) == 3
+    # the same content again: the pods run it already
+    assert run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0].skipped
