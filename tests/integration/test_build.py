@@ -11,11 +11,13 @@ from pathlib import Path
 
 import docker
 import pytest
-from devloop.pipeline import Pipeline
 
 from devloop import config
+from devloop.config import ServiceConfig
+from devloop.engine import Engine
 from devloop.errors import CycleFailed, DockerUnavailable
 from devloop.images import Images
+from devloop.model import ImageRef
 from devloop.output import Output
 
 pytestmark = pytest.mark.integration
@@ -41,13 +43,31 @@ def project(tmp_path: Path, node_base: str) -> Path:
     return root
 
 
+class Builds:
+    """The engine's build step for the one service of the project, on the real Docker engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.images = engine.docker
+
+    @property
+    def config(self) -> ServiceConfig:
+        return self.engine.config.services[0]
+
+    def image_ref(self) -> str:
+        return self.engine.image_ref(self.config).local
+
+    def build(self, ref: str) -> bool:
+        return self.engine.build(self.config, ImageRef.parse(ref))
+
+
 @pytest.fixture
-def pipeline(project: Path, cleanup_images: list[str]) -> Iterator[Pipeline]:
+def pipeline(project: Path, cleanup_images: list[str]) -> Iterator[Builds]:
     cfg = config.load(None, project)
-    p = Pipeline(cfg, Output(json_mode=True, stdout=io.StringIO()))
-    yield p
+    b = Builds(Engine(cfg, Output(json_mode=True, stdout=io.StringIO()), images=Images()))
+    yield b
     client = docker.from_env()
-    for img in client.images.list(name=cfg.image.name):
+    for img in client.images.list(name=cfg.services[0].image.name):
         client.images.remove(img.id, force=True)
 
 
@@ -69,7 +89,7 @@ def serve(client: docker.DockerClient, ref: str) -> tuple[int, str, dict[str, st
         container.remove(force=True)
 
 
-def test_build_tags_by_content_and_serves(pipeline: Pipeline, docker_client: docker.DockerClient) -> None:
+def test_build_tags_by_content_and_serves(pipeline: Builds, docker_client: docker.DockerClient) -> None:
     ref = pipeline.image_ref()
     name, tag = ref.rsplit(":", 1)
     assert name == pipeline.config.image.name and tag.startswith("dl-") and len(tag) == 19
@@ -80,7 +100,7 @@ def test_build_tags_by_content_and_serves(pipeline: Pipeline, docker_client: doc
     assert info["uid"] == "1001"  # the seed's non-root user
 
 
-def test_unchanged_rebuild_is_skipped(pipeline: Pipeline, docker_client: docker.DockerClient) -> None:
+def test_unchanged_rebuild_is_skipped(pipeline: Builds, docker_client: docker.DockerClient) -> None:
     ref = pipeline.image_ref()
     assert pipeline.build(ref) is True
     image_id = docker_client.images.get(ref).id
@@ -93,7 +113,7 @@ def test_unchanged_rebuild_is_skipped(pipeline: Pipeline, docker_client: docker.
     assert docker_client.images.get(ref).id == image_id
 
 
-def test_source_edit_changes_tag_and_served_response(pipeline: Pipeline, docker_client: docker.DockerClient) -> None:
+def test_source_edit_changes_tag_and_served_response(pipeline: Builds, docker_client: docker.DockerClient) -> None:
     first = pipeline.image_ref()
     pipeline.build(first)
     server = pipeline.config.image.context / "server.js"
@@ -105,7 +125,7 @@ def test_source_edit_changes_tag_and_served_response(pipeline: Pipeline, docker_
     assert serve(docker_client, first)[1].strip() == MESSAGE  # the previous image is intact
 
 
-def test_failed_build_names_the_step(pipeline: Pipeline) -> None:
+def test_failed_build_names_the_step(pipeline: Builds) -> None:
     dockerfile = pipeline.config.image.context / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text().replace("CMD [", "RUN exit 42\nCMD ["))
     ref = pipeline.image_ref()
@@ -123,7 +143,7 @@ def test_stopped_daemon_is_one_clear_error(tmp_path: Path) -> None:
     assert info.value.exit_code == 3 and "start the Docker daemon" in info.value.hint
 
 
-def test_old_content_tags_are_pruned_newest_kept(pipeline: Pipeline, docker_client: docker.DockerClient) -> None:
+def test_old_content_tags_are_pruned_newest_kept(pipeline: Builds, docker_client: docker.DockerClient) -> None:
     server = pipeline.config.image.context / "server.js"
     refs = []
     for i in range(4):

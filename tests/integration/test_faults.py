@@ -11,15 +11,15 @@ from pathlib import Path
 
 import docker
 import pytest
-from devloop.pipeline import Pipeline
 
 from devloop import config
-from devloop.errors import CycleFailed
+from devloop.builder import ClassicSDK
+from devloop.engine import Engine
+from devloop.errors import StepFailed
 from devloop.images import Images
-from devloop.kind import Kind
-from devloop.kube import Kube
 from devloop.output import Output
-from tests.unit.fakes import FakeRunner
+from devloop.plan import Plan, ServiceChange
+from tests.unit.fakes import FakeCluster, FakeKind, FakePublisher
 
 pytestmark = pytest.mark.integration
 
@@ -92,30 +92,36 @@ def test_daemon_gone_mid_loop_fails_one_cycle_and_the_next_recovers(sample_copy:
     )
     deployment = sample_copy / "sample-app" / "k8s" / "deployment.yaml"
     deployment.write_text(deployment.read_text().replace("my-web-app", "devloop-it-proxy"))
-    runner = FakeRunner()  # kind and kubectl stay fakes here: the daemon is what is real
     cfg = config.load(None, sample_copy)
     images = Images(lambda: docker.DockerClient(base_url=f"unix://{proxy.path}", version="auto"))
-    p = Pipeline(cfg, Output(json_mode=True, stdout=io.StringIO()), images=images, kind=Kind(runner), kube=Kube("kind-devloop", runner))
+    # kind and the cluster stay fakes here: the daemon is what is real (built through the classic SDK builder on the proxy)
+    cluster = FakeCluster()
+    engine = Engine(
+        cfg,
+        Output(json_mode=True, stdout=io.StringIO()),
+        images=images,
+        kind=FakeKind(),
+        kube=cluster,
+        builder=ClassicSDK(images),
+        publisher=FakePublisher(registry=""),
+    )
     images.ping()
     proxy.cut()
-    server = cfg.image.context / "server.js"
+    server = cfg.services[0].image.context / "server.js"
     server.write_text(server.read_text() + "\n// edit 1\n")
-    failed = p.cycle("image source changed", ("server.js",))
+    change = Plan(services=(ServiceChange("web-app", rebuild=True, image_files=("server.js",)),))
+    (failed,) = engine.run(change)
     assert failed.error is not None and "cannot reach the Docker daemon" in failed.error.message
-    assert "start the Docker daemon" in failed.error.hint
+    assert failed.error.phase == "build" and "start the Docker daemon" in failed.error.hint
     proxy.restore()
-    runner.expect("kind", "get", "nodes", "--name", "devloop", stdout="")  # no nodes: nothing to load, then deploy
-    runner.expect("kubectl", "--context", "kind-devloop", "apply", "-n", "default", "-f", "-", returncode=1, stderr="error: stop here")
-    runner.expect("kind", "get", "clusters", stdout="devloop\n")
-    second = p.cycle("image source changed", ("server.js",))
-    assert second.built  # the daemon answered again: the image was really built
-    assert second.error is not None and second.error.phase == "deploy"
-    docker.from_env().images.remove(second.image, force=True)
+    (second,) = engine.run(change)
+    assert second.built and second.ok  # the daemon answered again: the image was really built and rolled out
+    assert cluster.serving("web-app") == [str(second.image)] * 3
+    docker.from_env().images.remove(str(second.image), force=True)
 
 
 def test_disk_full_on_save_is_a_clear_cycle_failure(docker_client: docker.DockerClient, node_base: str) -> None:
     images = Images()
-    with pytest.raises(CycleFailed) as info:
+    with pytest.raises(StepFailed) as info:
         images.save(node_base, Path("/dev/full"))
-    assert info.value.phase == "load"
     assert "No space left on device" in info.value.message and "disk" in info.value.hint
