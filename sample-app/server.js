@@ -2,12 +2,16 @@
 // devloop sample app: a dependency-free Node.js HTTP server.
 //   GET /         -> MESSAGE + "\n" (header X-Pod-Name: $HOSTNAME)
 //   GET /healthz  -> 200 ok
-//   GET /metrics  -> Prometheus text format
+//   GET /metrics  -> Prometheus text format: http_requests_total{path,status},
+//                    http_request_duration_seconds{path,status} (histogram), app_info{version,revision,image_tag}
 // Tests change the response by editing the MESSAGE line below (plain text replacement).
 const MESSAGE = 'Hello from devloop sample-app v1';
 
+const crypto = require('crypto');
+const fs = require('fs');
 const http = require('http');
 const os = require('os');
+const nodePath = require('path');
 
 const PORT = Number.parseInt(process.env.PORT || '3000', 10);
 const POD_NAME = process.env.HOSTNAME || os.hostname();
@@ -18,15 +22,44 @@ const VERSION = (() => {
     return 'unknown';
   }
 })();
+// What is serving, for dashboards (`devloop status` shows the versions of a service's pods):
+// revision: a hash of this process's own source files, read at start, so it changes with every edit (also
+// after a live update, which restarts the process without a new image); image_tag: the image's tag when
+// the deployment passes it in (DEVLOOP_IMAGE_TAG), else "unknown".
+const REVISION = (() => {
+  const hash = crypto.createHash('sha256');
+  for (const file of ['server.js', 'package.json']) {
+    try {
+      hash.update(fs.readFileSync(nodePath.join(__dirname, file)));
+    } catch {
+      hash.update(`missing ${file}`);
+    }
+  }
+  return hash.digest('hex').slice(0, 12);
+})();
+const IMAGE_TAG = process.env.DEVLOOP_IMAGE_TAG || 'unknown';
 const SHUTDOWN_TIMEOUT_MS = 500;
 const ROUTES = new Set(['/', '/healthz', '/metrics']);
 
 // http_requests_total{path,status}; unknown paths share one label value to bound cardinality
 const requestCounts = new Map();
 
-function countRequest(path, status) {
+// http_request_duration_seconds{path,status}: a histogram with Prometheus' default buckets
+const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const durations = new Map(); // key -> { counts: per bucket (not cumulative), sum, count }
+
+function countRequest(path, status, seconds) {
   const key = `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
   requestCounts.set(key, (requestCounts.get(key) || 0) + 1);
+  let h = durations.get(key);
+  if (!h) {
+    h = { counts: new Array(BUCKETS.length).fill(0), sum: 0, count: 0 };
+    durations.set(key, h);
+  }
+  const i = BUCKETS.findIndex((le) => seconds <= le);
+  if (i >= 0) h.counts[i] += 1;
+  h.sum += seconds;
+  h.count += 1;
 }
 
 function escapeLabel(value) {
@@ -42,11 +75,38 @@ function renderMetrics() {
     const [path, status] = key.split('\u0000');
     lines.push(`http_requests_total{path="${escapeLabel(path)}",status="${status}"} ${count}`);
   }
-  const mem = process.memoryUsage();
   lines.push(
-    '# HELP app_info Application build information.',
+    '# HELP http_request_duration_seconds Time to handle an HTTP request, by path and status code.',
+    '# TYPE http_request_duration_seconds histogram',
+  );
+  for (const [key, h] of [...durations.entries()].sort()) {
+    const [path, status] = key.split('\u0000');
+    const labels = `path="${escapeLabel(path)}",status="${status}"`;
+    let cumulative = 0;
+    BUCKETS.forEach((le, i) => {
+      cumulative += h.counts[i];
+      lines.push(`http_request_duration_seconds_bucket{${labels},le="${le}"} ${cumulative}`);
+    });
+    lines.push(
+      `http_request_duration_seconds_bucket{${labels},le="+Inf"} ${h.count}`,
+      `http_request_duration_seconds_sum{${labels}} ${h.sum.toFixed(6)}`,
+      `http_request_duration_seconds_count{${labels}} ${h.count}`,
+    );
+  }
+  const mem = process.memoryUsage();
+  const info = {
+    version: VERSION,
+    revision: REVISION,
+    image_tag: IMAGE_TAG,
+    node_version: process.version,
+  };
+  const infoLabels = Object.entries(info)
+    .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
+    .join(',');
+  lines.push(
+    '# HELP app_info Application build information: what is serving.',
     '# TYPE app_info gauge',
-    `app_info{version="${escapeLabel(VERSION)}",node_version="${escapeLabel(process.version)}"} 1`,
+    `app_info{${infoLabels}} 1`,
     '# HELP process_uptime_seconds Seconds since the process started.',
     '# TYPE process_uptime_seconds gauge',
     `process_uptime_seconds ${process.uptime().toFixed(3)}`,
@@ -76,7 +136,8 @@ function handler(req, res) {
   } catch {
     path = req.url;
   }
-  res.on('finish', () => countRequest(path, res.statusCode));
+  const started = process.hrtime.bigint();
+  res.on('finish', () => countRequest(path, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
 
   if (!ROUTES.has(path)) return send(res, 404, 'not found\n');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -120,6 +181,6 @@ function start(port = PORT) {
   return server;
 }
 
-module.exports = { MESSAGE, createServer, renderMetrics, start };
+module.exports = { MESSAGE, REVISION, IMAGE_TAG, createServer, renderMetrics, start };
 
 if (require.main === module) start();

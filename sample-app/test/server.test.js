@@ -8,7 +8,7 @@ const http = require('node:http');
 const path = require('node:path');
 
 const SERVER = path.join(__dirname, '..', 'server.js');
-const { MESSAGE } = require(SERVER); // requiring does not start the server
+const { MESSAGE, REVISION } = require(SERVER); // requiring does not start the server
 
 let child;
 let port;
@@ -29,7 +29,7 @@ function get(urlPath, method = 'GET') {
 function startServer() {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [SERVER], {
-      env: { ...process.env, PORT: '0', HOSTNAME: 'test-pod-0' },
+      env: { ...process.env, PORT: '0', HOSTNAME: 'test-pod-0', DEVLOOP_IMAGE_TAG: 'dl-0123abcd' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
@@ -86,10 +86,60 @@ test('GET /metrics exposes Prometheus text format', async () => {
   assert.match(res.body, /^# TYPE app_info gauge$/m);
   const version = require('../package.json').version;
   assert.ok(
-    res.body.includes(`app_info{version="${version}",node_version="${process.version}"} 1\n`),
+    res.body.includes(
+      `app_info{version="${version}",revision="${REVISION}",image_tag="dl-0123abcd",node_version="${process.version}"} 1\n`,
+    ),
     res.body,
   );
   assert.match(res.body, /^process_uptime_seconds \d+(\.\d+)?$/m);
+});
+
+function sample(body, name, labels) {
+  const line = body.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+test('GET /metrics has a latency histogram by path and status', async () => {
+  await get('/nope');
+  await get('/nope');
+  const res = await get('/metrics');
+  assert.match(res.body, /^# TYPE http_request_duration_seconds histogram$/m);
+  const labels = 'path="other",status="404"';
+  const count = sample(res.body, 'http_request_duration_seconds_count', labels);
+  assert.ok(count >= 2, res.body);
+  assert.strictEqual(count, sample(res.body, 'http_requests_total', labels));
+  assert.strictEqual(sample(res.body, 'http_request_duration_seconds_bucket', `${labels},le="+Inf"`), count);
+  // buckets are cumulative and end at the count; a local request is fast, so it is in the 10 s bucket
+  const buckets = [...res.body.matchAll(/^http_request_duration_seconds_bucket\{path="other",status="404",le="([^"]+)"\} (\d+)$/gm)];
+  assert.strictEqual(buckets.length, 12, res.body);
+  const counts = buckets.map((m) => Number(m[2]));
+  counts.forEach((c, i) => assert.ok(i === 0 || c >= counts[i - 1], `bucket ${buckets[i][1]} decreases: ${counts}`));
+  assert.strictEqual(sample(res.body, 'http_request_duration_seconds_bucket', `${labels},le="10"`), count);
+  const sum = sample(res.body, 'http_request_duration_seconds_sum', labels);
+  assert.ok(sum > 0 && sum < count * 10, `sum ${sum}`);
+});
+
+test('the revision changes with the source (what a rollout of an edit shows)', () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const { execFileSync } = require('node:child_process');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sample-app-'));
+  try {
+    fs.copyFileSync(path.join(__dirname, '..', 'package.json'), path.join(dir, 'package.json'));
+    const source = fs.readFileSync(SERVER, 'utf8');
+    const revisionOf = (text) => {
+      fs.writeFileSync(path.join(dir, 'server.js'), text);
+      return execFileSync(process.execPath, ['-p', `require(${JSON.stringify(path.join(dir, 'server.js'))}).REVISION`], {
+        encoding: 'utf8',
+      }).trim();
+    };
+    assert.strictEqual(revisionOf(source), REVISION);
+    const edited = revisionOf(source.replace(MESSAGE, 'Hello from devloop sample-app v2'));
+    assert.match(edited, /^[0-9a-f]{12}$/);
+    assert.notStrictEqual(edited, REVISION);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('SIGTERM stops the server promptly with exit code 0', async () => {

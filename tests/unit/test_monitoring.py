@@ -1,0 +1,315 @@
+"""devloop.monitoring: the Prometheus manifests, ensure/remove against a fake Kube adapter, queries and stats."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from devloop import monitoring as mon
+from devloop.config import MonitoringConfig
+from devloop.errors import StepFailed
+from devloop.output import Output
+from devloop.proc import Background, Result
+
+NS = "shop"
+CFG = MonitoringConfig(enabled=True, config_map="my-scrape-config", image="devloop-test/prometheus:bookworm")
+USER_CM = {"metadata": {"name": "my-scrape-config"}, "data": {"prometheus.yml": "scrape_configs: []\n"}}
+
+
+class FakeRunner:
+    """Answers `kubectl get --raw <service proxy query>` from a PromQL → answer table."""
+
+    def __init__(self, answers: Mapping[str, str] | None = None, fail: str = "") -> None:
+        self.answers = dict(answers or {})
+        self.fail = fail
+        self.calls: list[list[str]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        argv = list(argv)
+        self.calls.append(argv)
+        if self.fail:
+            return Result(tuple(argv), 1, "", self.fail)
+        path = argv[argv.index("--raw") + 1]
+        promql = parse_qs(urlsplit(path).query)["query"][0]
+        if promql not in self.answers:
+            raise AssertionError(f"unexpected query {promql!r}")
+        return Result(tuple(argv), 0, self.answers[promql], "")
+
+    def spawn(self, argv: Sequence[str], *, on_line: Callable[[str], None], env: Mapping[str, str] | None = None) -> Background:
+        raise AssertionError("monitoring must not start background processes")
+
+
+class FakeKube:
+    """The part of the Kube adapter monitoring uses. The Deployment becomes ready after `ready_after` polls."""
+
+    def __init__(self, configmap: dict[str, Any] | None = USER_CM, ready_after: int = 2, pod: dict[str, Any] | None = None) -> None:
+        self.context = "kind-devloop"
+        self.runner = FakeRunner()
+        self.configmap = configmap
+        self.ready_after = ready_after
+        self.pod = pod or {"metadata": {"name": "devloop-prometheus-abc"}, "status": {"phase": "Pending"}}
+        self.applied: list[tuple[str, list[dict[str, Any]]]] = []
+        self.deleted: list[tuple[str, list[dict[str, Any]]]] = []
+        self.polls = 0
+
+    def apply(self, yaml_text: str, namespace: str) -> list[str]:
+        docs = list(yaml.safe_load_all(yaml_text))
+        self.applied.append((namespace, docs))
+        return [f"{d['kind'].lower()}/{d['metadata']['name']} configured" for d in docs]
+
+    def delete(self, yaml_text: str, namespace: str) -> list[str]:
+        docs = list(yaml.safe_load_all(yaml_text))
+        self.deleted.append((namespace, docs))
+        return [f'{d["kind"].lower()} "{d["metadata"]["name"]}" deleted' for d in docs]
+
+    def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        if resource == "configmap":
+            assert (name, namespace) == ("my-scrape-config", NS)
+            return self.configmap
+        assert (resource, name, namespace) == ("deployment", "devloop-prometheus", NS)
+        if not self.applied:
+            return None
+        self.polls += 1
+        ready = 1 if self.polls >= self.ready_after else 0
+        return {
+            "metadata": {"generation": 1},
+            "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": ready},
+        }
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        assert dict(labels) == {"app.kubernetes.io/name": "devloop-prometheus"}
+        return [self.pod]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def make(kube: FakeKube) -> tuple[mon.Monitoring, Output, Clock]:
+    clock = Clock()
+    out = Output(json_mode=True, stdout=io.StringIO())
+    return mon.Monitoring(CFG, kube, NS, clock=clock.now, sleep=clock.sleep), out, clock
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs}
+
+
+# -- manifests -------------------------------------------------------------------------------------
+
+
+def test_render_is_what_the_issue_asks_for() -> None:
+    docs = by_kind(mon.render(CFG, NS, "abc123"))
+    assert sorted(docs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    for d in docs.values():
+        assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "devloop"
+    assert docs["ClusterRole"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = docs["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"] == "devloop-prometheus-shop"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "devloop-prometheus", "namespace": NS}]
+
+    dep = docs["Deployment"]
+    assert dep["metadata"]["namespace"] == NS and dep["spec"]["replicas"] == 1
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"] == "devloop-prometheus"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (c,) = pod["containers"]
+    assert c["image"] == "devloop-test/prometheus:bookworm"
+    assert c["resources"] == {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"cpu": "300m", "memory": "256Mi"}}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": 9090}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in c["args"]
+    assert "--storage.tsdb.path=/prometheus" in c["args"]
+    assert "--web.listen-address=:9090" in c["args"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert volumes["config"]["configMap"] == {"name": "my-scrape-config"} and mounts["config"] == "/etc/prometheus"
+    assert "emptyDir" in volumes["data"] and mounts["data"] == "/prometheus"
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {mon.CONFIG_HASH: "abc123"}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
+
+    svc = docs["Service"]
+    assert svc["metadata"]["name"] == "devloop-prometheus"
+    assert svc["spec"]["ports"][0]["port"] == 9090 and svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_render_never_contains_the_users_configmap() -> None:
+    text = mon.render_yaml(CFG, NS)
+    kinds = [d["kind"] for d in yaml.safe_load_all(text)]
+    assert "ConfigMap" not in kinds
+
+
+def test_config_hash_follows_the_users_configmap() -> None:
+    a = mon.config_hash(USER_CM)
+    assert a == mon.config_hash({"data": dict(USER_CM["data"])})
+    assert a != mon.config_hash({"data": {"prometheus.yml": "scrape_configs: [{job_name: x}]\n"}})
+
+
+# -- ensure / remove -------------------------------------------------------------------------------
+
+
+def test_ensure_applies_and_waits_until_ready() -> None:
+    kube = FakeKube(ready_after=3)
+    m, out, clock = make(kube)
+    assert m.ensure(out) is True
+    ((ns, docs),) = kube.applied
+    assert ns == NS and len(docs) == 5
+    dep = by_kind(docs)["Deployment"]
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {mon.CONFIG_HASH: mon.config_hash(USER_CM)}
+    assert kube.polls == 3
+    ready = [e for e in out.events if e["event"] == "info" and "Prometheus ready" in e["message"]]
+    assert len(ready) == 1 and "devloop-prometheus:9090 in namespace shop" in ready[0]["message"]
+    assert clock.t == 2 and "ready in 2.0s" in ready[0]["message"]
+    assert [e["message"] for e in out.events if e["event"] == "progress"][-1] == "Prometheus: 0 of 1 updated replicas available"
+
+
+def test_ensure_without_the_users_configmap_warns_and_deploys_nothing() -> None:
+    kube = FakeKube(configmap=None)
+    m, out, _ = make(kube)
+    assert m.ensure(out) is False
+    assert kube.applied == []
+    (warning,) = [e for e in out.events if e["event"] == "warning"]
+    assert "ConfigMap 'my-scrape-config' not found in namespace shop" in warning["message"]
+    assert "monitoring.enabled: false" in warning["hint"]
+
+
+def test_ensure_with_a_configmap_lacking_prometheus_yml_warns() -> None:
+    kube = FakeKube(configmap={"data": {"prom.yaml": "x"}})
+    m, out, _ = make(kube)
+    assert m.ensure(out) is False
+    assert kube.applied == []
+    (warning,) = [e for e in out.events if e["event"] == "warning"]
+    assert "has no key prometheus.yml (it has: prom.yaml)" in warning["message"]
+
+
+def test_ensure_reports_an_image_that_cannot_be_pulled() -> None:
+    pod = {
+        "metadata": {"name": "devloop-prometheus-xyz"},
+        "status": {"containerStatuses": [{"name": "prometheus", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}}]},
+    }
+    m, out, _ = make(FakeKube(ready_after=99, pod=pod))
+    with pytest.raises(StepFailed) as e:
+        m.ensure(out)
+    assert "devloop-prometheus-xyz cannot start: ImagePullBackOff" in e.value.message
+    assert "build-prometheus.sh" in e.value.hint
+
+
+def test_ensure_gives_up_after_the_timeout_saying_why() -> None:
+    pod = {
+        "metadata": {"name": "devloop-prometheus-xyz"},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "Insufficient cpu"}]},
+    }
+    m, out, clock = make(FakeKube(ready_after=10_000, pod=pod))
+    with pytest.raises(StepFailed) as e:
+        m.ensure(out, timeout=30)
+    assert "not ready after 30s" in e.value.message and "Unschedulable: Insufficient cpu" in e.value.message
+    assert 30 <= clock.t <= 31
+
+
+def test_remove_deletes_what_ensure_applied_and_not_the_users_configmap() -> None:
+    kube = FakeKube()
+    m, out, _ = make(kube)
+    m.ensure(out)
+    lines = m.remove()
+    ((ns, docs),) = kube.deleted
+    applied = {(d["kind"], d["metadata"]["name"]) for d in kube.applied[0][1]}
+    assert ns == NS and {(d["kind"], d["metadata"]["name"]) for d in docs} == applied
+    assert 'deployment "devloop-prometheus" deleted' in lines
+    assert all(d["kind"] != "ConfigMap" for d in docs)
+
+
+# -- queries ---------------------------------------------------------------------------------------
+
+
+def vector(*samples: tuple[dict[str, str], str]) -> str:
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": [{"metric": m, "value": [1700000000.1, v]} for m, v in samples]}}
+    )
+
+
+def test_query_goes_through_the_api_server_proxy() -> None:
+    kube = FakeKube()
+    kube.runner.answers['up{job="kubernetes-pods"}'] = vector(({"pod": "web-1"}, "1"))
+    m, _, _ = make(kube)
+    assert m.query('up{job="kubernetes-pods"}') == [{"metric": {"pod": "web-1"}, "value": [1700000000.1, "1"]}]
+    (argv,) = kube.runner.calls
+    assert argv[:5] == ["kubectl", "--context", "kind-devloop", "get", "--raw"]
+    assert argv[5].startswith("/api/v1/namespaces/shop/services/devloop-prometheus:9090/proxy/api/v1/query?query=up%7Bjob%3D")
+
+
+def test_query_failures_are_step_failures_with_the_reason() -> None:
+    kube = FakeKube()
+    kube.runner.fail = 'Error from server (ServiceUnavailable): no endpoints available for service "devloop-prometheus"'
+    m, _, _ = make(kube)
+    with pytest.raises(StepFailed) as e:
+        m.query("up")
+    assert "no endpoints available" in e.value.message and "devloop up" in e.value.hint
+
+    with pytest.raises(StepFailed, match="parse error at char 3"):
+        mon.parse_response(json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error at char 3"}))
+    with pytest.raises(StepFailed, match="not JSON"):
+        mon.parse_response("<html>")
+
+
+def test_matchers_follow_the_labelmap_convention_and_quote_values() -> None:
+    assert mon.matchers({"app": "web-app"}, "default") == 'app="web-app",namespace="default"'
+    assert mon.matchers({"app.kubernetes.io/name": 'we"ird'}) == 'app_kubernetes_io_name="we\\"ird"'
+
+
+def test_service_stats_from_prometheus_answers() -> None:
+    q = mon.queries({"app": "web-app"}, "default")
+    assert q["rps"] == 'sum(rate(http_requests_total{app="web-app",namespace="default",path!~"/metrics|/healthz"}[1m]))'
+    kube = FakeKube()
+    kube.runner.answers.update(
+        {
+            q["rps"]: vector(({}, "4")),
+            q["errors"]: vector(({}, "1")),
+            q["p95"]: vector(({}, "0.0125")),
+            q["versions"]: vector(
+                ({"version": "1.0.0", "revision": "aaa", "image_tag": "dl-old"}, "1"),
+                ({"version": "1.0.0", "revision": "bbb", "image_tag": "dl-new"}, "2"),
+            ),
+        }
+    )
+    m, _, _ = make(kube)
+    stats = m.service_stats({"app": "web-app"}, "default")
+    assert stats.rps == 4 and stats.error_ratio == 0.25 and stats.p95_seconds == 0.0125
+    assert [(v.labels["image_tag"], v.pods) for v in stats.versions] == [("dl-new", 2), ("dl-old", 1)]
+    assert stats.human() == "4.00 req/s, 25.0% errors, p95 12ms; serving dl-new 1.0.0 bbb (2 pods), dl-old 1.0.0 aaa (1 pod)"
+    assert stats.as_dict()["versions"][0] == {"version": "1.0.0", "revision": "bbb", "image_tag": "dl-new", "pods": 2}
+    assert stats.as_dict()["errorRatio"] == 0.25
+
+
+def test_service_stats_without_traffic_or_metrics() -> None:
+    idle = mon.stats_from({"rps": [{"metric": {}, "value": [1, "0"]}], "errors": [], "p95": [{"metric": {}, "value": [1, "NaN"]}]})
+    assert idle.rps == 0 and idle.error_ratio is None and idle.p95_seconds is None
+    assert idle.human() == "0.00 req/s, no traffic; serving no app_info"
+    unscraped = mon.stats_from({"rps": [], "errors": [], "p95": [], "versions": []})
+    assert unscraped.rps is None and unscraped.as_dict() == {"rps": None, "errorRatio": None, "p95Seconds": None, "versions": []}
+    assert unscraped.human().startswith("no request metrics yet")
+    no_errors = mon.stats_from({"rps": [{"metric": {}, "value": [1, "2.5"]}], "errors": []})
+    assert no_errors.error_ratio == 0.0
