@@ -8,6 +8,8 @@ What it needs, and where it comes from:
   else devloop-test/node-base:bookworm from tests/images/build-node-base.sh.
 - the local registry image: DEVLOOP_TEST_REGISTRY_IMAGE (registry:2 on a laptop), else
   devloop-test/registry:bookworm from tests/images/build-registry.sh (Debian's docker-registry).
+- the Prometheus image for monitoring: DEVLOOP_TEST_PROMETHEUS_IMAGE (prom/prometheus on a laptop),
+  else devloop-test/prometheus:bookworm from tests/images/build-prometheus.sh (Debian's prometheus).
 - hosts that refuse `docker run --privileged` (this CI) get tests/e2e/kind/bin/docker first on
   PATH, for the devloop process only: it rewrites kind's --privileged. Detected, or forced with
   DEVLOOP_E2E_DOCKER_WRAPPER=1/0. The product never knows.
@@ -64,6 +66,7 @@ class Harness:
     kubectl: str
     registry_image: str
     context: str = CONTEXT
+    prometheus_image: str = "devloop-test/prometheus:bookworm"
 
     def kubectl_json(self, *args: str) -> dict[str, Any]:
         out = subprocess.run(
@@ -95,6 +98,9 @@ def make_harness() -> Harness:
     registry_image = os.environ.get("DEVLOOP_TEST_REGISTRY_IMAGE", "devloop-test/registry:bookworm")
     if registry_image == "devloop-test/registry:bookworm":
         subprocess.run(["bash", str(REPO / "tests" / "images" / "build-registry.sh")], check=True, stdout=subprocess.DEVNULL)
+    prometheus_image = os.environ.get("DEVLOOP_TEST_PROMETHEUS_IMAGE", "devloop-test/prometheus:bookworm")
+    if prometheus_image == "devloop-test/prometheus:bookworm":
+        subprocess.run(["bash", str(REPO / "tests" / "images" / "build-prometheus.sh")], check=True, stdout=subprocess.DEVNULL)
     kind_image = os.environ.get("DEVLOOP_E2E_KIND_IMAGE", "")
     path = [str(CACHE / "bin")]
     if shutil.which("kind") is None or not kind_image:
@@ -107,7 +113,14 @@ def make_harness() -> Harness:
     env["PATH"] = os.pathsep.join([*path, env["PATH"]])
     kubectl = shutil.which("kubectl", path=env["PATH"])
     assert kubectl, "kubectl is needed for the e2e tests"
-    return Harness(env=env, kind_image=kind_image, node_base=node_base, kubectl=kubectl, registry_image=registry_image)
+    return Harness(
+        env=env,
+        kind_image=kind_image,
+        node_base=node_base,
+        kubectl=kubectl,
+        registry_image=registry_image,
+        prometheus_image=prometheus_image,
+    )
 
 
 def pump_json_lines(stream: IO[str], into: queue.Queue[dict[str, Any]], raw: list[str] | None = None) -> None:
