@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -122,11 +122,27 @@ def up(ctx: typer.Context) -> None:
             results = engine.up()
         failed = [r.service for r in results if not r.ok]
         lines = []
-        answers = {}
+        summary: list[dict[str, Any]] = []
         for r in results:
             svc = cfg.service(r.service)
+            forwards: list[dict[str, Any]] = []
+            entry: dict[str, Any] = {
+                "service": r.service,
+                "ok": r.ok,
+                "image": str(r.image) if r.image else None,
+                "ready_pods": r.ready_pods,
+                "built": r.built,
+                "published": r.published,
+                "phases": r.phases,
+                "outcome": r.outcome,
+                "error": r.error.message if r.error else None,
+                "forwards": forwards,
+            }
+            summary.append(entry)
             if not r.ok:
-                lines.append(f"[red]failed:[/red] {r.service} ({r.error.phase if r.error else '?'})")
+                lines.append(
+                    f"[red]failed:[/red] {r.service} in {r.error.phase if r.error else '?'}" + (f"; {r.outcome}" if r.outcome else "")
+                )
                 continue
             lines.append(f"[green]ready:[/green] {r.service} runs {r.image} ({len(r.ready_pods)} pods ready)")
             ns = engine.namespace(svc)
@@ -134,7 +150,9 @@ def up(ctx: typer.Context) -> None:
                 # an honest "ready": one request through the Service, on a throwaway local port
                 probe = PortForward(engine.kube, out, ns, f.service, f.port, free_port(), label=svc.name)
                 answer = probe.probe()
-                answers[f"{svc.name}/{f.service}"] = answer[0] if answer else None
+                forwards.append(
+                    {"service": f.service, "http_status": answer[0] if answer else None, "response": answer[1] if answer else None}
+                )
                 if answer is None:
                     out.warn(f"{svc.name}: service {f.service} did not answer through a port-forward", probe.why_no_answer())
                 else:
@@ -145,26 +163,7 @@ def up(ctx: typer.Context) -> None:
                 )
         if failed:
             lines.append(f"[red]{len(failed)} of {len(results)} services failed:[/red] {', '.join(failed)}")
-        out.result(
-            "up",
-            "\n".join(lines),
-            ok=not failed,
-            failed=failed,
-            answers=answers,
-            services=[
-                {
-                    "service": r.service,
-                    "ok": r.ok,
-                    "image": str(r.image) if r.image else None,
-                    "ready_pods": r.ready_pods,
-                    "built": r.built,
-                    "published": r.published,
-                    "phases": r.phases,
-                    "outcome": r.outcome,
-                }
-                for r in results
-            ],
-        )
+        out.result("up", "\n".join(lines), ok=not failed, failed=failed, services=summary)
         return EXIT_FAILED if failed else EXIT_OK
 
     _run(ctx, body)

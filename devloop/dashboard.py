@@ -14,6 +14,7 @@ triggered by another site the developer has open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import heapq
 import json
@@ -76,10 +77,10 @@ class _ServiceView:
     seen: bool = False  # an event named it
 
     def cycle_record(self, number: int, ts: float) -> dict[str, Any]:
-        for c in reversed(self.cycles):
-            if c["cycle"] == number:
-                return c
-        c = {
+        known = next((c for c in self.cycles if c["cycle"] == number), None)
+        if known is not None:
+            return known
+        c: dict[str, Any] = {
             "cycle": number,
             "ts": ts,
             "reason": "",
@@ -105,6 +106,11 @@ class _Client:
     items: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     notified: bool = False
     overflow: bool = False
+
+
+def _wake(client: _Client) -> None:
+    with contextlib.suppress(RuntimeError):  # its loop has closed: the server is stopping
+        client.loop.call_soon_threadsafe(client.wake.set)
 
 
 def _sse(record: Mapping[str, Any], seq: int | None = None, event: str | None = None) -> str:
@@ -284,10 +290,7 @@ class Dashboard:
             client.items.append((seq, record))
         if not client.notified:
             client.notified = True
-            try:
-                client.loop.call_soon_threadsafe(client.wake.set)
-            except RuntimeError:  # its loop has closed: the server is stopping
-                pass
+            _wake(client)
 
     def _recent(self) -> list[tuple[int, dict[str, Any]]]:
         return list(heapq.merge(*(list(b) for b in self._history.values()), key=lambda item: item[0]))
@@ -509,10 +512,7 @@ class Dashboard:
             self._closing = True
             clients = list(self._clients)
         for client in clients:
-            try:
-                client.loop.call_soon_threadsafe(client.wake.set)
-            except RuntimeError:
-                pass
+            _wake(client)
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

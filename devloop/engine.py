@@ -70,6 +70,7 @@ class ServiceResult:
     published: bool = False
     synced: bool = False
     outcome: str = ""  # after a failure: what serves now (checked), e.g. "rolled back to X, which serves again"
+    rolled_back: bool = False  # the previous version was rolled out again and serves
 
 
 @dataclass
@@ -361,7 +362,7 @@ class Engine:
             result.built = self.build(svc, ref)
         self.out.phase_done("build", result.phases["build"], "built" if result.built else "up to date", service=svc.name)
         with self._phase(svc.name, result, "publish"):
-            result.published = self.publisher.publish(ref, lambda m: self.out.detail(m, service=svc.name))
+            result.published = self.publisher.publish(ref, lambda m: self.out.info(f"{svc.name}: {m}", service=svc.name))
         self.out.phase_done("publish", result.phases["publish"], "pushed" if result.published else "already there", service=svc.name)
         with self._phase(svc.name, result, "deploy"):
             applied = self.deploy(svc, deployed, ref)
@@ -371,7 +372,7 @@ class Engine:
             with self._phase(svc.name, result, "rollout"):
                 result.ready_pods, revision = self.wait_ready(svc, deployed, ref)
         except CycleFailed as e:
-            result.outcome = self._after_failure(svc, deployed, st, ref)
+            result.outcome, result.rolled_back, result.ready_pods = self._after_failure(svc, deployed, st, ref)
             raise e from None
         self.out.phase_done(
             "rollout", result.phases["rollout"], f"{len(result.ready_pods)}/{deployed.replicas} pods ready", service=svc.name
@@ -458,28 +459,29 @@ class Engine:
         """How many ready pods run this version right now (asked, not assumed)."""
         return sum(1 for p in self.kube.pods(deployed.namespace, deployed.selector) if pod_ready(p) and ref.cluster in pod_images(p))
 
-    def _after_failure(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, failed: ImageRef) -> str:
+    def _after_failure(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, failed: ImageRef) -> tuple[str, bool, list[str]]:
         """After a failed rollout: find out what serves, and roll back when Kubernetes did not keep
-        the previous version serving (deploy.onFailure: rollback). Returns what was checked."""
+        the previous version serving (deploy.onFailure: rollback). Returns (what was checked,
+        whether it rolled back, the pods serving after the rollback)."""
         good = st.good
         if self._stop.is_set():
-            return ""
+            return "", False, []
         if good is None or good == failed:
-            return "nothing to roll back to: no version of this service has served yet"
+            return "nothing to roll back to: no version of this service has served yet", False, []
         want = deployed.replicas
         ready = self.serving(deployed, good)
         if ready >= want:
-            return f"{good.tag} keeps serving ({ready}/{want} ready pods run it; Kubernetes held the rollout)"
+            return f"{good.tag} keeps serving ({ready}/{want} ready pods run it; Kubernetes held the rollout)", False, []
         if svc.deploy.on_failure == "keep":
-            return f"deploy.onFailure is keep: only {ready}/{want} ready pods run {good.tag}"
+            return f"deploy.onFailure is keep: only {ready}/{want} ready pods run {good.tag}", False, []
         self.out.info(f"{svc.name}: only {ready}/{want} ready pods run {good.tag}; rolling back", service=svc.name)
         try:
             self.kube.rollout_undo(svc.deployment, deployed.namespace, st.good_revision)
             pods, revision = self.wait_ready(svc, deployed, good)
         except DevloopError as e:
-            return f"rollback to {good.tag} failed: {e.message}"
+            return f"rollback to {good.tag} failed: {e.message}", False, []
         st.applied, st.healthy, st.good_revision = good, True, revision
-        return f"rolled back to {good.tag}, which serves again ({len(pods)}/{want} pods ready)"
+        return f"rolled back to {good.tag}, which serves again ({len(pods)}/{want} pods ready)", True, pods
 
     def sync(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, files: tuple[str, ...]) -> list[str]:
         """Copy files into every ready replica and restart the app there. Returns the pods, or

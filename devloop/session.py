@@ -238,7 +238,7 @@ class DevSession:
             svc = self.config.service(r.service)
             if r.synced:
                 self._watch_pods(svc)
-            elif r.ok and not r.skipped:
+            elif (r.ok and not r.skipped) or r.rolled_back:
                 self._ready(svc, r.ready_pods)
             elif first and r.ok:
                 self._ready(svc, self._current_pods(svc))

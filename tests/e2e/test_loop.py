@@ -72,6 +72,11 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def up_service(events: list[dict[str, Any]], name: str = "web-app") -> dict[str, Any]:
+    up = next(e for e in events if e["event"] == "up")
+    return next(s for s in up["services"] if s["service"] == name)
+
+
 def cycle_done(ok: bool) -> Any:
     return lambda e: e["event"] == "cycle_done" and e["ok"] is ok
 
@@ -82,10 +87,11 @@ def test_up_from_nothing(harness: Harness, project: Path) -> None:
     assert code == 0, output
     assert CLUSTER in harness.kind_clusters()
     done = [e for e in events if e["event"] == "cycle_done"][-1]
-    assert done["ok"] and set(done["phases"]) >= {"build", "load", "deploy", "rollout"}
-    up = next(e for e in events if e["event"] == "up")
-    assert up["built"] and up["loaded"] and len(up["ready_pods"]) == 3
-    assert up["http_status"] == 200 and up["response"].strip() == V1  # through devloop's port-forward
+    assert done["ok"] and done["service"] == "web-app" and set(done["phases"]) >= {"build", "publish", "deploy", "rollout"}
+    up = up_service(events)
+    assert up["built"] and up["published"] and len(up["ready_pods"]) == 3
+    forward = up["forwards"][0]
+    assert forward["http_status"] == 200 and forward["response"].strip() == V1  # through devloop's port-forward
     dep = harness.kubectl_json("get", "deployment", "web-app")
     assert dep["status"]["readyReplicas"] == 3
     container = dep["spec"]["template"]["spec"]["containers"][0]
@@ -101,8 +107,8 @@ def test_up_from_nothing(harness: Harness, project: Path) -> None:
 def test_second_up_rebuilds_and_loads_nothing(harness: Harness, project: Path) -> None:
     code, events, output = run_cli(harness, project, "up")
     assert code == 0, output
-    up = next(e for e in events if e["event"] == "up")
-    assert up["built"] is False and up["loaded"] is False
+    up = up_service(events)
+    assert up["built"] is False and up["published"] is False
     assert len(up["ready_pods"]) == 3
 
 
@@ -110,7 +116,9 @@ def test_status_reports_ready_replicas(harness: Harness, project: Path) -> None:
     code, events, output = run_cli(harness, project, "status")
     assert code == 0, output
     status = next(e for e in events if e["event"] == "status")
-    assert status["ready"] == 3 and status["replicas"] == 3 and status["healthy"]
+    (svc,) = status["services"]
+    assert svc["ready"] == 3 and svc["replicas"] == 3 and svc["healthy"] and status["healthy"]
+    assert all(not p["failing"] for p in svc["pods"])
 
 
 def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: Harness, project: Path, run_devloop: Any) -> None:
@@ -125,7 +133,7 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the edit's cycle")
     assert done["ok"], done["error"]
     assert done["files"] == ["server.js"]
-    assert set(done["phases"]) >= {"build", "load", "deploy", "rollout"}
+    assert set(done["phases"]) >= {"build", "publish", "deploy", "rollout"}
     d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the rollout")
     assert {get(port)[1] for _ in range(6)} == {"Hello from devloop sample-app v2"}
     answers = served_by_every_pod(harness)
@@ -137,6 +145,7 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     assert not failed["ok"] and failed["error"]["phase"] == "rollout"
     assert "CrashLoopBackOff" in failed["error"]["message"] or "exited with code" in failed["error"]["message"]
     assert any("SyntaxError" in line for line in failed["error"]["details"]), failed["error"]
+    assert "keeps serving (3/3 ready pods run it" in failed["outcome"], failed  # checked, not assumed (readiness probes)
     assert {get(port)[1] for _ in range(6)} == {"Hello from devloop sample-app v2"}
 
     # 3. a Dockerfile that fails to build: the failing step is named, nothing is deployed
@@ -183,11 +192,11 @@ def test_kind_load_path_without_registry(harness: Harness, project: Path) -> Non
         server.write_text(text.replace(current, "const MESSAGE = 'Hello via kind load';"))
         code, events, output = run_cli(harness, project, "up")
         assert code == 0, output
-        up = next(e for e in events if e["event"] == "up")
-        assert up["loaded"] and not up["image"].startswith("localhost:")
-        assert up["response"].strip() == "Hello via kind load"
+        up = up_service(events)
+        assert up["published"] and not up["image"].startswith("localhost:")
+        assert up["forwards"][0]["response"].strip() == "Hello via kind load"
         code, events, output = run_cli(harness, project, "up")
-        assert code == 0 and next(e for e in events if e["event"] == "up")["loaded"] is False  # already on the node
+        assert code == 0 and up_service(events)["published"] is False  # already on the node
     finally:
         (project / "devloop.yaml").write_text(original)
 
@@ -242,10 +251,10 @@ def test_live_update_syncs_without_new_pods_and_survives_a_restart(harness: Harn
         (project / "devloop.yaml").write_text(original)
 
 
-@pytest.mark.parametrize("phase", ["build", "load", "deploy", "rollout"])
+@pytest.mark.parametrize("phase", ["build", "publish", "deploy", "rollout"])
 def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Harness, project: Path, run_devloop: Any, phase: str) -> None:
     config_before = (project / "devloop.yaml").read_text()
-    if phase == "load":  # the kind-load path: docker save + kind load image-archive take seconds
+    if phase == "publish":  # the kind-load path: docker save + kind load image-archive take seconds
         set_config(project, registry=f"{{enabled: false, image: {harness.registry_image}}}")
     d: Devloop = run_devloop("dev")
     d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 300, "the watcher to start")
@@ -284,8 +293,8 @@ def test_hundred_saves_in_a_second_make_at_most_two_cycles_and_the_last_is_serve
     from devloop import config as config_mod
     from devloop.images import ContextHasher, content_tag
 
-    cfg = config_mod.load(None, project)
-    want = content_tag(ContextHasher().digest(cfg.image.context, cfg.image.dockerfile, cfg.image.build_args))
+    img = config_mod.load(None, project).services[0].image
+    want = content_tag(ContextHasher().digest(img.context, img.dockerfile, img.build_args))
     done = d.wait_for(
         lambda e: e["event"] == "cycle_done" and e["ok"] and str(e["image"]).endswith(want), 300, "the cycle of the last save"
     )
