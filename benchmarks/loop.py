@@ -204,7 +204,7 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
                 {
                     "detect": start["ts"] - t0,
                     "build": ph.get("build", 0.0) + ph.get("plan", 0.0),
-                    "load": ph.get("load", 0.0),
+                    "load": ph.get("publish", 0.0),
                     "rollout": ph.get("deploy", 0.0) + ph.get("rollout", 0.0) + ph.get("sync", 0.0),
                     "first": first - t0,
                     "total": all_new - t0,
