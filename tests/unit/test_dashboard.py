@@ -1,0 +1,410 @@
+"""The dashboard's server, over real HTTP on 127.0.0.1 (port 0), fed through a real Output."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from devloop import dashboard as dash
+from devloop.dashboard import Dashboard, DashboardPortTaken
+from devloop.errors import CycleFailed, DevloopError
+from devloop.output import Output
+
+TIMEOUT = 10.0  # a generous bound for a local answer; a test that hits it fails rather than hangs
+
+
+class Harness:
+    def __init__(self, out: Output, snapshot: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.out = out
+        self.rebuilds: list[str] = []
+        self.pods: dict[str, list[dict[str, Any]]] = {"web": [], "api": []}
+        self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, snapshot=snapshot or self.snapshot)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"services": {name: {"healthy": False, "good": None, "pods": pods} for name, pods in self.pods.items()}}
+
+    def request(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=TIMEOUT)
+        try:
+            conn.request(method, path, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def state(self) -> dict[str, Any]:
+        status, body = self.request("GET", "/api/state")
+        assert status == 200, body
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def service(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = next(s for s in self.state()["services"] if s["name"] == name)
+        return found
+
+
+class Stream:
+    """A reader of the server-sent event stream."""
+
+    def __init__(self, port: int, headers: Mapping[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.conn.request("GET", "/api/events", headers=dict(headers or {}))
+        self.resp = self.conn.getresponse()
+
+    def next(self) -> tuple[str, dict[str, Any]]:
+        """The next event (name, data); keep-alive comments are skipped."""
+        name, data = "message", ""
+        while True:
+            raw = self.resp.readline()
+            if not raw:
+                raise EOFError("the stream ended")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if data:
+                    return name, json.loads(data)
+                continue
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+
+    def until(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        while True:
+            _, data = self.next()
+            if pred(data):
+                return data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def out() -> Output:
+    return Output(stdout=io.StringIO(), stderr=io.StringIO())
+
+
+@pytest.fixture
+def h(out: Output) -> Iterator[Harness]:
+    harness = Harness(out)
+    harness.d.start()
+    yield harness
+    harness.d.stop()
+
+
+def publish_good_cycle(out: Output, number: int = 1, service: str = "web") -> None:
+    out.cycle_start(number, "image source changed", ["server.js"], services=[service])
+    for phase, seconds in (("build", 1.5), ("publish", 0.25), ("deploy", 0.1), ("rollout", 2.0)):
+        out.phase_start(phase, service=service)
+        out.phase_done(phase, seconds, service=service)
+    out.cycle_done(
+        number,
+        phases={"build": 1.5, "publish": 0.25, "deploy": 0.1, "rollout": 2.0},
+        total=3.9,
+        image=f"localhost:5001/{service}:dl-{number}",
+        files=["server.js"],
+        reason="image source changed",
+        service=service,
+    )
+
+
+def publish_failed_cycle(out: Output, number: int = 2, service: str = "api") -> None:
+    out.cycle_start(number, "image source changed", ["api/main.py"], services=[service])
+    out.phase_start("build", service=service)
+    out.phase_done("build", 0.8, service=service)
+    out.phase_start("rollout", service=service)
+    err = CycleFailed("rollout", f"pod {service}-x: CrashLoopBackOff", "fix the code and save", details=["SyntaxError: oops"])
+    out.cycle_done(
+        number,
+        phases={"build": 0.8, "rollout": 6.0},
+        total=6.8,
+        image=None,
+        error=err,
+        files=["api/main.py"],
+        service=service,
+        outcome="api:dl-1 keeps serving",
+    )
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+def test_cycles_published_through_output_show_in_state(h: Harness) -> None:
+    publish_good_cycle(h.out, 1, "web")
+    publish_failed_cycle(h.out, 2, "api")
+    web, api = h.service("web"), h.service("api")
+
+    assert web["state"] == "ready" and web["error"] is None
+    assert web["image"] == "localhost:5001/web:dl-1"
+    [cycle] = web["cycles"]
+    assert cycle["files"] == ["server.js"] and cycle["ok"] is True
+    assert cycle["phases"] == {"build": 1.5, "publish": 0.25, "deploy": 0.1, "rollout": 2.0}
+
+    assert api["state"] == "failed"
+    assert api["error"]["phase"] == "rollout"
+    assert api["error"]["message"] == "pod api-x: CrashLoopBackOff"
+    assert api["error"]["hint"] == "fix the code and save"
+    assert api["error"]["outcome"] == "api:dl-1 keeps serving"
+    assert api["cycles"][-1]["phases"] == {"build": 0.8, "rollout": 6.0}
+
+
+def test_state_follows_the_running_phase(h: Harness) -> None:
+    h.out.cycle_start(1, "image source changed", ["server.js"], services=["web"])
+    assert h.service("web")["state"] == "queued"
+    h.out.phase_start("build", service="web")
+    assert h.service("web")["state"] == "building"
+    h.out.phase_done("build", 1.0, service="web")
+    h.out.phase_start("publish", service="web")
+    assert h.service("web")["state"] == "publishing"
+    h.out.phase_done("publish", 0.5, service="web")
+    h.out.phase_start("rollout", service="web")
+    h.out.progress("web", "1/2 pods ready")
+    web = h.service("web")
+    assert web["state"] == "rolling out" and web["progress"] == "1/2 pods ready"
+    assert web["cycles"][-1]["ok"] is None  # still running, its finished phases already drawn
+    assert web["cycles"][-1]["phases"] == {"build": 1.0, "publish": 0.5}
+
+
+def test_a_success_after_a_failure_clears_the_reason(h: Harness) -> None:
+    publish_failed_cycle(h.out, 1, "web")
+    assert h.service("web")["state"] == "failed"
+    publish_good_cycle(h.out, 2, "web")
+    web = h.service("web")
+    assert web["state"] == "ready" and web["error"] is None
+    assert [c["ok"] for c in web["cycles"]] == [False, True]
+
+
+def test_pods_from_the_snapshot_and_forwards_and_logs_from_events(h: Harness) -> None:
+    h.pods["web"] = [{"name": "web-abc", "ready": True, "restarts": 2}]
+    h.out.forward("http://127.0.0.1:8080", True, service="web")
+    h.out.pod_log("web-abc", "listening on :3000", service="web")
+    state = h.state()
+    web = next(s for s in state["services"] if s["name"] == "web")
+    assert web["pods"] == [{"name": "web-abc", "ready": True, "restarts": 2}]
+    assert web["forwards"] == [{"url": "http://127.0.0.1:8080", "ready": True, "message": ""}]
+    assert state["forwards"] == [{"service": "web", "url": "http://127.0.0.1:8080", "ready": True, "message": ""}]
+    assert [(entry["pod"], entry["line"]) for entry in web["logs"]] == [("web-abc", "listening on :3000")]
+
+
+def test_monitoring_samples_are_kept_per_service(h: Harness) -> None:
+    h.out._emit("metrics", None, service="web", rps=12.5, error_ratio=0.0, versions={"dl-1": 1.0})
+    h.out._emit("metrics", None, service="web", rps=11.0, error_ratio=0.25, versions={"dl-1": 0.5, "dl-2": 0.5})
+    samples = h.service("web")["metrics"]
+    assert [(s["rps"], s["error_ratio"], s["versions"]) for s in samples] == [
+        (12.5, 0.0, {"dl-1": 1.0}),
+        (11.0, 0.25, {"dl-1": 0.5, "dl-2": 0.5}),
+    ]
+
+
+def test_history_is_bounded(h: Harness) -> None:
+    for i in range(dash.LOG_LINES_PER_SERVICE + 50):
+        h.out.pod_log("web-abc", f"line {i}", service="web")
+    for n in range(1, dash.CYCLES_PER_SERVICE + 6):
+        publish_good_cycle(h.out, n, "web")
+    web = h.service("web")
+    assert len(web["logs"]) == dash.LOG_LINES_PER_SERVICE
+    assert web["logs"][-1]["line"] == f"line {dash.LOG_LINES_PER_SERVICE + 49}"
+    assert [c["cycle"] for c in web["cycles"]] == list(range(6, dash.CYCLES_PER_SERVICE + 6))
+
+
+def test_events_before_the_dashboard_existed_are_shown(out: Output) -> None:
+    publish_failed_cycle(out, 1, "api")
+    harness = Harness(out)
+    harness.d.start()
+    try:
+        assert harness.service("api")["state"] == "failed"
+    finally:
+        harness.d.stop()
+
+
+def test_a_failing_snapshot_still_serves_the_events(out: Output) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("kubectl went away")
+
+    harness = Harness(out, snapshot=broken)
+    harness.d.start()
+    try:
+        publish_good_cycle(out, 1, "web")
+        state = harness.state()
+        assert state["snapshot_error"] == "RuntimeError: kubectl went away"
+        assert [s["state"] for s in state["services"]] == ["ready"]
+    finally:
+        harness.d.stop()
+
+
+# -- the event stream ----------------------------------------------------------------------------
+
+
+def test_event_stream_sends_history_then_live_events_as_json_lines_do() -> None:
+    json_out = io.StringIO()
+    out = Output(json_mode=True, stdout=json_out, stderr=io.StringIO())
+    harness = Harness(out)
+    harness.d.start()
+    try:
+        publish_good_cycle(out, 1, "web")
+        stream = Stream(harness.d.port)
+        try:
+            assert stream.resp.status == 200
+            assert stream.resp.getheader("Content-Type", "").startswith("text/event-stream")
+            name, hello = stream.next()
+            assert name == "hello" and hello["url"] == harness.d.url
+            history = [stream.next()[1] for _ in range(hello["history"])]
+            out.pod_log("web-abc", "live line", service="web")
+            live = stream.until(lambda e: e["event"] == "log")
+            sent = [json.loads(line) for line in json_out.getvalue().splitlines()]
+            assert [*history, live] == sent  # the same records `--json` prints, in order
+            assert live["line"] == "live line"
+        finally:
+            stream.close()
+    finally:
+        harness.d.stop()
+
+
+def test_a_slow_page_never_blocks_devloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dash, "CLIENT_QUEUE", 100)
+    out = Output(json_mode=True, stdout=io.StringIO(), stderr=io.StringIO())
+    h = Harness(out)
+    h.d.start()
+    slow = Stream(h.d.port)  # connected, never read while devloop emits
+    line = "x" * 20_000
+    done = threading.Event()
+
+    def emit() -> None:
+        for i in range(1000):  # 20 MB: more than the socket buffers and the page's queue hold
+            out.pod_log("web-abc", f"{i} {line}", service="web")
+        done.set()
+
+    try:
+        t = threading.Thread(target=emit, daemon=True)
+        t.start()
+        t.join(TIMEOUT * 3)
+        assert done.is_set(), "publishing events waited for a page that does not read"
+        # The slow page was dropped (its browser reconnects and starts again from the history) ...
+        with pytest.raises(EOFError):
+            while True:
+                slow.next()
+        # ... and a new page gets the recent history and live events.
+        fresh = Stream(h.d.port)
+        try:
+            name, hello = fresh.next()
+            assert name == "hello" and hello["history"] == dash.LOG_LINES_PER_SERVICE
+            out.pod_log("web-abc", "after the flood", service="web")
+            assert fresh.until(lambda e: e.get("line") == "after the flood")["service"] == "web"
+        finally:
+            fresh.close()
+    finally:
+        slow.close()
+        h.d.stop()
+
+
+def test_stop_ends_open_streams_and_leaves_no_threads(out: Output) -> None:
+    before = set(threading.enumerate())
+    harness = Harness(out)
+    harness.d.start()
+    stream = Stream(harness.d.port)
+    assert stream.next()[0] == "hello"
+    status, _ = harness.request("GET", "/api/state")
+    assert status == 200
+    harness.d.stop()
+    with pytest.raises(EOFError):
+        while True:
+            stream.next()
+    stream.close()
+    assert set(threading.enumerate()) - before == set()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", harness.d.port), timeout=TIMEOUT):
+        pass
+
+
+# -- actions and origins -------------------------------------------------------------------------
+
+
+def test_rebuild_now_calls_on_rebuild(h: Harness) -> None:
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url})
+    assert status == 202, body
+    assert json.loads(body) == {"service": "web", "rebuild": "queued"}
+    status, _ = h.request("POST", "/api/services/api/rebuild", {"Origin": f"http://localhost:{h.d.port}"})
+    assert status == 202
+    assert h.rebuilds == ["web", "api"]
+
+
+def test_rebuild_of_an_unknown_service_is_404(h: Harness) -> None:
+    status, body = h.request("POST", "/api/services/nope/rebuild", {"Origin": h.d.url})
+    assert status == 404
+    assert json.loads(body) == {"error": "unknown service 'nope'", "services": ["web", "api"]}
+    assert h.rebuilds == []
+
+
+def test_rebuild_only_by_post(h: Harness) -> None:
+    status, _ = h.request("GET", "/api/services/web/rebuild")
+    assert status == 405
+    assert h.rebuilds == []
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "https://127.0.0.1"])
+def test_foreign_origin_cannot_rebuild(h: Harness, origin: str) -> None:
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": origin})
+    assert status == 403
+    assert b"refused a request from origin" in body
+    assert h.rebuilds == []
+
+
+def test_cross_site_form_post_without_origin_is_refused(h: Harness) -> None:
+    status, _ = h.request("POST", "/api/services/web/rebuild", {"Sec-Fetch-Site": "cross-site"})
+    assert status == 403
+    assert h.rebuilds == []
+
+
+def test_foreign_origin_cannot_read_the_stream_or_state(h: Harness) -> None:
+    stream = Stream(h.d.port, {"Origin": "http://evil.example"})
+    try:
+        assert stream.resp.status == 403
+    finally:
+        stream.close()
+    status, _ = h.request("GET", "/api/state", {"Origin": "http://evil.example"})
+    assert status == 403
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1:1", "0.0.0.0:{port}"])
+def test_dns_rebinding_host_is_refused(h: Harness, host: str) -> None:
+    for path in ("/", "/api/state"):
+        status, body = h.request("GET", path, {"Host": host.format(port=h.d.port)})
+        assert status == 403, path
+        assert b"refused Host" in body
+
+
+def test_the_page_itself(h: Harness) -> None:
+    for host in (f"127.0.0.1:{h.d.port}", f"localhost:{h.d.port}"):
+        status, body = h.request("GET", "/", {"Host": host})
+        assert status == 200
+    page = body.decode()
+    assert "<title>devloop</title>" in page and "EventSource" in page
+    assert "<script src" not in page and "<link" not in page  # self-contained: no CDN, nothing to fetch
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+
+
+def test_binds_localhost_only_and_reports_the_url(h: Harness) -> None:
+    assert h.d.url == f"http://127.0.0.1:{h.d.port}" and h.d.port != 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(("127.0.0.1", h.d.port))
+
+
+def test_a_taken_port_is_a_clear_error(out: Output) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        d = Dashboard(out, port=port, on_rebuild=lambda s: None, snapshot=dict)
+        with pytest.raises(DashboardPortTaken) as e:
+            d.start()
+    assert isinstance(e.value, DevloopError)
+    assert f"127.0.0.1:{port}" in e.value.message and "taken" in e.value.message
+    assert "--no-ui" in e.value.hint and "dashboard.port" in e.value.hint
