@@ -55,6 +55,8 @@ class KubeAPI(Protocol):
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...
 
+    def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]: ...
+
 
 # -- manifests: pure --------------------------------------------------------------------------------
 
@@ -336,10 +338,19 @@ class Monitoring:
             for p in pods:
                 failure = pod_failure(p)
                 if failure:
+                    # A crash loop: Prometheus says why (e.g. a scrape config it cannot load) in its last lines.
+                    pulled = not failure.startswith(("ErrImage", "ImagePull", "InvalidImageName"))
+                    said = self.kube.logs(pod_name(p), self.namespace, tail=5, previous=True) if pulled else []
+                    errors = [line for line in said if "level=error" in line or "err=" in line]
+                    if pulled and not errors:  # the previous run's log may be gone already: the last run's then
+                        said = self.kube.logs(pod_name(p), self.namespace, tail=5)
+                        errors = [line for line in said if "level=error" in line or "err=" in line] or said
                     raise StepFailed(
                         f"Prometheus pod {pod_name(p)} cannot start: {failure}",
-                        f"check monitoring.image ({self.cfg.image}): offline, build it with tests/images/build-prometheus.sh "
-                        "and load it into the cluster (kind load docker-image); `devloop down` removes Prometheus",
+                        f"check monitoring.image ({self.cfg.image}) and ConfigMap {name}: offline, build the image with "
+                        "tests/images/build-prometheus.sh and load it into the cluster (kind load docker-image); "
+                        "`devloop down` removes Prometheus",
+                        details=errors[-3:],
                     )
             if message != last:
                 out.progress("monitoring", f"Prometheus: {message}")

@@ -95,6 +95,13 @@ class FakeKube:
         assert dict(labels) == {"app.kubernetes.io/name": "devloop-prometheus"}
         return [self.pod]
 
+    def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
+        assert (pod, namespace, previous) == ("devloop-prometheus-xyz", NS, True)
+        return [
+            'ts=1 caller=main.go:551 level=info msg="Starting Prometheus Server"',
+            'ts=2 caller=main.go:469 level=error msg="Error loading config" err="field kubernetes_sd_configs not found"',
+        ]
+
 
 class Clock:
     def __init__(self) -> None:
@@ -216,6 +223,28 @@ def test_ensure_reports_an_image_that_cannot_be_pulled() -> None:
         m.ensure(out)
     assert "devloop-prometheus-xyz cannot start: ImagePullBackOff" in e.value.message
     assert "build-prometheus.sh" in e.value.hint
+    assert e.value.details == []  # nothing ran yet: no logs to show
+
+
+def test_ensure_shows_why_prometheus_crashes() -> None:
+    pod = {
+        "metadata": {"name": "devloop-prometheus-xyz"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "prometheus",
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ]
+        },
+    }
+    m, out, _ = make(FakeKube(ready_after=99, pod=pod))
+    with pytest.raises(StepFailed) as e:
+        m.ensure(out)
+    assert "devloop-prometheus-xyz cannot start: CrashLoopBackOff" in e.value.message
+    assert e.value.details == ['ts=2 caller=main.go:469 level=error msg="Error loading config" err="field kubernetes_sd_configs not found"']
 
 
 def test_ensure_gives_up_after_the_timeout_saying_why() -> None:
