@@ -118,6 +118,7 @@ class Engine:
         self.cycles = 0
         self.cluster_gone = False
         self._context_ns: str | None = None
+        self._checked = False
         self._stop = threading.Event()
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
 
@@ -238,7 +239,10 @@ class Engine:
                 self.out.info(f"local registry {self.publisher.registry} ready")
 
     def check_manifests(self) -> list[Deployed]:
-        """Bad manifests are a usage error before anything is created; warn about missing probes."""
+        """Bad manifests are a usage error before anything is created; warn (once) about missing probes."""
+        if self._checked:
+            return []
+        self._checked = True
         found = []
         for svc in self.services:
             d = self.manifests(svc)

@@ -90,7 +90,19 @@ class PortForward:
     def start(self) -> bool:
         """Start (or restart) the forward and check it; True once HTTP answers through it.
         A taken local port is warned about once and retried while idle."""
-        if not port_free(self.local_port):
+        with self._lock:
+            if self._proc is not None:  # our own kubectl holds the port: stop it first
+                self._proc.stop()
+                self._proc = None
+            self._listening.clear()
+            self.ready = False
+            if not port_free(self.local_port):
+                taken = True
+            else:
+                taken = False
+                self._proc = self.kube.port_forward(self.target, self.namespace, self.local_port, self.port, self._on_line)
+            proc = self._proc
+        if taken or proc is None:
             if not self._warned_taken:
                 self.out.warn(
                     f"port {self.local_port} on 127.0.0.1 is already in use: no port-forward to {self.target} yet "
@@ -100,13 +112,6 @@ class PortForward:
                 self._warned_taken = True
             self._ensure_monitor()
             return False
-        with self._lock:
-            if self._proc is not None:
-                self._proc.stop()
-            self._listening.clear()
-            self.ready = False
-            self._proc = self.kube.port_forward(self.target, self.namespace, self.local_port, self.port, self._on_line)
-            proc = self._proc
         self._ensure_monitor()
         if not self._listening.wait(15) or not proc.alive():
             self.out.forward(self.url, False, "port-forward did not start (retrying)", service=self.label)

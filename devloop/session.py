@@ -131,8 +131,9 @@ class DevSession:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
         try:
+            self.engine.check_manifests()  # a usage error before anything is watched or created
+            self._start_watcher()  # from the start: a save during the first cycle is not lost
             self._after(self.engine.up(), first=True)
-            self._start_watcher()
             self._loop()
         finally:
             self.stop()

@@ -210,7 +210,7 @@ def test_port_already_taken_is_a_warning_not_a_hang(harness: Harness, project: P
         d: Devloop = run_devloop("dev")
         warning = d.wait_for(lambda e: e["event"] == "warning", 300, "a warning about the port")
         assert "already in use" in warning["message"] and "portForward.localPort" in warning["hint"]
-        d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 60, "the watcher to start")
+        assert any(e["event"] == "info" and "watching" in e["message"] for e in d.seen)  # the loop runs without the forward
         assert d.interrupt() == 130
     assert children_of_cluster() == []
 

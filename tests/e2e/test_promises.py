@@ -177,7 +177,7 @@ def test_a_port_in_time_wait_is_free_and_a_taken_port_is_retried_while_idle(harn
 
 def test_a_stopped_registry_is_started_again_and_doctor_checks_it(harness: Harness, project: Path, run_devloop: Any) -> None:
     d: Devloop = run_devloop("dev")
-    d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 300, "the watcher")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the first cycle and its port-forward")
     docker.from_env().containers.get(REGISTRY).stop()
     code, events, output = run_cli(harness, project, "doctor")
     assert code == 1, output
