@@ -1,7 +1,7 @@
 """Prometheus in the cluster for the `monitoring:` section: it reads the user's scrape ConfigMap as it is.
 
 devloop owns only what it renders here (labelled `app.kubernetes.io/managed-by: devloop`): a
-ServiceAccount, a ClusterRole and ClusterRoleBinding for pod discovery, the Deployment and the Service
+ServiceAccount, a ClusterRole and ClusterRoleBinding for Kubernetes service discovery, the Deployment and the Service
 `devloop-prometheus`. The user's ConfigMap (monitoring.configMap, key prometheus.yml) is mounted, never
 written, and `remove()` leaves it in place. Queries go through the API server's service proxy
 (`kubectl get --raw .../services/devloop-prometheus:9090/proxy/api/v1/query`): no port-forward process.
@@ -12,6 +12,7 @@ Sizing: the node is small and shared with the app's rolling update, so Prometheu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -37,6 +38,14 @@ CONFIG_KEY = "prometheus.yml"
 CONFIG_HASH = "devloop.dev/prometheus-config-hash"
 POLL_INTERVAL = 1.0
 READY_TIMEOUT = 180.0
+# What kubernetes_sd_configs reads, for each of its roles (pod, service, endpoints, endpointslice, node,
+# ingress; node metadata of pods), and the API server's own /metrics: the usual Prometheus ClusterRole.
+DISCOVERY_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
+    {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
+]
 # Traffic a person makes, not the kubelet's probes or Prometheus' own scrapes.
 NOT_TRAFFIC = 'path!~"/metrics|/healthz"'
 
@@ -45,7 +54,9 @@ class KubeAPI(Protocol):
     """What Monitoring needs of the Kube adapter (devloop.kube.Kube has all of it)."""
 
     context: str
-    runner: Runner
+
+    @property
+    def runner(self) -> Runner: ...  # read-only: a test's own runner type fits
 
     def apply(self, yaml_text: str, namespace: str) -> list[str]: ...
 
@@ -114,7 +125,7 @@ def render(cfg: MonitoringConfig, namespace: str, config_hash: str = "") -> list
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": meta(cluster_name(namespace), namespaced=False),
-            "rules": [{"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"]}],
+            "rules": copy.deepcopy(DISCOVERY_RULES),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

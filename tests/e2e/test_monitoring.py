@@ -184,6 +184,10 @@ def test_prometheus_scrapes_the_sample_and_is_removed(mon: Harness) -> None:
     rollout_on = rollout_seconds(kube, mon, "with-monitoring")
     print(f"sample rollout: {rollout_off:.1f}s without Prometheus, {rollout_on:.1f}s with Prometheus")
 
+    # Its Kubernetes discovery had what it needs: no RBAC refusals or errors in its log.
+    said = kube.logs(prom_pod["metadata"]["name"], NS, tail=300)
+    assert not [line for line in said if "forbidden" in line or "level=error" in line], said[-20:]
+
     lines = m.remove()
     assert any(f'deployment.apps "{NAME}" deleted' in line for line in lines), lines
     for resource, name in [

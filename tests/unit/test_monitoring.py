@@ -133,7 +133,10 @@ def test_render_is_what_the_issue_asks_for() -> None:
     for d in docs.values():
         assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "devloop"
     assert docs["ClusterRole"]["rules"] == [
-        {"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["pods", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
+        {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
     ]
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"] == "devloop-prometheus-shop"
