@@ -257,7 +257,7 @@ def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Har
     if phase == "publish":  # the kind-load path: docker save + kind load image-archive take seconds
         set_config(project, registry=f"{{enabled: false, image: {harness.registry_image}}}")
     d: Devloop = run_devloop("dev")
-    d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 300, "the watcher to start")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the first cycle and its port-forward")
     dockerfile = project / "sample-app" / "Dockerfile"
     server = project / "sample-app" / "server.js"
     before = (dockerfile.read_text(), server.read_text())

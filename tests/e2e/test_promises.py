@@ -168,7 +168,6 @@ def test_a_port_in_time_wait_is_free_and_a_taken_port_is_retried_while_idle(harn
     blocker.listen()
     d = run_devloop("dev")
     d.wait_for(lambda e: e["event"] == "warning" and "already in use" in e["message"], 300, "the taken-port warning")
-    d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 120, "the watcher")
     blocker.close()  # no save, no rollout: devloop notices on its own
     d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the forward once the port is free")
     assert get(port)[0] == 200

@@ -101,7 +101,6 @@ def test_dev_rolls_only_what_changed_and_a_broken_service_keeps_its_old_version(
     web_port, api_port = forward_port(shop, "web"), forward_port(shop, "api")
     for _ in range(2):
         d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "both port-forwards")
-    d.wait_for(lambda e: e["event"] == "info" and "watching" in e["message"], 120, "the watcher")
 
     # 1. an edit to the API rolls the API only; the web pods keep their UIDs and show the new answer
     web_before = pods(harness, "web")
