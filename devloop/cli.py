@@ -170,7 +170,10 @@ def up(ctx: typer.Context) -> None:
 
 
 @app.command()
-def dev(ctx: typer.Context) -> None:
+def dev(
+    ctx: typer.Context,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="serve the dashboard on 127.0.0.1 (dashboard.port)")] = True,
+) -> None:
     """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
     def body(out: Output) -> int:
@@ -179,7 +182,20 @@ def dev(ctx: typer.Context) -> None:
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "dev"):
-            DevSession(_engine(cfg, out)).run()
+            session = DevSession(_engine(cfg, out))
+            dashboard = None
+            if ui and cfg.dashboard.enabled:
+                from devloop.dashboard import Dashboard
+
+                dashboard = Dashboard(out, port=cfg.dashboard.port, on_rebuild=session.request_rebuild, snapshot=session.dashboard_snapshot)
+                url = dashboard.start()
+                out.info(f"dashboard: {url}", url=url)
+                session.start_poller()
+            try:
+                session.run()
+            finally:
+                if dashboard is not None:
+                    dashboard.stop()
         return EXIT_OK
 
     _run(ctx, body)
@@ -217,6 +233,9 @@ def down(
                         by_ns.setdefault(mf.namespace_of(m, d.namespace), {})[(m.kind, m.name)] = m
                 for ns, docs in by_ns.items():
                     removed += engine.kube.delete(mf.to_yaml(list(docs.values())), ns)
+                mon = engine.monitoring()
+                if mon is not None:
+                    removed += mon.remove()
         human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove (cluster {cfg.cluster.name!r})"
         out.result("down", human, removed=removed, cluster_deleted=cluster and bool(removed))
         return EXIT_OK

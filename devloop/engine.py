@@ -31,8 +31,9 @@ from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
 from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, rollout_progress
 from devloop.model import ImageRef, ServiceState
+from devloop.monitoring import Monitoring
 from devloop.output import Output
-from devloop.plan import Plan, ServiceChange, ServiceLayout
+from devloop.plan import Plan, ServiceChange, ServiceLayout, everything
 from devloop.ports import Cluster, Clusters, ImageStore
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
@@ -261,9 +262,31 @@ class Engine:
         self.check_manifests()
         self.images.ping()
         self.prepare_cluster()
-        from devloop.plan import everything
+        results = self.run(everything(self.layouts(), "up"))
+        self.ensure_monitoring()
+        return results
 
-        return self.run(everything(self.layouts(), "up"))
+    def monitoring(self) -> Monitoring | None:
+        m = self.config.monitoring
+        if not m.enabled:
+            return None
+        return Monitoring(m, self.kube, m.namespace or self.namespace(self.services[0]))
+
+    def ensure_monitoring(self) -> None:
+        """Prometheus in the cluster, reading the user's scrape ConfigMap (applied by the first cycle).
+        A monitoring problem is a warning: the app's loop does not depend on it."""
+        mon = self.monitoring()
+        if mon is None:
+            return
+        image = self.config.monitoring.image
+        try:
+            if self.images.exists(image):  # a local image (offline build): the nodes cannot pull it
+                KindLoadPublisher(self.docker, self.kind, self.config.cluster.name).load(image, self.out.info)
+            with self.out.activity("starting Prometheus"):
+                if mon.ensure(self.out):
+                    self.out.info(f"monitoring: Prometheus ready ({mon.where}), reading ConfigMap {self.config.monitoring.config_map}")
+        except DevloopError as e:
+            self.out.warn(f"monitoring: {e.message}" + "".join(f"\n  {d}" for d in getattr(e, "details", [])), e.hint)
 
     def stop(self) -> None:
         self._stop.set()

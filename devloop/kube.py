@@ -86,6 +86,13 @@ class Kube:
         except CommandFailed as e:
             raise StepFailed(f"kubectl kustomize {directory} failed: {_first_error(e.stderr)}", "fix the kustomization") from e
 
+    def get_raw(self, path: str) -> str:
+        """`kubectl get --raw PATH`: an API server path (e.g. a service proxy), its body."""
+        r = self.runner.run(self._argv("get", "--raw", path, "--request-timeout", "20s"), timeout=30, check=False)
+        if not r.ok:
+            raise StepFailed(_first_error(r.stderr or r.stdout), "")
+        return r.stdout
+
     def context_namespace(self) -> str:
         """The namespace the kube context names, else `default`."""
         r = self.runner.run(

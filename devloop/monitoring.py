@@ -28,7 +28,6 @@ from devloop.config import MonitoringConfig
 from devloop.errors import StepFailed
 from devloop.kube import pod_failure, pod_name, pod_pending_reason, rollout_progress
 from devloop.output import Output
-from devloop.proc import Runner
 
 NAME = "devloop-prometheus"
 PORT = 9090
@@ -55,8 +54,7 @@ class KubeAPI(Protocol):
 
     context: str
 
-    @property
-    def runner(self) -> Runner: ...  # read-only: a test's own runner type fits
+    def get_raw(self, path: str) -> str: ...
 
     def apply(self, yaml_text: str, namespace: str) -> list[str]: ...
 
@@ -382,16 +380,14 @@ class Monitoring:
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query, through the API server's proxy to the Service."""
         path = f"/api/v1/namespaces/{self.namespace}/services/{NAME}:{PORT}/proxy/api/v1/query?{urlencode({'query': promql})}"
-        r = self.kube.runner.run(
-            ["kubectl", "--context", self.kube.context, "get", "--raw", path, "--request-timeout", "20s"], timeout=30, check=False
-        )
-        if not r.ok:
-            error = next((line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip()), "no output")
+        try:
+            body = self.kube.get_raw(path)
+        except StepFailed as e:
             raise StepFailed(
-                f"Prometheus query failed: {error}",
+                f"Prometheus query failed: {e.message}",
                 f"is Prometheus running? `kubectl get deployment {NAME} -n {self.namespace}`; `devloop up` deploys it",
-            )
-        return parse_response(r.stdout)
+            ) from None
+        return parse_response(body)
 
     def service_stats(self, selector: Mapping[str, str], namespace: str | None = None) -> ServiceStats:
         """Requests per second, error ratio and p95 latency over the last minute, and the versions

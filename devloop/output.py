@@ -189,6 +189,10 @@ class Output:
             error=None if error is None else {"phase": error.phase, "message": error.message, "hint": error.hint, "details": error.details},
         )
 
+    def metrics(self, service: str, rps: float | None, error_ratio: float | None, versions: Mapping[str, int]) -> None:
+        """A service's traffic over the last minute and the versions serving (from Prometheus)."""
+        self._emit("metrics", None, service=service, rps=rps, error_ratio=error_ratio, versions=dict(versions))
+
     def skipped(self, reason: str, files: Sequence[str], service: str = "") -> None:
         who = f"{service}: " if service else ""
         self._emit(

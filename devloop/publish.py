@@ -77,13 +77,17 @@ class KindLoadPublisher:
         return False
 
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+        return self.load(ref.local, note)
+
+    def load(self, image: str, note: Callable[[str], None]) -> bool:
+        """Load a local image into the nodes that lack it. True when something moved."""
         nodes = self._kind.nodes(self._cluster)
-        missing = [n for n in nodes if not self._images.node_has(n, ref.local)]
+        missing = [n for n in nodes if not self._images.node_has(n, image)]
         if not missing:
             return False
-        note(f"loading {ref.local} into {', '.join(missing)}")
+        note(f"loading {image} into {', '.join(missing)}")
         with tempfile.TemporaryDirectory(prefix="devloop-") as tmp:
             archive = Path(tmp) / "image.tar"
-            self._images.save(ref.local, archive)
+            self._images.save(image, archive)
             self._kind.load_archive(self._cluster, archive, missing)
         return True

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devloop import config as config_mod
 from devloop.config import Config, ServiceConfig
@@ -21,10 +23,21 @@ from devloop.engine import Engine, ServiceResult
 from devloop.errors import DevloopError
 from devloop.forward import LogStreams, PortForward
 from devloop.ignore import IgnoreRules
-from devloop.kube import PodEvent, pod_name, pod_ready
+from devloop.kube import PodEvent, pod_failure, pod_name, pod_ready
 from devloop.plan import Change, Plan, ServiceChange, everything, plan
 from devloop.proc import Background
 from devloop.watch import Watcher
+
+
+def _pod_row(p: dict[str, Any]) -> dict[str, Any]:
+    cs = p.get("status", {}).get("containerStatuses") or []
+    failing = pod_failure(p)
+    return {
+        "name": pod_name(p),
+        "ready": pod_ready(p),
+        "restarts": sum(int(c.get("restartCount", 0)) for c in cs),
+        "status": failing or ("Terminating" if p.get("metadata", {}).get("deletionTimestamp") else p.get("status", {}).get("phase", "")),
+    }
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,14 @@ class PodChanged:
     pod: PodEvent
 
 
-Event = Seen | PodChanged
+@dataclass(frozen=True)
+class RebuildNow:
+    """ "Rebuild now" from the dashboard."""
+
+    service: str
+
+
+Event = Seen | PodChanged | RebuildNow
 
 
 @dataclass
@@ -65,6 +85,9 @@ class DevSession:
         self.access: dict[str, _Access] = {}
         self._last_cycle: tuple[float, float] | None = None  # (start, end) of the last cycle that built
         self._observed = True
+        self._pods: dict[str, list[dict[str, Any]]] = {}  # per service, refreshed by the poller (replaced whole)
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def config(self) -> Config:
@@ -73,6 +96,49 @@ class DevSession:
     # -- events from other threads: queue only ------------------------------------------------------
     def _on_change(self, change: Change) -> None:
         self.queue.put(Seen(change, self.clock()))
+
+    def request_rebuild(self, service: str) -> None:
+        """The dashboard's "rebuild now" (any thread)."""
+        self.queue.put(RebuildNow(service))
+
+    # -- what the dashboard reads (any thread; cheap: no kubectl per request) ------------------------
+    def dashboard_snapshot(self) -> dict[str, Any]:
+        services: dict[str, Any] = {}
+        for svc in self.config.services:
+            st = self.engine.state.get(svc.name)
+            a = self.access.get(svc.name)
+            services[svc.name] = {
+                "applied": str(st.applied) if st and st.applied else None,
+                "good": str(st.good) if st and st.good else None,
+                "healthy": bool(st and st.healthy),
+                "pods": list(self._pods.get(svc.name, [])),
+                "forwards": [{"url": f.url, "ready": f.ready} for f in (a.forwards if a else [])],
+            }
+        return {"services": services}
+
+    def start_poller(self, interval: float = 3.0) -> None:
+        """Pods (and, with monitoring, traffic and versions from Prometheus) for the dashboard."""
+        self._poller = threading.Thread(target=self._poll, args=(interval,), daemon=True, name="devloop-poller")
+        self._poller.start()
+
+    def _poll(self, interval: float) -> None:
+        mon = None
+        while not self._stopping.wait(interval):
+            for svc in self.config.services:
+                try:
+                    d = self.engine.manifests(svc)
+                    pods = self.engine.kube.pods(d.namespace, d.selector)
+                except DevloopError:
+                    continue
+                self._pods = {**self._pods, svc.name: [_pod_row(p) for p in pods]}
+                if self.config.monitoring.enabled:
+                    try:
+                        mon = mon or self.engine.monitoring()
+                        if mon is not None:
+                            stats = mon.service_stats(d.selector, d.namespace)
+                            self.out.metrics(svc.name, stats.rps, stats.error_ratio, {v.text(): v.pods for v in stats.versions})
+                    except DevloopError:
+                        pass  # Prometheus not (yet) there: the page shows no charts
 
     # -- access: forwards, logs, pod watches (worker thread) ----------------------------------------
     def _access(self, svc: ServiceConfig) -> _Access:
@@ -161,17 +227,20 @@ class DevSession:
                 return
             self._observe_last_cycle(batch)
             changes: list[Change] = []
-            rebuild: set[str] = set()
+            rebuild: dict[str, str] = {}  # service → why
             for item in batch:
                 if isinstance(item, PodChanged):
                     service = self._pod_changed(item)
                     if service:
-                        rebuild.add(service)
+                        rebuild[service] = "a live-updated pod restarted"
+                elif isinstance(item, RebuildNow):
+                    if item.service in self.engine.state:
+                        rebuild[item.service] = "rebuild requested from the dashboard"
                 elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
                     changes.append(item.change)
             todo = plan(changes, self.engine.layouts(), self.engine.config_files())
             if rebuild:
-                forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason="a live-updated pod restarted") for s in sorted(rebuild))
+                forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
                 todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
             if todo.reload:
                 reloaded = self._reload(todo)
@@ -256,6 +325,7 @@ class DevSession:
             a.pod_watch.stop()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.engine.stop()
         self.queue.close()
         if self.watcher is not None:

@@ -52,6 +52,15 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
             )
             failing = [p for p in entry["pods"] if p["failing"]]
             entry["healthy"] = entry["ready"] == entry["replicas"] and entry["updated"] == entry["replicas"] and not failing
+            mon = engine.monitoring()
+            if mon is not None:
+                try:
+                    stats = mon.service_stats(d.selector, d.namespace)
+                    entry["metrics"] = stats.as_dict()
+                    entry["metricsText"] = stats.human()
+                except DevloopError as e:
+                    entry["metrics"] = {"problem": e.message}
+                    entry["metricsText"] = f"no metrics: {e.message}"
         entry["forwards"] = [{"service": f.service, "port": f.port, "localPort": f.local_port} for f in svc.port_forward]
         info["services"].append(entry)
     return info
@@ -81,4 +90,6 @@ def human(info: dict[str, Any]) -> str:
                 state = "ready" if p["ready"] else "not ready"
                 extra = f" — {p['failing']}" if p["failing"] else ""
                 lines.append(f"  {p['name']}: {state}, {p['restarts']} restarts{extra}")
+            if "metricsText" in s:
+                lines.append(f"  last minute: {s['metricsText']}")
     return "\n".join(lines)

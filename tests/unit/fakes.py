@@ -217,6 +217,9 @@ class FakeCluster:
             },
         }
 
+    def get_raw(self, path: str) -> str:
+        raise AssertionError("no API server paths in the fake cluster")
+
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return [p for d in self.deployments.values() if d.namespace == namespace and d.labels == dict(labels) for p in d.pods]
 

@@ -95,6 +95,12 @@ class FakeKube:
         assert dict(labels) == {"app.kubernetes.io/name": "devloop-prometheus"}
         return [self.pod]
 
+    def get_raw(self, path: str) -> str:
+        r = self.runner.run(["kubectl", "--context", self.context, "get", "--raw", path], check=False)
+        if not r.ok:
+            raise StepFailed(r.stderr.strip())
+        return r.stdout
+
     def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
         assert (pod, namespace, previous) == ("devloop-prometheus-xyz", NS, True)
         return [
