@@ -137,6 +137,7 @@ def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rol
         f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
         f"liveUpdate:\n  enabled: {str(live).lower()}\n  command: [node, server.js]\n"
         f"portForward:\n  localPort: {free_port()}\n"
+        "monitoring:\n  enabled: false\ndashboard:\n  port: 0\n"
     )
 
 

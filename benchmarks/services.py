@@ -47,6 +47,7 @@ def project(h: Harness, root: Path) -> tuple[Path, int]:
     doc = yaml.safe_load((shop / "devloop.yaml").read_text())
     doc["cluster"] = {"name": CLUSTER, "nodeImage": h.kind_image, "kindConfig": "kind-config.yaml"}
     doc["registry"] = {"image": h.registry_image}
+    doc["dashboard"] = {"port": 0}
     web_port = free_port()
     for svc in doc["services"]:
         svc["image"]["buildArgs"] = {"NODE_IMAGE": h.node_base}

@@ -185,12 +185,16 @@ def dev(
             session = DevSession(_engine(cfg, out))
             dashboard = None
             if ui and cfg.dashboard.enabled:
-                from devloop.dashboard import Dashboard
+                from devloop.dashboard import Dashboard, DashboardError
 
                 dashboard = Dashboard(out, port=cfg.dashboard.port, on_rebuild=session.request_rebuild, snapshot=session.dashboard_snapshot)
-                url = dashboard.start()
-                out.info(f"dashboard: {url}", url=url)
-                session.start_poller()
+                try:
+                    url = dashboard.start()
+                    out.info(f"dashboard: {url}", url=url)
+                    session.start_poller()
+                except DashboardError as e:  # the loop matters more than its page
+                    out.warn(e.message, e.hint)
+                    dashboard = None
             try:
                 session.run()
             finally:

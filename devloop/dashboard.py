@@ -382,10 +382,10 @@ class Dashboard:
                 },
             )
 
-        def state(request: Request) -> Response:  # sync: the snapshot may take a moment; starlette runs it in a thread
+        async def state(request: Request) -> Response:  # the snapshot is cheap (no kubectl): no worker thread
             return JSONResponse(json.loads(json.dumps(self.state(), default=str)), headers={"Cache-Control": "no-store"})
 
-        def rebuild(request: Request) -> Response:
+        async def rebuild(request: Request) -> Response:
             name = str(request.path_params["name"])
             known = self.services()
             if name not in known:

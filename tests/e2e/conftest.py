@@ -156,6 +156,7 @@ def project(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"image:\n  buildArgs:\n    NODE_IMAGE: {harness.node_base}\n"
         f"registry:\n  image: {harness.registry_image}\n"
         f"monitoring:\n  image: {harness.prometheus_image}\n"
+        "dashboard:\n  port: 0\n"
         f"portForward:\n  localPort: {free_port()}\n"
         "deploy:\n  rolloutTimeout: 240\n"
     )
