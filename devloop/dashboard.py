@@ -7,8 +7,11 @@ each page has a bounded queue, and a page too slow to keep up is disconnected (i
 reconnects and gets the recent history again) instead of slowing devloop down.
 
 The server binds 127.0.0.1 only and refuses requests whose Host or Origin is not this page
-(DNS rebinding, cross-site requests): the one action it offers, "rebuild now", cannot be
-triggered by another site the developer has open.
+(DNS rebinding, cross-site requests). The one action it offers, "rebuild now", also needs a
+per-session token that only the served page knows (embedded in it, sent back as the
+`X-Devloop-Token` header; a custom header a cross-site request cannot carry without a CORS preflight
+that is never granted): another site the developer has open cannot trigger it. The token is never
+printed or logged; it changes with every `devloop dev`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import errno
 import heapq
 import json
+import secrets
 import socket
 import threading
 from collections import deque
@@ -44,6 +48,8 @@ GLOBAL_EVENTS = 200  # events of no service (info, warnings, errors)
 CLIENT_QUEUE = 2000  # events waiting for one page before it counts as too slow
 KEEPALIVE_SECONDS = 15.0
 NOTICES = 20
+TOKEN_HEADER = "X-Devloop-Token"
+TOKEN_PLACEHOLDER = "__DEVLOOP_TOKEN__"  # in data/dashboard.html, replaced when the page is served
 
 # The phase a service is in, as a person says it.
 PHASE_STATES = {"build": "building", "publish": "publishing", "deploy": "rolling out", "rollout": "rolling out", "sync": "syncing"}
@@ -175,7 +181,11 @@ class Dashboard:
         self._closing = False
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._page = resources.files("devloop").joinpath("data/dashboard.html").read_text(encoding="utf-8")
+        self.token = secrets.token_urlsafe(32)  # what the page sends back to act: never printed
+        page = resources.files("devloop").joinpath("data/dashboard.html").read_text(encoding="utf-8")
+        if TOKEN_PLACEHOLDER not in page:
+            raise DashboardError("the dashboard page has no place for its token (devloop/data/dashboard.html)")
+        self._page = page.replace(TOKEN_PLACEHOLDER, self.token)
         self.app = self._make_app()
         # What happened before the dashboard existed (the Output keeps a bounded tail), then everything
         # after: under the Output's lock, so no event is missed or seen twice.
@@ -368,6 +378,15 @@ class Dashboard:
             return "refused a cross-site request"
         return ""
 
+    def token_refused(self, headers: Mapping[str, str]) -> str:
+        """Why an action is refused for its token ("" when it carries this session's token)."""
+        given = headers.get(TOKEN_HEADER.lower())
+        if not given:
+            return f"refused: no {TOKEN_HEADER} header (use the rebuild button on the page at {self.url})"
+        if not secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode()):
+            return f"refused: wrong {TOKEN_HEADER} (a page of an earlier devloop session? reload {self.url})"
+        return ""
+
     def _make_app(self) -> ASGIApp:
         async def page(request: Request) -> Response:
             return HTMLResponse(
@@ -386,6 +405,9 @@ class Dashboard:
             return JSONResponse(json.loads(json.dumps(self.state(), default=str)), headers={"Cache-Control": "no-store"})
 
         async def rebuild(request: Request) -> Response:
+            why = self.token_refused(request.headers)
+            if why:
+                return JSONResponse({"error": why}, status_code=403)
             name = str(request.path_params["name"])
             known = self.services()
             if name not in known:

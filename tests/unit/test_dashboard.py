@@ -325,37 +325,100 @@ def test_stop_ends_open_streams_and_leaves_no_threads(out: Output) -> None:
 
 
 def test_rebuild_now_calls_on_rebuild(h: Harness) -> None:
-    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url})
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url, "X-Devloop-Token": h.d.token})
     assert status == 202, body
     assert json.loads(body) == {"service": "web", "rebuild": "queued"}
-    status, _ = h.request("POST", "/api/services/api/rebuild", {"Origin": f"http://localhost:{h.d.port}"})
+    status, _ = h.request("POST", "/api/services/api/rebuild", {"Origin": f"http://localhost:{h.d.port}", "X-Devloop-Token": h.d.token})
     assert status == 202
     assert h.rebuilds == ["web", "api"]
 
 
 def test_rebuild_of_an_unknown_service_is_404(h: Harness) -> None:
-    status, body = h.request("POST", "/api/services/nope/rebuild", {"Origin": h.d.url})
+    status, body = h.request("POST", "/api/services/nope/rebuild", {"Origin": h.d.url, "X-Devloop-Token": h.d.token})
     assert status == 404
     assert json.loads(body) == {"error": "unknown service 'nope'", "services": ["web", "api"]}
     assert h.rebuilds == []
 
 
 def test_rebuild_only_by_post(h: Harness) -> None:
-    status, _ = h.request("GET", "/api/services/web/rebuild")
+    status, _ = h.request("GET", "/api/services/web/rebuild", {"X-Devloop-Token": h.d.token})
     assert status == 405
     assert h.rebuilds == []
 
 
+def test_rebuild_needs_the_session_token(h: Harness) -> None:
+    # Same origin, right Host, but no token: a request the page did not make.
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url})
+    assert status == 403
+    assert "no X-Devloop-Token" in json.loads(body)["error"]
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url, "X-Devloop-Token": ""})
+    assert status == 403
+    # Unknown services are not revealed without the token either.
+    status, _ = h.request("POST", "/api/services/nope/rebuild", {"Origin": h.d.url})
+    assert status == 403
+    assert h.rebuilds == []
+
+
+@pytest.mark.parametrize("wrong", ["guess", "x" * 43, "%TOKEN%", "ä-not-ascii"])
+def test_a_wrong_token_is_refused(h: Harness, wrong: str) -> None:
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url, "X-Devloop-Token": wrong.encode().decode("latin-1")})
+    assert status == 403
+    assert "wrong X-Devloop-Token" in json.loads(body)["error"]
+    assert h.rebuilds == []
+
+
+def test_another_sessions_token_is_refused(h: Harness, out: Output) -> None:
+    other = Dashboard(out, port=0, on_rebuild=lambda s: None, snapshot=dict)
+    assert other.token != h.d.token and len(h.d.token) >= 32
+    status, _ = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url, "X-Devloop-Token": other.token})
+    assert status == 403
+    assert h.rebuilds == []
+
+
+def test_the_page_carries_the_token_and_sends_it(h: Harness) -> None:
+    status, body = h.request("GET", "/")
+    assert status == 200
+    page = body.decode()
+    assert f'<meta name="devloop-token" content="{h.d.token}">' in page
+    assert "__DEVLOOP_TOKEN__" not in page
+    assert '"X-Devloop-Token": TOKEN' in page
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_the_token_is_never_printed_nor_in_the_state(json_mode: bool) -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(json_mode=json_mode, stdout=stdout, stderr=stderr)
+    harness = Harness(out)
+    url = harness.d.start()
+    try:
+        out.info(f"dashboard: {url}", url=url)
+        publish_good_cycle(out)
+        status, body = harness.request("GET", "/api/state")
+        assert status == 200 and harness.d.token not in body.decode()
+        stream = Stream(harness.d.port)
+        try:
+            stream.until(lambda d: d.get("event") == "cycle_done")
+        finally:
+            stream.close()
+    finally:
+        harness.d.stop()
+    printed = stdout.getvalue() + stderr.getvalue()
+    assert f"dashboard: {url}" in printed
+    assert harness.d.token not in printed
+    assert harness.d.token not in url
+
+
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "https://127.0.0.1"])
 def test_foreign_origin_cannot_rebuild(h: Harness, origin: str) -> None:
-    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": origin})
+    # Even with the token (leaked somehow): the origin is checked first.
+    status, body = h.request("POST", "/api/services/web/rebuild", {"Origin": origin, "X-Devloop-Token": h.d.token})
     assert status == 403
     assert b"refused a request from origin" in body
     assert h.rebuilds == []
 
 
 def test_cross_site_form_post_without_origin_is_refused(h: Harness) -> None:
-    status, _ = h.request("POST", "/api/services/web/rebuild", {"Sec-Fetch-Site": "cross-site"})
+    status, _ = h.request("POST", "/api/services/web/rebuild", {"Sec-Fetch-Site": "cross-site", "X-Devloop-Token": h.d.token})
     assert status == 403
     assert h.rebuilds == []
 
