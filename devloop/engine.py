@@ -29,7 +29,7 @@ from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
-from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, rollout_progress
+from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
@@ -39,6 +39,7 @@ from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 
 POLL_INTERVAL = 0.5
+SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
 REVISION = "deployment.kubernetes.io/revision"
 
 _ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception)\b|\bERR!|\bpanic:|\bFATAL\b")
@@ -85,6 +86,12 @@ class Deployed:
     @property
     def selector(self) -> dict[str, str]:
         return mf.selector_of(self.deployment)
+
+    @property
+    def probed(self) -> bool:
+        """Every container of the Deployment has a readiness probe."""
+        containers = self.deployment.doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+        return all(c.get("readinessProbe") for c in containers)
 
     @property
     def replicas(self) -> int:
@@ -449,6 +456,12 @@ class Engine:
                     raise CycleFailed("rollout", f"deployment {name} disappeared during the rollout", "`devloop up` applies it again")
                 done, message = rollout_progress(dep)
                 pods = self.kube.pods(ns, deployed.selector)
+                if done and not deployed.probed:
+                    # no readiness probe: a pod is "ready" the moment its process starts, even one that
+                    # crashes a second later. Ready means it stayed up for a moment (checked, not assumed).
+                    young = [pod_name(p) for p in pods if ref.cluster in pod_images(p) and not pod_settled(p, SETTLE, time.time())]
+                    if young:
+                        done, message = False, f"{len(young)} new pods started less than {SETTLE:.0f}s ago (no readiness probe)"
                 if done:
                     revision = str(dep.get("metadata", {}).get("annotations", {}).get(REVISION, ""))
                     return [pod_name(p) for p in pods if pod_ready(p) and ref.cluster in pod_images(p)], revision

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from devloop.errors import ClusterUnavailable, CommandFailed, StepFailed
@@ -244,6 +245,23 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions") or [])
+
+
+def pod_settled(pod: Mapping[str, Any], seconds: float, now: float) -> bool:
+    """Every container runs, has not restarted, and started at least `seconds` ago (wall clock:
+    the node's timestamps). Unknown start times count as settled."""
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if int(cs.get("restartCount", 0)) > 0:
+            return False
+        running = (cs.get("state") or {}).get("running")
+        if running is None:
+            return False
+        started = running.get("startedAt")
+        if started:
+            t = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
+            if now - t < seconds:
+                return False
+    return True
 
 
 def pod_name(pod: Mapping[str, Any]) -> str:

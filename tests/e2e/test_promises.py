@@ -164,6 +164,7 @@ def test_a_port_in_time_wait_is_free_and_a_taken_port_is_retried_while_idle(harn
     assert d.interrupt() == 130
 
     blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a real server does; it then holds the port
     blocker.bind(("127.0.0.1", port))
     blocker.listen()
     d = run_devloop("dev")

@@ -146,3 +146,16 @@ def test_kind_load_uses_image_archive_not_docker_image(tmp_path) -> None:
     runner = FakeRunner().expect("kind", "load", "image-archive", str(tar), "--name", "devloop", "--nodes", "n1,n2")
     Kind(runner).load_archive("devloop", tar, ["n1", "n2"])
     runner.done()
+
+
+def test_a_pod_without_probes_is_settled_only_after_it_stayed_up() -> None:
+    from devloop.kube import pod_settled
+
+    def pod(started: str, restarts: int = 0) -> dict:
+        return {"status": {"containerStatuses": [{"restartCount": restarts, "state": {"running": {"startedAt": started}}}]}}
+
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert pod_settled(pod("2027-01-15T07:59:50Z"), 3.0, now)
+    assert not pod_settled(pod("2027-01-15T07:59:59Z"), 3.0, now)  # started a second ago
+    assert not pod_settled(pod("2027-01-15T07:59:00Z", restarts=1), 3.0, now)  # it crashed once already
+    assert not pod_settled({"status": {"containerStatuses": [{"restartCount": 0, "state": {"waiting": {}}}]}}, 3.0, now)

@@ -1,0 +1,175 @@
+"""Registry garbage collection against the real Docker engine and the real registry image
+(devloop-test/registry:bookworm from tests/images/build-registry.sh, or DEVLOOP_TEST_REGISTRY_IMAGE):
+a throwaway registry of its own (own name, own port, deletes enabled), 6 pushed content tags of
+tiny FROM-scratch images whose content differs, then `devloop.gc.collect`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from devloop.gc import DELETE_ENV, HttpRegistry, collect
+
+from .conftest import REPO
+
+REGISTRY_IMAGE = os.environ.get("DEVLOOP_TEST_REGISTRY_IMAGE", "devloop-test/registry:bookworm")
+NAME = "gcapp"
+
+
+@dataclass
+class Registry:
+    container: docker.models.containers.Container
+    host: str  # localhost:<port>
+
+    def tags(self) -> list[str]:
+        return sorted(HttpRegistry(self.host).tags(NAME))
+
+    def storage(self) -> int:
+        """Bytes of regular files under /var/lib/registry (docker cp: the image has no shell)."""
+        stream, _ = self.container.get_archive("/var/lib/registry")
+        data = io.BytesIO(b"".join(stream))
+        with tarfile.open(fileobj=data) as tar:
+            return sum(m.size for m in tar.getmembers() if m.isfile())
+
+
+def _answers(host: str) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(host.rpartition(":")[2]), timeout=2)
+    try:
+        conn.request("GET", "/v2/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def registry(docker_client: docker.DockerClient) -> Iterator[Registry]:
+    try:
+        docker_client.images.get(REGISTRY_IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run(["bash", str(REPO / "tests" / "images" / "build-registry.sh")], check=True, stdout=subprocess.DEVNULL)
+    name = f"devloop-gc-test-{uuid.uuid4().hex[:8]}"
+    c = docker_client.containers.run(
+        REGISTRY_IMAGE, name=name, detach=True, environment={DELETE_ENV: "true"}, ports={"5000/tcp": ("127.0.0.1", None)}
+    )
+    try:
+        c.reload()
+        port = c.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
+        host = f"localhost:{port}"
+        deadline = time.monotonic() + 30
+        while not _answers(host):  # readiness poll with a deadline, not a fixed sleep
+            c.reload()
+            assert c.status == "running" and time.monotonic() < deadline, c.logs().decode(errors="replace")[-2000:]
+        yield Registry(c, host)
+    finally:
+        c.remove(force=True, v=True)
+
+
+def _build(client: docker.DockerClient, ref: str, payload: bytes) -> None:
+    """FROM scratch + one file: a tiny image whose content (and so digest) is `payload`'s."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM scratch\nCOPY blob /blob\n"), ("blob", payload)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=ref, rm=True)
+
+
+def _push(client: docker.DockerClient, ref: str) -> None:
+    for chunk in client.api.push(ref, stream=True, decode=True):
+        assert "error" not in chunk, chunk
+
+
+@pytest.fixture
+def pushed(docker_client: docker.DockerClient, registry: Registry, cleanup_images: list[str]) -> list[str]:
+    """6 content tags, oldest first, plus a `latest` tag devloop did not make (on the oldest content)."""
+    tags = []
+    for i in range(6):
+        tag = f"dl-{uuid.uuid4().hex[:16]}"
+        ref = f"{registry.host}/{NAME}:{tag}"
+        cleanup_images.append(ref)
+        _build(docker_client, ref, os.urandom(256 * 1024) + bytes([i]))
+        _push(docker_client, ref)
+        tags.append(tag)
+    latest = f"{registry.host}/{NAME}:latest"
+    _build(docker_client, latest, os.urandom(128 * 1024))
+    cleanup_images.append(latest)
+    _push(docker_client, latest)
+    return tags
+
+
+def test_registry_gc_keeps_the_newest_and_the_used_and_frees_disk(
+    docker_client: docker.DockerClient, registry: Registry, pushed: list[str]
+) -> None:
+    assert registry.tags() == sorted([*pushed, "latest"])
+    before = registry.storage()
+
+    # the oldest is in use (e.g. the version serving): kept although old; `latest` is not devloop's
+    report = collect(NAME, registry.host, [], 3, {pushed[0]}, registry_container=registry.container.name, client=docker_client)
+    assert report.errors == []
+    assert sorted(report.registry_tags) == sorted(pushed[1:3])
+    assert registry.tags() == sorted([pushed[0], *pushed[3:], "latest"])
+    middle = registry.storage()
+    assert report.registry_bytes is not None and report.registry_bytes >= 2 * 256 * 1024
+    assert before - middle >= 2 * 256 * 1024, (before, middle)
+
+    # no longer in use: the newest 3 stay
+    report = collect(NAME, registry.host, [], 3, set(), registry_container=registry.container.name, client=docker_client)
+    assert report.errors == [] and report.registry_tags == [pushed[0]]
+    assert registry.tags() == sorted([*pushed[3:], "latest"])
+    after = registry.storage()
+    assert middle - after >= 256 * 1024, (middle, after)
+    print(f"registry storage: {before} -> {middle} -> {after} bytes; tags 7 -> 5 -> 4")
+
+    # nothing more to do: a second run deletes nothing
+    again = collect(NAME, registry.host, [], 3, set(), registry_container=registry.container.name, client=docker_client)
+    assert again.errors == [] and again.registry_tags == []
+
+
+def test_a_deleted_version_pushed_again_is_whole(docker_client: docker.DockerClient, registry: Registry, pushed: list[str]) -> None:
+    """After the registry's garbage collector removed a version's blobs, pushing that version again
+    (a revert to old content) must upload them again: the registry's blob cache must not claim them."""
+    collect(NAME, registry.host, [], 3, set(), registry_container=registry.container.name, client=docker_client)
+    assert pushed[0] not in registry.tags()
+    _push(docker_client, f"{registry.host}/{NAME}:{pushed[0]}")
+    api = HttpRegistry(registry.host)
+    m = api.manifest(NAME, pushed[0])
+    assert m is not None
+    for blob in m.blobs:
+        status, _, _ = api._request("GET", f"/v2/{NAME}/blobs/{blob}")
+        assert status == 200, f"blob {blob} of the re-pushed {pushed[0]} is missing (HTTP {status})"
+
+
+def test_deletes_disabled_is_reported_not_raised(docker_client: docker.DockerClient, pushed: list[str], registry: Registry) -> None:
+    """A registry started without deletes: collect says how to enable them and removes nothing."""
+    with contextlib.ExitStack() as stack:
+        c = docker_client.containers.run(REGISTRY_IMAGE, detach=True, ports={"5000/tcp": ("127.0.0.1", None)})
+        stack.callback(c.remove, force=True, v=True)
+        c.reload()
+        host = f"localhost:{c.attrs['NetworkSettings']['Ports']['5000/tcp'][0]['HostPort']}"
+        deadline = time.monotonic() + 30
+        while not _answers(host):
+            assert time.monotonic() < deadline
+        for tag in pushed[:5]:
+            docker_client.api.tag(f"{registry.host}/{NAME}:{tag}", f"{host}/{NAME}", tag)
+            stack.callback(docker_client.images.remove, f"{host}/{NAME}:{tag}")
+            _push(docker_client, f"{host}/{NAME}:{tag}")
+        report = collect(NAME, host, [], 3, set(), registry_container=str(c.name), client=docker_client)
+        assert report.registry_tags == []
+        assert any(DELETE_ENV in e for e in report.errors), report.errors
+        assert len(HttpRegistry(host).tags(NAME)) == 5
