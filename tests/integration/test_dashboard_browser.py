@@ -232,3 +232,26 @@ def test_another_site_in_the_same_browser_cannot_rebuild(pw: Playwright, devloop
         b.close()
     assert result == "answered"  # the request reached the dashboard ...
     assert devloop.rebuilds == []  # ... which refused it
+
+
+def test_a_page_of_an_earlier_session_cannot_rebuild(page: Page, devloop: Devloop) -> None:
+    # devloop restarted on the same port: the open page still has the old session's token.
+    port = devloop.dashboard.port
+    devloop.dashboard.stop()
+    expect(page.locator("#conn")).to_contain_text("not answering")
+    restarted = Devloop()
+    restarted.dashboard.port = port
+    restarted.dashboard.start()
+    try:
+        expect(page.locator("#conn")).to_have_text("live")  # the stream reconnects by itself ...
+        web = card(page, "web")
+        web.get_by_role("button", name="rebuild now").click()
+        expect(web.locator(".rebuild-note")).to_have_text("rebuild refused: reload the page (devloop was restarted?)")
+        assert restarted.rebuilds == [] and devloop.rebuilds == []  # ... but cannot act with the old token
+        page.reload()
+        page.evaluate("window.__notReloaded = true")
+        card(page, "web").get_by_role("button", name="rebuild now").click()
+        expect(card(page, "web").locator(".rebuild-note")).to_have_text("rebuild requested")
+        assert restarted.rebuilds == ["web"]
+    finally:
+        restarted.dashboard.stop()
