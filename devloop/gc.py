@@ -13,8 +13,8 @@ protocols with a real adapter each:
   SDK's exec, as images.py `node_has` does) for the registry's own garbage collector.
 - `Exec` again for the nodes: `crictl images`, `crictl ps -a`, `crictl inspecti`, `crictl rmi`.
 
-The registry must allow deletes (`REGISTRY_STORAGE_DELETE_ENABLED=true`, or `storage.delete.enabled`
-in its config); otherwise the DELETE answers 405 and the report says so.
+The registry must be started with `REGISTRY_ENV` (deletes allowed, no in-memory blob cache);
+without deletes the DELETE answers 405 and the report says so.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ MANIFEST_TYPES = ", ".join(
 REGISTRY_BINARIES = ("/bin/registry", "/usr/bin/docker-registry", "/usr/local/bin/registry")
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 DELETE_ENV = "REGISTRY_STORAGE_DELETE_ENABLED"
+# What the registry container needs for this module (registry.py `_ensure_container`, environment=):
+# deletes allowed, and no in-memory blob descriptor cache. With the cache (registry:2's default config),
+# blobs the garbage collector removed stay "known" to the running registry: pushing that content again
+# (a revert) is answered "layer already exists" and leaves a tag whose manifest is gone (GET -> 404).
+# An empty cache type disables the cache (the registry logs "unknown cache type ..., caching disabled").
+REGISTRY_ENV = {DELETE_ENV: "true", "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": ""}
 
 
 # -- planning (pure) ---------------------------------------------------------------------------------
@@ -330,16 +336,14 @@ class NodeGC:
             return
         used = self.used(node)
         busy = {i.id for i in mine if i.id in used or used.intersection(i.tags)}
-        doomed: set[str] = set()  # full names
-        for repo in sorted(repos):
-            named = [(t, i) for i in mine for t in i.tags if _repo(t) == repo]
-            ours = [(t, i) for t, i in named if tag_of(t).startswith(TAG_PREFIX)]
-            if not ours:
-                continue
-            times = {i.id: self.created(node, i.id) for _, i in ours}
-            held = in_use | {tag_of(t) for t, i in named if i.id in busy}
-            drop = set(keep_plan([(tag_of(t), times[i.id]) for t, i in ours], keep, held))
-            doomed |= {t for t, _ in ours if tag_of(t) in drop}
+        # one plan per service: a content tag is the same version whether pulled from the registry or kind-loaded
+        ours = [(t, i) for i in mine for t in i.tags if _repo(t) in repos and tag_of(t).startswith(TAG_PREFIX)]
+        times: dict[str, float] = {}
+        for t, i in ours:
+            times[tag_of(t)] = max(times.get(tag_of(t), 0.0), self.created(node, i.id))
+        held = in_use | {tag_of(t) for i in mine if i.id in busy for t in i.tags}
+        drop = set(keep_plan(sorted(times.items()), keep, held))
+        doomed = {t for t, _ in ours if tag_of(t) in drop}  # full names
         for image in mine:
             # an image goes only when no container uses it and every name it has is one of ours and doomed
             if image.id in busy or not all(t in doomed for t in image.tags):

@@ -1,7 +1,8 @@
 """Registry garbage collection against the real Docker engine and the real registry image
 (devloop-test/registry:bookworm from tests/images/build-registry.sh, or DEVLOOP_TEST_REGISTRY_IMAGE):
 a throwaway registry of its own (own name, own port, deletes enabled), 6 pushed content tags of
-tiny FROM-scratch images whose content differs, then `devloop.gc.collect`."""
+tiny FROM-scratch images whose content differs, then `devloop.gc.collect`. The registry runs with
+`devloop.gc.REGISTRY_ENV`, as devloop must start it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from devloop.gc import DELETE_ENV, HttpRegistry, collect
+from devloop.gc import DELETE_ENV, REGISTRY_ENV, HttpRegistry, collect
 
 from .conftest import REPO
 
@@ -63,7 +64,7 @@ def registry(docker_client: docker.DockerClient) -> Iterator[Registry]:
         subprocess.run(["bash", str(REPO / "tests" / "images" / "build-registry.sh")], check=True, stdout=subprocess.DEVNULL)
     name = f"devloop-gc-test-{uuid.uuid4().hex[:8]}"
     c = docker_client.containers.run(
-        REGISTRY_IMAGE, name=name, detach=True, environment={DELETE_ENV: "true"}, ports={"5000/tcp": ("127.0.0.1", None)}
+        REGISTRY_IMAGE, name=name, detach=True, environment=REGISTRY_ENV, ports={"5000/tcp": ("127.0.0.1", None)}
     )
     try:
         c.reload()
