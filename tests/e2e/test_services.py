@@ -132,13 +132,14 @@ def test_dev_rolls_only_what_changed_and_a_broken_service_keeps_its_old_version(
     page = get(web_port)[1]
     assert "web v2" in page and "api v3" in page
 
-    # 3. fixing the worker recovers it
-    edit(shop / "worker" / "server.js", "const VERSION = = ", "const VERSION =")
+    # 3. fixing the worker (as a new version) recovers it
+    edit(shop / "worker" / "server.js", "const VERSION = = 'worker v1'", "const VERSION = 'worker v2'")
     fixed = d.wait_for(lambda e: e["event"] == "cycle_done" and e["service"] == "worker", 300, "the worker's fix")
     assert fixed["ok"], fixed
     assert set(pods(harness, "worker").values()) == {fixed["image"]}
-    logs = harness.kubectl_run("logs", "deployment/worker").stdout
-    assert "worker v1" in logs
+    d.wait_for(
+        lambda e: e["event"] == "log" and e["service"] == "worker" and "worker v2 processed" in e["line"], 60, "the fixed worker's log"
+    )
 
     # 4. Ctrl-C stops every child (forwards and log streams of all services)
     assert children_of_cluster()
