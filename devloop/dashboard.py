@@ -327,7 +327,9 @@ class Dashboard:
         snap, snap_error = self._snapshot()
         configured: Mapping[str, Any] = snap.get("services") or {}
         with self._lock:
-            names = list(configured) + [n for n, v in self._services.items() if v.seen and n not in configured]
+            # The configured services only (devloop's own parts, e.g. "monitoring", report progress under a
+            # service name too, but have no card); without a snapshot, those the events named.
+            names = list(configured) or [n for n, v in self._services.items() if v.seen]
             logs = {name: [rec for _, rec in self._history.get(("log", name), ())] for name in names}
             views = {name: self._view_json(name, configured.get(name) or {}, logs[name]) for name in names}
             notices = list(self._notices)

@@ -223,6 +223,18 @@ def test_events_before_the_dashboard_existed_are_shown(out: Output) -> None:
         harness.d.stop()
 
 
+def test_only_configured_services_get_a_card(h: Harness) -> None:
+    # Prometheus' start is reported under service "monitoring": progress of devloop's own, not a service to rebuild.
+    h.out.progress("monitoring", "Prometheus: 0 of 1 updated replicas available")
+    h.out.info("Prometheus ready in 12.0s", service="monitoring")
+    publish_good_cycle(h.out, 1, "web")
+    state = h.state()
+    assert [s["name"] for s in state["services"]] == ["web", "api"]
+    assert "Prometheus ready in 12.0s" in [n["message"] for n in state["notices"]]
+    status, _ = h.request("POST", "/api/services/monitoring/rebuild", {"X-Devloop-Token": h.d.token})
+    assert status == 404 and h.rebuilds == []
+
+
 def test_a_failing_snapshot_still_serves_the_events(out: Output) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("kubectl went away")
