@@ -133,7 +133,7 @@ def test_dev_rolls_only_what_changed_and_a_broken_service_keeps_its_old_version(
     assert "web v2" in page and "api v3" in page
 
     # 3. fixing the worker (as a new version) recovers it
-    edit(shop / "worker" / "server.js", "const VERSION = = 'worker v1'", "const VERSION = 'worker v2'")
+    edit(shop / "worker" / "server.js", "const VERSION = =  'worker v1'", "const VERSION = 'worker v2'")
     fixed = d.wait_for(lambda e: e["event"] == "cycle_done" and e["service"] == "worker", 300, "the worker's fix")
     assert fixed["ok"], fixed
     assert set(pods(harness, "worker").values()) == {fixed["image"]}
