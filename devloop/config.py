@@ -57,6 +57,7 @@ PathText = Annotated[Path, BeforeValidator(_path_text)]
 NonEmpty = Annotated[str, Field(min_length=1, strict=True)]
 StrList = Annotated[tuple[NonEmpty, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+KeepVersions = Annotated[int, Field(ge=1, le=100, strict=True)]
 
 
 class ClusterConfig(_Model):
@@ -181,6 +182,7 @@ class ConfigV2(_Model):
     watch: WatchConfig = WatchConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    keep_versions: KeepVersions = 3
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -218,6 +220,7 @@ class ConfigV1(_Model):
     watch: WatchConfig = WatchConfig()
     monitoring: MonitoringConfig = MonitoringConfig(enabled=True)
     dashboard: DashboardConfig = DashboardConfig()
+    keep_versions: KeepVersions = 3
     image: ImageConfig = ImageConfig(**_V1_IMAGE)
     deploy: DeployConfig = DeployConfig(deployment="web-app")
     port_forward: _LegacyPortForward = _LegacyPortForward()
@@ -246,6 +249,7 @@ class ConfigV1(_Model):
             "watch": self.watch,
             "monitoring": self.monitoring,
             "dashboard": self.dashboard,
+            "keep_versions": self.keep_versions,
             "services": (service,),
         }
 
@@ -262,6 +266,7 @@ class Config(BaseModel):
     watch: WatchConfig
     monitoring: MonitoringConfig
     dashboard: DashboardConfig
+    keep_versions: int  # content-tagged versions kept per service (host, local registry, nodes)
     services: tuple[ServiceConfig, ...]
 
     @property
@@ -427,7 +432,7 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
             parts = ConfigV1.model_validate(data).as_v2()
         else:
             v2 = ConfigV2.model_validate(data)
-            parts = {k: getattr(v2, k) for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "services")}
+            parts = {k: getattr(v2, k) for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "keep_versions", "services")}
     except ValidationError as e:
         errs = e.errors()
         first = errs[0]
@@ -480,6 +485,7 @@ def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, 
         watch=parts["watch"],
         monitoring=parts["monitoring"],
         dashboard=parts["dashboard"],
+        keep_versions=parts["keep_versions"],
         services=tuple(services),
     )
 

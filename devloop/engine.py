@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from devloop import live
+from devloop import gc, live
 from devloop import manifests as mf
 from devloop.builder import Builder, detect_builder
 from devloop.config import Config, ServiceConfig
@@ -127,6 +127,8 @@ class Engine:
         self.cluster_gone = False
         self._context_ns: str | None = None
         self._checked = False
+        self._gc_lock = threading.Lock()
+        self._gc_running: set[str] = set()  # services with a garbage collection under way (under _gc_lock)
         self._stop = threading.Event()
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
 
@@ -413,6 +415,7 @@ class Engine:
         )
         st.rolled_out(ref, revision)
         self._prune(svc)
+        self._collect_garbage(svc, {r.tag for r in (st.good, st.applied) if r})
 
     # -- steps ------------------------------------------------------------------------------------
     def build(self, svc: ServiceConfig, ref: ImageRef) -> bool:
@@ -560,12 +563,47 @@ class Engine:
         if st is not None:
             st.healthy = False
 
+    def _collect_garbage(self, svc: ServiceConfig, in_use: set[str]) -> None:
+        """In the background, after a successful rollout: delete this service's old content tags
+        from the local registry and the nodes' containerd (never one in use, never one devloop did
+        not build). At most one collection per service at a time; it never fails or slows a cycle."""
+        if not isinstance(self.images, Images):
+            return  # fakes in unit tests: nothing to collect
+        with self._gc_lock:
+            if svc.name in self._gc_running:
+                return
+            self._gc_running.add(svc.name)
+        publisher = self.publisher
+        guard = publisher.lock if isinstance(publisher, RegistryPublisher) else None
+
+        def work() -> None:
+            try:
+                report = gc.collect(
+                    svc.image.name,
+                    publisher.registry or None,
+                    self.kind.nodes(self.config.cluster.name),
+                    self.config.keep_versions,
+                    in_use,
+                    registry_container=self.config.registry.name,
+                    client=self.docker.client,
+                    guard=guard,
+                )
+                if report.removed or report.errors:
+                    self.out.detail(f"{svc.name}: {report.summary()}", service=svc.name)
+            except Exception as e:  # tidying is best effort
+                self.out.detail(f"{svc.name}: garbage collection skipped: {e}", service=svc.name)
+            finally:
+                with self._gc_lock:
+                    self._gc_running.discard(svc.name)
+
+        threading.Thread(target=work, daemon=True, name=f"devloop-gc-{svc.name}").start()
+
     def _prune(self, svc: ServiceConfig) -> None:
         """Keep the newest few content tags; tidying never fails a cycle."""
         registry = self.publisher.registry
         repos = [svc.image.name] + ([f"{registry}/{svc.image.name}"] if registry else [])
         try:
-            removed = self.images.prune(repos)
+            removed = self.images.prune(repos, keep=self.config.keep_versions)
         except DevloopError:
             return
         if removed:

@@ -9,6 +9,7 @@ A remote registry is a third implementation of the same interface; the engine do
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,8 @@ class RegistryPublisher:
         self._registry = registry
         self._kind = kind
         self._cluster = cluster
+        # held around pushes: the registry's garbage collection must never run during one
+        self.lock = threading.Lock()
 
     @property
     def registry(self) -> str:
@@ -49,17 +52,18 @@ class RegistryPublisher:
         return self._registry.ensure(self._kind.nodes(self._cluster))
 
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
-        if self._registry.has(ref.local):
-            return False
-        try:
-            self._registry.push(ref.local)
-        except DevloopError:
-            # devloop created the registry: when it was stopped (docker stop, a reboot), start it again
-            if self._registry.running():
-                raise
-            note(f"the local registry {self._registry.cfg.name} was stopped; starting it again")
-            self.prepare()
-            self._registry.push(ref.local)
+        with self.lock:
+            if self._registry.has(ref.local):
+                return False
+            try:
+                self._registry.push(ref.local)
+            except DevloopError:
+                # devloop created the registry: when it was stopped (docker stop, a reboot), start it again
+                if self._registry.running():
+                    raise
+                note(f"the local registry {self._registry.cfg.name} was stopped; starting it again")
+                self.prepare()
+                self._registry.push(ref.local)
         return True
 
 

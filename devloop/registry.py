@@ -17,6 +17,7 @@ import docker.errors
 
 from devloop.config import RegistryConfig
 from devloop.errors import EnvironmentMissing, StepFailed
+from devloop.gc import REGISTRY_ENV
 from devloop.images import Images, docker_errors
 from devloop.ports import Cluster
 
@@ -100,6 +101,7 @@ class LocalRegistry:
                     name=self.cfg.name,
                     detach=True,
                     restart_policy={"Name": "always"},
+                    environment=REGISTRY_ENV,  # deletes allowed (devloop's garbage collection), no stale blob cache
                     ports={"5000/tcp": ("127.0.0.1", self.cfg.host_port)},
                     labels={"dev.devloop.role": "registry"},
                 )
