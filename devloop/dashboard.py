@@ -280,6 +280,9 @@ class Dashboard:
                 else:
                     v.state = "failed"
                     v.error = {**(r.get("error") or {"message": "failed"}), "outcome": r.get("outcome", ""), "cycle": number}
+        elif kind == "skipped" and r.get("reason") == "image content unchanged" and v.state == "failed":
+            # A failed change undone: the cluster runs exactly these files, healthy (checked by devloop), no cycle needed.
+            v.state, v.error, v.phase, v.progress = "ready", None, None, ""
         elif kind == "port_forward":
             url = str(r.get("url", ""))
             v.forwards[url] = {"url": url, "ready": bool(r.get("ready")), "message": r.get("message", "")}

@@ -223,6 +223,14 @@ def test_events_before_the_dashboard_existed_are_shown(out: Output) -> None:
         harness.d.stop()
 
 
+def test_a_failed_change_undone_is_ready_again(h: Harness) -> None:
+    publish_failed_cycle(h.out, 2, "api")
+    h.out.skipped("image content unchanged", ["Dockerfile"], service="api")
+    api = h.service("api")
+    assert api["state"] == "ready" and api["error"] is None
+    assert api["cycles"][-1]["ok"] is False  # the failed cycle stays in the history
+
+
 def test_only_configured_services_get_a_card(h: Harness) -> None:
     # Prometheus' start is reported under service "monitoring": progress of devloop's own, not a service to rebuild.
     h.out.progress("monitoring", "Prometheus: 0 of 1 updated replicas available")
