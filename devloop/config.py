@@ -228,9 +228,12 @@ class ConfigV1(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _image_defaults(cls, data: Any) -> Any:
+    def _sample_defaults(cls, data: Any) -> Any:
+        """The single-service form's defaults are the bundled sample's, key by key."""
         if isinstance(data, dict) and isinstance(data.get("image"), dict):
             data = {**data, "image": {**_V1_IMAGE, **data["image"]}}
+        if isinstance(data, dict) and isinstance(data.get("monitoring"), dict):
+            data = {**data, "monitoring": {"enabled": True, **data["monitoring"]}}
         return data
 
     def as_v2(self) -> dict[str, Any]:

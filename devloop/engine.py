@@ -311,6 +311,10 @@ class Engine:
             if self._unchanged(c):
                 skipped.append(ServiceResult(c.service, ok=True, skipped=True))
                 self.out.skipped("image content unchanged", list(c.trigger_files), service=c.service)
+                st = self.state[c.service]
+                if st.failed and st.applied is not None:  # e.g. a broken build undone: say it is behind us
+                    st.failed = False
+                    self.out.info(f"{c.service}: back to {st.applied.tag}, which the cluster runs (its rollout completed)", service=c.service)
             else:
                 changes.append(c)
         if not changes:
@@ -360,6 +364,8 @@ class Engine:
         except Exception as e:  # a bug in one service's task must not take the others down
             result.error = CycleFailed("internal", f"{type(e).__name__}: {e}", "run with --debug and report it")
         result.ok = result.error is None
+        if not result.synced:
+            self.state[svc.name].failed = not result.ok
         self._report(number, change, result, self.clock() - start)
         return result
 

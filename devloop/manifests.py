@@ -19,6 +19,7 @@ from devloop import live
 from devloop.errors import ConfigError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+IMAGE_TAG_ENV = "DEVLOOP_IMAGE_TAG"
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,9 @@ def rewrite(
         for c in containers_of(copied, image_name):
             c["image"] = new_ref
             c["imagePullPolicy"] = "IfNotPresent"
+            # the app can tell which version it is (the sample reports it in app_info)
+            env = [e for e in c.get("env") or [] if e.get("name") != IMAGE_TAG_ENV]
+            c["env"] = [*env, {"name": IMAGE_TAG_ENV, "value": new_ref.rpartition(":")[2]}]
             if command is not None:
                 c["command"], c["args"] = live.wrap(command(c))
             hits += 1

@@ -48,6 +48,7 @@ class ServiceState:
     healthy: bool = False  # the rollout of `applied` completed (or a rollback restored `good`)
     live_ref: ImageRef | None = None  # content tag of the tree as last live-synced over `good`
     synced: set[str] = field(default_factory=set)  # files live-synced since `good` rolled out
+    failed: bool = False  # the service's last cycle failed
 
     @property
     def running(self) -> ImageRef | None:

@@ -127,3 +127,18 @@ def test_fuzzer_reaches_valid_yaml_too(sample_copy: Path) -> None:
     # the fuzz above is only worth something if valid documents parse: one sanity anchor
     cfg = config.parse(yaml.safe_load("watch: {debounceMs: 10}"), root=sample_copy, source="devloop.yaml")
     assert cfg.watch.debounce_ms == 10
+
+
+def test_the_single_service_form_keeps_the_samples_monitoring_when_only_its_image_is_set(sample_copy: Path) -> None:
+    write(sample_copy, "monitoring: {image: local/prometheus:1}\n")
+    cfg = config.load(None, sample_copy)
+    assert cfg.monitoring.enabled and cfg.monitoring.image == "local/prometheus:1"
+    write(sample_copy, "apiVersion: devloop/v2\nservices: [{name: web, image: {name: web, context: sample-app}}]\n")
+    assert not config.load(None, sample_copy).monitoring.enabled  # off unless asked for, in the services form
+
+
+def test_schema_describes_services_and_forbids_unknown_keys() -> None:
+    s = config.schema()
+    assert "services" in s["properties"] and s["additionalProperties"] is False
+    service = s["$defs"]["ServiceConfig"]
+    assert {"name", "image", "deploy", "portForward", "liveUpdate"} <= set(service["properties"])

@@ -102,3 +102,22 @@ def test_dev_rolling_update_override_touches_only_that_deployment(repo: Path) ->
     }
     assert "strategy" not in mf.find(docs, "Deployment", "web-app").doc["spec"]  # type: ignore[union-attr]
     assert mf.with_rolling_update(docs, "web-app", "25%", "0")[0].doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
+
+
+def test_rewrite_tells_the_app_its_tag_without_touching_other_env() -> None:
+    from devloop import manifests as mf
+
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "web", "image": "web:latest", "env": [{"name": "NODE_ENV", "value": "production"}]}]}
+            }
+        },
+    }
+    (out,) = mf.rewrite([mf.Manifest("x.yaml", doc)], "web", "localhost:5001/web:dl-0123456789abcdef")
+    c = out.doc["spec"]["template"]["spec"]["containers"][0]
+    assert c["env"] == [{"name": "NODE_ENV", "value": "production"}, {"name": "DEVLOOP_IMAGE_TAG", "value": "dl-0123456789abcdef"}]
+    assert doc["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "NODE_ENV", "value": "production"}]  # a copy
