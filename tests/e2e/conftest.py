@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import docker
 import pytest
@@ -200,24 +200,57 @@ class Devloop:
         return self.proc.wait(timeout)
 
 
-@pytest.fixture
-def run_devloop(harness: Harness, project: Path) -> Iterator[Callable[..., Devloop]]:
+def start_devloop(harness: Harness, cwd: Path, *args: str) -> Devloop:
+    """`devloop --json ARGS` running in `cwd`, its events pumped into a queue."""
+    proc = subprocess.Popen(
+        devloop_argv(*args), cwd=cwd, env=harness.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    d = Devloop(proc)
+    d.start_reader()
+    return d
+
+
+@contextlib.contextmanager
+def devloops(harness: Harness, cwd: Path) -> Iterator[Callable[..., Devloop]]:
+    """Start devloop processes in `cwd`; whatever still runs at the end is killed."""
     started: list[Devloop] = []
 
     def start(*args: str) -> Devloop:
-        proc = subprocess.Popen(
-            devloop_argv(*args), cwd=project, env=harness.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        d = Devloop(proc)
-        d.start_reader()
-        started.append(d)
-        return d
+        started.append(start_devloop(harness, cwd, *args))
+        return started[-1]
 
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+    try:
+        yield start
+    finally:
+        for d in started:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+
+
+@pytest.fixture
+def run_devloop(harness: Harness, project: Path) -> Iterator[Callable[..., Devloop]]:
+    with devloops(harness, project) as start:
+        yield start
+
+
+T = TypeVar("T")
+
+
+def poll(what: str, timeout: float, check: Callable[[], T | None], interval: float = 1.0) -> T:
+    """Wait for a real cluster: `check()` until it returns something, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            got = check()
+        except Exception as e:  # the API server or Prometheus not answering yet
+            got, last = None, e
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
+        time.sleep(interval)  # polling a real cluster with a deadline, not synchronising threads
 
 
 def run_cli(harness: Harness, project: Path, *args: str, timeout: float = 900) -> tuple[int, list[dict[str, Any]], str]:

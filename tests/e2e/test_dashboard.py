@@ -24,10 +24,9 @@ import os
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -37,7 +36,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from devloop.config import MonitoringConfig
 from devloop.kube import Kube
 from devloop.monitoring import Monitoring
-from tests.e2e.conftest import REPO, Devloop, Harness, devloop_argv, free_port, run_cli
+from tests.e2e.conftest import REPO, Devloop, Harness, devloop_argv, free_port, poll, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -51,23 +50,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 UP_TIMEOUT = 900.0  # a new cluster, the first build, the rollout and Prometheus, on 2 shared cores
 CYCLE_TIMEOUT = 300.0
 PAGE_MS = 30_000  # how long the page may take to show what devloop reported
-T = TypeVar("T")
-
-
-def poll(what: str, timeout: float, check: Callable[[], T | None], interval: float = 2.0) -> T:
-    """Wait for a real cluster (Prometheus scrapes every 15 s): `check()` until it returns something."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            got = check()
-        except Exception as e:  # Prometheus or the API server not answering yet
-            got, last = None, e
-        if got is not None:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
-        time.sleep(interval)
 
 
 def edit(path: Path, old: str, new: str) -> None:

@@ -13,8 +13,8 @@ import dataclasses
 import io
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +24,7 @@ from devloop.errors import StepFailed
 from devloop.kube import Kube, rollout_progress
 from devloop.monitoring import NAME, Monitoring, cluster_name
 from devloop.output import Output
-from tests.e2e.conftest import REPO, Harness
+from tests.e2e.conftest import REPO, Harness, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +33,6 @@ CONTEXT = f"kind-{CLUSTER}"
 NS = "default"
 APP_IMAGE = "devloop-mon/web-app:e2e"
 APP = {"app": "web-app"}
-T = TypeVar("T")
-
-
-def poll(what: str, timeout: float, check: Callable[[], T | None], interval: float = 1.0) -> T:
-    """Wait for a real cluster: `check()` until it returns something, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            got = check()
-        except Exception as e:  # the API server or Prometheus not answering yet
-            got, last = None, e
-        if got is not None:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
-        time.sleep(interval)
 
 
 def run(harness: Harness, *argv: str, timeout: float = 600) -> str:

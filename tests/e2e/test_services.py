@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, REPO, Devloop, Harness, children_of_cluster, free_port, run_cli
+from tests.e2e.conftest import CLUSTER, REPO, Devloop, Harness, children_of_cluster, devloops, free_port, run_cli
 from tests.e2e.test_loop import edit, get
 
 pytestmark = pytest.mark.e2e
@@ -59,26 +59,8 @@ def pods(harness: Harness, app: str) -> dict[str, str]:
 
 @pytest.fixture
 def shop_devloop(harness: Harness, shop: Path) -> Iterator[Any]:
-    import subprocess
-
-    from tests.e2e.conftest import devloop_argv
-
-    started: list[Devloop] = []
-
-    def start(*args: str) -> Devloop:
-        proc = subprocess.Popen(
-            devloop_argv(*args), cwd=shop, env=harness.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        d = Devloop(proc)
-        d.start_reader()
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+    with devloops(harness, shop) as start:
+        yield start
 
 
 def test_up_brings_every_service_ready_and_each_forward_answers(harness: Harness, shop: Path) -> None:
