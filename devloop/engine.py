@@ -314,7 +314,7 @@ class Engine:
                 st = self.state[c.service]
                 if st.failed and st.applied is not None:  # e.g. a broken build undone: say it is behind us
                     st.failed = False
-                    self.out.info(f"{c.service}: back to {st.applied.tag}, which the cluster runs (its rollout completed)", service=c.service)
+                    self.out.info(f"{c.service}: back to {st.applied.tag}, which the cluster runs (rollout completed)", service=c.service)
             else:
                 changes.append(c)
         if not changes:
