@@ -552,7 +552,8 @@ class Engine:
             try:
                 self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports], stdin=payload)
             except DevloopError as e:
-                errors.append(f"{pod}: {e.message}")
+                said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
+                errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))
 
         threads = [threading.Thread(target=one, args=(n,)) for n in names]
         for t in threads:

@@ -116,14 +116,17 @@ class DevSession:
             }
         return {"services": services}
 
-    def start_poller(self, interval: float = 3.0) -> None:
+    def start_poller(self, interval: float = 5.0, metrics_every: int = 3) -> None:
         """Pods (and, with monitoring, traffic and versions from Prometheus) for the dashboard."""
-        self._poller = threading.Thread(target=self._poll, args=(interval,), daemon=True, name="devloop-poller")
+        self._poller = threading.Thread(target=self._poll, args=(interval, metrics_every), daemon=True, name="devloop-poller")
         self._poller.start()
 
-    def _poll(self, interval: float) -> None:
+    def _poll(self, interval: float, metrics_every: int) -> None:
+        """Pods every `interval` s; Prometheus (which scrapes every 15 s) every `metrics_every` rounds."""
         mon = None
+        rounds = 0
         while not self._stopping.wait(interval):
+            rounds += 1
             for svc in self.config.services:
                 try:
                     d = self.engine.manifests(svc)
@@ -131,7 +134,7 @@ class DevSession:
                 except DevloopError:
                     continue
                 self._pods = {**self._pods, svc.name: [_pod_row(p) for p in pods]}
-                if self.config.monitoring.enabled:
+                if self.config.monitoring.enabled and rounds % metrics_every == 1:
                     try:
                         mon = mon or self.engine.monitoring()
                         if mon is not None:

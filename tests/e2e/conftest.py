@@ -155,8 +155,9 @@ def project(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {harness.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {harness.node_base}\n"
         f"registry:\n  image: {harness.registry_image}\n"
-        f"monitoring:\n  image: {harness.prometheus_image}\n"
-        "dashboard:\n  port: 0\n"
+        # the loop's own tests: no Prometheus and no page beside it on 2 cores (test_dashboard.py covers both)
+        f"monitoring:\n  enabled: false\n  image: {harness.prometheus_image}\n"
+        "dashboard:\n  enabled: false\n"
         f"portForward:\n  localPort: {free_port()}\n"
         "deploy:\n  rolloutTimeout: 240\n"
     )

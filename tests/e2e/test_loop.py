@@ -231,7 +231,12 @@ def test_live_update_syncs_without_new_pods_and_survives_a_restart(harness: Harn
         server.write_text(text.replace(current, "const MESSAGE = 'Hello live';"))
         done = d.wait_for(lambda e: e["event"] == "cycle_done", 120, "the live-update cycle")
         assert done["ok"], done["error"]
-        assert "sync" in done["phases"] and "build" not in done["phases"] and "rollout" not in done["phases"]
+        why = [
+            e["message"]
+            for e in d.seen
+            if e["event"] in ("detail", "warning") and ("live update" in e["message"] or "restarted" in e["message"])
+        ]
+        assert "sync" in done["phases"] and "build" not in done["phases"] and "rollout" not in done["phases"], (done, why)
         answers = served_by_every_pod(harness)
         assert set(answers) == pods_before  # the same pods: nothing was rolled
         assert set(answers.values()) == {"Hello live"}, answers

@@ -29,7 +29,7 @@ def shop(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
     doc = yaml.safe_load((root / "devloop.yaml").read_text())
     doc["cluster"] = {"name": CLUSTER, "nodeImage": harness.kind_image, "kindConfig": "kind-config.yaml"}
     doc["registry"] = {"image": harness.registry_image}
-    doc["dashboard"] = {"port": 0}
+    doc["dashboard"] = {"enabled": False}
     for svc in doc["services"]:
         svc["image"]["buildArgs"] = {"NODE_IMAGE": harness.node_base}
         svc["deploy"]["rolloutTimeout"] = 240
