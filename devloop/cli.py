@@ -78,6 +78,8 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     opts: Options = ctx.obj or Options()
     out = opts.output()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C stops devloop even when it was started from a background job (which inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
     try:
         code = body(out)
