@@ -10,6 +10,7 @@ Modes (same cluster, same sample, 3 replicas):
   devloop-registry  devloop dev, rebuild path, pushing to the local registry
   devloop-kindload  devloop dev, rebuild path, docker save + kind load image-archive
   devloop-registry-fastroll  as devloop-registry, with the dev-only deploy.rollingUpdate 1/2
+  devloop-registry-monitoring  as devloop-registry, with Prometheus running beside the app (monitoring on)
   baseline          docker build; kind load docker-image; kubectl rollout restart; rollout status
 
 Also: a no-op save and an ignored-file save (must start no cycle), and the idle CPU / RSS of
@@ -127,7 +128,7 @@ class Client:
         self.h.kubectl_run("delete", "pod", "bench-client", "--ignore-not-found", "--wait=false", check=False)
 
 
-def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rollout: bool = False) -> None:
+def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rollout: bool = False, monitoring: bool = False) -> None:
     rolling = "  rollingUpdate: {maxSurge: 1, maxUnavailable: 2}\n" if fast_rollout else ""
     (root / "devloop.yaml").write_text(
         "apiVersion: devloop/v1\n"
@@ -137,7 +138,7 @@ def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rol
         f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
         f"liveUpdate:\n  enabled: {str(live).lower()}\n  command: [node, server.js]\n"
         f"portForward:\n  localPort: {free_port()}\n"
-        "monitoring:\n  enabled: false\ndashboard:\n  port: 0\n"
+        f"monitoring:\n  enabled: {str(monitoring).lower()}\n  image: {h.prometheus_image}\ndashboard:\n  port: 0\n"
     )
 
 
@@ -181,7 +182,14 @@ def edit(root: Path, message: str) -> None:
 
 
 def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str, float]]:
-    write_config(root, h, registry=mode != "devloop-kindload", live=mode == "devloop-live", fast_rollout=mode.endswith("-fastroll"))
+    write_config(
+        root,
+        h,
+        registry=mode != "devloop-kindload",
+        live=mode == "devloop-live",
+        fast_rollout=mode.endswith("-fastroll"),
+        monitoring=mode.endswith("-monitoring"),
+    )
     d = DevProcess(root, h)
     while True:  # wait for the initial cycle
         e = d.next({"cycle_done", "skipped"})
