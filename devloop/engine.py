@@ -550,7 +550,7 @@ class Engine:
 
         def one(pod: str) -> None:
             try:
-                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports], stdin=payload)
+                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports], stdin=payload, timeout=75)
             except DevloopError as e:
                 said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
                 errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))

@@ -34,8 +34,9 @@ done"""
 # Run in the app container with the tar on stdin ($1: target dir, $2...: container ports as the
 # 4-digit hex /proc/net/tcp uses): unpack, ask for a restart, wait until the supervisor has started
 # the new process (its pid changes) and, when the container declares ports, until one listens
-# again; at most 10 s each; exit 3 when it never listens. Shell builtins only (read, case) besides
-# `sleep`: under a CPU limit, spawning a grep every few ms visibly slows the app's start.
+# again; at most 30 s each (a restart under a CPU limit on a busy node is slow); exit 3 when it
+# never listens. Shell builtins only (read, case) besides `sleep`: under a CPU limit, spawning a
+# grep every few ms visibly slows the app's start.
 SYNC = f"""set -e
 target=$1; shift
 tar -xf - -C "$target"
@@ -43,7 +44,7 @@ read -r old < {CHILD_PID}
 : > {RESTART_FLAG}
 kill -TERM "$old"
 i=0; new=$old
-while [ "$new" = "$old" ] && [ $i -lt 200 ]; do sleep 0.05; read -r new < {CHILD_PID}; i=$((i+1)); done
+while [ "$new" = "$old" ] && [ $i -lt 600 ]; do sleep 0.05; read -r new < {CHILD_PID}; i=$((i+1)); done
 [ "$new" != "$old" ]
 [ $# -eq 0 ] && exit 0
 listening() {{
@@ -56,7 +57,7 @@ listening() {{
   return 1
 }}
 i=0
-until listening "$@"; do [ $i -ge 200 ] && exit 3; sleep 0.05; i=$((i+1)); done"""
+until listening "$@"; do [ $i -ge 600 ] && exit 3; sleep 0.05; i=$((i+1)); done"""
 
 
 def port_args(container: dict[str, Any]) -> list[str]:
