@@ -2,7 +2,11 @@
 
 One worker (the thread that calls `run`) owns everything that changes: the engine's state, the
 forwards, the log streams, the loop guard. The watcher and the pod watches only queue typed
-events (`Seen`, `PodChanged`); the worker takes them in debounced batches.
+events (`Seen`, `PodChanged`, `RebuildNow`); the worker takes them in debounced batches.
+
+Two readers outside the worker, both read-only: the dashboard's `dashboard_snapshot` (single dict
+lookups of `engine.state` and `access`) and the poller, which owns `_pods` and replaces it whole
+(never mutates it in place), so a reader always sees one complete mapping.
 """
 
 from __future__ import annotations
