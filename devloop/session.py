@@ -28,9 +28,14 @@ from devloop.errors import DevloopError
 from devloop.forward import LogStreams, PortForward
 from devloop.ignore import IgnoreRules
 from devloop.kube import PodEvent, pod_failure, pod_name, pod_ready
-from devloop.plan import Change, Plan, ServiceChange, everything, plan
+from devloop.manifests import KUSTOMIZATION_FILES
+from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan
 from devloop.proc import Background
 from devloop.watch import Watcher
+
+
+def _may_change_layout(path: str) -> bool:
+    return os.path.basename(path) in (".dockerignore", *KUSTOMIZATION_FILES) or path.endswith(MANIFEST_SUFFIXES)
 
 
 def _pod_row(p: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +94,7 @@ class DevSession:
         self.access: dict[str, _Access] = {}
         self._last_cycle: tuple[float, float] | None = None  # (start, end) of the last cycle that built
         self._observed = True
+        self._layout_cache: list[ServiceLayout] | None = None
         self._pods: dict[str, list[dict[str, Any]]] = {}  # per service, refreshed by the poller (replaced whole)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -211,9 +217,17 @@ class DevSession:
         finally:
             self.stop()
 
+    def _layouts(self, changes: list[Change] | None = None) -> list[ServiceLayout]:
+        """The services' layouts, read again only when a batch may change them (a .dockerignore or a
+        manifest file: ownership in a shared directory, kustomize inputs) or on request (None):
+        reading every manifest (and running kustomize) on each save is work the hot path need not do."""
+        if changes is None or self._layout_cache is None or any(_may_change_layout(c.path) for c in changes):
+            self._layout_cache = self.engine.layouts()
+        return self._layout_cache
+
     def _watch_inputs(self) -> tuple[list[tuple[Path, IgnoreRules]], list[Path]]:
         """Every build context (with its ignore rules), manifest path, kustomize input and config file."""
-        layouts = self.engine.layouts()
+        layouts = self._layouts()
         roots = [(Path(layout.context), layout.rules) for layout in layouts]
         extra = [m for svc in self.config.services for m in svc.manifests]
         extra += [Path(k) for layout in layouts for k in layout.kustomize]
@@ -245,7 +259,7 @@ class DevSession:
                         rebuild[item.service] = "rebuild requested from the dashboard"
                 elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
                     changes.append(item.change)
-            todo = plan(changes, self.engine.layouts(), self.engine.config_files())
+            todo = plan(changes, self._layouts(changes), self.engine.config_files())
             if rebuild:
                 forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
                 todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
@@ -308,7 +322,7 @@ class DevSession:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
-        return everything(self.engine.layouts(), "configuration changed")
+        return everything(self._layouts(), "configuration changed")
 
     def _after(self, results: list[ServiceResult], first: bool = False) -> None:
         for r in results:
