@@ -100,18 +100,26 @@ def _load(opts: Options) -> config_mod.Config:
     return config_mod.load(opts.config, Path.cwd())
 
 
-def _engine(cfg: config_mod.Config, out: Output, fetch_tools: bool = True) -> Engine:
-    from devloop.engine import Engine
+TargetOption = Annotated[
+    str | None,
+    typer.Option("--target", "-t", metavar="NAME", help="a target declared in devloop.yaml (default: the local kind cluster)"),
+]
 
+
+def _engine(cfg: config_mod.Config, out: Output, fetch_tools: bool = True, target: str | None = None) -> Engine:
+    from devloop.engine import Engine
+    from devloop.target import resolve
+
+    where = resolve(cfg, target)  # an undeclared target is refused before any tool runs
     if fetch_tools:
-        tools.ensure_tools(["kind", "kubectl"], out)
+        tools.ensure_tools(["kubectl"] if where.remote else ["kind", "kubectl"], out)
     else:
         tools.add_cache_to_path()
-    return Engine(cfg, out)
+    return Engine(cfg, out, target=where)
 
 
 @app.command()
-def up(ctx: typer.Context) -> None:
+def up(ctx: typer.Context, target: TargetOption = None) -> None:
     """Create the cluster if needed, build, publish, apply and wait until every service is ready. Exits."""
 
     def body(out: Output) -> int:
@@ -120,7 +128,7 @@ def up(ctx: typer.Context) -> None:
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "up"):
-            engine = _engine(cfg, out)
+            engine = _engine(cfg, out, target=target)
             results = engine.up()
         failed = [r.service for r in results if not r.ok]
         lines = []
@@ -161,7 +169,7 @@ def up(ctx: typer.Context) -> None:
                     lines.append(f"  service {f.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}")
                 lines.append(
                     f"  reach it: `devloop dev` forwards http://127.0.0.1:{f.local_port}, or "
-                    f"`kubectl --context {cfg.cluster.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
+                    f"`kubectl --context {engine.target.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
                 )
         if failed:
             lines.append(f"[red]{len(failed)} of {len(results)} services failed:[/red] {', '.join(failed)}")
@@ -175,6 +183,7 @@ def up(ctx: typer.Context) -> None:
 def dev(
     ctx: typer.Context,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="serve the dashboard on 127.0.0.1 (dashboard.port)")] = True,
+    target: TargetOption = None,
 ) -> None:
     """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
@@ -184,7 +193,7 @@ def dev(
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "dev"):
-            session = DevSession(_engine(cfg, out))
+            session = DevSession(_engine(cfg, out, target=target))
             dashboard = None
             if ui and cfg.dashboard.enabled:
                 from devloop.dashboard import Dashboard, DashboardError
@@ -211,19 +220,29 @@ def dev(
 def down(
     ctx: typer.Context,
     cluster: Annotated[bool, typer.Option("--cluster", help="also delete the kind cluster (and devloop's registry)")] = False,
+    target: TargetOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm `down` on a remote target")] = False,
 ) -> None:
     """Delete what `up` applied for every service (with --cluster, the kind cluster itself)."""
 
     def body(out: Output) -> int:
+        from devloop.errors import ConfigError
         from devloop.lock import ProjectLock
         from devloop.registry import LocalRegistry
+        from devloop.target import require_confirmed, resolve
 
         cfg = _load(ctx.obj)
+        where = resolve(cfg, target)
+        if where.remote and cluster:
+            raise ConfigError("--cluster cannot be used with --target: devloop never deletes a remote cluster", "drop --cluster")
+        require_confirmed(where, "down", yes)
         removed: list[str] = []
         with ProjectLock(cfg.root, "down"):
-            engine = _engine(cfg, out)
+            engine = _engine(cfg, out, target=target)
             name = cfg.cluster.name
-            exists = engine.kind.exists(name)
+            if where.remote:
+                engine.require_target()
+            exists = where.remote or engine.kind.exists(name)
             if cluster:  # deleting the cluster removes everything in it
                 if exists:
                     with out.activity(f"deleting kind cluster {name}"):
@@ -242,7 +261,7 @@ def down(
                 mon = engine.monitoring()
                 if mon is not None:
                     removed += mon.remove()
-        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove (cluster {cfg.cluster.name!r})"
+        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove ({where.describe()})"
         out.result("down", human, removed=removed, cluster_deleted=cluster and bool(removed))
         return EXIT_OK
 
@@ -250,17 +269,68 @@ def down(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(ctx: typer.Context, target: TargetOption = None) -> None:
     """Show the cluster and, per service, the image running and its pods. Exit 0 only when all are healthy."""
 
     def body(out: Output) -> int:
         from devloop import status as st
 
         cfg = _load(ctx.obj)
-        info = st.status(cfg, _engine(cfg, out, fetch_tools=False))
+        info = st.status(cfg, _engine(cfg, out, fetch_tools=False, target=target))
         ok = st.healthy(info)
         out.result("status", st.human(info), healthy=ok, **info)
         return EXIT_OK if ok else EXIT_FAILED
+
+    _run(ctx, body)
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="the version tag to push and deploy, e.g. v1.0.0 (immutable)")],
+    target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="a target declared in devloop.yaml")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be pushed and applied; change nothing")] = False,
+    no_rollback: Annotated[bool, typer.Option("--no-rollback", help="leave a failed rollout as it is")] = False,
+) -> None:
+    """Build every service, push <registry>/<image>:VERSION and roll it out on a target, pinned by digest."""
+
+    def body(out: Output) -> int:
+        from devloop.lock import ProjectLock
+        from devloop.release import Release
+
+        cfg = _load(ctx.obj)
+        with ProjectLock(cfg.root, "release"):
+            engine = _engine(cfg, out, target=target)
+            rel = Release(engine, version, rollback=not no_rollback)
+            if dry_run:
+                plans = rel.dry_run()
+                lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]
+                for p in plans:
+                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})", "    equivalent to:"]
+                    lines += [f"      {c}" for c in p["commands"]]
+                out.result("release", "\n".join(lines), ok=True, dry_run=True, version=version, target=engine.target.name, services=plans)
+                return EXIT_OK
+            results = rel.run()
+        failed = [r for r in results if not r.ok]
+        lines = [f"release {version} to {engine.target.describe()}:"]
+        for r in results:
+            if r.ok:
+                moved = f"pushed {r.bytes_pushed / 1e6:.1f} MB" if r.pushed else "already in the registry"
+                lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
+            else:
+                lines.append(f"  [red]{r.service} failed[/red]: {r.error}" + (f"; {r.outcome}" if r.outcome else ""))
+        if failed:
+            lines.append(f"[red]{len(failed)} of {len(results)} services failed[/red]")
+        out.result(
+            "release",
+            "\n".join(lines),
+            ok=not failed,
+            version=version,
+            target=engine.target.name,
+            context=engine.target.context,
+            services=[r.as_json() for r in results],
+        )
+        return EXIT_FAILED if failed else EXIT_OK
 
     _run(ctx, body)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from devloop.errors import ConfigError
@@ -28,6 +28,7 @@ DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", 
 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REGISTRY = rf"^[a-zA-Z0-9.-]+(?::[0-9]+)?(?:/{_COMPONENT})*$"
 _IMAGE_NAME = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$"
 
 
@@ -100,6 +101,29 @@ class DashboardConfig(_Model):
 
     enabled: bool = True
     port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 10350
+
+
+class TargetConfig(_Model):
+    """A cluster devloop may deploy to besides the local kind cluster (`release`, `up/dev --target`).
+    Only declared targets are ever used: devloop never acts on "whatever the current context is"."""
+
+    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
+    context: NonEmpty  # the kube context, by name (kubectl config get-contexts)
+    registry: Annotated[str, Field(pattern=_REGISTRY, strict=True)]  # host[:port][/path] the cluster pulls from
+    namespace: NonEmpty | None = None  # default: the manifests' metadata.namespace, else the context's
+    pull_secret: NonEmpty | None = None  # an imagePullSecret in that namespace (created by you; devloop only names it)
+    insecure: bool = False  # the registry speaks plain HTTP (no TLS): must be said explicitly
+
+
+def _unique_targets(targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
+    names = [t.name for t in targets]
+    for n in names:
+        if names.count(n) > 1:
+            raise ValueError(f"two targets are named {n!r}")
+    return targets
+
+
+Targets = Annotated[tuple[TargetConfig, ...], AfterValidator(_unique_targets)]
 
 
 class ImageConfig(_Model):
@@ -183,6 +207,7 @@ class ConfigV2(_Model):
     monitoring: MonitoringConfig = MonitoringConfig()
     dashboard: DashboardConfig = DashboardConfig()
     keep_versions: KeepVersions = 3
+    targets: Targets = ()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -221,6 +246,7 @@ class ConfigV1(_Model):
     monitoring: MonitoringConfig = MonitoringConfig(enabled=True)
     dashboard: DashboardConfig = DashboardConfig()
     keep_versions: KeepVersions = 3
+    targets: Targets = ()
     image: ImageConfig = ImageConfig(**_V1_IMAGE)
     deploy: DeployConfig = DeployConfig(deployment="web-app")
     port_forward: _LegacyPortForward = _LegacyPortForward()
@@ -253,6 +279,7 @@ class ConfigV1(_Model):
             "monitoring": self.monitoring,
             "dashboard": self.dashboard,
             "keep_versions": self.keep_versions,
+            "targets": self.targets,
             "services": (service,),
         }
 
@@ -271,6 +298,7 @@ class Config(BaseModel):
     dashboard: DashboardConfig
     keep_versions: int  # content-tagged versions kept per service (host, local registry, nodes)
     services: tuple[ServiceConfig, ...]
+    targets: tuple[TargetConfig, ...] = ()
 
     @property
     def file(self) -> Path | None:
@@ -288,6 +316,17 @@ class Config(BaseModel):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def target(self, name: str) -> TargetConfig:
+        """A declared target, by name; anything else is refused (exit 2)."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        declared = ", ".join(t.name for t in self.targets) or "none"
+        raise ConfigError(
+            f"no target named {name!r} in {self.source} (declared: {declared})",
+            "declare it under `targets:` with its kube context and registry; devloop never uses an undeclared context",
+        )
 
 
 def schema() -> dict[str, Any]:
@@ -435,7 +474,10 @@ def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Co
             parts = ConfigV1.model_validate(data).as_v2()
         else:
             v2 = ConfigV2.model_validate(data)
-            parts = {k: getattr(v2, k) for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "keep_versions", "services")}
+            parts = {
+                k: getattr(v2, k)
+                for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "keep_versions", "targets", "services")
+            }
     except ValidationError as e:
         errs = e.errors()
         first = errs[0]
@@ -490,6 +532,7 @@ def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, 
         dashboard=parts["dashboard"],
         keep_versions=parts["keep_versions"],
         services=tuple(services),
+        targets=parts["targets"],
     )
 
 

@@ -25,7 +25,7 @@ from devloop import gc, live
 from devloop import manifests as mf
 from devloop.builder import Builder, detect_builder
 from devloop.config import Config, ServiceConfig
-from devloop.errors import ConfigError, CycleFailed, DevloopError
+from devloop.errors import ClusterUnavailable, ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
@@ -37,6 +37,8 @@ from devloop.plan import Plan, ServiceChange, ServiceLayout, everything
 from devloop.ports import Cluster, Clusters, ImageStore
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
+from devloop.remote import Address, RegistryClient, RemotePublisher
+from devloop.target import Target, require_context, resolve
 
 POLL_INTERVAL = 0.5
 SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
@@ -110,12 +112,14 @@ class Engine:
         builder: Builder | None = None,
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        target: Target | None = None,
     ) -> None:
         self.out = out
+        self.target = target or resolve(config, None)
         self._docker = images if isinstance(images, Images) else None
         self.images: ImageStore = images or self.docker
         self.kind: Clusters = kind or Kind()
-        self.kube: Cluster = kube or Kube(config.cluster.context)
+        self.kube: Cluster = kube or Kube(self.target.context)
         self.clock = clock
         self.hasher = ContextHasher()
         self._builder = builder
@@ -157,7 +161,10 @@ class Engine:
     def publisher(self) -> Publisher:
         if self._publisher is None:
             c = self.config
-            if c.registry_enabled:
+            if self.target.remote:
+                address = Address.parse(self.target.registry)
+                self._publisher = RemotePublisher(self.docker, RegistryClient(address, insecure=self.target.insecure), address)
+            elif c.registry_enabled:
                 self._publisher = RegistryPublisher(LocalRegistry(c.registry, self.docker, self.kube), self.kind, c.cluster.name)
             else:
                 self._publisher = KindLoadPublisher(self.docker, self.kind, c.cluster.name)
@@ -214,7 +221,14 @@ class Engine:
                 "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
             )
         mf.require_image_user(docs, svc.image.name)
-        ns = mf.namespace_of(deployment, "") or svc.deploy.namespace or self.context_namespace()
+        declared = mf.namespace_of(deployment, "")
+        wanted = self.target.namespace
+        if wanted and declared and declared != wanted:
+            raise ConfigError(
+                f"service {svc.name}: Deployment {svc.deployment} says namespace {declared!r}, target {self.target.name} says {wanted!r}",
+                "remove metadata.namespace from the manifest or the target's namespace (one place decides)",
+            )
+        ns = wanted or declared or svc.deploy.namespace or self.context_namespace()
         return Deployed(docs, deployment, ns)
 
     def namespace(self, svc: ServiceConfig) -> str:
@@ -232,6 +246,9 @@ class Engine:
 
     # -- cluster --------------------------------------------------------------------------------
     def ensure_cluster(self) -> bool:
+        if self.target.remote:  # never created (nor deleted, nor pruned) by devloop
+            self.require_target()
+            return False
         name = self.config.cluster.name
         if self.kind.exists(name):
             self.kube.require_reachable(name)
@@ -241,12 +258,38 @@ class Engine:
             self.kind.create(name, self.config.cluster.kind_config, self.config.cluster.node_image)
         return True
 
+    def require_target(self) -> None:
+        """A remote target: its context exists in the kubeconfig and its API server answers."""
+        require_context(self.target, self.kube.contexts())
+        if not self.kube.reachable():
+            raise ClusterUnavailable(
+                f"{self.target.describe()}: the API server does not answer",
+                f"check `kubectl --context {self.target.context} get --raw /readyz` (VPN, credentials)",
+            )
+
+    def require_pull_secret(self, namespaces: set[str]) -> None:
+        """The target's imagePullSecret exists where the pods run (devloop names it, never reads it)."""
+        secret = self.target.pull_secret
+        if not secret:
+            return
+        for ns in sorted(namespaces):
+            if self.kube.get("secret", secret, ns) is None:
+                raise ConfigError(
+                    f"{self.target.describe()}: no secret {secret!r} in namespace {ns}",
+                    f"create it: kubectl --context {self.target.context} -n {ns} create secret docker-registry {secret} "
+                    f"--docker-server={Address.parse(self.target.registry).host} --docker-username=… --docker-password=…",
+                )
+
     def prepare_cluster(self) -> None:
-        """The cluster (created when missing) and the way images get into it (the local registry)."""
+        """The cluster (created when missing) and the way images get into it (the local registry,
+        or a remote target's registry: reachable, TLS trusted, credentials accepted)."""
         self.ensure_cluster()
         with self.out.activity("preparing the image transport"):
             if self.publisher.prepare():
                 self.out.info(f"local registry {self.publisher.registry} ready")
+        if self.target.remote:
+            self.require_pull_secret({self.namespace(s) for s in self.services})
+            self.out.info(f"{self.target.describe()}: API server and registry {self.target.registry} answer; credentials accepted")
 
     def check_manifests(self) -> list[Deployed]:
         """Bad manifests are a usage error before anything is created; warn (once) about missing probes."""
@@ -277,7 +320,7 @@ class Engine:
 
     def monitoring(self) -> Monitoring | None:
         m = self.config.monitoring
-        if not m.enabled:
+        if not m.enabled or self.target.remote:  # dev monitoring is for the local cluster
             return None
         return Monitoring(m, self.kube, m.namespace or self.namespace(self.services[0]))
 
@@ -435,25 +478,38 @@ class Engine:
             )
         return True
 
-    def render(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> str:
+    def render(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef, *, dev: bool = True, version: str | None = None) -> str:
+        """The manifests as applied. `dev`: with the dev-only parts (live update's restart loop, the
+        rollingUpdate override); a release applies the manifests as they are, image pinned."""
         command: Callable[[dict[str, Any]], list[str]] | None = None
         lu = svc.live_update
-        if lu.enabled and lu.command:
+        if dev and lu.enabled and lu.command:
             command = lambda c: list(lu.command)  # noqa: E731
-        elif lu.enabled:
+        elif dev and lu.enabled:
             entrypoint, cmd = self.images.command(ref.local)
             command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
-        rendered = mf.rewrite(deployed.docs, svc.image.name, ref.cluster, command=command)
+        remote = self.target.remote
+        rendered = mf.rewrite(
+            deployed.docs,
+            svc.image.name,
+            ref.cluster,
+            command=command,
+            pull_policy=None if remote else "IfNotPresent",
+            pull_secret=self.target.pull_secret,
+            version=version,
+        )
         ru = svc.deploy.rolling_update
-        if ru is not None:
+        if dev and ru is not None:
             rendered = mf.with_rolling_update(rendered, svc.deployment, str(ru.max_surge), str(ru.max_unavailable))
         return mf.to_yaml(rendered)
 
     def deploy(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> list[str]:
         return self.kube.apply(self.render(svc, deployed, ref), deployed.namespace)
 
-    def wait_ready(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> tuple[list[str], str]:
-        """Wait until the rollout of `ref` is complete: (ready pods, the Deployment's revision)."""
+    def wait_ready(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef | str) -> tuple[list[str], str]:
+        """Wait until the rollout of `ref` (or an image reference as the pods name it) is complete:
+        (ready pods, the Deployment's revision)."""
+        image = ref if isinstance(ref, str) else ref.cluster
         name, ns = svc.deployment, deployed.namespace
         timeout = svc.deploy.rollout_timeout
         deadline = self.clock() + timeout
@@ -468,23 +524,23 @@ class Engine:
                 if done and not deployed.probed:
                     # no readiness probe: a pod is "ready" the moment its process starts, even one that
                     # crashes a second later. Ready means it stayed up for a moment (checked, not assumed).
-                    young = [pod_name(p) for p in pods if ref.cluster in pod_images(p) and not pod_settled(p, SETTLE, time.time())]
+                    young = [pod_name(p) for p in pods if image in pod_images(p) and not pod_settled(p, SETTLE, time.time())]
                     if young:
                         done, message = False, f"{len(young)} new pods started less than {SETTLE:.0f}s ago (no readiness probe)"
                 if done:
                     revision = str(dep.get("metadata", {}).get("annotations", {}).get(REVISION, ""))
-                    return [pod_name(p) for p in pods if pod_ready(p) and ref.cluster in pod_images(p)], revision
+                    return [pod_name(p) for p in pods if pod_ready(p) and image in pod_images(p)], revision
                 if message != last:
                     self.out.progress(svc.name, message)
                     last = message
                 for p in pods:
-                    if ref.cluster not in pod_images(p):
+                    if image not in pod_images(p):
                         continue
                     reason = pod_failure(p)
                     if reason:
                         raise self._pod_failed(pod_name(p), ns, reason)
                 if self.clock() >= deadline:
-                    waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if ref.cluster in pod_images(p) and not pod_ready(p)]
+                    waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if image in pod_images(p) and not pod_ready(p)]
                     raise CycleFailed(
                         "rollout",
                         f"{name} not ready after {timeout:.0f}s ({message})",
@@ -574,8 +630,8 @@ class Engine:
         """In the background, after a successful rollout: delete this service's old content tags
         from the local registry and the nodes' containerd (never one in use, never one devloop did
         not build). At most one collection per service at a time; it never fails or slows a cycle."""
-        if not isinstance(self.images, Images):
-            return  # fakes in unit tests: nothing to collect
+        if not isinstance(self.images, Images) or self.target.remote:
+            return  # fakes in unit tests: nothing to collect; a remote registry is never pruned by devloop
         with self._gc_lock:
             if svc.name in self._gc_running:
                 return
@@ -619,7 +675,7 @@ class Engine:
     def _as_failure(self, e: DevloopError, result: ServiceResult) -> CycleFailed:
         """Any error inside a cycle, as a failure naming its phase; notices a vanished cluster."""
         failure = CycleFailed.of("plan", e)
-        if failure.phase in ("publish", "deploy", "rollout", "sync"):
+        if failure.phase in ("publish", "deploy", "rollout", "sync") and not self.target.remote:
             try:
                 gone = not self.kind.exists(self.config.cluster.name)
             except DevloopError:

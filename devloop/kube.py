@@ -61,6 +61,11 @@ class Kube:
         except (ValueError, KeyError, TypeError):
             return out.strip() or "?"
 
+    def contexts(self) -> list[str]:
+        """The contexts the kubeconfig names (`kubectl config get-contexts -o name`)."""
+        r = self.runner.run(["kubectl", "config", "get-contexts", "-o", "name"], timeout=30, check=False)
+        return r.stdout.split() if r.ok else []
+
     def reachable(self) -> bool:
         return self.runner.run(self._argv("get", "--raw", "/readyz", "--request-timeout", "10s"), timeout=30, check=False).ok
 

@@ -182,25 +182,43 @@ def _containers(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def rewrite(
-    manifests: Sequence[Manifest], image_name: str, new_ref: str, command: Callable[[dict[str, Any]], list[str]] | None = None
+    manifests: Sequence[Manifest],
+    image_name: str,
+    new_ref: str,
+    command: Callable[[dict[str, Any]], list[str]] | None = None,
+    *,
+    pull_policy: str | None = "IfNotPresent",
+    version: str | None = None,
+    pull_secret: str | None = None,
 ) -> list[Manifest]:
     """Copies of the manifests with devloop's image swapped in. Raises when nothing uses it.
 
-    With `command` (live update), each such container runs its original command, as `command`
-    computes it, under devloop's restart loop."""
+    On kind, `pull_policy` IfNotPresent (the node has the image or pulls it once); on a remote
+    target None: the manifests' own policy. `version` is what DEVLOOP_IMAGE_TAG tells the app
+    (default: the ref's tag). `pull_secret` is added to the pod's imagePullSecrets. With `command`
+    (live update), each such container runs its original command, as `command` computes it,
+    under devloop's restart loop."""
     out: list[Manifest] = []
     hits = 0
+    tag = version or new_ref.partition("@")[0].rpartition(":")[2]
     for m in manifests:
         copied = Manifest(m.source, copy.deepcopy(m.doc))
-        for c in containers_of(copied, image_name):
+        users = containers_of(copied, image_name)
+        for c in users:
             c["image"] = new_ref
-            c["imagePullPolicy"] = "IfNotPresent"
+            if pull_policy:
+                c["imagePullPolicy"] = pull_policy
             # the app can tell which version it is (the sample reports it in app_info)
             env = [e for e in c.get("env") or [] if e.get("name") != IMAGE_TAG_ENV]
-            c["env"] = [*env, {"name": IMAGE_TAG_ENV, "value": new_ref.rpartition(":")[2]}]
+            c["env"] = [*env, {"name": IMAGE_TAG_ENV, "value": tag}]
             if command is not None:
                 c["command"], c["args"] = live.wrap(command(c))
             hits += 1
+        if users and pull_secret:
+            for pod in _pod_specs(copied.doc):
+                secrets = [s for s in pod.get("imagePullSecrets") or [] if isinstance(s, dict)]
+                if not any(s.get("name") == pull_secret for s in secrets):
+                    pod["imagePullSecrets"] = [*secrets, {"name": pull_secret}]
         out.append(copied)
     if hits == 0:
         raise _no_user(image_name)

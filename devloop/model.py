@@ -15,6 +15,7 @@ class ImageRef:
     repository: str  # my-web-app
     tag: str  # dl-<16 hex>
     registry: str = ""
+    digest: str = ""  # sha256:…, when the cluster is told to pull exactly this manifest (release)
 
     @property
     def local(self) -> str:
@@ -22,7 +23,8 @@ class ImageRef:
 
     @property
     def cluster(self) -> str:
-        return f"{self.registry}/{self.local}" if self.registry else self.local
+        name = f"{self.registry}/{self.local}" if self.registry else self.local
+        return f"{name}@{self.digest}" if self.digest else name
 
     def __str__(self) -> str:
         return self.cluster

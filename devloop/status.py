@@ -12,9 +12,12 @@ from devloop.kube import pod_failure, pod_images, pod_ready
 
 def status(cfg: Config, engine: Engine) -> dict[str, Any]:
     """Cluster, and per service: the Deployment's image, ready replicas, pods (with crash loops)."""
-    name = cfg.cluster.name
-    info: dict[str, Any] = {"cluster": name, "context": cfg.cluster.context, "exists": False, "reachable": False, "services": []}
-    if not engine.kind.exists(name):
+    target = engine.target
+    name = target.name if target.remote else cfg.cluster.name
+    info: dict[str, Any] = {"cluster": name, "context": target.context, "exists": False, "reachable": False, "services": []}
+    if target.remote:
+        info["target"] = target.name
+    if not (target.context in engine.kube.contexts() if target.remote else engine.kind.exists(name)):
         return info
     info["exists"] = True
     info["reachable"] = engine.kube.reachable()
@@ -72,6 +75,11 @@ def healthy(info: dict[str, Any]) -> bool:
 
 def human(info: dict[str, Any]) -> str:
     name = info["cluster"]
+    if info.get("target"):
+        if not info["exists"]:
+            return f"target {name!r}: context {info['context']} is not in your kubeconfig"
+        if not info["reachable"]:
+            return f"target {name!r}: API server not answering (context {info['context']})"
     if not info["exists"]:
         return f"cluster {name!r}: does not exist (run `devloop up`)"
     if not info["reachable"]:

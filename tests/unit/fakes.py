@@ -124,6 +124,9 @@ class FakeCluster:
         self._pod_seq = 0
 
     # Cluster protocol
+    def contexts(self) -> list[str]:
+        return [self.context]
+
     def reachable(self) -> bool:
         return True
 

@@ -1,0 +1,238 @@
+"""`devloop release VERSION --target NAME`: the seed's registry flow, done safely.
+
+    check target (context declared and answering) and registry (TLS, credentials)
+      ─► build every service (the content-tagged image is reused when the sources are unchanged)
+      ─► versions are immutable: refuse a VERSION whose tag already names other content (nothing pushed)
+      ─► push <registry>/<image>:<VERSION> ─► apply the manifests with the image pinned by digest
+      ─► wait for every rollout ─► on failure, roll back to the revision it replaced and wait until it serves
+
+Equivalent to the seed's `docker push …` and `kubectl set image …`, with the checks in between.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from devloop import manifests as mf
+from devloop.config import ServiceConfig
+from devloop.engine import REVISION, Deployed, Engine
+from devloop.errors import ConfigError, CycleFailed, DevloopError
+from devloop.model import ImageRef
+from devloop.remote import Address, RemotePublisher, push
+
+_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class VersionExists(ConfigError):
+    """The registry already has this version with other content: versions are immutable."""
+
+
+@dataclass
+class Released:
+    service: str
+    ref: str = ""  # registry/image:VERSION@sha256:…, what the pods run
+    digest: str = ""
+    image_id: str = ""
+    size: int = 0  # bytes of the image's layers in the registry
+    bytes_pushed: int = 0
+    pushed: bool = False  # False: the registry already had this version (same content)
+    deployed: bool = False
+    ready_pods: list[str] = field(default_factory=list)
+    rolled_back: bool = False
+    outcome: str = ""
+    error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_version(version: str) -> None:
+    if not _VERSION.match(version):
+        raise ConfigError(f"{version!r} is not a valid image tag", "use letters, digits, '.', '-' and '_' (e.g. v1.0.0), at most 128")
+    if version.startswith("dl-"):
+        raise ConfigError(f"{version!r}: tags starting with dl- are devloop's content tags", "pick a release version such as v1.0.0")
+
+
+class Release:
+    def __init__(self, engine: Engine, version: str, *, rollback: bool = True) -> None:
+        check_version(version)
+        if not engine.target.remote:
+            raise ConfigError("release needs --target NAME (a declared remote target)", "declare one under `targets:` in devloop.yaml")
+        self.engine = engine
+        self.version = version
+        self.rollback = rollback
+        self.out = engine.out
+        publisher = engine.publisher
+        assert isinstance(publisher, RemotePublisher)
+        self.publisher = publisher
+        self.address: Address = publisher.address
+
+    def versioned(self, svc: ServiceConfig) -> ImageRef:
+        return ImageRef(svc.image.name, self.version, str(self.address))
+
+    # -- the steps ------------------------------------------------------------------------------
+    def preflight(self) -> list[Deployed]:
+        """Everything that can be checked before anything is built, pushed or applied."""
+        e = self.engine
+        deployed = e.check_manifests()
+        e.images.ping()
+        with self.out.activity(f"checking {e.target.describe()}"):
+            e.require_target()
+        with self.out.activity(f"checking registry {self.address.host}"):
+            self.publisher.client.check()
+        e.require_pull_secret({d.namespace for d in deployed})
+        self.out.info(f"{e.target.describe()} answers; registry {self.address.host}: TLS verified, credentials accepted")
+        return deployed
+
+    def build(self, results: dict[str, Released]) -> dict[str, ImageRef]:
+        """Every service's content-tagged image (built when missing)."""
+        refs = {}
+        for svc in self.engine.services:
+            ref = self.engine.image_ref(svc)
+            with self.out.activity(f"building {svc.name}"):
+                built = self.engine.build(svc, ref)
+            self.out.info(f"{svc.name}: {'built' if built else 'unchanged sources, reusing'} {ref.local}", service=svc.name)
+            refs[svc.name] = ref
+            results[svc.name].image_id = self.engine.docker.image_id(ref.local)
+        return refs
+
+    def check_immutable(self, results: dict[str, Released]) -> None:
+        """A version names one content forever: refuse before anything is pushed."""
+        refused = []
+        for svc in self.engine.services:
+            r = results[svc.name]
+            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            if there is None:
+                continue
+            if there.config == r.image_id:
+                r.digest, r.size = there.digest, there.size
+                continue
+            refused.append(f"{self.versioned(svc)} already exists as {there.digest} with other content")
+        if refused:
+            raise VersionExists(
+                refused[0] + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
+                "a released version is immutable: release a new version (e.g. bump the patch number)",
+            )
+
+    def push(self, svc: ServiceConfig, ref: ImageRef, r: Released) -> None:
+        versioned = self.versioned(svc)
+        if r.digest:
+            self.out.info(f"{svc.name}: {versioned} is already in the registry with this content ({r.digest[:19]}…)", service=svc.name)
+            return
+        self.engine.docker.tag(ref.local, versioned.cluster)
+        with self.out.activity(f"pushing {versioned}"):
+            pushed = push(self.engine.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
+        there = self.publisher.client.manifest(self.address.repository(svc.image.name), pushed.digest)
+        r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
+        r.size = there.size if there else 0
+        self.out.info(
+            f"{svc.name}: pushed {versioned}@{pushed.digest[:19]}… ({pushed.bytes_pushed / 1e6:.1f} MB in {pushed.layers_pushed} "
+            f"new layers, {pushed.layers_present} already there)",
+            service=svc.name,
+        )
+
+    def deploy(self, svc: ServiceConfig, deployed: Deployed, r: Released) -> None:
+        """Apply with the image pinned by digest and wait; on failure roll back and wait for the old version."""
+        e = self.engine
+        pinned = ImageRef(svc.image.name, self.version, str(self.address), r.digest)
+        r.ref = pinned.cluster
+        before = e.kube.get("deployment", svc.deployment, deployed.namespace)
+        old_revision = str(((before or {}).get("metadata") or {}).get("annotations", {}).get(REVISION, ""))
+        names = {c.get("name") for c in mf.containers_of(deployed.deployment, svc.image.name)}
+        live = ((((before or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+        old_images = [str(c.get("image")) for c in live if c.get("name") in names]
+        start = e.clock()
+        applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
+        r.deployed = True
+        self.out.phase_done("deploy", e.clock() - start, "; ".join(applied), service=svc.name)
+        start = e.clock()
+        try:
+            r.ready_pods, _ = e.wait_ready(svc, deployed, pinned)
+            r.phases["rollout"] = e.clock() - start
+            self.out.phase_done("rollout", r.phases["rollout"], f"{len(r.ready_pods)}/{deployed.replicas} pods ready", service=svc.name)
+            return
+        except CycleFailed as failure:
+            r.phases["rollout"] = e.clock() - start
+            r.error = failure.message
+            for line in failure.details[:8]:
+                self.out.detail(line, service=svc.name)
+        r.outcome = self._after_failure(svc, deployed, old_revision, old_images[0] if old_images else None, r)
+
+    def _after_failure(self, svc: ServiceConfig, deployed: Deployed, revision: str, old_image: str | None, r: Released) -> str:
+        if old_image is None or not revision:
+            return f"nothing to roll back to: {svc.deployment} did not exist on the target before"
+        if not self.rollback:
+            return f"--no-rollback: {svc.deployment} keeps the failed rollout of {self.version}"
+        e = self.engine
+        self.out.info(f"{svc.name}: rolling {svc.deployment} back to revision {revision} ({old_image})", service=svc.name)
+        try:
+            e.kube.rollout_undo(svc.deployment, deployed.namespace, revision)
+            pods, _ = e.wait_ready(svc, deployed, old_image)
+        except DevloopError as err:
+            return f"rollback to revision {revision} failed: {err.message}"
+        r.rolled_back = True
+        return f"rolled back to {old_image}, which serves again ({len(pods)}/{deployed.replicas} pods ready)"
+
+    # -- whole release -----------------------------------------------------------------------------
+    def run(self) -> list[Released]:
+        results = {s.name: Released(s.name) for s in self.engine.services}
+        deployed = {d.deployment.name: d for d in self.preflight()}
+        refs = self.build(results)
+        self.check_immutable(results)
+        for svc in self.engine.services:
+            self.push(svc, refs[svc.name], results[svc.name])
+        with ThreadPoolExecutor(max_workers=len(self.engine.services), thread_name_prefix="devloop-release") as pool:
+            list(pool.map(lambda s: self.deploy(s, deployed[s.deployment], results[s.name]), self.engine.services))
+        return list(results.values())
+
+    def dry_run(self) -> list[dict[str, Any]]:
+        """What `run` would push and apply (read-only: nothing is built, pushed or applied)."""
+        e = self.engine
+        plans = []
+        deployed = {d.deployment.name: d for d in self.preflight()}
+        for svc in e.services:
+            ref = e.image_ref(svc)
+            versioned = self.versioned(svc)
+            d = deployed[svc.deployment]
+            local = e.images.exists(ref.local)
+            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            if there is None:
+                state = "new version: would push"
+            elif local and there.config == e.docker.image_id(ref.local):
+                state = f"already in the registry with this content ({there.digest}): nothing to push"
+            elif local:
+                state = f"REFUSED: already in the registry as {there.digest} with other content"
+            else:
+                state = f"in the registry as {there.digest}; pushed again only if the build gives the same content, else refused"
+            containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.image.name)]
+            ctx, ns = e.target.context, d.namespace
+            commands = [
+                *([] if local else [f"docker build -t {ref.local} {svc.image.context}"]),
+                f"docker tag {ref.local} {versioned}",
+                f"docker push {versioned}",
+                f"kubectl --context {ctx} -n {ns} apply -f {' -f '.join(str(m) for m in svc.manifests)}",
+                f"kubectl --context {ctx} -n {ns} set image deployment/{svc.deployment} "
+                + " ".join(f"{c}={versioned}@<digest>" for c in containers),
+                f"kubectl --context {ctx} -n {ns} rollout status deployment/{svc.deployment}",
+            ]
+            plans.append(
+                {
+                    "service": svc.name,
+                    "image": str(versioned),
+                    "content": ref.local,
+                    "built": local,
+                    "registry": state,
+                    "namespace": ns,
+                    "deployment": svc.deployment,
+                    "commands": commands,
+                }
+            )
+        return plans
