@@ -12,16 +12,17 @@ Equivalent to the seed's `docker push …` and `kubectl set image …`, with the
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from devloop import manifests as mf
 from devloop.config import ServiceConfig
 from devloop.engine import REVISION, Deployed, Engine
 from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.model import ImageRef
-from devloop.remote import Address, RemotePublisher, push
+from devloop.remote import Address, RemoteManifest, RemotePublisher, push
 
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -52,6 +53,25 @@ class Released:
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
+
+
+def version_state(there: RemoteManifest | None, image_id: str) -> Literal["new", "same", "taken"]:
+    """Is VERSION free in the registry, already this content (a no-op), or taken by other content?
+    A local image ID is its config digest, which the registry's manifest names."""
+    if there is None:
+        return "new"
+    return "same" if there.config == image_id else "taken"
+
+
+def rollback_to(before: Mapping[str, Any] | None, containers: set[str]) -> tuple[str, str] | None:
+    """(revision, image) the Deployment ran before this release, from the live object read just
+    before applying; None when there was nothing (a first release has nothing to go back to)."""
+    if not before:
+        return None
+    revision = str(((before.get("metadata") or {}).get("annotations") or {}).get(REVISION, ""))
+    live = (((before.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    images = [str(c.get("image")) for c in live if c.get("name") in containers]
+    return (revision, images[0]) if revision and images else None
 
 
 def check_version(version: str) -> None:
@@ -110,12 +130,11 @@ class Release:
         for svc in self.engine.services:
             r = results[svc.name]
             there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
-            if there is None:
-                continue
-            if there.config == r.image_id:
+            state = version_state(there, r.image_id)
+            if state == "same" and there is not None:
                 r.digest, r.size = there.digest, there.size
-                continue
-            refused.append(f"{self.versioned(svc)} already exists as {there.digest} with other content")
+            elif state == "taken" and there is not None:
+                refused.append(f"{self.versioned(svc)} already exists as {there.digest} with other content")
         if refused:
             raise VersionExists(
                 refused[0] + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
@@ -145,10 +164,7 @@ class Release:
         pinned = ImageRef(svc.image.name, self.version, str(self.address), r.digest)
         r.ref = pinned.cluster
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
-        old_revision = str(((before or {}).get("metadata") or {}).get("annotations", {}).get(REVISION, ""))
-        names = {c.get("name") for c in mf.containers_of(deployed.deployment, svc.image.name)}
-        live = ((((before or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
-        old_images = [str(c.get("image")) for c in live if c.get("name") in names]
+        previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
         start = e.clock()
         applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
@@ -164,13 +180,14 @@ class Release:
             r.error = failure.message
             for line in failure.details[:8]:
                 self.out.detail(line, service=svc.name)
-        r.outcome = self._after_failure(svc, deployed, old_revision, old_images[0] if old_images else None, r)
+        r.outcome = self._after_failure(svc, deployed, previous, r)
 
-    def _after_failure(self, svc: ServiceConfig, deployed: Deployed, revision: str, old_image: str | None, r: Released) -> str:
-        if old_image is None or not revision:
-            return f"nothing to roll back to: {svc.deployment} did not exist on the target before"
+    def _after_failure(self, svc: ServiceConfig, deployed: Deployed, previous: tuple[str, str] | None, r: Released) -> str:
+        if previous is None:
+            return f"nothing to roll back to: {svc.deployment} did not run on the target before"
         if not self.rollback:
             return f"--no-rollback: {svc.deployment} keeps the failed rollout of {self.version}"
+        revision, old_image = previous
         e = self.engine
         self.out.info(f"{svc.name}: rolling {svc.deployment} back to revision {revision} ({old_image})", service=svc.name)
         try:
@@ -204,14 +221,15 @@ class Release:
             d = deployed[svc.deployment]
             local = e.images.exists(ref.local)
             there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            found = version_state(there, e.docker.image_id(ref.local) if local else "")
             if there is None:
                 state = "new version: would push"
-            elif local and there.config == e.docker.image_id(ref.local):
+            elif not local:
+                state = f"in the registry as {there.digest}; a no-op if the build gives the same content, else refused"
+            elif found == "same":
                 state = f"already in the registry with this content ({there.digest}): nothing to push"
-            elif local:
-                state = f"REFUSED: already in the registry as {there.digest} with other content"
             else:
-                state = f"in the registry as {there.digest}; pushed again only if the build gives the same content, else refused"
+                state = f"REFUSED: already in the registry as {there.digest} with other content"
             containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.image.name)]
             ctx, ns = e.target.context, d.namespace
             commands = [
