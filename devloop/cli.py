@@ -78,6 +78,8 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     opts: Options = ctx.obj or Options()
     out = opts.output()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: outlive the terminal, as asked
+        signal.signal(signal.SIGHUP, _on_sigterm)  # the terminal closed: stop everything, as on Ctrl-C
     # Ctrl-C stops devloop even when it was started from a background job (which inherits SIGINT ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
@@ -295,6 +297,8 @@ def release(
     """Build every service, push <registry>/<image>:VERSION and roll it out on a target, pinned by digest."""
 
     def body(out: Output) -> int:
+        from rich.markup import escape
+
         from devloop.lock import ProjectLock
         from devloop.release import Release
 
@@ -318,7 +322,10 @@ def release(
                 moved = f"pushed {r.bytes_pushed / 1e6:.1f} MB" if r.pushed else "already in the registry"
                 lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
             else:
-                lines.append(f"  [red]{r.service} failed[/red]: {r.error}" + (f"; {r.outcome}" if r.outcome else ""))
+                lines.append(f"  [red]{r.service} failed[/red]: {escape(r.error or '')}")
+                lines += [f"    │ {escape(line)}" for line in r.details]
+                if r.outcome:
+                    lines.append(f"  [bold]{escape(r.outcome)}[/bold]")
         if failed:
             lines.append(f"[red]{len(failed)} of {len(results)} services failed[/red]")
         out.result(

@@ -45,6 +45,7 @@ class Released:
     rolled_back: bool = False
     outcome: str = ""
     error: str | None = None
+    details: list[str] = field(default_factory=list)  # the lines that matter (the crash's log excerpt)
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -177,9 +178,7 @@ class Release:
             return
         except CycleFailed as failure:
             r.phases["rollout"] = e.clock() - start
-            r.error = failure.message
-            for line in failure.details[:8]:
-                self.out.detail(line, service=svc.name)
+            r.error, r.details = failure.message, failure.details[:8]
         r.outcome = self._after_failure(svc, deployed, previous, r)
 
     def _after_failure(self, svc: ServiceConfig, deployed: Deployed, previous: tuple[str, str] | None, r: Released) -> str:

@@ -1,0 +1,239 @@
+"""`devloop release` and `dev --target`, black-box, against the real parts: a registry with TLS and
+htpasswd auth reached by a network name, and a second kind cluster that pulls from it with an
+imagePullSecret (tests/e2e/remote/conftest.py). No local cluster is involved.
+
+In order, as a team ships: v1.0.0 released (pods run the digest-pinned ref and serve it); v1.0.1
+crashes at start (rolled back, v1.0.0 keeps serving, exit 1); v1.0.0 again with the same sources (a
+no-op) and with changed sources (refused, exit 2); a wrong password (exit 3); the registry down
+(exit 3, nothing deployed); an undeclared target (refused); then `dev --target` with an edit that
+reaches every replica.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, Devloop, devloop_argv, free_port, poll, pump_json_lines
+from tests.e2e.remote.conftest import Remote
+
+pytestmark = pytest.mark.e2e
+
+TARGET = "remote"
+V1 = "Hello from release one"
+
+
+@pytest.fixture(scope="module")
+def project(remote: Remote, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("release") / "proj"
+    shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
+    (root / "devloop.yaml").write_text(
+        "apiVersion: devloop/v1\n"
+        f"image:\n  buildArgs:\n    NODE_IMAGE: {remote.harness.node_base}\n"
+        "monitoring:\n  enabled: false\n"
+        "dashboard:\n  enabled: false\n"
+        f"portForward:\n  localPort: {free_port()}\n"
+        "deploy:\n  rolloutTimeout: 240\n"
+        "targets:\n"
+        f"  - name: {TARGET}\n"
+        f"    context: {remote.context}\n"
+        f"    registry: {remote.registry}\n"
+        f"    namespace: {remote.namespace}\n"
+        f"    pullSecret: {remote.pull_secret}\n"
+    )
+    set_message(root, V1)
+    return root
+
+
+def set_message(project: Path, text: str) -> None:
+    server = project / "sample-app" / "server.js"
+    lines = server.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("const MESSAGE ="))
+    lines[at] = f"const MESSAGE = '{text}';\n"
+    server.write_text("".join(lines))
+
+
+@contextlib.contextmanager
+def crashing_at_start(project: Path) -> Iterator[None]:
+    server = project / "sample-app" / "server.js"
+    original = server.read_text()
+    server.write_text("throw new Error('release 1.0.1 cannot start');\n" + original)
+    try:
+        yield
+    finally:
+        server.write_text(original)
+
+
+def cli(remote: Remote, project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    p = subprocess.run(devloop_argv(*args), cwd=project, env=env or remote.env, capture_output=True, text=True, timeout=900)
+    events = []
+    for line in p.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return p.returncode, events, p.stdout + p.stderr
+
+
+def result(events: list[dict[str, Any]], name: str = "release") -> dict[str, Any]:
+    return next(e for e in events if e["event"] == name)
+
+
+def error(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in events if e["event"] == "error")
+
+
+def deployment(remote: Remote) -> dict[str, Any]:
+    return remote.kubectl_json("-n", remote.namespace, "get", "deployment", "web-app")
+
+
+def deployed_image(remote: Remote) -> str:
+    return str(deployment(remote)["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def serving(remote: Remote) -> dict[str, tuple[str, str]]:
+    """Each ready web-app pod: (its image, what it answers on :3000), asked through the API server."""
+    pods = remote.kubectl_json("-n", remote.namespace, "get", "pods", "-l", "app=web-app")["items"]
+    out = {}
+    for p in pods:
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        if p["metadata"].get("deletionTimestamp") or not ready:
+            continue
+        name = p["metadata"]["name"]
+        body = remote.kubectl("get", "--raw", f"/api/v1/namespaces/{remote.namespace}/pods/{name}:3000/proxy/").stdout
+        out[name] = (p["spec"]["containers"][0]["image"], body.strip())
+    return out
+
+
+def test_release_v1_runs_the_digest_pinned_ref_on_every_replica(remote: Remote, project: Path) -> None:
+    code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
+    assert code == 0, output
+    (svc,) = result(events)["services"]
+    assert svc["pushed"] and svc["ok"], svc
+    ref = f"{remote.registry}/my-web-app:v1.0.0@{svc['digest']}"
+    assert svc["ref"] == ref and svc["digest"].startswith("sha256:")
+    assert remote.manifest_digest("my-web-app", "v1.0.0") == svc["digest"]  # the registry agrees
+    answers = serving(remote)
+    assert len(answers) == 3, answers
+    assert {image for image, _ in answers.values()} == {ref}
+    assert all(V1 in body for _, body in answers.values()), answers
+    assert "Always" not in output  # pull policy as the manifests say; nothing kind-only added
+    assert deployment(remote)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": remote.pull_secret}]
+
+
+def test_a_release_that_crashes_at_start_is_rolled_back_and_v1_keeps_serving(remote: Remote, project: Path) -> None:
+    v1 = deployed_image(remote)
+    with crashing_at_start(project):
+        code, events, output = cli(remote, project, "release", "v1.0.1", "--target", TARGET)
+    assert code == 1, output
+    (svc,) = result(events)["services"]
+    assert not svc["ok"] and svc["rolled_back"], svc
+    assert "release 1.0.1 cannot start" in output  # the crash's own line, from the pod's log
+    assert "rolled back to" in svc["outcome"] and "serves again" in svc["outcome"]
+    assert deployed_image(remote) == v1
+    answers = serving(remote)
+    assert len(answers) == 3 and {image for image, _ in answers.values()} == {v1}, answers
+    assert all(V1 in body for _, body in answers.values())
+
+
+def test_a_version_is_immutable(remote: Remote, project: Path) -> None:
+    v1 = deployed_image(remote)
+    digest = remote.manifest_digest("my-web-app", "v1.0.0")
+    code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)  # same sources: a no-op
+    assert code == 0, output
+    (svc,) = result(events)["services"]
+    assert not svc["pushed"] and svc["digest"] == digest
+    set_message(project, "Hello from a changed release one")
+    try:
+        code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
+    finally:
+        set_message(project, V1)
+    assert code == 2, output
+    err = error(events)
+    assert f"already exists as {digest}" in err["message"], err
+    assert remote.manifest_digest("my-web-app", "v1.0.0") == digest  # nothing pushed over it
+    assert deployed_image(remote) == v1  # nothing deployed
+
+
+def test_a_wrong_password_is_exit_3_with_a_docker_login_hint(remote: Remote, project: Path) -> None:
+    generation = deployment(remote)["metadata"]["generation"]
+    code, events, output = cli(remote, project, "release", "v1.0.2", "--target", TARGET, env=remote.bad_env)
+    assert code == 3, output
+    err = error(events)
+    assert "refused the credentials" in err["message"] and f"docker login {remote.registry}" in err["hint"]
+    assert remote.password not in output
+    assert remote.registry_tags("my-web-app") == ["v1.0.0"]
+    assert deployment(remote)["metadata"]["generation"] == generation
+
+
+def test_registry_down_is_a_clear_error_and_nothing_is_deployed(remote: Remote, project: Path) -> None:
+    generation = deployment(remote)["metadata"]["generation"]
+    set_message(project, "Hello from release two")
+    remote.stop_registry()
+    try:
+        code, events, output = cli(remote, project, "release", "v1.0.2", "--target", TARGET)
+    finally:
+        remote.start_registry()
+        set_message(project, V1)
+    assert code == 3, output
+    assert f"registry {remote.registry} does not answer" in error(events)["message"]
+    assert "Traceback" not in output
+    assert deployment(remote)["metadata"]["generation"] == generation
+    assert remote.registry_tags("my-web-app") == ["v1.0.0"]
+
+
+def test_an_undeclared_target_or_an_unconfirmed_down_is_refused(remote: Remote, project: Path) -> None:
+    generation = deployment(remote)["metadata"]["generation"]
+    # the context exists and even is the current one: still refused, because no target declares it by that name
+    remote.kubectl("config", "use-context", remote.context)
+    for args in (("release", "v1.0.3", "--target", remote.context), ("up", "--target", "staging"), ("down", "--target", TARGET)):
+        code, events, output = cli(remote, project, *args)
+        assert code == 2, (args, output)
+        assert "no target named" in error(events)["message"] or "needs --yes" in error(events)["message"]
+    assert deployment(remote)["metadata"]["generation"] == generation
+    code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET, "--dry-run")
+    assert code == 0, output
+    (plan,) = result(events)["services"]
+    assert f"docker push {remote.registry}/my-web-app:v1.0.0" in plan["commands"]
+    assert any("set image deployment/web-app" in c for c in plan["commands"])
+    assert "nothing to push" in plan["registry"]
+
+
+def test_dev_on_the_target_reaches_every_replica(remote: Remote, project: Path) -> None:
+    proc = subprocess.Popen(
+        devloop_argv("dev", "--target", TARGET, "--no-ui"),
+        cwd=project,
+        env=remote.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    d = Devloop(proc)
+    pump_json_lines(proc.stdout, d.events, d.raw)  # type: ignore[arg-type]
+    try:
+        d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("ok") is True, 400, "the first rollout on the target")
+        set_message(project, "Hello from dev on the target")
+        done = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("cycle", 0) >= 2, 400, "the edit's cycle")
+        assert done["ok"], done
+        image = done["image"]
+        assert image.startswith(f"{remote.registry}/my-web-app:dl-")
+
+        def every_replica() -> dict[str, tuple[str, str]] | None:
+            answers = serving(remote)
+            ok = len(answers) == 3 and all(img == image and "Hello from dev on the target" in body for img, body in answers.values())
+            return answers if ok else None
+
+        poll("every replica to serve the edit", 120, every_replica)
+        assert d.interrupt() == 130
+    finally:
+        set_message(project, V1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
