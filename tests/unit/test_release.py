@@ -255,3 +255,64 @@ def test_a_registry_that_does_not_answer_is_a_clear_environment_error() -> None:
         client(f"127.0.0.1:{port}").check()
     assert f"registry 127.0.0.1:{port} does not answer" in e.value.message
     assert "nothing was pushed or deployed" in e.value.hint
+
+
+# -- the engine on a remote target -----------------------------------------------------------------
+
+
+def remote_engine(tmp_path: Path, namespace: str | None = "shop", secret: str | None = "regcred") -> tuple[Any, Any]:
+    import io
+    import shutil
+
+    from devloop.engine import Engine
+    from devloop.output import Output
+    from devloop.target import Target
+    from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher
+
+    shutil.copytree(REPO / "sample-app", tmp_path / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    cluster = FakeCluster("kind-devloop-remote")
+    docker = FakeDocker()
+    engine = Engine(
+        config_mod.load(None, tmp_path),
+        Output(json_mode=True, stdout=io.StringIO()),
+        images=docker,
+        kind=FakeKind(),
+        kube=cluster,
+        builder=docker,
+        publisher=FakePublisher(),
+        target=Target("prod", "kind-devloop-remote", "r.example:5443/team", namespace, secret, remote=True),
+    )
+    return engine, cluster
+
+
+def test_on_a_remote_target_the_manifests_keep_their_pull_policy_and_run_in_the_targets_namespace(tmp_path: Path) -> None:
+    import yaml
+
+    engine, _cluster = remote_engine(tmp_path)
+    svc = engine.services[0]
+    deployed = engine.manifests(svc)
+    assert deployed.namespace == "shop"
+    rendered = list(yaml.safe_load_all(engine.render(svc, deployed, ImageRef("my-web-app", "v1", "r.example:5443/team", "sha256:x"))))
+    dep = next(d for d in rendered if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "r.example:5443/team/my-web-app:v1@sha256:x"
+    assert "imagePullPolicy" not in pod["containers"][0]  # the sample's manifest says none: the cluster's default applies
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_a_missing_pull_secret_is_named_with_the_command_that_creates_it(tmp_path: Path) -> None:
+    engine, _cluster = remote_engine(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        engine.require_pull_secret({"shop"})
+    assert "no secret 'regcred' in namespace shop" in e.value.message
+    assert "create secret docker-registry regcred --docker-server=r.example:5443" in e.value.hint
+
+
+def test_a_remote_target_is_never_created_and_its_context_must_exist(tmp_path: Path) -> None:
+    engine, cluster = remote_engine(tmp_path)
+    assert engine.ensure_cluster() is False  # checked, not created
+    cluster.context = "something-else"  # the kubeconfig no longer has the target's context
+    engine.target = engine.target.__class__("prod", "kind-devloop-remote", "r.example:5443", remote=True)
+    with pytest.raises(ConfigError, match="no such context"):
+        engine.ensure_cluster()
