@@ -12,6 +12,10 @@ Modes (same cluster, same sample, 3 replicas):
   devloop-registry-fastroll  as devloop-registry, with the dev-only deploy.rollingUpdate 1/2
   devloop-registry-monitoring  as devloop-registry, with Prometheus running beside the app (monitoring on)
   baseline          docker build; kind load docker-image; kubectl rollout restart; rollout status
+  floor             the cluster's own cost: images with each iteration's text built and loaded into the
+                    node beforehand, then `kubectl set image` → every replica serves (no build, no push)
+
+devloop's overhead above the floor (rebuild path, p50 total) is printed at the end.
 
 Also: a no-op save and an ignored-file save (must start no cycle), and the idle CPU / RSS of
 `devloop dev` with a 50k-file node_modules in the tree.
@@ -266,6 +270,63 @@ def run_baseline(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
     return rows
 
 
+def run_floor(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
+    """What the cluster alone costs for these manifests: the images are on the node before the clock
+    starts; each iteration only rolls the Deployment to the next one."""
+    ctx = ["--context", CONTEXT]
+    build_arg = f"NODE_IMAGE={h.node_base}"
+    messages = [f"floor {i} {uuid.uuid4().hex[:6]}" for i in range(n)]
+    for i, msg in enumerate(messages):  # prepared outside the timed part
+        edit(root, msg)
+        subprocess.run(
+            ["docker", "build", "-q", "--build-arg", build_arg, "-t", f"my-web-app:floor-{i}", "sample-app"],
+            cwd=root,
+            env=h.env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["kind", "load", "docker-image", f"my-web-app:floor-{i}", "--name", CLUSTER], env=h.env, check=True, capture_output=True
+        )
+    current = h.kubectl_json("get", "deployment/web-app")["spec"]["template"]["spec"]["containers"][0]["image"]
+    subprocess.run(
+        [
+            h.kubectl,
+            *ctx,
+            "patch",
+            "deployment/web-app",
+            "-p",
+            '{"spec":{"template":{"spec":{"containers":[{"name":"web-app","imagePullPolicy":"IfNotPresent","command":null,"args":null}]}}}}',
+        ],
+        env=h.env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [h.kubectl, *ctx, "rollout", "status", "deployment/web-app", "--timeout=300s"], env=h.env, check=True, capture_output=True
+    )
+    client = Client(h, current)
+    rows = []
+    try:
+        for i, msg in enumerate(messages):
+            client.drain()
+            t0 = time.time()
+            subprocess.run(
+                [h.kubectl, *ctx, "set", "image", "deployment/web-app", f"web-app=my-web-app:floor-{i}"],
+                env=h.env,
+                check=True,
+                capture_output=True,
+            )
+            first, all_new = client.wait_all_new(msg, 3)
+            rows.append({"detect": 0.0, "build": 0.0, "load": 0.0, "rollout": all_new - t0, "first": first - t0, "total": all_new - t0})
+            print(f"  floor #{i}: total {rows[-1]['total']:.2f}s (first new answer {rows[-1]['first']:.2f}s)", flush=True)
+    finally:
+        client.stop()
+        for i in range(n):
+            subprocess.run(["docker", "rmi", f"my-web-app:floor-{i}"], env=h.env, check=False, capture_output=True)
+    return rows
+
+
 def noop_and_idle(h: Harness, root: Path) -> dict[str, Any]:
     """No-op saves start no cycle; idle CPU and RSS of `devloop dev` with 50k files in node_modules."""
     write_config(root, h, registry=True, live=False)
@@ -318,7 +379,7 @@ def noop_and_idle(h: Harness, root: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
-    ap.add_argument("--modes", default="devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline")
+    ap.add_argument("--modes", default="floor,devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
     args = ap.parse_args()
@@ -336,7 +397,12 @@ def main() -> int:
     try:
         for mode in args.modes.split(","):
             print(f"== {mode}", flush=True)
-            rows = run_baseline(h, root, args.iterations) if mode == "baseline" else run_devloop_mode(h, root, mode, args.iterations)
+            if mode == "baseline":
+                rows = run_baseline(h, root, args.iterations)
+            elif mode == "floor":
+                rows = run_floor(h, root, args.iterations)
+            else:
+                rows = run_devloop_mode(h, root, mode, args.iterations)
             results["modes"][mode] = rows
         print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
         results["idle"] = noop_and_idle(h, root)
@@ -355,6 +421,15 @@ def main() -> int:
         for mode, rows in results["modes"].items():
             if mode != "baseline":
                 print(f"baseline/{mode}: {b50 / statistics.median(r['total'] for r in rows):.1f}x (p50 total)")
+    floor = results["modes"].get("floor")
+    if floor:
+        f50 = statistics.median(r["total"] for r in floor)
+        results["overhead_above_floor"] = {}
+        for mode, rows in results["modes"].items():
+            if mode.startswith("devloop-"):
+                over = statistics.median(r["total"] for r in rows) - f50
+                results["overhead_above_floor"][mode] = round(over, 3)
+                print(f"{mode}: {over:+.2f}s above the floor ({f50:.2f}s, p50 total)")
     print(f"idle: {json.dumps(results['idle'])}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
