@@ -80,6 +80,8 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: outlive the terminal, as asked
         signal.signal(signal.SIGHUP, _on_sigterm)  # the terminal closed: stop everything, as on Ctrl-C
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: outlive the terminal, as asked
+        signal.signal(signal.SIGHUP, _on_sigterm)  # the terminal closed: stop everything, as on Ctrl-C
     # Ctrl-C stops devloop even when it was started from a background job (which inherits SIGINT ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
