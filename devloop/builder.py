@@ -21,10 +21,13 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import docker.errors
 
 from devloop import proc
 from devloop.errors import ConfigError, CycleFailed, DevloopError, DockerUnavailable
@@ -64,12 +67,24 @@ def build_hint(message: str) -> str:
     if "pull access denied" in m or "manifest unknown" in m or "no such host" in m or "dial tcp" in m or "not found: manifest" in m:
         return "the base image could not be pulled: build it locally or point image.buildArgs (e.g. NODE_IMAGE) at an image you have"
     if "no space left" in m:
-        return "the disk is full: `docker system prune` frees space"
+        return "the Docker host's disk is full (`docker system df` shows what uses it): `docker system prune` frees space, then save again"
     if "requires buildkit" in m or ("buildkit" in m and "enable" in m):
         return "this Dockerfile needs BuildKit (RUN --mount): install the docker buildx plugin, or a CLI that builds with DOCKER_BUILDKIT=1"
     if "target stage" in m and "could not be found" in m:
         return "image.target names a stage the Dockerfile does not have (FROM … AS <name>)"
     return "fix the Dockerfile or the files it copies; devloop rebuilds on the next save"
+
+
+ENOSPC = "no space left on device"
+
+
+def with_cause(message: str, lines: Iterable[str]) -> str:
+    """A failed step's message, with the cause its output names when the message does not (a RUN
+    that hit a full disk exits 1; its log says why)."""
+    said = " ".join(lines).lower()
+    if ENOSPC in said and ENOSPC not in message.lower():
+        return f"{message} ({ENOSPC})"
+    return message
 
 
 def _check_dockerfile(context: Path, dockerfile: str) -> None:
@@ -110,7 +125,7 @@ class ClassicSDK:
         step = ""
         tail: list[str] = []
         image_id = ""
-        with docker_errors():
+        with docker_errors(), _refused_build():
             stream = self._images.client.api.build(
                 path=str(context),
                 dockerfile=dockerfile,
@@ -131,7 +146,7 @@ class ClassicSDK:
                         tail = [*tail, line][-8:]
                         on_line(line)
                 elif "error" in chunk:
-                    message = str(chunk.get("error", "")).strip()
+                    message = with_cause(str(chunk.get("error", "")).strip(), tail)
                     raise CycleFailed(
                         "build",
                         f"{step} failed: {message}" if step else f"docker build failed: {message}",
@@ -141,6 +156,17 @@ class ClassicSDK:
                 elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                     image_id = str(chunk["aux"]["ID"])
         return image_id or self._images.image_id(tag)
+
+
+@contextmanager
+def _refused_build() -> Iterator[None]:
+    """The daemon refused the build outright (HTTP 500 while it received the context: a full disk,
+    a bad context): a build failure with the daemon's one-line reason, not an internal error."""
+    try:
+        yield
+    except docker.errors.APIError as e:
+        reason = " ".join(str(e.explanation or e).split())
+        raise CycleFailed("build", f"docker build failed: {reason}", build_hint(reason)) from None
 
 
 # --- BuildKit's plain progress ---------------------------------------------------------------------------
@@ -220,6 +246,7 @@ class PlainProgress:
             vertex = self.vertices[self.failed]
             message = vertex.error or final or f"exit code {returncode}"
             relevant = [line for line in vertex.logs if not _NOISE.match(line)]
+            message = with_cause(message, relevant)
             details = [*relevant, f"ERROR: {message}"]
             step = vertex.name
         else:
