@@ -44,7 +44,7 @@ POLL_INTERVAL = 0.5
 SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
 REVISION = "deployment.kubernetes.io/revision"
 
-_ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception)\b|\bERR!|\bpanic:|\bFATAL\b")
+_ERROR_LINE = re.compile(r"\b(?:[A-Z]\w*)?(?:Error|Exception)\b|\bERR!|\bpanic:|\bFATAL\b")
 
 
 def log_excerpt(lines: list[str], size: int = 8) -> list[str]:
@@ -135,6 +135,7 @@ class Engine:
         self._gc_running: set[str] = set()  # services with a garbage collection under way (under _gc_lock)
         self._stop = threading.Event()
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
+        self.restarts = live.RestartPacer(clock)  # live update: restarts paced for the liveness probes
 
     # -- wiring ---------------------------------------------------------------------------------
     def reconfigure(self, config: Config) -> list[str]:
@@ -594,19 +595,33 @@ class Engine:
         if st.good is None or not st.healthy:
             raise _NoSync("no healthy version deployed yet")
         ns = deployed.namespace
-        pods = [p for p in self.kube.pods(ns, deployed.selector) if not p.get("metadata", {}).get("deletionTimestamp")]
         want = deployed.replicas
-        current = [p for p in pods if st.good.cluster in pod_images(p)]
-        if len(current) != want or len(pods) != want or not all(pod_ready(p) for p in current):
-            raise _NoSync(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
+        good = st.good.cluster
+        deadline = self.clock() + live.READY_AGAIN
+        while True:
+            pods = [p for p in self.kube.pods(ns, deployed.selector) if not p.get("metadata", {}).get("deletionTimestamp")]
+            current = [p for p in pods if good in pod_images(p)]
+            unready = [pod_name(p) for p in current if not pod_ready(p)]
+            if len(current) == want and len(pods) == want and not unready:
+                break
+            # a replica devloop itself just restarted may fail a readiness probe or two: wait for it, not rebuild
+            mine = len(current) == want and len(pods) == want and self.restarts.recent(unready, live.READY_AGAIN)
+            if not mine or self.clock() >= deadline or self._stop.wait(POLL_INTERVAL):
+                raise _NoSync(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
+        containers = mf.containers_of(deployed.deployment, svc.image.name)
         payload = live.tar_files(svc.image.context, files)
-        ports = [port for c in mf.containers_of(deployed.deployment, svc.image.name) for port in live.port_args(c)]
+        ports = [port for c in containers for port in live.port_args(c)]
+        budget = live.restart_budget(containers)
         names = [pod_name(p) for p in current]
+        self.restarts.forget_except(names)
         errors: list[str] = []
+        waited: list[float] = []
 
         def one(pod: str) -> None:
             try:
-                self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports], stdin=payload, timeout=75)
+                argv = ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports]
+                _, w = self.restarts.restart(pod, budget, lambda: self.kube.exec(pod, ns, argv, stdin=payload, timeout=75), self._stop)
+                waited.append(w)
             except DevloopError as e:
                 said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
                 errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))
@@ -618,6 +633,12 @@ class Engine:
             t.join()
         if errors:
             raise _NoSync(errors[0])
+        if budget is not None and max(waited, default=0.0) > 0:
+            self.out.detail(
+                f"{svc.name}: waited {max(waited):.1f}s before restarting the app: saves came faster than the "
+                f"{budget.probe} tolerates restarts",
+                service=svc.name,
+            )
         return names
 
     def force_rebuild(self, service: str) -> None:

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RESTART_FLAG = "/tmp/.devloop-restart"
 CHILD_PID = "/tmp/.devloop-child"
@@ -37,15 +42,15 @@ done"""
 # again; at most 30 s each (a restart under a CPU limit on a busy node is slow); exit 3 when it
 # never listens. Shell builtins only (read, case) besides `sleep`: under a CPU limit, spawning a
 # grep every few ms visibly slows the app's start.
-SYNC = f"""set -e
+SYNC = f"""fail() {{ echo "devloop sync: $*" >&2; exit "${{code:-1}}"; }}
 target=$1; shift
-tar -xf - -C "$target"
-read -r old < {CHILD_PID}
-: > {RESTART_FLAG}
-kill -TERM "$old"
+tar -xf - -C "$target" || fail "cannot unpack the files into $target"
+read -r old < {CHILD_PID} || fail "no app process started by the devloop supervisor ({CHILD_PID} missing)"
+: > {RESTART_FLAG} || fail "cannot write {RESTART_FLAG}"
+kill -TERM "$old" || fail "the app process $old was already gone"
 i=0; new=$old
 while [ "$new" = "$old" ] && [ $i -lt 600 ]; do sleep 0.05; read -r new < {CHILD_PID}; i=$((i+1)); done
-[ "$new" != "$old" ]
+[ "$new" != "$old" ] || fail "the app process $old did not exit within 30s of SIGTERM"
 [ $# -eq 0 ] && exit 0
 listening() {{
   for f in /proc/net/tcp /proc/net/tcp6; do
@@ -57,7 +62,7 @@ listening() {{
   return 1
 }}
 i=0
-until listening "$@"; do [ $i -ge 600 ] && exit 3; sleep 0.05; i=$((i+1)); done"""
+until listening "$@"; do [ $i -ge 600 ] && code=3 fail "the restarted app does not listen after 30s"; sleep 0.05; i=$((i+1)); done"""
 
 
 def port_args(container: dict[str, Any]) -> list[str]:
@@ -95,3 +100,114 @@ def tar_files(context: Path, files: Sequence[str]) -> bytes:
             with path.open("rb") as f:
                 tar.addfile(info, f)
     return buf.getvalue()
+
+
+# -- restarts that a liveness probe tolerates ----------------------------------------------------------
+# While the app process restarts (old one gone, new one not listening yet), the kubelet's liveness
+# probe gets "connection refused"; `failureThreshold` failures in a row and the kubelet kills the
+# container, which comes back from its image without the synced files. One restart is far shorter
+# than a probe period, but restarts back to back (saves faster than a probe period) can make every
+# probe land in one. The probe is left as it is (it must still catch a hung app); devloop paces the
+# restarts so that it can never see `failureThreshold` failures in a row:
+#   - a burst of restarts lasts less than (failureThreshold - 1) periods: at most failureThreshold - 1
+#     probes land in it;
+#   - then the app stays up longer than one period: at least one probe lands there and succeeds.
+# Rapid saves are therefore synced at once for about (failureThreshold - 1) periods (20 s with the
+# sample's 10 s x 3); after that a sync waits until the app has been up one period.
+MARGIN = 1.0  # seconds: the probe's own duration, clock skew between devloop and the kubelet
+# A replica devloop restarted may fail a readiness probe or two (the kubelet marks it ready again at
+# its next probe): the next sync waits up to this long for it rather than rebuilding.
+READY_AGAIN = 30.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How restarts must be spaced for a liveness probe: bursts shorter than `burst` seconds,
+    separated by `quiet` seconds up. `probe` says which probe, for the output."""
+
+    burst: float
+    quiet: float
+    probe: str
+
+
+def restart_budget(containers: Iterable[dict[str, Any]]) -> Budget | None:
+    """The strictest budget of these containers' liveness probes (None: no liveness probe).
+    Kubernetes' defaults: periodSeconds 10, failureThreshold 3."""
+    found: list[Budget] = []
+    for c in containers:
+        probe = c.get("livenessProbe")
+        if not isinstance(probe, dict):
+            continue
+        period = float(probe.get("periodSeconds") or 10)
+        failures = int(probe.get("failureThreshold") or 3)
+        found.append(
+            Budget(
+                burst=max(0.0, (failures - 1) * period - MARGIN),
+                quiet=period + MARGIN,
+                probe=f"liveness probe every {period:g}s, {failures} failures",
+            )
+        )
+    if not found:
+        return None
+    return Budget(min(b.burst for b in found), max(b.quiet for b in found), min(found, key=lambda b: b.burst).probe)
+
+
+@dataclass
+class _Restarts:
+    burst_start: float  # the first restart of the current burst began
+    last_up: float  # the last restart ended (the new process listens)
+    duration: float  # how long the last restart took
+
+
+class RestartPacer:
+    """Per pod: when the last restarts happened; how long to wait before the next one (thread-safe:
+    one sync restarts every replica at once, one thread each)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self._pods: dict[str, _Restarts] = {}
+        self._lock = threading.Lock()
+
+    def delay(self, pod: str, budget: Budget | None) -> float:
+        """Seconds to wait before restarting the app in `pod` now."""
+        with self._lock:
+            r = self._pods.get(pod)
+        if budget is None or r is None:
+            return 0.0
+        now = self.clock()
+        if now - r.last_up >= budget.quiet:
+            return 0.0  # up a whole period since: a new burst
+        if now + r.duration - r.burst_start <= budget.burst:
+            return 0.0  # still within this burst
+        return r.last_up + budget.quiet - now
+
+    def restart(self, pod: str, budget: Budget | None, run: Callable[[], T], stop: threading.Event | None = None) -> tuple[T, float]:
+        """Wait as `delay` says, then `run()` (the restart; it returns once the new process listens).
+        Returns run's result and the seconds waited."""
+        waited = self.delay(pod, budget)
+        if waited > 0:
+            if stop is not None:
+                stop.wait(waited)
+            else:
+                self.sleep(waited)
+        began = self.clock()
+        result = run()
+        up = self.clock()
+        with self._lock:
+            r = self._pods.get(pod)
+            new_burst = r is None or budget is None or began - r.last_up >= budget.quiet
+            self._pods[pod] = _Restarts(began if new_burst or r is None else r.burst_start, up, up - began)
+        return result, waited
+
+    def recent(self, pods: Iterable[str], within: float) -> bool:
+        """Every one of these pods had its app restarted by devloop less than `within` seconds ago."""
+        now = self.clock()
+        with self._lock:
+            return all(p in self._pods and now - self._pods[p].last_up < within for p in pods)
+
+    def forget_except(self, pods: Iterable[str]) -> None:
+        """Drop pods that are gone (a rollout replaces every pod: the table stays as small as the replicas)."""
+        keep = set(pods)
+        with self._lock:
+            self._pods = {p: r for p, r in self._pods.items() if p in keep}

@@ -303,7 +303,7 @@ def push(images: Images, ref: str, progress: Callable[[str], None] = lambda _: N
                 digest = str(aux["Digest"])
             sent = sum(done.values())
             mb = sent // 1_000_000
-            if totals and mb != last_report:
+            if sum(totals.values()) >= 1_000_000 and mb != last_report:
                 last_report = mb
                 progress(f"pushing {ref}: {sent / 1e6:.1f} / {sum(totals.values()) / 1e6:.1f} MB")
     if not digest:

@@ -176,17 +176,21 @@ class DevSession:
         d = self.engine.manifests(svc)
         return [pod_name(p) for p in self.engine.kube.pods(d.namespace, d.selector) if pod_ready(p)]
 
-    def _watch_pods(self, svc: ServiceConfig) -> None:
+    def _watch_pods(self, svc: ServiceConfig, synced: list[str]) -> None:
         """Live update on: watch the service's pods; a replica that restarts comes back from its
-        image without the synced files, and the worker then rolls out a fresh image."""
+        image without the synced files, and the worker then rolls out a fresh image. The restart
+        counts are read again when the pods that got the files are new (after a rollout): a replica
+        that got them is not "a new replica", and the table holds only the current pods."""
         a = self._access(svc)
-        if not svc.live_update.enabled or a.pod_watch is not None:
+        if not svc.live_update.enabled or (a.pod_watch is not None and all(p in a.restarts for p in synced)):
             return
         d = self.engine.manifests(svc)
-        for pod in self.engine.kube.pods(d.namespace, d.selector):
-            cs = pod.get("status", {}).get("containerStatuses") or []
-            a.restarts[pod_name(pod)] = sum(int(c.get("restartCount", 0)) for c in cs)
-        a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
+        a.restarts = {
+            pod_name(pod): sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses") or [])
+            for pod in self.engine.kube.pods(d.namespace, d.selector)
+        }
+        if a.pod_watch is None:
+            a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
 
     def _pod_event(self, service: str, event: PodEvent) -> None:
         self.queue.put(PodChanged(service, event))
@@ -328,7 +332,7 @@ class DevSession:
         for r in results:
             svc = self.config.service(r.service)
             if r.synced:
-                self._watch_pods(svc)
+                self._watch_pods(svc, r.ready_pods)
             elif (r.ok and not r.skipped) or r.rolled_back:
                 self._ready(svc, r.ready_pods)
             elif first and r.ok:

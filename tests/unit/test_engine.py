@@ -210,3 +210,21 @@ def test_a_live_update_syncs_into_every_ready_pod(sample_copy: Path) -> None:
     assert r.ok and r.synced and len(w.cluster.execs) == 3
     # the same content again: the pods run it already
     assert run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0].skipped
+
+
+def test_a_crash_excerpt_starts_at_the_thrown_error_not_the_stack_tail() -> None:
+    from devloop.engine import log_excerpt
+
+    node = [
+        "/app/server.js:1",
+        "throw new Error('release 1.0.1 cannot start');",
+        "^",
+        "",
+        "Error: release 1.0.1 cannot start",
+        *[f"    at frame{i} (node:internal/modules/cjs/loader:{i})" for i in range(10)],
+        "",
+        "Node.js v18.20.4",
+    ]
+    excerpt = log_excerpt(node)
+    assert "Error: release 1.0.1 cannot start" in excerpt and excerpt[0] == "/app/server.js:1"
+    assert log_excerpt(["listening", "TypeError: x is not a function", "  at y"])[1] == "TypeError: x is not a function"

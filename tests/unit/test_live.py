@@ -1,0 +1,121 @@
+"""Live update: restarts paced so that a liveness probe never sees failureThreshold failures in a row."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from devloop.live import MARGIN, Budget, RestartPacer, restart_budget
+
+SAMPLE_LIVENESS = {"httpGet": {"path": "/healthz", "port": 3000}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_budget_from_the_liveness_probe() -> None:
+    b = restart_budget([{"name": "web", "livenessProbe": SAMPLE_LIVENESS}])
+    assert b == Budget(burst=2 * 10 - MARGIN, quiet=10 + MARGIN, probe="liveness probe every 10s, 3 failures")
+
+
+def test_kubernetes_defaults_and_no_probe() -> None:
+    assert restart_budget([{"livenessProbe": {"exec": {"command": ["true"]}}}]) == Budget(
+        19.0, 11.0, "liveness probe every 10s, 3 failures"
+    )
+    assert restart_budget([{"name": "web", "readinessProbe": SAMPLE_LIVENESS}]) is None
+
+
+def test_the_strictest_container_counts() -> None:
+    b = restart_budget(
+        [{"livenessProbe": SAMPLE_LIVENESS}, {"livenessProbe": {"periodSeconds": 5, "failureThreshold": 2}}, {"name": "sidecar"}]
+    )
+    assert b is not None and b.burst == 4.0 and b.quiet == 11.0
+
+
+def test_a_first_restart_and_slow_saves_never_wait() -> None:
+    clock = Clock()
+    pacer = RestartPacer(clock, clock.sleep)
+    budget = restart_budget([{"livenessProbe": SAMPLE_LIVENESS}])
+    for _ in range(20):
+        _, waited = pacer.restart("pod-a", budget, lambda: clock.sleep(1.0))
+        assert waited == 0
+        clock.sleep(12)  # a save every 13 s: the app is up more than a probe period between restarts
+
+
+def test_rapid_saves_restart_at_once_within_a_burst_then_wait_one_period() -> None:
+    clock = Clock()
+    pacer = RestartPacer(clock, clock.sleep)
+    budget = restart_budget([{"livenessProbe": SAMPLE_LIVENESS}])
+    waits = []
+    for _ in range(16):
+        _, waited = pacer.restart("pod-a", budget, lambda: clock.sleep(1.0))  # each restart takes 1 s
+        waits.append(waited)
+        clock.sleep(0.5)  # the next save comes right away
+    assert waits[:13] == [0.0] * 13  # restarts 1.5 s apart for 19 s: all at once
+    assert waits[13] == pytest.approx(10 + MARGIN - 0.5)  # then until the app has been up one period + margin
+    assert waits[14:] == [0.0, 0.0]  # a new burst
+
+
+def probe_kills(down: list[tuple[float, float]], period: float, failures: int, phase: float, end: float) -> bool:
+    """Would a probe every `period` s starting at `phase` see `failures` failures in a row?"""
+    run, t = 0, phase
+    while t < end:
+        if any(a - MARGIN / 2 <= t <= b for a, b in down):
+            run += 1
+            if run >= failures:
+                return True
+        else:
+            run = 0
+        t += period
+    return False
+
+
+@pytest.mark.parametrize("restart_s", [0.3, 1.0, 3.0, 6.0])
+def test_no_probe_phase_sees_three_failures_in_a_row(restart_s: float) -> None:
+    """Back-to-back syncs for 10 minutes, restarts of various lengths: with pacing no probe phase kills
+    the container; without it (the old behaviour) some do."""
+    rng = random.Random(7)
+    budget = restart_budget([{"livenessProbe": SAMPLE_LIVENESS}])
+
+    def run(paced: bool) -> list[tuple[float, float]]:
+        clock = Clock()
+        pacer = RestartPacer(clock, clock.sleep)
+        down: list[tuple[float, float]] = []
+
+        def restart() -> None:
+            start = clock.now + 0.1  # kubectl exec and the unpack come first
+            clock.sleep(restart_s * rng.uniform(0.8, 1.2))
+            down.append((start, clock.now))
+
+        while clock.now < 1600:
+            pacer.restart("pod-a", budget if paced else None, restart)
+            clock.sleep(rng.uniform(0.2, 0.8))  # the developer (or the soak) saves again right away
+        return down
+
+    paced, unpaced = run(True), run(False)
+    phases = [1000 + i * 0.05 for i in range(200)]
+    assert not any(probe_kills(paced, 10, 3, p, 1600) for p in phases)
+    if restart_s >= 1.0:
+        assert any(probe_kills(unpaced, 10, 3, p, 1600) for p in phases)
+
+
+def test_recent_restarts_and_forgotten_pods() -> None:
+    clock = Clock()
+    pacer = RestartPacer(clock, clock.sleep)
+    pacer.restart("pod-a", None, lambda: clock.sleep(1))
+    pacer.restart("pod-b", None, lambda: clock.sleep(1))
+    assert pacer.recent(["pod-a", "pod-b"], 30)
+    assert not pacer.recent(["pod-a", "pod-c"], 30)  # pod-c was never restarted by devloop: its unreadiness is not ours
+    clock.sleep(31)
+    assert not pacer.recent(["pod-a"], 30)
+    pacer.forget_except(["pod-b"])
+    assert not pacer.recent(["pod-a"], 1e9) and pacer.recent(["pod-b"], 1e9)
