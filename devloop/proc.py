@@ -90,6 +90,7 @@ def _stop(p: subprocess.Popen[bytes], grace: float = 3.0) -> None:
     """SIGTERM the child's process group, SIGKILL it if it lingers, and reap it."""
     if p.poll() is None:
         _kill_group(p, signal.SIGTERM)
+        _kill_group(p, signal.SIGCONT)  # a stopped child (SIGSTOP, a hung kubectl) acts on SIGTERM only once continued
         try:
             p.wait(grace)
         except subprocess.TimeoutExpired:

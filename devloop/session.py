@@ -25,7 +25,7 @@ from devloop.config import Config, ServiceConfig
 from devloop.debounce import ChangeQueue, LoopGuard
 from devloop.engine import Engine, ServiceResult
 from devloop.errors import DevloopError
-from devloop.forward import LogStreams, PortForward
+from devloop.forward import ApiWatch, LogStreams, PortForward
 from devloop.ignore import IgnoreRules
 from devloop.kube import PodEvent, pod_failure, pod_name, pod_ready
 from devloop.manifests import KUSTOMIZATION_FILES
@@ -70,7 +70,16 @@ class RebuildNow:
     service: str
 
 
-Event = Seen | PodChanged | RebuildNow
+@dataclass(frozen=True)
+class ApiBack:
+    """The API server answers again after an outage of `away` seconds."""
+
+    away: float
+
+
+Event = Seen | PodChanged | RebuildNow | ApiBack
+
+RESUME_WAIT = 90.0  # seconds to wait for a service's pods to be ready again after an API outage
 
 
 @dataclass
@@ -98,6 +107,7 @@ class DevSession:
         self._pods: dict[str, list[dict[str, Any]]] = {}  # per service, refreshed by the poller (replaced whole)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.api = ApiWatch(engine.kube, self.out, engine.config.cluster.name, on_back=self._api_back)
 
     @property
     def config(self) -> Config:
@@ -106,6 +116,10 @@ class DevSession:
     # -- events from other threads: queue only ------------------------------------------------------
     def _on_change(self, change: Change) -> None:
         self.queue.put(Seen(change, self.clock()))
+
+    def _api_back(self) -> None:
+        lost = self.api.lost_at
+        self.queue.put(ApiBack(time.monotonic() - lost if lost is not None else 0.0))
 
     def request_rebuild(self, service: str) -> None:
         """The dashboard's "rebuild now" (any thread)."""
@@ -158,9 +172,11 @@ class DevSession:
         a = self.access.get(svc.name)
         if a is None:
             ns = self.engine.namespace(svc)
-            a = _Access(logs=LogStreams(self.engine.kube, ns, functools.partial(self._pod_log, svc.name)))
+            a = _Access(logs=LogStreams(self.engine.kube, ns, functools.partial(self._pod_log, svc.name), on_end=self.api.suspect))
             for f in svc.port_forward:
-                a.forwards.append(PortForward(self.engine.kube, self.out, ns, f.service, f.port, f.local_port, label=svc.name))
+                a.forwards.append(
+                    PortForward(self.engine.kube, self.out, ns, f.service, f.port, f.local_port, label=svc.name, api=self.api)
+                )
             self.access[svc.name] = a
         return a
 
@@ -191,6 +207,31 @@ class DevSession:
         }
         if a.pod_watch is None:
             a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
+
+    def _resume(self, away: float) -> None:
+        """The API server answers again (a paused node, a restarted one): follow each service's pods'
+        logs again, with what they printed meanwhile, and restart the pod watches. The forwards
+        restart themselves. After a node restart the pods come back over some seconds: wait for them."""
+        since = f"{int(away) + 10}s"
+        deadline = self.clock() + RESUME_WAIT
+        for svc in self.config.services:
+            a = self.access.get(svc.name)
+            if a is None:
+                continue
+            pods: list[str] = []
+            while True:
+                try:
+                    want = self.engine.manifests(svc).replicas
+                    pods = self._current_pods(svc)
+                except DevloopError:
+                    want = 1
+                if len(pods) >= want or self.clock() >= deadline or self._stopping.wait(1.0):
+                    break  # polling a real cluster with a deadline
+            if a.logs is not None:
+                a.logs.follow(pods, since=since)
+            if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
+                d = self.engine.manifests(svc)
+                a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
 
     def _pod_event(self, service: str, event: PodEvent) -> None:
         self.queue.put(PodChanged(service, event))
@@ -261,6 +302,11 @@ class DevSession:
                 elif isinstance(item, RebuildNow):
                     if item.service in self.engine.state:
                         rebuild[item.service] = "rebuild requested from the dashboard"
+                elif isinstance(item, ApiBack):
+                    try:
+                        self._resume(item.away)
+                    except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
+                        self.out.detail(f"resuming log streams: {e.message}")
                 elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
                     changes.append(item.change)
             todo = plan(changes, self._layouts(changes), self.engine.config_files())
@@ -351,6 +397,7 @@ class DevSession:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.api.stop()
         self.engine.stop()
         self.queue.close()
         if self.watcher is not None:

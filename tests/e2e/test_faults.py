@@ -9,7 +9,10 @@ deletes it at the end (DEVLOOP_E2E_KEEP_CLUSTER=1 keeps it, for working on these
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import docker
 import pytest
 
 from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, free_port, poll, run_cli
-from tests.e2e.test_loop import edit, get
+from tests.e2e.test_loop import edit, get, local_port
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +75,105 @@ def test_sighup_stops_everything_devloop_started(harness: Harness, project: Path
     assert any(e.get("event") == "info" and "stopping everything" in e.get("message", "") for e in d.seen + list(d.events.queue))
     left = poll("no kubectl left", 10, lambda: None if children_of_cluster() else True, interval=0.2)
     assert left and not children_of_cluster()
+
+
+def message(project: Path) -> str:
+    text = (project / "sample-app" / "server.js").read_text()
+    found = re.search(r"^const MESSAGE = '(.*)';$", text, re.M)
+    assert found, "the sample's MESSAGE line"
+    return found.group(1)
+
+
+def forward_pids() -> list[int]:
+    return [int(line.split(":")[0]) for line in children_of_cluster() if " port-forward " in line]
+
+
+def running_image(harness: Harness) -> str:
+    dep = harness.kubectl_json("get", "deployment", "web-app")
+    return str(dep["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def print_into_pod_logs(harness: Harness, marker: str) -> None:
+    """A line in every web-app pod's log, as the app would print it (its stdout is PID 1's)."""
+    pods = harness.kubectl_json("get", "pods", "-l", "app=web-app")["items"]
+    for p in pods:
+        if not p["metadata"].get("deletionTimestamp"):
+            harness.kubectl_run("exec", p["metadata"]["name"], "--", "sh", "-c", f"echo {marker} > /proc/1/fd/1")
+
+
+def api_warnings(d: Devloop) -> list[dict[str, Any]]:
+    return [e for e in d.seen if e["event"] == "warning" and "API server" in e["message"] and "does not answer" in e["message"]]
+
+
+def assert_save_rolls_out(d: Devloop, project: Path, port: int, text: str) -> None:
+    set_message(project, text)
+    done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, f"the save of {text!r}")
+    assert done["ok"], done
+    poll(f"{text!r} through the forwarded URL", 60, lambda: answers(port, text))
+
+
+def test_a_hung_port_forward_is_replaced(harness: Harness, project: Path, run_devloop: Any) -> None:
+    """kubectl port-forward stops (SIGSTOP) without exiting: its port still accepts connections and
+    nothing answers. devloop's HTTP check notices and replaces it; the URL answers again."""
+    port = local_port(project)
+    d = dev_ready(run_devloop)
+    (hung,) = forward_pids()
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        with pytest.raises(OSError):  # what the user sees first: the page hangs
+            get(port)
+        replaced = d.wait_for(lambda e: e["event"] == "port_forward" and not e["ready"], 60, "the hung forward noticed")
+        assert "replacing the port-forward" in replaced["message"], replaced
+        d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the new forward")
+        poll("the URL answers again", 30, lambda: answers(port, message(project)))
+        assert hung not in forward_pids()
+    finally:
+        if hung in forward_pids():
+            os.kill(hung, signal.SIGCONT)
+    assert d.interrupt() == 130
+    assert not children_of_cluster()
+
+
+def test_api_server_away_for_30s(harness: Harness, project: Path, run_devloop: Any) -> None:
+    """The node container is paused for 30 s (a laptop's suspended VM, a stuck Docker Desktop): the
+    API server and the pods stop answering without going away. devloop says so once, does not hang,
+    and the forward and the log streams come back; the next save rolls out."""
+    port = local_port(project)
+    d = dev_ready(run_devloop)
+    pace = threading.Event()  # never set: its wait() is the fault's length, it synchronises nothing
+    subprocess.run(["docker", "pause", NODE], check=True)
+    try:
+        d.wait_for(lambda e: e["event"] == "warning" and "API server" in e["message"], 60, "the API outage reported")
+        pace.wait(30)
+    finally:
+        subprocess.run(["docker", "unpause", NODE], check=True)
+    d.wait_for(lambda e: e["event"] == "info" and "answers again" in e["message"], 120, "the API server back")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 120, "the forward after the outage")
+    poll("the URL answers again", 60, lambda: answers(port, message(project)))
+    print_into_pod_logs(harness, "after-the-pause")
+    d.wait_for(lambda e: e["event"] == "log" and "after-the-pause" in e["line"], 60, "the pods' logs after the outage")
+    assert len(api_warnings(d)) == 1, api_warnings(d)
+    assert_save_rolls_out(d, project, port, "after the pause")
+    assert d.interrupt() == 130
+    assert "Traceback" not in "".join(d.raw)
+    assert not children_of_cluster()
+
+
+def test_the_node_restarted_while_dev_runs(harness: Harness, project: Path, run_devloop: Any) -> None:
+    """`docker restart` of the kind node (Docker Desktop restarted, a laptop rebooted its VM): the API
+    server goes away and comes back, the pods restart. devloop says so once, then resumes the
+    forward and the log streams; the next save rolls out."""
+    port = local_port(project)
+    d = dev_ready(run_devloop)
+    subprocess.run(["docker", "restart", NODE], check=True, timeout=180)
+    d.wait_for(lambda e: e["event"] == "warning" and "API server" in e["message"], 120, "the API outage reported")
+    d.wait_for(lambda e: e["event"] == "info" and "answers again" in e["message"], 300, "the API server back")
+    d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the forward after the restart")
+    poll("the URL answers again", 120, lambda: answers(port, message(project)))
+    print_into_pod_logs(harness, "after-the-restart")
+    d.wait_for(lambda e: e["event"] == "log" and "after-the-restart" in e["line"], 60, "the pods' logs after the restart")
+    assert len(api_warnings(d)) == 1, api_warnings(d)
+    assert_save_rolls_out(d, project, port, "after the node restart")
+    assert d.interrupt() == 130
+    assert "Traceback" not in "".join(d.raw)
+    assert not children_of_cluster()

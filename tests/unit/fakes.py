@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +37,18 @@ class FakeBackground:
         self.argv = list(argv)
         self.on_line = on_line
         self.stopped = False
+        self._done = threading.Event()
 
     def alive(self) -> bool:
         return not self.stopped
 
     def wait(self, timeout: float | None = None) -> int | None:
-        return 0 if self.stopped else None
+        """Like a real child: blocks until it is stopped, or `timeout` passes."""
+        return 0 if self._done.wait(timeout) else None
 
     def stop(self) -> None:
         self.stopped = True
+        self._done.set()
 
 
 @dataclass
