@@ -118,8 +118,10 @@ class Release:
         refs = {}
         for svc in self.engine.services:
             ref = self.engine.image_ref(svc)
+            start = self.engine.clock()
             with self.out.activity(f"building {svc.name}"):
                 built = self.engine.build(svc, ref)
+            results[svc.name].phases["build"] = self.engine.clock() - start
             self.out.info(f"{svc.name}: {'built' if built else 'unchanged sources, reusing'} {ref.local}", service=svc.name)
             refs[svc.name] = ref
             results[svc.name].image_id = self.engine.docker.image_id(ref.local)
@@ -148,8 +150,10 @@ class Release:
             self.out.info(f"{svc.name}: {versioned} is already in the registry with this content ({r.digest[:19]}…)", service=svc.name)
             return
         self.engine.docker.tag(ref.local, versioned.cluster)
+        start = self.engine.clock()
         with self.out.activity(f"pushing {versioned}"):
             pushed = push(self.engine.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
+        r.phases["push"] = self.engine.clock() - start
         there = self.publisher.client.manifest(self.address.repository(svc.image.name), pushed.digest)
         r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
         r.size = there.size if there else 0
@@ -169,7 +173,8 @@ class Release:
         start = e.clock()
         applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
-        self.out.phase_done("deploy", e.clock() - start, "; ".join(applied), service=svc.name)
+        r.phases["deploy"] = e.clock() - start
+        self.out.phase_done("deploy", r.phases["deploy"], "; ".join(applied), service=svc.name)
         start = e.clock()
         try:
             r.ready_pods, _ = e.wait_ready(svc, deployed, pinned)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ pytestmark = pytest.mark.e2e
 
 TARGET = "remote"
 V1 = "Hello from release one"
+RUN = f"run-{uuid.uuid4().hex[:8]}"  # this run's path in the registry: versions are immutable, runs are not
+REPO_NAME = f"{RUN}/my-web-app"
 
 
 @pytest.fixture(scope="module")
 def project(remote: Remote, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    remote.kubectl("-n", remote.namespace, "delete", "deployment", "web-app", "--ignore-not-found", "--wait=true")
     root = tmp_path_factory.mktemp("release") / "proj"
     shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
@@ -45,7 +49,7 @@ def project(remote: Remote, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "targets:\n"
         f"  - name: {TARGET}\n"
         f"    context: {remote.context}\n"
-        f"    registry: {remote.registry}\n"
+        f"    registry: {remote.registry}/{RUN}\n"
         f"    namespace: {remote.namespace}\n"
         f"    pullSecret: {remote.pull_secret}\n"
     )
@@ -116,9 +120,9 @@ def test_release_v1_runs_the_digest_pinned_ref_on_every_replica(remote: Remote, 
     assert code == 0, output
     (svc,) = result(events)["services"]
     assert svc["pushed"] and svc["ok"], svc
-    ref = f"{remote.registry}/my-web-app:v1.0.0@{svc['digest']}"
+    ref = f"{remote.registry}/{REPO_NAME}:v1.0.0@{svc['digest']}"
     assert svc["ref"] == ref and svc["digest"].startswith("sha256:")
-    assert remote.manifest_digest("my-web-app", "v1.0.0") == svc["digest"]  # the registry agrees
+    assert remote.manifest_digest(REPO_NAME, "v1.0.0") == svc["digest"]  # the registry agrees
     answers = serving(remote)
     assert len(answers) == 3, answers
     assert {image for image, _ in answers.values()} == {ref}
@@ -144,7 +148,7 @@ def test_a_release_that_crashes_at_start_is_rolled_back_and_v1_keeps_serving(rem
 
 def test_a_version_is_immutable(remote: Remote, project: Path) -> None:
     v1 = deployed_image(remote)
-    digest = remote.manifest_digest("my-web-app", "v1.0.0")
+    digest = remote.manifest_digest(REPO_NAME, "v1.0.0")
     code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)  # same sources: a no-op
     assert code == 0, output
     (svc,) = result(events)["services"]
@@ -157,23 +161,25 @@ def test_a_version_is_immutable(remote: Remote, project: Path) -> None:
     assert code == 2, output
     err = error(events)
     assert f"already exists as {digest}" in err["message"], err
-    assert remote.manifest_digest("my-web-app", "v1.0.0") == digest  # nothing pushed over it
+    assert remote.manifest_digest(REPO_NAME, "v1.0.0") == digest  # nothing pushed over it
     assert deployed_image(remote) == v1  # nothing deployed
 
 
 def test_a_wrong_password_is_exit_3_with_a_docker_login_hint(remote: Remote, project: Path) -> None:
     generation = deployment(remote)["metadata"]["generation"]
+    tags = remote.registry_tags(REPO_NAME)
     code, events, output = cli(remote, project, "release", "v1.0.2", "--target", TARGET, env=remote.bad_env)
     assert code == 3, output
     err = error(events)
     assert "refused the credentials" in err["message"] and f"docker login {remote.registry}" in err["hint"]
     assert remote.password not in output
-    assert remote.registry_tags("my-web-app") == ["v1.0.0"]
+    assert remote.registry_tags(REPO_NAME) == tags == ["v1.0.0", "v1.0.1"]
     assert deployment(remote)["metadata"]["generation"] == generation
 
 
 def test_registry_down_is_a_clear_error_and_nothing_is_deployed(remote: Remote, project: Path) -> None:
     generation = deployment(remote)["metadata"]["generation"]
+    tags = remote.registry_tags(REPO_NAME)
     set_message(project, "Hello from release two")
     remote.stop_registry()
     try:
@@ -185,7 +191,7 @@ def test_registry_down_is_a_clear_error_and_nothing_is_deployed(remote: Remote, 
     assert f"registry {remote.registry} does not answer" in error(events)["message"]
     assert "Traceback" not in output
     assert deployment(remote)["metadata"]["generation"] == generation
-    assert remote.registry_tags("my-web-app") == ["v1.0.0"]
+    assert remote.registry_tags(REPO_NAME) == tags  # nothing pushed
 
 
 def test_an_undeclared_target_or_an_unconfirmed_down_is_refused(remote: Remote, project: Path) -> None:
@@ -200,7 +206,7 @@ def test_an_undeclared_target_or_an_unconfirmed_down_is_refused(remote: Remote, 
     code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET, "--dry-run")
     assert code == 0, output
     (plan,) = result(events)["services"]
-    assert f"docker push {remote.registry}/my-web-app:v1.0.0" in plan["commands"]
+    assert f"docker push {remote.registry}/{REPO_NAME}:v1.0.0" in plan["commands"]
     assert any("set image deployment/web-app" in c for c in plan["commands"])
     assert "nothing to push" in plan["registry"]
 
@@ -223,7 +229,7 @@ def test_dev_on_the_target_reaches_every_replica(remote: Remote, project: Path) 
         done = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("cycle", 0) >= 2, 400, "the edit's cycle")
         assert done["ok"], done
         image = done["image"]
-        assert image.startswith(f"{remote.registry}/my-web-app:dl-")
+        assert image.startswith(f"{remote.registry}/{REPO_NAME}:dl-")
 
         def every_replica() -> dict[str, tuple[str, str]] | None:
             answers = serving(remote)
