@@ -80,8 +80,6 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: outlive the terminal, as asked
         signal.signal(signal.SIGHUP, _on_sigterm)  # the terminal closed: stop everything, as on Ctrl-C
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: outlive the terminal, as asked
-        signal.signal(signal.SIGHUP, _on_sigterm)  # the terminal closed: stop everything, as on Ctrl-C
     # Ctrl-C stops devloop even when it was started from a background job (which inherits SIGINT ignored)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
@@ -322,7 +320,9 @@ def release(
         for r in results:
             if r.ok:
                 moved = f"pushed {r.bytes_pushed / 1e6:.1f} MB" if r.pushed else "already in the registry"
+                timing = " · ".join(f"{p} {s:.1f}s" for p, s in r.phases.items())
                 lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
+                lines.append(f"    [dim]{timing}[/dim]")
             else:
                 lines.append(f"  [red]{r.service} failed[/red]: {escape(r.error or '')}")
                 lines += [f"    │ {escape(line)}" for line in r.details]
