@@ -301,6 +301,7 @@ def release(
 
         from devloop.lock import ProjectLock
         from devloop.release import Release
+        from devloop.remote import fmt_bytes
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "release"):
@@ -319,7 +320,7 @@ def release(
         lines = [f"release {version} to {engine.target.describe()}:"]
         for r in results:
             if r.ok:
-                moved = f"pushed {r.bytes_pushed / 1e6:.1f} MB" if r.pushed else "already in the registry"
+                moved = f"pushed {fmt_bytes(r.bytes_pushed)} of {fmt_bytes(r.size)}" if r.pushed else "already in the registry"
                 timing = " · ".join(f"{p} {s:.1f}s" for p, s in r.phases.items())
                 lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
                 lines.append(f"    [dim]{timing}[/dim]")

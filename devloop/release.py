@@ -158,8 +158,7 @@ class Release:
         r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
         r.size = there.size if there else 0
         self.out.info(
-            f"{svc.name}: pushed {versioned}@{pushed.digest[:19]}… ({pushed.bytes_pushed / 1e6:.1f} MB in {pushed.layers_pushed} "
-            f"new layers, {pushed.layers_present} already there)",
+            f"{svc.name}: pushed {versioned}@{pushed.digest[:19]}… ({pushed.summary()})",
             service=svc.name,
         )
 

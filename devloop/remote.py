@@ -274,6 +274,10 @@ class Pushed:
     layers_pushed: int
     layers_present: int
 
+    def summary(self) -> str:
+        s = "" if self.layers_pushed == 1 else "s"
+        return f"{fmt_bytes(self.bytes_pushed)} in {self.layers_pushed} new layer{s}, {self.layers_present} already there"
+
 
 def push(images: Images, ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
     """`docker push` through the daemon (it verifies TLS and sends the user's credentials),
@@ -296,8 +300,8 @@ def push(images: Images, ref: str, progress: Callable[[str], None] = lambda _: N
                 done[layer] = int(detail.get("current", 0))
             elif status == "Pushed":
                 done[layer] = totals.get(layer, done.get(layer, 0))
-            elif status == "Layer already exists":
-                present += 1
+            elif status == "Layer already exists" or status.startswith("Mounted from"):
+                present += 1  # already in the registry (a cross-repository mount moves no bytes)
             aux = chunk.get("aux") or {}
             if aux.get("Digest"):
                 digest = str(aux["Digest"])
@@ -310,6 +314,13 @@ def push(images: Images, ref: str, progress: Callable[[str], None] = lambda _: N
         raise StepFailed(f"push of {ref} ended without a digest", "check the registry's logs")
     pushed = [k for k in done if k in totals]
     return Pushed(ref, digest, sum(totals[k] for k in pushed), len(pushed), present)
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def _push_error(ref: str, message: str) -> DevloopError:
@@ -352,5 +363,5 @@ class RemotePublisher:
                 return False
             self._images.tag(ref.local, target)
             pushed = push(self._images, target, note)
-        note(f"pushed {target} ({pushed.bytes_pushed / 1e6:.1f} MB in {pushed.layers_pushed} new layers)")
+        note(f"pushed {target} ({pushed.summary()})")
         return True
