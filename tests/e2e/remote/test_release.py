@@ -212,6 +212,10 @@ def test_an_undeclared_target_or_an_unconfirmed_down_is_refused(remote: Remote, 
 
 
 def test_dev_on_the_target_reaches_every_replica(remote: Remote, project: Path) -> None:
+    """The loop against the remote cluster: content tags pushed to its registry; a code edit is
+    live-synced into every replica; a Dockerfile edit rebuilds, pushes and rolls out there."""
+    config = project / "devloop.yaml"
+    config.write_text(config.read_text() + "liveUpdate:\n  enabled: true\n  command: [node, server.js]\n")
     proc = subprocess.Popen(
         devloop_argv("dev", "--target", TARGET, "--no-ui"),
         cwd=project,
@@ -223,20 +227,31 @@ def test_dev_on_the_target_reaches_every_replica(remote: Remote, project: Path) 
     )
     d = Devloop(proc)
     pump_json_lines(proc.stdout, d.events, d.raw)  # type: ignore[arg-type]
-    try:
-        d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("ok") is True, 400, "the first rollout on the target")
-        set_message(project, "Hello from dev on the target")
-        done = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("cycle", 0) >= 2, 400, "the edit's cycle")
-        assert done["ok"], done
-        image = done["image"]
-        assert image.startswith(f"{remote.registry}/{REPO_NAME}:dl-")
 
-        def every_replica() -> dict[str, tuple[str, str]] | None:
+    def every_replica(image: str, text: str) -> dict[str, tuple[str, str]]:
+        def check() -> dict[str, tuple[str, str]] | None:
             answers = serving(remote)
-            ok = len(answers) == 3 and all(img == image and "Hello from dev on the target" in body for img, body in answers.values())
+            ok = len(answers) == 3 and all(img == image and text in body for img, body in answers.values())
             return answers if ok else None
 
-        poll("every replica to serve the edit", 120, every_replica)
+        return poll(f"every replica to run {image} and serve {text!r}", 120, check)
+
+    try:
+        first = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("ok") is True, 400, "the first rollout on the target")
+        assert first["image"].startswith(f"{remote.registry}/{REPO_NAME}:dl-"), first
+        assert first["image"].rpartition(":")[2] in remote.registry_tags(REPO_NAME)  # the content tag is in the target's registry
+        every_replica(first["image"], V1)
+
+        set_message(project, "Hello from dev on the target")
+        synced = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("cycle", 0) >= 2, 400, "the edit's cycle")
+        assert synced["ok"] and synced["synced"], synced  # live update, no new image
+        every_replica(first["image"], "Hello from dev on the target")
+
+        dockerfile = project / "sample-app" / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text() + "# rebuilt by the e2e test\n")
+        rebuilt = d.wait_for(lambda e: e["event"] == "cycle_done" and e.get("cycle", 0) >= 3, 400, "the Dockerfile's cycle")
+        assert rebuilt["ok"] and not rebuilt["synced"] and rebuilt["image"] != first["image"], rebuilt
+        every_replica(rebuilt["image"], "Hello from dev on the target")
         assert d.interrupt() == 130
     finally:
         set_message(project, V1)
