@@ -373,7 +373,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the cluster and the registry")
     ap.add_argument("--cluster", default="devloop-soak", help="kind cluster (its registry is <cluster>-registry)")
+    ap.add_argument("--report", type=Path, help="print the table of a soak's JSON (also of a run still going) and exit")
     args = ap.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return 0
     global CLUSTER, CONTEXT, REGISTRY
     CLUSTER, CONTEXT, REGISTRY = args.cluster, f"kind-{args.cluster}", f"{args.cluster}-registry"
     out_json = args.json or REPO / "benchmarks" / "results" / f"soak-{args.example}.json"
@@ -539,7 +543,7 @@ def report(r: dict[str, Any]) -> None:
         ("node containerd MB", round(base["node"]["containerd_bytes"] / 1e6), round(end["node"]["containerd_bytes"] / 1e6), "bounded"),
         ("docker tags (host)", sum(base["docker"].values()), sum(end["docker"].values()), f"<= {2 * bound}"),
         ("container restarts", base["pods"]["restarts"], end["pods"]["restarts"], "0"),
-        ("liveness failures", base["pods"]["liveness_failures"], end["pods"]["liveness_failures"], ""),
+        ("liveness failures", base["pods"]["liveness_failures"], end["pods"]["liveness_failures"], "events (1 h TTL)"),
         ("readiness failures", base["pods"]["readiness_failures"], end["pods"]["readiness_failures"], ""),
         ("pod log lines", base["log_lines"], end["log_lines"], "flowing"),
     )
@@ -554,7 +558,9 @@ def report(r: dict[str, Any]) -> None:
         f"sync p50 {median([o['total_s'] for o in syncs]):.2f}s"
     )
     print(f"syncs that waited for the liveness probe's budget: {r['paced_syncs']} ({r['paced_seconds']}s in all)")
-    if r["failure"]:
+    if r["failure"] == "running":
+        print("partial: the run was still going when this was written")
+    elif r["failure"]:
         print(f"stopped early: {r['failure']}")
 
 
