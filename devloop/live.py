@@ -40,8 +40,10 @@ done"""
 # 4-digit hex /proc/net/tcp uses): unpack, ask for a restart, wait until the supervisor has started
 # the new process (its pid changes) and, when the container declares ports, until one listens
 # again; at most 30 s each (a restart under a CPU limit on a busy node is slow); exit 3 when it
-# never listens. Shell builtins only (read, case) besides `sleep`: under a CPU limit, spawning a
-# grep every few ms visibly slows the app's start.
+# never listens; any failure says why on stderr (devloop shows it). The supervisor rewrites the pid
+# file in place: a read that finds it empty (torn; under the old `set -e` that ended the sync with
+# exit 1) means "not yet". Shell builtins only (read, case) besides `sleep`: under a CPU limit,
+# spawning a grep every few ms visibly slows the app's start.
 SYNC = f"""fail() {{ echo "devloop sync: $*" >&2; exit "${{code:-1}}"; }}
 target=$1; shift
 tar -xf - -C "$target" || fail "cannot unpack the files into $target"
@@ -49,7 +51,7 @@ read -r old < {CHILD_PID} || fail "no app process started by the devloop supervi
 : > {RESTART_FLAG} || fail "cannot write {RESTART_FLAG}"
 kill -TERM "$old" || fail "the app process $old was already gone"
 i=0; new=$old
-while [ "$new" = "$old" ] && [ $i -lt 600 ]; do sleep 0.05; read -r new < {CHILD_PID}; i=$((i+1)); done
+while [ "$new" = "$old" ] && [ $i -lt 600 ]; do sleep 0.05; read -r new < {CHILD_PID} || new=$old; i=$((i+1)); done
 [ "$new" != "$old" ] || fail "the app process $old did not exit within 30s of SIGTERM"
 [ $# -eq 0 ] && exit 0
 listening() {{
