@@ -8,16 +8,17 @@ A remote registry is a third implementation of the same interface; the engine do
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from devloop.errors import DevloopError
+from devloop.errors import DevloopError, StepFailed
 from devloop.images import Images
 from devloop.model import ImageRef
-from devloop.ports import Clusters
+from devloop.ports import Cluster, Clusters
 from devloop.registry import LocalRegistry
 
 
@@ -58,13 +59,70 @@ class RegistryPublisher:
             try:
                 self._registry.push(ref.local)
             except DevloopError:
-                # devloop created the registry: when it was stopped (docker stop, a reboot), start it again
-                if self._registry.running():
+                # devloop created the registry: stopped (docker stop, a reboot) it is started again;
+                # removed (docker rm -v, a prune) it is created again, empty
+                state = self._registry.state()
+                if state == "running":
                     raise
-                note(f"the local registry {self._registry.cfg.name} was stopped; starting it again")
+                name = self._registry.cfg.name
+                if state == "missing":
+                    note(f"the local registry {name} is gone (removed, with the images in it); creating it again")
+                else:
+                    note(f"the local registry {name} was stopped; starting it again")
                 self.prepare()
+                self._registry.wait_answers()
                 self._registry.push(ref.local)
+                if state == "missing":
+                    self._push_running(ref, note)
         return True
+
+    def _push_running(self, pushed: ImageRef, note: Callable[[str], None]) -> None:
+        """After the registry was created again, empty: push again every image of it the cluster
+        runs (pods and Deployments, asked, not assumed), so that a pod that is rescheduled or a
+        node that pulls again finds it."""
+        prefix = f"{self._registry.host}/"
+        try:
+            running = sorted(r for r in cluster_images(self._registry.kube) if r.startswith(prefix) and r != pushed.cluster)
+        except DevloopError as e:
+            note(f"could not ask the cluster which images it runs ({e.message}); pushed only {pushed.local}")
+            return
+        again, lost = [], []
+        for remote in running:
+            local = remote.removeprefix(prefix)
+            try:
+                if self._registry.images.exists(remote) or self._registry.images.exists(local):
+                    if not self._registry.images.exists(remote):
+                        self._registry.images.tag(local, remote)
+                    self._registry.images.push(remote)
+                    again.append(local)
+                else:
+                    lost.append(local)
+            except DevloopError:
+                lost.append(local)
+        if again:
+            note(f"pushed again what the cluster runs: {', '.join(again)}")
+        if lost:
+            note(
+                f"not in the registry any more and not pushable from here: {', '.join(lost)} "
+                "(running pods keep running; a pod that must pull it again fails until a save rolls out a new version)"
+            )
+
+
+def cluster_images(kube: Cluster) -> set[str]:
+    """Every image the cluster's pods and Deployments name (what a pod started anew would pull)."""
+    found: set[str] = set()
+    for path in ("/api/v1/pods", "/apis/apps/v1/deployments"):
+        try:
+            items = json.loads(kube.get_raw(path)).get("items", [])
+        except ValueError as e:
+            raise StepFailed(f"the API server answered {path} with something that is not JSON", "") from e
+        for item in items:
+            spec = item.get("spec", {})
+            spec = spec.get("template", {}).get("spec", {}) if "template" in spec else spec
+            for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+                if c.get("image"):
+                    found.add(str(c["image"]))
+    return found
 
 
 class KindLoadPublisher:

@@ -9,6 +9,7 @@ of `docker save` + import of the whole image on every cycle.
 from __future__ import annotations
 
 import http.client
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,6 +205,22 @@ class LocalRegistry:
         finally:
             conn.close()
         return None if status in (200, 401) else f"HTTP {status}"
+
+    def state(self) -> str:
+        """The container's status ("running", "exited", …), or "missing" when it does not exist."""
+        with docker_errors():
+            try:
+                return str(self.images.client.containers.get(self.cfg.name).status)
+            except docker.errors.NotFound:
+                return "missing"
+
+    def wait_answers(self, within: float = 20.0) -> None:
+        """Wait until a (re)started registry answers `GET /v2/`; StepFailed when it does not in time."""
+        deadline = time.monotonic() + within
+        while (error := self.answers()) is not None:
+            if time.monotonic() >= deadline:
+                raise StepFailed(f"the local registry {self.cfg.name} does not answer after {within:.0f}s: {error}", "devloop doctor")
+            time.sleep(0.2)  # a registry process starting up: polled with a deadline
 
     def running(self) -> bool:
         """Whether the registry container exists and runs."""

@@ -48,6 +48,15 @@ def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
         run_cli(harness, project, "down", "--cluster")
 
 
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After each test: what a devloop the harness had to kill (a failed test) could not stop itself,
+    so that the next test starts on free ports."""
+    yield
+    for line in children_of_cluster():
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
 def set_message(project: Path, text: str) -> None:
     server = project / "sample-app" / "server.js"
     line = next(line for line in server.read_text().splitlines() if line.startswith("const MESSAGE ="))
@@ -177,3 +186,50 @@ def test_the_node_restarted_while_dev_runs(harness: Harness, project: Path, run_
     assert d.interrupt() == 130
     assert "Traceback" not in "".join(d.raw)
     assert not children_of_cluster()
+
+
+def registry_has(port: int, ref: str) -> bool:
+    import http.client
+
+    repo, _, tag = ref.split("/", 1)[1].rpartition(":")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("HEAD", f"/v2/{repo}/manifests/{tag}", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_the_registry_removed_mid_push_is_created_again(harness: Harness, project: Path, run_devloop: Any) -> None:
+    """`docker rm -f -v` of the local registry while a save is being pushed (a `docker system prune
+    --volumes`, a cleanup script): the registry and its images are gone. devloop creates it again,
+    wired into the node as before, pushes the save and again what the cluster runs (a pod that must
+    pull it again finds it); the save, or the next one, rolls out."""
+    port = local_port(project)
+    d = dev_ready(run_devloop)
+    before = running_image(harness)
+    registry_port = int(before.split("/")[0].split(":")[1])
+    asset = project / "sample-app" / "asset.bin"
+    asset.write_bytes(os.urandom(48 << 20))  # a real-size layer, so the push takes long enough to be cut
+    client = docker.from_env()
+    try:
+        set_message(project, "after the registry was removed")
+        d.wait_for(lambda e: e["event"] == "phase_start" and e["phase"] == "publish", 300, "the push")
+        client.containers.get(REGISTRY).remove(force=True, v=True)
+        done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the save during which the registry went")
+        if not done["ok"]:  # the cycle in progress may fail; the next save recovers
+            assert_save_rolls_out(d, project, port, "the save after the registry was removed")
+        else:
+            poll("the save through the forwarded URL", 60, lambda: answers(port, "after the registry was removed"))
+    finally:
+        asset.unlink()
+    notes = [e["message"] for e in d.seen if e["event"] == "info"]
+    print("cycles:", [(e["ok"], e["error"]) for e in d.seen if e["event"] == "cycle_done"], "notes:", notes)  # shown with -s
+    assert any(f"the local registry {REGISTRY} is gone" in m and "creating it again" in m for m in notes), notes
+    assert any("pushed again what the cluster runs" in m and before.rsplit("/", 1)[1] in m for m in notes), notes
+    assert registry_has(registry_port, before), "the version the cluster ran is in the new registry"
+    c = client.containers.get(REGISTRY)
+    assert c.status == "running" and "kind" in c.attrs["NetworkSettings"]["Networks"]
+    _code, events, output = run_cli(harness, project, "doctor")
+    assert next(e for e in events if e["event"] == "check" and e["name"] == "registry")["ok"], output
+    assert d.interrupt() == 130
