@@ -11,6 +11,7 @@ reported for that service; the others go on.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -314,10 +315,39 @@ class Engine:
     def up(self) -> list[ServiceResult]:
         self.check_manifests()
         self.images.ping()
+        if not self.target.remote and not self.kind.exists(self.config.cluster.name):
+            self._up_from_nothing()
         self.prepare_cluster()
         results = self.run(everything(self.layouts(), "up"))
         self.ensure_monitoring()
         return results
+
+    def _up_from_nothing(self) -> None:
+        """No cluster yet (onboarding, a demo): create it while every image is built and, when the
+        way allows (the local registry), pushed; the cycle after it then only wires and rolls out.
+        A failure here is left for that cycle to report in its phase."""
+        start = self.clock()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devloop-cluster") as pool:
+            creating = pool.submit(self.ensure_cluster)
+            images = 0.0
+            try:
+                early = self.publisher.start_early()
+                for svc in self.services:
+                    ref = self.image_ref(svc)
+                    self.build(svc, ref)
+                    if early:
+                        self.publisher.publish(ref, functools.partial(self._note, svc.name))
+                images = self.clock() - start
+            except DevloopError as e:
+                self.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
+            creating.result()
+        cluster = self.clock() - start
+        what = "built and pushed" if self.publisher.registry else "built"
+        self.out.info(
+            f"cluster created in {cluster:.1f}s; meanwhile every image {what} in {images:.1f}s",
+            cluster_seconds=round(cluster, 3),
+            images_seconds=round(images, 3),
+        )
 
     def monitoring(self) -> Monitoring | None:
         m = self.config.monitoring
@@ -340,6 +370,9 @@ class Engine:
                     self.out.info(f"monitoring: Prometheus ready ({mon.where}), reading ConfigMap {self.config.monitoring.config_map}")
         except DevloopError as e:
             self.out.warn(f"monitoring: {e.message}" + "".join(f"\n  {d}" for d in getattr(e, "details", [])), e.hint)
+
+    def _note(self, service: str, message: str) -> None:
+        self.out.info(f"{service}: {message}", service=service)
 
     def stop(self) -> None:
         self._stop.set()

@@ -32,6 +32,11 @@ class Publisher(Protocol):
         """Make the way ready (start and wire the registry). True when something changed."""
         ...
 
+    def start_early(self) -> bool:
+        """Before the cluster exists: start what `publish` needs without the nodes (the local
+        registry's container). True when `publish` may run now; False when it needs the cluster."""
+        ...
+
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
         """Make the image available to the cluster. True when something moved."""
         ...
@@ -51,6 +56,11 @@ class RegistryPublisher:
 
     def prepare(self) -> bool:
         return self._registry.ensure(self._kind.nodes(self._cluster))
+
+    def start_early(self) -> bool:
+        if self._registry.start_container():
+            self._registry.wait_answers()
+        return True
 
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
         with self.lock:
@@ -137,6 +147,9 @@ class KindLoadPublisher:
 
     def prepare(self) -> bool:
         return False
+
+    def start_early(self) -> bool:
+        return False  # kind load needs the nodes
 
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
         return self.load(ref.local, note)

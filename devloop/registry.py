@@ -79,6 +79,10 @@ class LocalRegistry:
             self.kube.apply(hosting_configmap(self.host), "kube-public")
         return changed
 
+    def start_container(self) -> bool:
+        """The registry container alone, running (before the cluster and its network exist). True when started."""
+        return self._ensure_container()
+
     def _ensure_container(self) -> bool:
         client = self.images.client
         with docker_errors():

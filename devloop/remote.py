@@ -356,6 +356,9 @@ class RemotePublisher:
         self.client.check()
         return False
 
+    def start_early(self) -> bool:
+        return False  # a remote target is never created: there is no "before the cluster"
+
     def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
         target = ref.cluster
         with self.lock:

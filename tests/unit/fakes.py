@@ -338,6 +338,9 @@ class FakePublisher:
         self.prepared += 1
         return False
 
+    def start_early(self) -> bool:
+        return True
+
     def publish(self, ref: Any, note: Callable[[str], None]) -> bool:
         if ref.cluster in self.pushed:
             return False

@@ -78,6 +78,18 @@ def test_up_builds_publishes_and_rolls_out_every_service(shop: Path) -> None:
     assert {e["service"] for e in done} == {"web", "api", "worker"} and len(w.events("cycle_start")) == 1
 
 
+def test_up_from_nothing_builds_and_pushes_while_the_cluster_is_created(shop: Path) -> None:
+    w = World(shop)
+    kind = FakeKind(clusters=())
+    w.engine.kind = kind
+    results = by_service(w.engine.up())
+    assert kind.created == [w.engine.config.cluster.name] and all(r.ok for r in results.values())
+    assert len(w.docker.builds) == 3 and len(w.publisher.pushed) == 3  # each image built and pushed once
+    assert all(not r.built and not r.published for r in results.values())  # done beside the creation, not in the cycle
+    (said,) = [e for e in w.events("info") if e["message"].startswith("cluster created in")]
+    assert "every image built and pushed" in said["message"]
+
+
 def test_a_shared_manifests_directory_applies_each_deployment_only_with_its_own_service(tmp_path: Path, shop: Path) -> None:
     text = (
         (shop / "devloop.yaml")
