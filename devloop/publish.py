@@ -71,18 +71,20 @@ class RegistryPublisher:
             except DevloopError:
                 # devloop created the registry: stopped (docker stop, a reboot) it is started again;
                 # removed (docker rm -v, a prune) it is created again, empty
-                state = self._registry.state()
+                state, before = self._registry.state()
                 if state == "running":
                     raise
+                self.prepare()
+                _, after = self._registry.state()
                 name = self._registry.cfg.name
-                if state == "missing":
+                created = after != before  # not the container that was there: a new one, empty
+                if created:
                     note(f"the local registry {name} is gone (removed, with the images in it); creating it again")
                 else:
                     note(f"the local registry {name} was stopped; starting it again")
-                self.prepare()
                 self._registry.wait_answers()
                 self._registry.push(ref.local)
-                if state == "missing":
+                if created:
                     self._push_running(ref, note)
         return True
 

@@ -93,7 +93,7 @@ class LocalRegistry:
                 c.start()
                 return True
             except docker.errors.NotFound:
-                pass
+                pass  # never created, or removed (also while we looked): create it
             if not self.images.exists(self.cfg.image) and not self.images.pull(self.cfg.image):
                 raise EnvironmentMissing(
                     f"the registry image {self.cfg.image} is not available locally and cannot be pulled",
@@ -210,13 +210,19 @@ class LocalRegistry:
             conn.close()
         return None if status in (200, 401) else f"HTTP {status}"
 
-    def state(self) -> str:
-        """The container's status ("running", "exited", …), or "missing" when it does not exist."""
+    def state(self) -> tuple[str, str]:
+        """(the container's status, its ID); ("missing", "") when it does not exist. A container that
+        is being removed (`docker rm -f` under way) is waited for: it is about to be missing."""
+        deadline = time.monotonic() + 15
         with docker_errors():
-            try:
-                return str(self.images.client.containers.get(self.cfg.name).status)
-            except docker.errors.NotFound:
-                return "missing"
+            while True:
+                try:
+                    c = self.images.client.containers.get(self.cfg.name)
+                except docker.errors.NotFound:
+                    return "missing", ""
+                if c.status not in ("removing", "dead") or time.monotonic() >= deadline:
+                    return str(c.status), str(c.id)
+                time.sleep(0.2)  # docker removing it: polled with a deadline
 
     def wait_answers(self, within: float = 20.0) -> None:
         """Wait until a (re)started registry answers `GET /v2/`; StepFailed when it does not in time."""
