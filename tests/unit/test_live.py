@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devloop.engine import ServiceResult
 from devloop.live import MARGIN, Budget, RestartPacer, restart_budget
+from devloop.plan import ServiceChange
+from tests.unit.fakes import FakeCluster
+from tests.unit.test_engine import World, run
 
 SAMPLE_LIVENESS = {"httpGet": {"path": "/healthz", "port": 3000}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
 
@@ -119,3 +127,50 @@ def test_recent_restarts_and_forgotten_pods() -> None:
     assert not pacer.recent(["pod-a"], 30)
     pacer.forget_except(["pod-b"])
     assert not pacer.recent(["pod-a"], 1e9) and pacer.recent(["pod-b"], 1e9)
+
+
+# -- the engine: a replica devloop itself just restarted is waited for, not rebuilt ---------------------
+class _Flapping(FakeCluster):
+    """A pod is reported not ready for the first `flaps` asks, then ready (a readiness probe that
+    failed during devloop's restart and passes again at its next period)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flaps = 0
+
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        pods = copy.deepcopy(super().pods(namespace, labels))
+        if self.flaps > 0 and pods:
+            self.flaps -= 1
+            pods[0]["status"]["conditions"][0]["status"] = "False"
+        return pods
+
+
+def _live_world(sample_copy: Path) -> World:
+    w = World(sample_copy, "liveUpdate: {enabled: true}\n")
+    w.cluster = w.engine.kube = _Flapping()  # type: ignore[assignment]
+    w.engine.up()
+    return w
+
+
+def _sync(w: World, sample_copy: Path, text: str) -> ServiceResult:
+    server = sample_copy / "sample-app" / "server.js"
+    lines = server.read_text().splitlines(keepends=True)
+    server.write_text("".join(f"const MESSAGE = '{text}';\n" if ln.startswith("const MESSAGE =") else ln for ln in lines))
+    return run(w.engine, [ServiceChange("web-app", sync=("server.js",), image_files=("server.js",))])[0]
+
+
+def test_a_replica_devloop_just_restarted_and_not_ready_yet_gets_the_next_sync(sample_copy: Path) -> None:
+    w = _live_world(sample_copy)
+    assert _sync(w, sample_copy, "v2").synced
+    w.cluster.flaps = 2  # type: ignore[attr-defined]  # one replica fails its readiness probe after that restart
+    r = _sync(w, sample_copy, "v3")
+    assert r.ok and r.synced and len(w.cluster.execs) == 6, [e["message"] for e in w.events("detail")]
+
+
+def test_a_replica_not_ready_for_another_reason_still_means_a_rebuild(sample_copy: Path) -> None:
+    w = _live_world(sample_copy)
+    w.cluster.flaps = 1  # type: ignore[attr-defined]  # devloop restarted nothing: not its doing
+    r = _sync(w, sample_copy, "v2")
+    assert r.ok and not r.synced and not w.cluster.execs
+    assert any("live update not possible (2/3 replicas ready)" in e["message"] for e in w.events("detail"))
