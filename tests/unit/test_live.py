@@ -174,3 +174,32 @@ def test_a_replica_not_ready_for_another_reason_still_means_a_rebuild(sample_cop
     r = _sync(w, sample_copy, "v2")
     assert r.ok and not r.synced and not w.cluster.execs
     assert any("live update not possible (2/3 replicas ready)" in e["message"] for e in w.events("detail"))
+
+
+def test_after_a_rollout_the_synced_replicas_are_not_taken_for_new_ones(sample_copy: Path) -> None:
+    """A sync, a rebuild (new pods), a sync again: a later event of a pod that got that last sync
+    (its readiness flapping, restarts still 0) is not "a live-updated pod restarted" (it made a
+    spurious rebuild in the soak)."""
+    from devloop.kube import PodEvent
+    from devloop.session import DevSession, PodChanged
+
+    w = _live_world(sample_copy)
+    session = DevSession(w.engine)
+    try:
+        session._after([_sync(w, sample_copy, "v2")])
+        server = sample_copy / "sample-app" / "server.js"
+        server.write_text(server.read_text() + "// rebuilt\n")
+        rebuilt = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",), reason="image source changed")])
+        assert rebuilt[0].ok and not rebuilt[0].synced  # new pods (forwards and logs not needed here)
+        synced = _sync(w, sample_copy, "v3")
+        assert synced.synced
+        session._after([synced])
+        good = w.engine.state["web-app"].good
+        assert good is not None
+        for pod in synced.ready_pods:
+            assert session._pod_changed(PodChanged("web-app", PodEvent(pod, 0, (good.cluster,), False))) is None
+        # a container that really restarted still means a rebuild
+        pod = synced.ready_pods[0]
+        assert session._pod_changed(PodChanged("web-app", PodEvent(pod, 1, (good.cluster,), False))) == "web-app"
+    finally:
+        session.stop()
