@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, free_port, poll, run_cli
+from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, devloop_argv, free_port, poll, run_cli
 from tests.e2e.test_loop import edit, get, local_port
 
 pytestmark = pytest.mark.e2e
@@ -75,9 +76,34 @@ def dev_ready(run_devloop: Any) -> Devloop:
     return d
 
 
-def test_sighup_stops_everything_devloop_started(harness: Harness, project: Path, run_devloop: Any) -> None:
+# Starts a command as a terminal's shell would: SIGHUP at its default. A test runner started under
+# nohup (a CI job in the background) passes SIGHUP on ignored, which devloop rightly respects.
+AS_FROM_A_TERMINAL = "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def test_sighup_stops_everything_devloop_started(harness: Harness, project: Path) -> None:
     """The terminal closes: the shell sends SIGHUP. devloop stops what it started, as on Ctrl-C."""
-    d = dev_ready(run_devloop)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *devloop_argv("dev")],
+        cwd=project,
+        env=harness.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    d = Devloop(proc)
+    d.start_reader()
+    try:
+        d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 300, "the port-forward")
+        sighup_stops_everything(d)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def sighup_stops_everything(d: Devloop) -> None:
     assert children_of_cluster(), "devloop dev runs kubectl port-forward and logs"
     d.proc.send_signal(signal.SIGHUP)
     assert d.proc.wait(60) == 130, "".join(d.raw[-20:])
