@@ -208,7 +208,7 @@ class Dev:
                 continue
             if e["event"] == "error":
                 raise RuntimeError(f"devloop error: {e.get('message')}")
-            if e.get("service") == service and (not file or file in e.get("files", [])):
+            if (not service or e.get("service") == service) and (not file or file in e.get("files", [])):
                 return e
             self.extra.append({k: e.get(k) for k in ("cycle", "service", "files", "synced", "ok", "reason")})
         raise TimeoutError(f"no cycle_done for {service} within {timeout}s")
@@ -420,10 +420,12 @@ def main() -> int:
     failure = ""
     code: int | None = None
     try:
-        for s in services:  # the first cycle (up), one cycle_done per service
-            e = dev.cycle_done(s.name, "", timeout=900)
+        first: set[str] = set()  # the first cycle (up): one cycle_done per service, in any order
+        while len(first) < len(services):
+            e = dev.cycle_done("", "", timeout=900)
             if not e["ok"]:
                 raise RuntimeError(f"first cycle failed: {e}")
+            first.add(e["service"])
         for s in services:
             if s.url_path:
                 wait_text(s, dev, "", timeout=120)
