@@ -161,6 +161,9 @@ class _Restarts:
     duration: float  # how long the last restart took
 
 
+KEEP_PODS = 256  # a long session's rollouts name new pods; the pacer remembers only recent ones
+
+
 class RestartPacer:
     """Per pod: when the last restarts happened; how long to wait before the next one (thread-safe:
     one sync restarts every replica at once, one thread each)."""
@@ -199,7 +202,10 @@ class RestartPacer:
         with self._lock:
             r = self._pods.get(pod)
             new_burst = r is None or budget is None or began - r.last_up >= budget.quiet
+            self._pods.pop(pod, None)  # newest last: pods of old rollouts age out below
             self._pods[pod] = _Restarts(began if new_burst or r is None else r.burst_start, up, up - began)
+            while len(self._pods) > KEEP_PODS:
+                self._pods.pop(next(iter(self._pods)))
         return result, waited
 
     def recent(self, pods: Iterable[str], within: float) -> bool:

@@ -203,3 +203,14 @@ def test_after_a_rollout_the_synced_replicas_are_not_taken_for_new_ones(sample_c
         assert session._pod_changed(PodChanged("web-app", PodEvent(pod, 1, (good.cluster,), False))) == "web-app"
     finally:
         session.stop()
+
+
+def test_the_pacer_remembers_only_recent_pods() -> None:
+    """A day of rollouts names thousands of pods; the pacer keeps the newest few hundred."""
+    from devloop import live
+
+    pacer = live.RestartPacer(clock=lambda: 0.0, sleep=lambda _s: None)
+    for i in range(live.KEEP_PODS + 50):
+        pacer.restart(f"web-{i}", None, lambda: None)
+    assert len(pacer._pods) == live.KEEP_PODS
+    assert "web-0" not in pacer._pods and f"web-{live.KEEP_PODS + 49}" in pacer._pods
