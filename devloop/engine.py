@@ -315,18 +315,23 @@ class Engine:
     def up(self) -> list[ServiceResult]:
         self.check_manifests()
         self.images.ping()
+        early: dict[str, tuple[bool, bool]] = {}
         if not self.target.remote and not self.kind.exists(self.config.cluster.name):
-            self._up_from_nothing()
+            early = self._up_from_nothing()
         self.prepare_cluster()
         results = self.run(everything(self.layouts(), "up"))
+        for r in results:  # what this `up` built and pushed beside the cluster's creation counts as its own
+            built, published = early.get(r.service, (False, False))
+            r.built, r.published = r.built or built, r.published or published
         self.ensure_monitoring()
         return results
 
-    def _up_from_nothing(self) -> None:
+    def _up_from_nothing(self) -> dict[str, tuple[bool, bool]]:
         """No cluster yet (onboarding, a demo): create it while every image is built and, when the
         way allows (the local registry), pushed; the cycle after it then only wires and rolls out.
         A failure here is left for that cycle to report in its phase."""
         start = self.clock()
+        done: dict[str, tuple[bool, bool]] = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devloop-cluster") as pool:
             creating = pool.submit(self.ensure_cluster)
             images = 0.0
@@ -334,9 +339,8 @@ class Engine:
                 early = self.publisher.start_early()
                 for svc in self.services:
                     ref = self.image_ref(svc)
-                    self.build(svc, ref)
-                    if early:
-                        self.publisher.publish(ref, functools.partial(self._note, svc.name))
+                    built = self.build(svc, ref)
+                    done[svc.name] = (built, early and self.publisher.publish(ref, functools.partial(self._note, svc.name)))
                 images = self.clock() - start
             except DevloopError as e:
                 self.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
@@ -348,6 +352,7 @@ class Engine:
             cluster_seconds=round(cluster, 3),
             images_seconds=round(images, 3),
         )
+        return done
 
     def monitoring(self) -> Monitoring | None:
         m = self.config.monitoring
