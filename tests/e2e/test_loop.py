@@ -205,6 +205,8 @@ def test_port_already_taken_is_a_warning_not_a_hang(harness: Harness, project: P
     import socket
 
     with socket.socket() as s:
+        # another program listening there (SO_REUSEADDR: the earlier tests' connections may leave TIME-WAIT entries)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", local_port(project)))
         s.listen()
         d: Devloop = run_devloop("dev")
