@@ -138,7 +138,10 @@ def small_docker(node_base: str) -> Iterator[tuple[str, Path]]:
     network namespace (its docker0 is its own; it never touches the host's network or iptables). Holds the Node base.
     Yields (DOCKER_HOST, the data root)."""
     if os.geteuid() != 0:
-        pytest.skip("a second Docker engine on its own filesystem needs root (mount, dockerd)")
+        why = "a second Docker engine on its own filesystem needs root (mount, dockerd)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why, pytrace=False)  # CI runs as root: never green by skipping there
+        pytest.skip(why)
     root = Path(tempfile.mkdtemp(prefix="dl-disk-", dir="/tmp"))  # short: unix socket paths are limited
     data = root / "data"
     data.mkdir()
