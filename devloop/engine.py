@@ -24,24 +24,26 @@ from typing import Any
 
 from devloop import gc, live
 from devloop import manifests as mf
+from devloop.api import ApiCluster
 from devloop.builder import Builder, detect_builder
 from devloop.config import Config, ServiceConfig
 from devloop.errors import ClusterUnavailable, ConfigError, CycleFailed, DevloopError
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
-from devloop.kube import Kube, pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
+from devloop.kube import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, ServiceLayout, everything
-from devloop.ports import Cluster, Clusters, ImageStore
+from devloop.ports import Changes, Cluster, Clusters, ImageStore
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 from devloop.remote import Address, RegistryClient, RemotePublisher
 from devloop.target import Target, require_context, resolve
 
 POLL_INTERVAL = 0.5
+WATCH_FALLBACK = 2.0  # at most this long between reads of a rollout's state when no watch event comes
 SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
 REVISION = "deployment.kubernetes.io/revision"
 
@@ -120,7 +122,7 @@ class Engine:
         self._docker = images if isinstance(images, Images) else None
         self.images: ImageStore = images or self.docker
         self.kind: Clusters = kind or Kind()
-        self.kube: Cluster = kube or Kube(self.target.context)
+        self.kube: Cluster = kube or ApiCluster(self.target.context)
         self.clock = clock
         self.hasher = ContextHasher()
         self._builder = builder
@@ -137,6 +139,9 @@ class Engine:
         self._stop = threading.Event()
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
         self.restarts = live.RestartPacer(clock)  # live update: restarts paced for the liveness probes
+        self.channels = live.Channels(lambda pod, ns, argv: self.kube.exec_stream(pod, ns, argv))  # one exec channel per replica
+        self._said_channel = False
+        self.open_channels = False  # `devloop dev`: open the replicas' exec channels as soon as a rollout completes
 
     # -- wiring ---------------------------------------------------------------------------------
     def reconfigure(self, config: Config) -> list[str]:
@@ -502,6 +507,8 @@ class Engine:
             "rollout", result.phases["rollout"], f"{len(result.ready_pods)}/{deployed.replicas} pods ready", service=svc.name
         )
         st.rolled_out(ref, revision)
+        if self.open_channels and svc.live_update.enabled:
+            self.channels.prepare(result.ready_pods, deployed.namespace)
         self._prune(svc)
         self._collect_garbage(svc, {r.tag for r in (st.good, st.applied) if r})
 
@@ -552,9 +559,11 @@ class Engine:
         name, ns = svc.deployment, deployed.namespace
         timeout = svc.deploy.rollout_timeout
         deadline = self.clock() + timeout
+        feed = self.kube.changes(ns)
         with self.out.activity(f"rolling out {name}"):
             last = ""
             while True:
+                seen = feed.generation
                 dep = self.kube.get("deployment", name, ns)
                 if dep is None:
                     raise CycleFailed("rollout", f"deployment {name} disappeared during the rollout", "`devloop up` applies it again")
@@ -586,8 +595,18 @@ class Engine:
                         "check `kubectl describe pod`; raise deploy.rolloutTimeout if the app starts slowly",
                         details=waiting[:5],
                     )
-                if self._stop.wait(POLL_INTERVAL):
+                if self._next_change(feed, seen):
                     raise CycleFailed("rollout", "stopped while waiting for the rollout")
+
+    def _next_change(self, feed: Changes, seen: int, timeout: float = WATCH_FALLBACK) -> bool:
+        """Wait for the API server's next change to the namespace's pods or Deployments after
+        `seen` (at most `timeout`: a missed event costs that much, never a hang). True when stopped."""
+        end = time.monotonic() + timeout
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or feed.wait(seen, min(POLL_INTERVAL, left)):
+                return self._stop.is_set()
+        return True
 
     def _pod_failed(self, pod: str, ns: str, reason: str) -> CycleFailed:
         logs = log_excerpt(self.kube.logs(pod, ns, tail=40, previous=True) or self.kube.logs(pod, ns, tail=40))
@@ -636,7 +655,9 @@ class Engine:
         want = deployed.replicas
         good = st.good.cluster
         deadline = self.clock() + live.READY_AGAIN
+        feed = self.kube.changes(ns)
         while True:
+            seen = feed.generation
             pods = [p for p in self.kube.pods(ns, deployed.selector) if not p.get("metadata", {}).get("deletionTimestamp")]
             current = [p for p in pods if good in pod_images(p)]
             unready = [pod_name(p) for p in current if not pod_ready(p)]
@@ -644,7 +665,7 @@ class Engine:
                 break
             # a replica devloop itself just restarted may fail a readiness probe or two: wait for it, not rebuild
             mine = len(current) == want and len(pods) == want and self.restarts.recent(unready, live.READY_AGAIN)
-            if not mine or self.clock() >= deadline or self._stop.wait(POLL_INTERVAL):
+            if not mine or self.clock() >= deadline or self._next_change(feed, seen):
                 raise _NoSync(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
         containers = mf.containers_of(deployed.deployment, svc.image.name)
         payload = live.tar_files(svc.image.context, files)
@@ -652,14 +673,29 @@ class Engine:
         budget = live.restart_budget(containers)
         names = [pod_name(p) for p in current]
         self.restarts.forget_except(names)
+        self.channels.keep_only(names)
         errors: list[str] = []
         waited: list[float] = []
 
+        def run(pod: str) -> None:
+            """The sync in one replica: over its exec channel, else a one-shot exec."""
+            if len(payload) <= live.CHANNEL_MAX and not any(c.isspace() for c in svc.live_update.target):
+                try:
+                    self.channels.get(pod, ns).sync(svc.live_update.target, ports, payload)
+                    return
+                except live.ChannelFailed as e:
+                    self.channels.drop(pod)
+                    if not self._said_channel:
+                        self._said_channel = True
+                        self.out.detail(f"{svc.name}: no exec channel to {pod} ({e}); syncing with one-shot execs", service=svc.name)
+            self.kube.exec(pod, ns, ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports], stdin=payload, timeout=75)
+
         def one(pod: str) -> None:
             try:
-                argv = ["sh", "-c", live.SYNC, "sh", svc.live_update.target, *ports]
-                _, w = self.restarts.restart(pod, budget, lambda: self.kube.exec(pod, ns, argv, stdin=payload, timeout=75), self._stop)
+                _, w = self.restarts.restart(pod, budget, lambda: run(pod), self._stop)
                 waited.append(w)
+            except live.SyncFailed as e:
+                errors.append(f"{pod}: the sync in the pod failed (exit {e.code})" + (f" ({' / '.join(e.lines)})" if e.lines else ""))
             except DevloopError as e:
                 said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
                 errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))

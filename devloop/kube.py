@@ -4,13 +4,18 @@ cluster the user's current context happens to point at."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devloop.errors import ClusterUnavailable, CommandFailed, StepFailed
 from devloop.proc import DEFAULT, Background, Runner
+
+if TYPE_CHECKING:
+    from devloop.ports import Changes
 
 FAILING_WAIT_REASONS = {
     "CrashLoopBackOff",
@@ -30,16 +35,50 @@ class PodEvent:
     restarts: int
     images: tuple[str, ...]
     deleting: bool
+    ready: bool = False  # the Ready condition is True (and the pod is not being deleted)
+    created: str = ""  # metadata.creationTimestamp (RFC 3339: sorts as time)
+    ip: str = ""
 
     @classmethod
     def parse(cls, line: str) -> PodEvent | None:
-        """`name restarts... |image...|deletionTimestamp`, as watch_pods' template prints it."""
+        """`name restarts... |image...|deletionTimestamp|ready|created|ip`, as watch_pods' template prints it."""
         name, _, rest = line.partition(" ")
         counts, _, rest = rest.partition("|")
-        images, _, deleting = rest.partition("|")
+        images, _, rest = rest.partition("|")
+        deleting, _, rest = rest.partition("|")
+        ready, _, rest = rest.partition("|")
+        created, _, ip = rest.partition("|")
         if not name:
             return None
-        return cls(name, sum(int(c) for c in counts.split() if c.isdigit()), tuple(images.split()), bool(deleting.strip()))
+        gone = bool(deleting.strip())
+        return cls(
+            name,
+            sum(int(c) for c in counts.split() if c.isdigit()),
+            tuple(images.split()),
+            gone,
+            ready.strip() == "True" and not gone,
+            created.strip(),
+            ip.strip(),
+        )
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any], deleted: bool = False) -> PodEvent | None:
+        """The event for a pod object as the API returns it (`deleted`: a watch's DELETED event)."""
+        name = pod_name(pod)
+        if name == "?":
+            return None
+        meta = pod.get("metadata", {})
+        status = pod.get("status", {})
+        gone = deleted or bool(meta.get("deletionTimestamp"))
+        return cls(
+            name,
+            sum(int(cs.get("restartCount", 0)) for cs in status.get("containerStatuses") or []),
+            tuple(pod_images(pod)),
+            gone,
+            pod_ready(pod) and not gone,
+            str(meta.get("creationTimestamp", "")),
+            str(status.get("podIP", "") or ""),
+        )
 
 
 def selector_arg(labels: Mapping[str, str]) -> str:
@@ -153,7 +192,8 @@ class Kube:
         """A typed event per pod change (kubectl get --watch, one jsonpath line each)."""
         template = (
             '{.metadata.name}{" "}{.status.containerStatuses[*].restartCount}{" |"}'
-            '{.spec.containers[*].image}{"|"}{.metadata.deletionTimestamp}{"\\n"}'
+            '{.spec.containers[*].image}{"|"}{.metadata.deletionTimestamp}{"|"}'
+            '{.status.conditions[?(@.type=="Ready")].status}{"|"}{.metadata.creationTimestamp}{"|"}{.status.podIP}{"\\n"}'
         )
 
         def on_line(line: str) -> None:
@@ -170,6 +210,25 @@ class Kube:
         argv = self._argv("logs", "-f", pod, "-n", namespace, "--all-containers")
         argv.append(f"--since={since}" if since else "--tail=20")
         return self.runner.spawn(argv, on_line=on_line)
+
+    def changes(self, namespace: str) -> Changes:
+        return Polling()
+
+    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
+        raise StepFailed("a persistent exec needs the API client (devloop.api.ApiCluster)", "")
+
+    def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
+        raise StepFailed("a port-forward socket needs the API client (devloop.api.ApiCluster)", "")
+
+
+class Polling:
+    """`changes()` without a watch: every wait lasts its whole timeout (a fixed poll)."""
+
+    generation = 0
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        threading.Event().wait(timeout)
+        return True  # "look again"
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ rebuilds when it sees that happen (see dev.py): synced changes are never silentl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
 import threading
@@ -219,3 +220,143 @@ class RestartPacer:
         keep = set(pods)
         with self._lock:
             self._pods = {p: r for p, r in self._pods.items() if p in keep}
+
+
+# -- one exec channel per pod ------------------------------------------------------------------------
+# A sync used to start `kubectl exec` per replica (a process, a TLS handshake and a shell each time).
+# Now each replica keeps one exec open (a websocket on the API client's connection) running AGENT,
+# a shell loop: per sync devloop writes two lines (the target directory and ports; the tar, base64)
+# and reads the SYNC script's output up to a DONE line with its exit code. A channel that fails is
+# dropped and the sync goes through a one-shot exec as before; so does a payload too large for a line.
+DONE = "@@devloop-sync"
+READY = "@@devloop-agent"
+AGENT = f"""command -v base64 >/dev/null 2>&1 || {{ echo "{READY} no-base64"; exit 0; }}
+echo "{READY} ok"
+while IFS= read -r hdr && IFS= read -r data; do
+  printf '%s' "$data" | base64 -d | (set -- $hdr; {SYNC}
+) 2>&1
+  echo "{DONE} $?"
+done"""
+CHANNEL_MAX = 256 * 1024  # bytes of tar: larger payloads go through a one-shot exec (a shell reads a line byte by byte)
+
+
+class ChannelFailed(Exception):
+    """The channel is not usable (closed, no answer, no base64 in the image): use a one-shot exec."""
+
+
+class SyncFailed(Exception):
+    """The sync script ran and failed (exit code, its last lines)."""
+
+    def __init__(self, code: int, lines: list[str]) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code
+        self.lines = lines
+
+
+class Channel:
+    """One replica's exec channel running AGENT."""
+
+    def __init__(self, stream: Any, timeout: float = 15.0) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        line = self._line(timeout)
+        if line is None or not line.startswith(READY):
+            self.close()
+            raise ChannelFailed(f"the agent did not start ({line!r})")
+        if line.split()[-1] != "ok":
+            self.close()
+            raise ChannelFailed("the image has no base64")
+
+    def _line(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.stream.is_open():
+                return None
+            line = self.stream.readline_stdout(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            if line is not None:
+                return str(line)
+            if time.monotonic() >= deadline:
+                return None
+
+    def sync(self, target: str, ports: Sequence[str], payload: bytes, timeout: float = 75.0) -> None:
+        """Run SYNC in the pod with this payload; raises SyncFailed (the script failed) or
+        ChannelFailed (no answer: the channel is broken, nothing is known about the pod)."""
+        import base64
+
+        with self.lock:
+            if not self.stream.is_open():
+                raise ChannelFailed("the channel closed")
+            self.stream.write_stdin(" ".join([target, *ports]) + "\n" + base64.b64encode(payload).decode() + "\n")
+            said: list[str] = []
+            deadline = time.monotonic() + timeout
+            while True:
+                line = self._line(max(0.01, deadline - time.monotonic()))
+                if line is None:
+                    self.close()
+                    raise ChannelFailed("the channel gave no answer" if time.monotonic() < deadline else f"no answer in {timeout:.0f}s")
+                if line.startswith(DONE):
+                    code = int(line.split()[-1]) if line.split()[-1].isdigit() else 1
+                    if code != 0:
+                        raise SyncFailed(code, said[-3:])
+                    return
+                if line.strip():
+                    said.append(line.strip())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.close()
+
+
+class Channels:
+    """The open channels, per pod; opened on first use (or ahead with `prepare`), dropped with their pod."""
+
+    def __init__(self, open_stream: Callable[[str, str, list[str]], Any]) -> None:
+        self.open_stream = open_stream  # (pod, namespace, argv) -> ExecStream
+        self._channels: dict[str, Channel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pod: str, namespace: str) -> Channel:
+        with self._lock:
+            ch = self._channels.get(pod)
+        if ch is not None and ch.stream.is_open():
+            return ch
+        try:
+            ch = Channel(self.open_stream(pod, namespace, ["sh", "-c", AGENT]))
+        except ChannelFailed:
+            raise
+        except Exception as e:  # the exec itself could not start
+            raise ChannelFailed(str(e) or type(e).__name__) from e
+        with self._lock:
+            old = self._channels.pop(pod, None)
+            self._channels[pod] = ch
+        if old is not None:
+            old.close()
+        return ch
+
+    def drop(self, pod: str) -> None:
+        with self._lock:
+            ch = self._channels.pop(pod, None)
+        if ch is not None:
+            ch.close()
+
+    def prepare(self, pods: Iterable[str], namespace: str) -> None:
+        """Open channels to these pods in the background (the first sync then needs no handshake)."""
+        for pod in pods:
+            threading.Thread(target=self._try, args=(pod, namespace), daemon=True, name=f"channel-{pod}").start()
+
+    def _try(self, pod: str, namespace: str) -> None:
+        with contextlib.suppress(ChannelFailed):
+            self.get(pod, namespace)
+
+    def keep_only(self, pods: Iterable[str]) -> None:
+        keep = set(pods)
+        with self._lock:
+            gone = [p for p in self._channels if p not in keep]
+        for p in gone:
+            self.drop(p)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            ch.close()

@@ -4,6 +4,7 @@ deployments and pods (tests/unit/fakes.py), type-checked against these same Prot
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,8 +13,27 @@ from devloop.kube import PodEvent
 from devloop.proc import Background
 
 
+class Changes(Protocol):
+    """A namespace's Deployments and pods, watched: `generation` counts the changes seen;
+    `wait(seen, timeout)` returns True as soon as there is one after `seen`."""
+
+    generation: int
+
+    def wait(self, seen: int, timeout: float) -> bool: ...
+
+
+class ExecStream(Protocol):
+    """A running exec with stdin open (the kubernetes client's WSClient)."""
+
+    def is_open(self) -> bool: ...
+    def write_stdin(self, data: str) -> None: ...
+    def readline_stdout(self, timeout: float | None = None) -> str | None: ...
+    def close(self) -> None: ...
+
+
 class Cluster(Protocol):
-    """The Kubernetes API as devloop uses it (kubectl today)."""
+    """The Kubernetes API as devloop uses it (api.py: the API client on the hot path, kubectl for
+    the rest)."""
 
     context: str
 
@@ -33,6 +53,9 @@ class Cluster(Protocol):
     def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> Background: ...
     def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> Background: ...
     def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> Background: ...
+    def changes(self, namespace: str) -> Changes: ...
+    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> ExecStream: ...
+    def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket: ...
 
 
 class Clusters(Protocol):

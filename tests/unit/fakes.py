@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devloop.errors import CommandFailed
+from devloop.errors import CommandFailed, StepFailed
 from devloop.proc import Result
 
 
@@ -109,6 +111,16 @@ class _Deployment:
     history: list[str] = field(default_factory=list)  # image per revision (revision = index + 1)
     pods: list[dict[str, Any]] = field(default_factory=list)
     applied_docs: int = 0
+
+
+class FakeChanges:
+    """Every wait is short and reports a change: the fake cluster changes only when called."""
+
+    generation = 0
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        time.sleep(min(timeout, 0.01))
+        return True
 
 
 class FakeCluster:
@@ -258,6 +270,15 @@ class FakeCluster:
         bg = FakeBackground(["logs", pod], on_line)
         self.spawned.append(bg)
         return bg
+
+    def changes(self, namespace: str) -> FakeChanges:
+        return FakeChanges()
+
+    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
+        raise StepFailed("no exec streams in the fake cluster", "")
+
+    def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
+        raise StepFailed("no port-forward sockets in the fake cluster", "")
 
     # helpers for tests
     def serving(self, name: str, namespace: str = "default") -> list[str]:
