@@ -433,33 +433,37 @@ class ApiCluster(Kube):
 
     # -- exec and port-forward over websockets ------------------------------------------------
 
-    def _core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.client())
+    def _websocket(self, path: str) -> tuple[Any, str, dict[str, str]]:
+        """(configuration, URL, headers with the credentials) for a websocket request. The client's
+        own `stream()` helpers swap the shared ApiClient's `call_api` while they connect, which
+        breaks requests made meanwhile on other threads; the websocket calls are made directly."""
+        api = self.client()
+        _, url, headers, _, _ = api.param_serialize("GET", path, header_params={}, auth_settings=["BearerToken"])
+        return api.configuration, url, headers
 
     def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
         """A running exec (the client's WSClient: write_stdin, readline_stdout, close) with stdin open."""
-        from kubernetes.stream import stream
+        from kubernetes.stream import ws_client
 
-        kwargs: dict[str, Any] = dict(command=argv, stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+        query: list[tuple[str, Any]] = [("command", list(argv)), ("stdin", "true"), ("stdout", "true"), ("stderr", "true")]
+        query.append(("tty", "false"))
         if container:
-            kwargs["container"] = container
+            query.append(("container", container))
+        cfg, url, headers = self._websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec")
         try:
-            return stream(self._core().connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+            return ws_client.WSClient(cfg, ws_client.get_websocket_url(url, query), headers, capture_all=True)  # type: ignore[no-untyped-call]
         except Exception as e:
             raise StepFailed(f"exec in {pod} failed: {_first_line(e)}", "") from e
 
     def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
         """A stream socket to the pod's port through the API server's port-forward (one websocket)."""
-        from kubernetes.stream import portforward
+        from kubernetes.stream import ws_client
 
+        cfg, url, headers = self._websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/portforward")
         try:
-            pf = portforward(self._core().connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+            pf = ws_client.portforward_call(cfg, "GET", url, query_params=[("ports", str(port))], headers=headers)  # type: ignore[no-untyped-call]
         except Exception as e:
-            raise StepFailed(
-                f"port-forward to {pod}:{port} failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}", ""
-            ) from e
+            raise StepFailed(f"port-forward to {pod}:{port} failed: {_first_line(e)}", "") from e
         sock: socket.socket = pf.socket(port)
         sock.settimeout(None)
         return sock

@@ -141,7 +141,6 @@ class Engine:
         self.restarts = live.RestartPacer(clock)  # live update: restarts paced for the liveness probes
         self.channels = live.Channels(lambda pod, ns, argv: self.kube.exec_stream(pod, ns, argv))  # one exec channel per replica
         self._said_channel = False
-        self.open_channels = False  # `devloop dev`: open the replicas' exec channels as soon as a rollout completes
 
     # -- wiring ---------------------------------------------------------------------------------
     def reconfigure(self, config: Config) -> list[str]:
@@ -386,6 +385,7 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+        self.channels.close()
 
     # -- one cycle ------------------------------------------------------------------------------
     def run(self, plan: Plan) -> list[ServiceResult]:
@@ -507,8 +507,6 @@ class Engine:
             "rollout", result.phases["rollout"], f"{len(result.ready_pods)}/{deployed.replicas} pods ready", service=svc.name
         )
         st.rolled_out(ref, revision)
-        if self.open_channels and svc.live_update.enabled:
-            self.channels.prepare(result.ready_pods, deployed.namespace)
         self._prune(svc)
         self._collect_garbage(svc, {r.tag for r in (st.good, st.applied) if r})
 

@@ -185,6 +185,8 @@ class DevSession:
         a = self._access(svc)
         if a.logs is not None:
             a.logs.follow(pods)
+        if svc.live_update.enabled:  # the next save is a write on an open exec channel, not a handshake
+            self.engine.channels.prepare(pods, self.engine.manifests(svc).namespace)
         for f in a.forwards:
             f.start()
 
