@@ -1,11 +1,12 @@
-"""Port-forward and pod log streams for `devloop dev`, kept alive across rollouts and API outages.
+"""Port-forwards and pod log streams for `devloop dev`, kept alive across rollouts and API outages.
 
-`kubectl port-forward svc/...` binds to one pod and dies with it, so the forwarder is restarted
-after every rollout and whenever it exits; it reports ready only once an HTTP request through
-it gets an answer, and a forward that answered is asked again every few seconds: one that stops
-answering while kubectl still runs (a hung kubectl) is replaced. Logs follow each ready pod with a
-coloured pod prefix. `ApiWatch` notices the API server going away (a paused or restarting kind
-node), says so once, and tells the forwards and the session when it answers again.
+A forward is devloop's own listener on 127.0.0.1 (`proxy.Proxy`), bound once for the session; each
+connection goes in-process through the API server's portforward to the newest Ready pod behind the
+Service, as the pod watch reports them: a rollout moves new connections to its first Ready new pod
+without the URL ever refusing one (no `kubectl port-forward` to restart). The forward reports ready
+only once an HTTP request through it gets an answer. Logs follow each ready pod with a coloured pod
+prefix. `ApiWatch` notices the API server going away (a paused or restarting kind node), says so
+once, and tells the forwards and the session when it answers again.
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+from devloop.errors import DevloopError, StepFailed
+from devloop.kube import PodEvent, pod_name, pod_ready
 from devloop.output import Output
 from devloop.ports import Cluster
 from devloop.proc import Background
-
-
-def port_free(port: int) -> bool:
-    """Whether kubectl could listen on 127.0.0.1:port. Like kubectl's own bind (Go sets
-    SO_REUSEADDR), a port held only by TIME-WAIT entries of closed connections counts as free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from devloop.proxy import Proxy, Upstreams
 
 
 def free_port() -> int:
@@ -54,9 +47,10 @@ def http_check(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
 
 
 RETRY_TAKEN = 3.0  # seconds between checks of a taken local port while idle
-CHECK_EVERY = 10.0  # seconds between HTTP checks through a running forward
-CHECK_TIMEOUT = 3.0  # an HTTP check that gets no answer in this time failed
-MAX_BACKOFF = 8.0  # at most this long between restarts of a forward that keeps failing
+CHECK_EVERY = 10.0  # seconds between questions to the API server while a forward answers
+RETRY_CHECK = 1.0  # seconds before checking a forward that did not answer again (doubling each time) ...
+MAX_BACKOFF = 8.0  # ... up to this (a pod getting Ready has it checked at once)
+CONNECT_TIMEOUT = 5.0  # seconds for one connection to a pod through the API server
 API_POLL = 2.0  # seconds between questions to an API server that does not answer
 
 
@@ -140,8 +134,11 @@ class ApiWatch:
 
 
 class PortForward:
-    """One declared forward, kept alive: restarted after each rollout and whenever kubectl exits;
-    a taken local port is retried every few seconds until it is free."""
+    """One declared forward, for the whole session: devloop's own listener on 127.0.0.1:local_port
+    (`proxy.Proxy`), relaying each connection through the API server to the newest Ready pod behind
+    the Service, as the pod watch reports them. Rollouts move new connections to the first Ready new
+    pod without touching the listener; a taken local port is retried every few seconds until it is
+    free; an API server that stops answering is waited for, and the forward checked again after."""
 
     def __init__(
         self,
@@ -159,67 +156,193 @@ class PortForward:
         self.api = api
         self.label = label
         self.namespace = namespace
-        self.target = f"service/{service}"
+        self.service = service
         self.port = port
         self.local_port = local_port
         self.url = f"http://127.0.0.1:{local_port}"
-        self._proc: Background | None = None
+        self.upstreams = Upstreams()
+        self.proxy = Proxy(local_port, self.upstreams, self._connect, on_fail=self._failed, name=f"forward-{local_port}")
+        self.ready = False
+        self.last_error = ""  # the last pod connection that failed, and why (for the hint)
+        self._selector: dict[str, str] = {}
+        self._target: int | str | None = None  # the Service's targetPort for `port`: a number or a container port's name
+        self._named: dict[str, int] = {}  # pod → its container port of that name
+        self._watch: Background | None = None
         self._stopped = threading.Event()
-        self._listening = threading.Event()
+        self._poke = threading.Event()  # a pod got Ready, or stop(): the monitor looks now
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._warned_taken = False
-        self.refused = False  # kubectl said the pod refused the connection (app not listening yet / on that port)
-        self.ready = False
-        self._failed_starts = 0  # restarts in a row that did not answer (the backoff between them grows)
+        self._failed_checks = 0  # HTTP checks in a row without an answer (the pause between them grows)
+        self._rewatches = 0  # pod watches in a row that ended before reporting anything (the pause grows)
         self._said_not_ready = False  # a "not ready" event was printed since the last "ready" one
 
-    def _on_line(self, line: str) -> None:
-        if "connection refused" in line:
-            self.refused = True
-        if line.startswith("Forwarding from"):
-            self._listening.set()
-        elif "unable to listen" in line or "address already in use" in line:
-            self.out.detail(f"port-forward: {line.strip()}", service=self.label)
-        elif line.startswith("Handling connection"):
-            pass
-        elif line.strip():
-            self.out.detail(f"port-forward: {line.strip()}", service=self.label)
-
-    def start(self) -> bool:
-        """Start (or restart) the forward and check it; True once HTTP answers through it.
-        A taken local port is warned about once and retried while idle."""
+    # -- what the session calls ---------------------------------------------------------------------
+    def start(self, fresh: bool = False) -> bool:
+        """Follow the Service (again: after a rollout its pods and maybe its selector or ports
+        changed) and check the forward; True once HTTP answers through it. The listener is bound
+        once; a taken local port is warned about once and retried while idle. `fresh`: a new pod
+        watch even when the old one still runs (after an API outage it may be stuck)."""
         with self._lock:
-            if self._proc is not None:  # our own kubectl holds the port: stop it first
-                self._proc.stop()
-                self._proc = None
-            self._listening.clear()
-            self.ready = False
-            if not port_free(self.local_port):
-                taken = True
-            else:
-                taken = False
-                self._proc = self.kube.port_forward(self.target, self.namespace, self.local_port, self.port, self._on_line)
-            proc = self._proc
-        if taken or proc is None:
+            if self._stopped.is_set():
+                return False
+            problem = self._follow(fresh)
+            listening = self.proxy.listen()
+        self._ensure_monitor()
+        if not listening:
             if not self._warned_taken:
                 self.out.warn(
-                    f"port {self.local_port} on 127.0.0.1 is already in use: no port-forward to {self.target} yet "
+                    f"port {self.local_port} on 127.0.0.1 is already in use: no port-forward to service/{self.service} yet "
                     f"(retried every {RETRY_TAKEN:.0f}s)",
                     "free the port or set portForward.localPort in devloop.yaml",
                 )
                 self._warned_taken = True
-            self._ensure_monitor()
             return False
-        self._ensure_monitor()
-        if not self._listening.wait(15) or not proc.alive():
-            self._failed_starts += 1
-            self._say(False, "port-forward did not start (retrying)")
+        if problem:
+            self.ready = False
+            self._say(False, problem)
             return False
-        answer = http_check(self.local_port)
+        return self._check()
+
+    def probe(self, within: float = 15.0) -> tuple[int, str] | None:
+        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it. Retries for
+        `within` seconds: without a readiness probe a pod is ready before the app listens."""
+        deadline = time.monotonic() + within
+        problem = "not started"
+        try:
+            while True:
+                if problem:
+                    with self._lock:
+                        problem = self._follow(False)
+                version = self.upstreams.version
+                if not problem and self.proxy.listen() and self.upstreams.ready():
+                    answer = http_check(self.proxy.port)
+                    if answer is not None:
+                        return answer
+                if time.monotonic() >= deadline or self._stopped.is_set():
+                    return None
+                self.upstreams.wait(version, min(0.5, max(0.0, deadline - time.monotonic())))  # a pod got Ready, or a retry
+        finally:
+            self.stop()
+
+    def why_no_answer(self) -> str:
+        """The hint that matches what the forward saw."""
+        if not self.upstreams.ready():
+            selector = ",".join(f"{k}={v}" for k, v in sorted(self._selector.items()))
+            return f"no pod of service {self.service} is Ready (`kubectl get pods -n {self.namespace} -l {selector}`)"
+        if "refused" in self.last_error:
+            return "the pod refused the connection: the app is not listening (yet), or not on the Service's targetPort"
+        return "check the Service's selector and ports (`kubectl get endpoints`)"
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._poke.set()
+        self.proxy.stop()
+        with self._lock:
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
+        monitor = self._monitor
+        if monitor is not None and monitor is not threading.current_thread():
+            monitor.join(15)
+
+    # -- the Service and its pods -------------------------------------------------------------------
+    def _follow(self, fresh: bool) -> str:
+        """Resolve the Service (selector, targetPort), list its pods and (re)start the pod watch
+        (caller holds the lock). '' when done, else what is wrong."""
+        try:
+            svc = self.kube.get("service", self.service, self.namespace)
+        except DevloopError as e:
+            if self.api is not None:
+                self.api.suspect()
+            return f"cannot read service {self.service}: {e.message}"
+        if svc is None:
+            return f"service {self.service} not found in namespace {self.namespace}"
+        spec = svc.get("spec") or {}
+        selector = {str(k): str(v) for k, v in (spec.get("selector") or {}).items()}
+        if not selector:
+            return f"service {self.service} has no selector: no pods to forward to"
+        ports = spec.get("ports") or []
+        entry = next((p for p in ports if int(p.get("port", 0)) == self.port), None)
+        if entry is None:
+            have = ", ".join(str(p.get("port")) for p in ports) or "none"
+            return f"service {self.service} has no port {self.port} (its ports: {have})"
+        target = entry.get("targetPort", self.port)
+        self._target = int(target) if isinstance(target, int) or str(target).isdigit() else str(target)
+        watching = not fresh and self._watch is not None and self._watch.alive() and selector == self._selector
+        try:
+            pods = self.kube.pods(self.namespace, selector)
+        except DevloopError as e:
+            if self.api is not None:
+                self.api.suspect()
+            return f"cannot list the pods of service {self.service}: {e.message}"
+        self._selector = selector
+        self._learn(pods)
+        # a running watch knows the pods it reported better than this listing, which it may have overtaken
+        self.upstreams.replace(
+            ((pod_name(p), pod_ready(p), str(p.get("metadata", {}).get("creationTimestamp") or "")) for p in pods),
+            keep_known=watching,
+        )
+        if not watching:
+            if self._watch is not None:
+                self._watch.stop()
+                self._watch = None
+            try:
+                self._watch = self.kube.watch_pods(self.namespace, selector, self._on_pod)
+            except DevloopError as e:
+                return f"cannot watch the pods of service {self.service}: {e.message}"
+        return ""
+
+    def _learn(self, pods: list[dict[str, Any]]) -> None:
+        """A named targetPort: each pod's container port of that name (as kubectl resolves it)."""
+        if not isinstance(self._target, str):
+            return
+        for p in pods:
+            for c in p.get("spec", {}).get("containers") or []:
+                for cp in c.get("ports") or []:
+                    if cp.get("name") == self._target and cp.get("containerPort"):
+                        self._named[pod_name(p)] = int(cp["containerPort"])
+
+    def _on_pod(self, event: PodEvent) -> None:
+        """A pod watch event (the watch's thread): new connections follow at once."""
+        self._rewatches = 0
+        if self.upstreams.seen(event.name, event.ready and not event.deleting, event.created) and not self.ready:
+            self._poke.set()  # a pod got Ready (or not): check the forward now, not at the next retry
+
+    def _port_of(self, pod: str) -> int:
+        target = self._target
+        if isinstance(target, int):
+            return target
+        if target is None:
+            raise StepFailed(f"service {self.service} is not resolved yet")
+        if pod not in self._named:  # a pod the watch reported first: its spec has the port
+            self._learn(self.kube.pods(self.namespace, self._selector))
+        if pod not in self._named:
+            raise StepFailed(f"pod {pod} has no container port named {target!r}")
+        return self._named[pod]
+
+    def _connect(self, pod: str) -> socket.socket:
+        """The upstream of one connection (a connection's thread)."""
+        return self.kube.connect(self.namespace, pod, self._port_of(pod), CONNECT_TIMEOUT)
+
+    def _failed(self, pod: str, e: Exception) -> None:
+        self.last_error = f"pod {pod}: {e}"
+        self.out.detail(f"port-forward: connecting to pod {pod} failed: {e}", service=self.label)
+        if self.api is not None:
+            self.api.suspect()  # it may be the API server that does not answer
+
+    # -- checks -------------------------------------------------------------------------------------
+    def _check(self) -> bool:
+        """One HTTP request through the forward; says ready (each time) or not ready (once)."""
+        answer = http_check(self.proxy.port)
         self.ready = answer is not None
-        self._failed_starts = 0 if self.ready else self._failed_starts + 1
-        self._say(self.ready, f"HTTP {answer[0]}" if answer else "no HTTP answer yet")
+        self._failed_checks = 0 if self.ready else self._failed_checks + 1
+        if answer is not None:
+            self._say(True, f"HTTP {answer[0]}")
+        elif not self.upstreams.ready():
+            self._say(False, f"no HTTP answer yet: no pod of service {self.service} is Ready")
+        else:
+            self._say(False, "no HTTP answer yet" + (f" ({self.last_error})" if self.last_error else ""))
         return self.ready
 
     def _say(self, ready: bool, message: str) -> None:
@@ -231,92 +354,52 @@ class PortForward:
         self.out.forward(self.url, ready, message, service=self.label)
 
     def _ensure_monitor(self) -> None:
-        if self._monitor is None:
-            self._monitor = threading.Thread(target=self._watch, daemon=True, name=f"forward-{self.local_port}")
-            self._monitor.start()
+        with self._lock:
+            if self._monitor is None and not self._stopped.is_set():
+                self._monitor = threading.Thread(target=self._run, daemon=True, name=f"forward-{self.local_port}-monitor")
+                self._monitor.start()
 
-    def probe(self, within: float = 15.0) -> tuple[int, str] | None:
-        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it. Retries for
-        `within` seconds: without a readiness probe a pod is ready before the app listens."""
-        deadline = time.monotonic() + within
-        try:
-            while True:
-                if self._listening.is_set() or self.start():
-                    answer = http_check(self.local_port)
-                    if answer is not None:
-                        return answer
-                if time.monotonic() >= deadline or self._stopped.wait(0.5):
-                    return None
-        finally:
-            self.stop()
-
-    def why_no_answer(self) -> str:
-        """The hint that matches what kubectl said."""
-        if self.refused:
-            return "the pod refused the connection: the app is not listening (yet), or not on the Service's targetPort"
-        return "check the Service's selector and ports (`kubectl get endpoints`)"
-
-    def _watch(self) -> None:
-        """Restart the forward when kubectl exits (its pod went away) or stops answering while it
-        runs (hung); wait for an API server that does not answer; retry a taken port while idle."""
+    def _run(self) -> None:
+        """The forward's one background thread: binds a taken port once it is free; notices the pod
+        watch ending or the API server going away (then waits for it and follows the Service
+        afresh); checks HTTP until the forward answers (at once when a pod gets Ready)."""
         while not self._stopped.is_set():
-            with self._lock:
-                proc = self._proc
-            if proc is None:
+            if not self.proxy.listening:
                 if self._stopped.wait(RETRY_TAKEN):
                     return
-                if port_free(self.local_port):
+                if self.proxy.listen():
                     self.out.info(f"port {self.local_port} is free again; starting the port-forward", service=self.label)
                     self.start()
                 continue
-            if proc.wait(CHECK_EVERY) is None:  # kubectl runs: does HTTP still get through?
-                self._check(proc)
-                continue
+            self._poke.wait(CHECK_EVERY if self.ready else min(MAX_BACKOFF, RETRY_CHECK * 2.0 ** max(0, self._failed_checks - 1)))
+            self._poke.clear()
+            if self._stopped.is_set():
+                return
             with self._lock:
-                replaced = proc is not self._proc  # stopped on purpose by start(): not a drop
-            if replaced:
+                watch = self._watch
+            ended = watch is not None and not watch.alive()
+            if ended or (self.ready and self.api is not None and not self.api.answers()):
+                if not self._away(ended):
+                    return
                 continue
-            if self.api is not None and not self.api.answers() and not self.api.wait_up(self._stopped):
-                return
-            backoff = min(MAX_BACKOFF, 2.0 ** max(0, self._failed_starts - 1))
-            if self._stopped.wait(backoff):
-                return
-            self.out.detail("port-forward exited; reconnecting", service=self.label)
-            self.start()
+            if not self.ready:
+                self._check()
 
-    def _check(self, proc: Background) -> None:
-        """One HTTP check through a running forward. A forward that answered and no longer does
-        (twice, a second apart: a restarting app is not a hung forward) is replaced; when the API
-        server is what does not answer, it is replaced once the API server is back."""
-        answer = http_check(self.local_port, CHECK_TIMEOUT)
-        if answer is None and self.ready and not self._stopped.wait(1.0):
-            answer = http_check(self.local_port, CHECK_TIMEOUT)
-        with self._lock:
-            if proc is not self._proc or self._stopped.is_set():
-                return  # replaced or stopped meanwhile
-        if answer is not None:
-            if not self.ready:  # the app listens now
-                self.ready = True
-                self._failed_starts = 0
-                self._say(True, f"HTTP {answer[0]}")
-            return
-        if not self.ready:
-            return  # it never answered since it started: nothing to compare with (not HTTP, or not yet)
-        self.ready = False
-        if self.api is not None and not self.api.answers():
-            self._say(False, "no HTTP answer: the API server does not answer")
-            if not self.api.wait_up(self._stopped):
-                return
-        else:
-            self._say(False, f"no HTTP answer for {2 * CHECK_TIMEOUT + 1:.0f}s while kubectl runs; replacing the port-forward")
-        self.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with self._lock:
-            if self._proc is not None:
-                self._proc.stop()
-                self._proc = None
+    def _away(self, watch_ended: bool) -> bool:
+        """The pod watch ended or the API server does not answer: wait for it, then follow the
+        Service afresh. False when stopped meanwhile."""
+        api_down = self.api is not None and not self.api.answers()
+        if self.ready:
+            self.ready = False
+            self._say(False, "the API server does not answer" if api_down else "the pod watch ended; watching again")
+        if api_down and self.api is not None and not self.api.wait_up(self._stopped):
+            return False
+        if not api_down:
+            self._rewatches += 1
+            if self._stopped.wait(min(MAX_BACKOFF, 2.0 ** (self._rewatches - 1))):
+                return False
+        self.start(fresh=True)
+        return not self._stopped.is_set()
 
 
 KUBECTL_NOISE = ("rpc error: code = NotFound", "Error from server (NotFound)", "unexpected stream type")

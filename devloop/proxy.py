@@ -1,0 +1,314 @@
+"""A local TCP listener devloop owns, relaying each connection to one pod (issue 12).
+
+`Upstreams` is the table of a Service's pods, fed by pod watch events: new connections go to the
+newest Ready pod, so during a rollout the first new replica that is Ready takes them at once, and a
+rollout whose new pods never get Ready leaves them on the old ones. `Proxy` owns 127.0.0.1:port for
+the whole session: the pods underneath change, the listener does not, so the URL never refuses a
+connection while the forward moves (make-before-break). Each accepted connection gets one upstream
+socket from a connector (the API server's portforward, in-process) and two threads pumping bytes
+until both sides are done; a connection stays on its pod until one side closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+HOLD = 30.0  # seconds a new connection waits for a Ready pod before it is closed
+RETRY = 1.0  # seconds between rounds over pods that all failed to connect (while held)
+DEMOTE = 5.0  # a pod that failed to connect is tried after the others for this long
+BUFFER = 64 * 1024
+
+Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
+
+
+def created_at(stamp: str) -> float:
+    """metadata.creationTimestamp ("2026-11-28T13:16:13Z", or a datetime's str()) as seconds; 0 when unknown."""
+    try:
+        return datetime.fromisoformat(stamp.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class _Pod:
+    ready: bool
+    created: float
+    seq: int  # order devloop first saw it: the tiebreak between pods created in the same second
+    failed_at: float | None = None
+
+
+class Upstreams:
+    """The pods a forward may send new connections to. Any thread; waiters are woken on every change."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pods: dict[str, _Pod] = {}
+        self._seq = 0
+        self.version = 0  # bumped on every change that may matter to a waiter
+
+    def seen(self, name: str, ready: bool, created: str = "") -> bool:
+        """A pod's state (from a watch event or a listing); True when its readiness changed."""
+        with self._cond:
+            pod = self._pods.get(name)
+            if pod is None:
+                self._seq += 1
+                pod = self._pods[name] = _Pod(False, created_at(created), self._seq)
+            elif created and not pod.created:
+                pod.created = created_at(created)
+            changed = pod.ready != ready
+            if changed:
+                pod.ready = ready
+                pod.failed_at = None  # a pod that is Ready again gets a fresh chance
+                self._changed()
+            return changed
+
+    def replace(self, pods: Iterable[tuple[str, bool, str]], keep_known: bool = False) -> None:
+        """The whole table from a listing: pods not in it are gone. `keep_known`: a running watch
+        knows the pods it reported better than a listing it may have overtaken."""
+        listed = {name: (ready, created) for name, ready, created in pods}
+        with self._cond:
+            for name in [n for n in self._pods if n not in listed]:
+                del self._pods[name]
+            self._changed()
+        for name, (ready, created) in listed.items():
+            if not (keep_known and self.known(name)):
+                self.seen(name, ready, created)
+
+    def known(self, name: str) -> bool:
+        with self._cond:
+            return name in self._pods
+
+    def ready(self) -> list[str]:
+        """Ready pods, newest first; those that failed to connect in the last seconds after the others."""
+        now = self._clock()
+        with self._cond:
+            up = [(n, p) for n, p in self._pods.items() if p.ready]
+
+            def key(item: tuple[str, _Pod]) -> tuple[bool, float, int]:
+                p = item[1]
+                return (p.failed_at is not None and now - p.failed_at < DEMOTE, -p.created, -p.seq)
+
+            return [n for n, _ in sorted(up, key=key)]
+
+    def failed(self, name: str) -> None:
+        with self._cond:
+            pod = self._pods.get(name)
+            if pod is not None:
+                pod.failed_at = self._clock()
+
+    def wait(self, version: int, timeout: float) -> None:
+        """Until the table changes after `version`, or `timeout` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.version != version, timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._cond.notify_all()
+
+
+def _shutdown(s: socket.socket, how: int) -> None:
+    with contextlib.suppress(OSError):
+        s.shutdown(how)
+
+
+class Proxy:
+    """127.0.0.1:port, owned by devloop; each connection relayed to a pod from `upstreams`."""
+
+    def __init__(
+        self,
+        port: int,
+        upstreams: Upstreams,
+        connect: Connector,
+        *,
+        hold: float = HOLD,
+        on_fail: Callable[[str, Exception], None] = lambda pod, e: None,
+        name: str = "forward",
+    ) -> None:
+        self.port = port
+        self.upstreams = upstreams
+        self.connect = connect
+        self.hold = hold
+        self.on_fail = on_fail
+        self.name = name
+        self.bind_error: OSError | None = None  # why the last listen() failed
+        self.accepted = 0
+        self.relayed = 0  # connections that got a pod
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._socks: set[socket.socket] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    def listen(self) -> bool:
+        """Bind 127.0.0.1:port (once; SO_REUSEADDR: TIME-WAIT entries of closed connections do not
+        hold it, another program's listener does) and start accepting. False while it is taken."""
+        with self._lock:
+            if self._listener is not None:
+                return True
+            if self._stopped.is_set():
+                return False
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", self.port))
+                s.listen(128)
+            except OSError as e:
+                s.close()
+                self.bind_error = e
+                return False
+            self.bind_error = None
+            self.port = int(s.getsockname()[1])
+            self._listener = s
+        self._spawn(self._accept, s, name=f"{self.name}-accept")
+        return True
+
+    def _spawn(self, target: Callable[..., None], *args: object, name: str) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                with self._lock:
+                    self._threads.discard(t)
+
+        t = threading.Thread(target=run, daemon=True, name=name)
+        with self._lock:  # started under the lock: stop() joins every thread it sees, and sees every one started
+            if self._stopped.is_set():
+                return
+            self._threads.add(t)
+            t.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopped.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is not listener:
+                        continue  # woken by stop()
+                    try:
+                        client, _addr = listener.accept()
+                    except OSError:
+                        continue  # the client went away before we took it
+                    with self._lock:
+                        if self._stopped.is_set():
+                            client.close()
+                            return
+                        self._socks.add(client)
+                    self.accepted += 1
+                    with contextlib.suppress(OSError):
+                        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._spawn(self._serve, client, name=f"{self.name}-conn")
+
+    def _upstream(self) -> socket.socket | None:
+        """A connected socket to the newest Ready pod that accepts, held while none is Ready (up to
+        `hold` seconds); None when there is none by then, or when stopping."""
+        deadline = time.monotonic() + self.hold
+        tried: set[str] = set()
+        while not self._stopped.is_set():
+            version = self.upstreams.version
+            for pod in [p for p in self.upstreams.ready() if p not in tried]:
+                if self._stopped.is_set():
+                    return None
+                try:
+                    return self.connect(pod)
+                except Exception as e:  # the connector's own errors (StepFailed) and the socket's (OSError)
+                    tried.add(pod)
+                    self.upstreams.failed(pod)
+                    self.on_fail(pod, e)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # no Ready pod, or every one failed: wait for the table to change (a pod got Ready), and
+            # after a failed round try them all again a second later (a pod that refused may listen now)
+            self.upstreams.wait(version, min(left, RETRY) if tried else left)
+            tried.clear()
+        return None
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            upstream = self._upstream()
+            if upstream is None:
+                return
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._socks.add(upstream)
+            self.relayed += 1
+            back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True, name=f"{self.name}-back")
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._threads.add(back)
+                back.start()
+            self._pump(client, upstream)
+            back.join()
+            with self._lock:
+                self._threads.discard(back)
+        finally:
+            with self._lock:
+                self._socks.discard(client)
+                if upstream is not None:
+                    self._socks.discard(upstream)
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        """src → dst until src's end closes its side (then dst's write side is shut: half-close) or
+        either fails (then both are shut down, which ends the other direction too)."""
+        try:
+            while True:
+                data = src.recv(BUFFER)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            _shutdown(src, socket.SHUT_RDWR)
+            _shutdown(dst, socket.SHUT_RDWR)
+            return
+        _shutdown(dst, socket.SHUT_WR)
+
+    @property
+    def threads(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listener and every connection; returns once their threads ended (or `timeout`)."""
+        with self._lock:
+            self._stopped.set()
+            listener, self._listener = self._listener, None
+            socks = list(self._socks)
+            threads = list(self._threads)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self.upstreams.wake()  # connections held for a pod give up
+        for s in socks:
+            _shutdown(s, socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        if listener is not None:
+            listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
