@@ -239,6 +239,8 @@ class ApiCluster(Kube):
             label = f"{kind.lower()}{'.' + group if group else ''}/{name}"
             try:
                 before = self._get_path(path)
+                if before is not None:
+                    self._take_over(path, before)
                 after = self.request(
                     "PATCH",
                     path,
@@ -255,6 +257,17 @@ class ApiCluster(Kube):
             new = after.get("metadata", {}).get(key)
             lines.append(f"{label} {'created' if before is None else 'unchanged' if old == new else 'configured'}")
         return lines
+
+    def _take_over(self, path: str, obj: Mapping[str, Any]) -> None:
+        """An object last applied with client-side `kubectl apply` (an earlier devloop, or you):
+        hand its fields to devloop's server-side apply first, as `kubectl apply --server-side` does
+        (client-go's csaupgrade), so that a field later removed from the manifest is removed from the
+        object too instead of staying owned by the old applier."""
+        ops = upgrade_managed_fields(obj)
+        if ops is None:
+            return
+        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the forced apply still wins
+            self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     def _get_path(self, path: str) -> dict[str, Any] | None:
         try:
@@ -476,6 +489,47 @@ class ApiCluster(Kube):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The union of two FieldsV1 trees."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _union(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else out.get(k, v)
+    return out
+
+
+def upgrade_managed_fields(obj: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The JSON patch that moves the fields owned by client-side apply into devloop's Apply entry
+    (None when there are none): pure, after client-go's csaupgrade.UpgradeManagedFields."""
+    meta = obj.get("metadata", {})
+    fields = list(meta.get("managedFields") or [])
+    csa = [f for f in fields if f.get("manager") in CSA_MANAGERS and f.get("operation") == "Update"]
+    if not csa:
+        return None
+    ssa = next((f for f in fields if f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"), None)
+    merged: dict[str, Any] = (
+        dict(ssa)
+        if ssa
+        else {
+            "manager": FIELD_MANAGER,
+            "operation": "Apply",
+            "apiVersion": csa[0].get("apiVersion"),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {},
+            "time": csa[0].get("time"),
+        }
+    )
+    for f in csa:
+        merged["fieldsV1"] = _union(merged.get("fieldsV1") or {}, f.get("fieldsV1") or {})
+    kept = [f for f in fields if f not in csa and f is not ssa]
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        {"op": "replace", "path": "/metadata/managedFields", "value": [*kept, merged]},
+    ]
 
 
 def _first_line(e: Exception) -> str:
