@@ -276,7 +276,8 @@ def test_ctrl_c_during_a_phase_exits_130_and_leaves_nothing_running(harness: Har
         else:
             edit(server, "const MESSAGE =", f"const UNUSED_{phase} = 1;\nconst MESSAGE =")
         d.wait_for(lambda e: e["event"] == "phase_start" and e["phase"] == phase, 300, f"the {phase} phase to start")
-        assert children_of_cluster() or phase == "build"
+        # a kind load is a child process; build is docker's; deploy and rollout run in devloop on its API connection
+        assert children_of_cluster() or phase in ("build", "deploy", "rollout")
         assert d.interrupt(timeout=30) == 130
         assert children_of_cluster() == []
     finally:
