@@ -24,6 +24,8 @@ HOLD = 30.0  # seconds a new connection waits for a Ready pod before it is close
 RETRY = 1.0  # seconds between rounds over pods that all failed to connect (while held)
 DEMOTE = 5.0  # a pod that failed to connect is tried after the others for this long
 BUFFER = 64 * 1024
+REPLAY_MAX = 64 * 1024  # a connection's first bytes kept for a pod that closes it without answering
+REPLAY_WINDOW = 5.0  # ... when it closes within this many seconds of being opened
 
 Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
 
@@ -216,42 +218,51 @@ class Proxy:
                         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     self._spawn(self._serve, client, name=f"{self.name}-conn")
 
-    def _upstream(self) -> socket.socket | None:
-        """A connected socket to the newest Ready pod that accepts, held while none is Ready (up to
-        `hold` seconds); None when there is none by then, or when stopping."""
-        deadline = time.monotonic() + self.hold
-        tried: set[str] = set()
+    def _upstream(self, tried: set[str], hold: bool = True) -> tuple[str, socket.socket] | None:
+        """(pod, connected socket) to the newest Ready pod not in `tried` that accepts, held while
+        none is Ready (up to `hold` seconds); None when there is none by then, or when stopping.
+        Pods that fail are added to `tried`."""
+        deadline = time.monotonic() + (self.hold if hold else 0.0)
+        failed_round = False
         while not self._stopped.is_set():
             version = self.upstreams.version
             for pod in [p for p in self.upstreams.ready() if p not in tried]:
                 if self._stopped.is_set():
                     return None
                 try:
-                    return self.connect(pod)
+                    return pod, self.connect(pod)
                 except Exception as e:  # the connector's own errors (StepFailed) and the socket's (OSError)
                     tried.add(pod)
-                    self.upstreams.failed(pod)
-                    self.on_fail(pod, e)
+                    failed_round = True
+                    self._failed(pod, e)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             # no Ready pod, or every one failed: wait for the table to change (a pod got Ready), and
             # after a failed round try them all again a second later (a pod that refused may listen now)
-            self.upstreams.wait(version, min(left, RETRY) if tried else left)
+            self.upstreams.wait(version, min(left, RETRY) if failed_round else left)
             tried.clear()
+            failed_round = False
         return None
+
+    def _failed(self, pod: str, e: Exception) -> None:
+        self.upstreams.failed(pod)
+        self.on_fail(pod, e)
 
     def _serve(self, client: socket.socket) -> None:
         upstream = None
         try:
-            upstream = self._upstream()
+            tried: set[str] = set()
+            got = self._upstream(tried)
+            if got is None:
+                return
+            if not self._track(got[1]):
+                got[1].close()
+                return
+            self.relayed += 1
+            upstream = self._first_answer(client, *got, tried)
             if upstream is None:
                 return
-            with self._lock:
-                if self._stopped.is_set():
-                    return
-                self._socks.add(upstream)
-            self.relayed += 1
             back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True, name=f"{self.name}-back")
             with self._lock:
                 if self._stopped.is_set():
@@ -270,6 +281,68 @@ class Proxy:
             client.close()
             if upstream is not None:
                 upstream.close()
+
+    def _track(self, s: socket.socket) -> bool:
+        with self._lock:
+            if self._stopped.is_set():
+                return False
+            self._socks.add(s)
+            return True
+
+    def _first_answer(self, client: socket.socket, pod: str, upstream: socket.socket, tried: set[str]) -> socket.socket | None:
+        """Relay until the pod sends its first bytes, keeping what the client sent: a pod that closes
+        the connection before answering anything, soon after it was opened (its app does not
+        listen: the API server's port-forward reports a refused port only by closing the stream),
+        gets it replayed to the next Ready pod. Then (or once the client sent more than REPLAY_MAX,
+        or shut its sending side) the plain two-way relay takes over: the socket to use, None when
+        no pod is left."""
+        sent = bytearray()
+        opened = time.monotonic()
+        with selectors.DefaultSelector() as sel:
+            sel.register(client, selectors.EVENT_READ)
+            sel.register(upstream, selectors.EVENT_READ)
+            while True:
+                for key, _ in sel.select():
+                    if key.fileobj is client:
+                        try:
+                            data = client.recv(BUFFER)
+                        except OSError:
+                            data = b""
+                        if not data:  # the client shut its side (or went): relay that as it is, no replay
+                            return upstream
+                        with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
+                            upstream.sendall(data)
+                        sent += data
+                        if len(sent) > REPLAY_MAX:
+                            return upstream
+                        continue
+                    try:
+                        data = upstream.recv(BUFFER)
+                    except OSError:
+                        data = b""
+                    if data:
+                        with contextlib.suppress(OSError):  # a client that went: the relay ends at once
+                            client.sendall(data)
+                        return upstream
+                    if self._stopped.is_set() or time.monotonic() - opened > REPLAY_WINDOW:
+                        return upstream  # closed without a word, late: the relay passes that on
+                    # closed at once without answering: the next Ready pod gets what the client sent
+                    self._failed(pod, ConnectionRefusedError("closed before answering (refused: its app does not listen on that port?)"))
+                    tried.add(pod)
+                    sel.unregister(upstream)
+                    with self._lock:
+                        self._socks.discard(upstream)
+                    upstream.close()
+                    got = self._upstream(tried, hold=False)
+                    if got is None or not self._track(got[1]):
+                        if got is not None:
+                            got[1].close()
+                        return None
+                    pod, upstream = got
+                    opened = time.monotonic()
+                    with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
+                        upstream.sendall(sent)
+                    sel.register(upstream, selectors.EVENT_READ)
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -221,6 +221,49 @@ def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
         p.stop()
 
 
+class Closing:
+    """A pod whose app does not listen, as the API server's port-forward shows it: the stream opens,
+    then closes without a byte."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = int(self.server.getsockname()[1])
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector) -> None:
+    failed: list[str] = []
+    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy")
+    assert p.listen()
+    closing = Closing()
+    try:
+        pods.add("web-1")
+        pods.pods["web-2"] = closing  # type: ignore[assignment]
+        p.upstreams.seen("web-1", True, stamp(1))
+        p.upstreams.seen("web-2", True, stamp(2))
+        assert get(p.port) == "web-1"
+        assert closing.accepted == 1 and failed == ["web-2"]
+        assert get(p.port) == "web-1" and closing.accepted == 1  # tried after the others for a while
+    finally:
+        p.stop()
+        closing.close()
+
+
 def test_half_close_the_answer_still_arrives(pods: Connector, proxy: Proxy) -> None:
     """A client that shuts its sending side after the request still gets the whole answer."""
     pods.add("web-1")
