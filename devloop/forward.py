@@ -176,6 +176,7 @@ class PortForward:
         self._failed_checks = 0  # HTTP checks in a row without an answer (the pause between them grows)
         self._rewatches = 0  # pod watches in a row that ended before reporting anything (the pause grows)
         self._said_not_ready = False  # a "not ready" event was printed since the last "ready" one
+        self._problem = ""  # what kept the last start() from following the Service ('' when it did)
 
     # -- what the session calls ---------------------------------------------------------------------
     def start(self, fresh: bool = False) -> bool:
@@ -186,7 +187,7 @@ class PortForward:
         with self._lock:
             if self._stopped.is_set():
                 return False
-            problem = self._follow(fresh)
+            problem = self._problem = self._follow(fresh)
             listening = self.proxy.listen()
         self._ensure_monitor()
         if not listening:
@@ -200,6 +201,7 @@ class PortForward:
             return False
         if problem:
             self.ready = False
+            self._failed_checks += 1
             self._say(False, problem)
             return False
         return self._check()
@@ -382,7 +384,9 @@ class PortForward:
                 if not self._away(ended):
                     return
                 continue
-            if not self.ready:
+            if self._problem:  # the Service could not be followed (not there yet, the API server away): again
+                self.start()
+            elif not self.ready:
                 self._check()
 
     def _away(self, watch_ended: bool) -> bool:

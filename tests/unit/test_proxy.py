@@ -346,7 +346,9 @@ class ForwardCluster(FakeCluster):
         self.service: dict[str, Any] = {"spec": {"selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
-        return self.service if (resource, name) == ("service", "web") else super().get(resource, name, namespace)
+        if resource == "service":
+            return self.service if name == "web" else None
+        return super().get(resource, name, namespace)
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return list(self.table.values())
@@ -476,5 +478,21 @@ def test_a_service_without_the_declared_port_is_said(pods: Connector) -> None:
     try:
         assert not f.start()
         assert "has no port 80 (its ports: 8080)" in forwards(out)[-1]["message"]
+    finally:
+        f.stop()
+
+
+def test_a_service_that_is_not_there_yet_is_followed_once_it_is(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward, "RETRY_CHECK", 0.01)
+    kube, out = ForwardCluster(pods), Output(json_mode=True, stdout=io.StringIO())
+    kube.add("web-a", True, 1)
+    port = free_port()
+    f = PortForward(kube, out, "default", "api", 80, port, label="web")
+    try:
+        assert not f.start()
+        assert "service api not found in namespace default" in forwards(out)[-1]["message"]
+        f.service = "web"  # as if it were applied now
+        wait_until("the forward ready", lambda: forwards(out)[-1]["ready"])
+        assert get(port) == "web-a"
     finally:
         f.stop()
