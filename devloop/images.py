@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +19,10 @@ from pathlib import Path
 import docker
 import docker.errors
 import requests.exceptions
-from docker.utils.build import exclude_paths
+from docker.utils.build import PatternMatcher, normalize_slashes
 
 from devloop.errors import DockerUnavailable, StepFailed
-from devloop.ignore import parse_dockerignore
+from devloop.ignore import ALWAYS_IGNORED_DIRS, parse_dockerignore
 
 DOCKER_HINT = "start the Docker daemon (e.g. `sudo systemctl start docker` or open Docker Desktop) and check `docker info` works"
 TAG_PREFIX = "dl-"
@@ -32,49 +35,227 @@ def read_dockerignore(context: Path) -> list[str]:
     return parse_dockerignore(path.read_text(encoding="utf-8", errors="replace"))
 
 
+# A file or directory changed this recently may change again within the same tick of its mtime
+# clock: what was read of it is not trusted by (size, mtime) alone ("racily clean", as git says).
+RACY_NS = 2_000_000_000
+
+
 @dataclass
 class _Entry:
     key: tuple[int, int, int]
     digest: str
+    racy: bool = False
+
+
+@dataclass
+class _Listing:
+    """One directory of a build context as docker's walk sees it."""
+
+    ident: tuple[int, int]  # (st_ino, st_mtime_ns) of the directory when it was listed
+    racy: bool  # listed within RACY_NS of its last change: list it again next time
+    included: tuple[str, ...]  # context-relative paths of its entries that docker sends
+    subdirs: tuple[str, ...]  # the subdirectories docker's walk enters (an excluded one may be entered for a !pattern)
+    unwatched: bool  # below a directory the watcher never watches (node_modules, .git, ...)
+
+
+class _Tree:
+    """What is known of one context for one .dockerignore and Dockerfile name."""
+
+    def __init__(self, patterns: tuple[str, ...], dockerfile: str) -> None:
+        self.key = (patterns, dockerfile)
+        # exactly what docker.utils.build.exclude_paths builds
+        self.matcher = PatternMatcher([*patterns, f"!{dockerfile}"])
+        self.negations = [p.cleaned_pattern for p in self.matcher.patterns if p.exclusion]
+        self.excluded: dict[str, bool] = {}  # relpath → matched by .dockerignore (a pure function of the path)
+        self.listings: dict[str, _Listing] = {}  # "" is the context itself
+        self.lines: dict[str, str] = {}  # included relpath → its line of the hash
+        self.order: list[str] = []  # the included relpaths, sorted
+        self.body: bytes | None = None  # the lines in order (None: join them again)
+        self.epoch = -1  # the watcher epoch in which every file was last checked
+
+    def matches(self, rel: str) -> bool:
+        m = self.excluded.get(rel)
+        if m is None:
+            m = self.excluded[rel] = self.matcher.matches(rel)
+        return m
+
+    def enters(self, rel: str) -> bool:
+        """docker's walk enters an excluded directory only when a !pattern starts with its path."""
+        return any(neg.startswith(normalize_slashes(rel)) for neg in self.negations)
+
+
+def _norm(p: Path | str) -> str:
+    return os.path.normpath(os.path.abspath(p))
 
 
 class ContextHasher:
-    """A content hash of exactly what `docker build` would send, cached by (inode, size, mtime)."""
+    """A content hash of exactly what `docker build` would send (the files docker's own .dockerignore
+    walk yields, their paths, executable bits and contents), computed incrementally.
+
+    Each directory's listing is kept with the directory's (inode, mtime): a directory whose entries
+    changed is listed again, the others are not (matching .dockerignore patterns against every path
+    is most of the cost of a full walk). File digests are kept by (inode, size, mtime).
+
+    Without a watcher every file is stat'ed on each digest. With one (`follow`, then `changed` for
+    every path the watcher reports, including metadata-only changes) a digest stats the directories
+    and reads only the files reported changed since the last one, the entries of directories whose
+    listing changed, and the files below directories the watcher does not watch; the first digest
+    after `follow` still checks every file. The digest is the same either way: the same bytes as a
+    full walk over the same content.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[str, _Entry] = {}
+        self._trees: dict[str, _Tree] = {}
+        self._lock = threading.Lock()  # one digest at a time (services may share a context)
+        self._feed = threading.Lock()  # the watcher's thread vs digests: the fields below
+        self._epoch = 0
+        self._followed: dict[str, set[str]] = {}  # followed context → relpaths reported changed since its last digest
 
+    # -- the watcher's feed -----------------------------------------------------------------------------
+    def follow(self, contexts: Iterable[Path | str]) -> None:
+        """A watcher now reports every change below these contexts (and only these) through `changed`."""
+        with self._feed:
+            self._epoch += 1
+            self._followed = {_norm(c): set() for c in contexts}
+
+    def changed(self, path: str) -> None:
+        """The watcher saw `path` (absolute) change: its content, its metadata, or its existence."""
+        path = _norm(path)
+        with self._feed:
+            for context, dirty in self._followed.items():
+                if path.startswith(context + os.sep):
+                    dirty.add(os.path.relpath(path, context).replace(os.sep, "/"))
+
+    # -- the digest -------------------------------------------------------------------------------------
     def digest(self, context: Path, dockerfile: str, build_args: Mapping[str, str]) -> str:
         h = hashlib.sha256()
         h.update(f"dockerfile={dockerfile}\n".encode())
         for k in sorted(build_args):
             h.update(f"arg {k}={build_args[k]}\n".encode())
-        files = sorted(exclude_paths(str(context), read_dockerignore(context), dockerfile=dockerfile))
-        for rel in files:
-            full = context / rel
-            try:
-                st = full.lstat()
-            except FileNotFoundError:
-                continue  # removed while we walked: the next event hashes again
-            if full.is_symlink():
-                h.update(f"L {rel} {os.readlink(full)}\n".encode())
-            elif full.is_dir():
-                h.update(f"D {rel}\n".encode())
-            else:
-                h.update(f"F {rel} {st.st_mode & 0o111:o} {self._file(full, st)}\n".encode())
+        with self._lock:
+            h.update(self._body(_norm(context), tuple(read_dockerignore(context)), dockerfile))
         return h.hexdigest()
 
-    def _file(self, path: Path, st: os.stat_result) -> str:
+    def _body(self, ctx: str, patterns: tuple[str, ...], dockerfile: str) -> bytes:
+        with self._feed:  # what was reported before this point is handled by this digest
+            epoch = self._epoch
+            dirty = self._followed.get(ctx)
+            fed = dirty is not None
+            reported: set[str] = set(dirty) if dirty is not None else set()
+            if dirty is not None:
+                dirty.clear()
+        tree = self._trees.get(ctx)
+        if tree is None or tree.key != (patterns, dockerfile):
+            tree = self._trees[ctx] = _Tree(patterns, dockerfile)
+        full = not fed or tree.epoch != epoch
+        relist = {os.path.dirname(r) for r in reported}  # a reported creation or deletion: list its directory again
+        now = time.time_ns()
+        check: set[str] = set()  # included paths to stat (cached digests allowed)
+        structure = False
+        seen: set[str] = set()
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            path = os.path.join(ctx, rel) if rel else ctx
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise NotADirectoryError(path)
+            except (FileNotFoundError, NotADirectoryError):
+                if not rel:
+                    raise
+                tree.listings.pop(os.path.dirname(rel), None)  # gone meanwhile: list its parent again next time
+                continue
+            old = tree.listings.get(rel)
+            if old is not None and not old.racy and old.ident == (st.st_ino, st.st_mtime_ns) and rel not in relist:
+                listing = old
+                if full or listing.unwatched:
+                    check.update(listing.included)
+            else:
+                try:
+                    listing = tree.listings[rel] = self._list(tree, path, rel, st, now)
+                except (FileNotFoundError, NotADirectoryError):
+                    if not rel:
+                        raise
+                    tree.listings.pop(os.path.dirname(rel), None)
+                    continue
+                if old is None or old.ident != listing.ident or full or listing.unwatched:
+                    check.update(listing.included)  # perhaps another directory under the same name: check all
+                else:
+                    check.update(set(listing.included) - set(old.included))
+                structure |= old is None or old.included != listing.included or old.subdirs != listing.subdirs
+            seen.add(rel)
+            stack.extend(listing.subdirs)
+        for rel in [r for r in tree.listings if r not in seen]:
+            del tree.listings[rel]
+            structure = True
+        if structure:
+            tree.order = sorted(r for listing in tree.listings.values() for r in listing.included)
+            included = set(tree.order)
+            for rel in [r for r in tree.lines if r not in included]:
+                del tree.lines[rel]
+            tree.body = None
+        else:
+            included = None
+        reread = {r for r in reported if r in tree.lines or (included is not None and r in included)}
+        for rel in check | reread:
+            line = self._line(ctx, rel, reread=rel in reread)
+            if line is None:
+                if tree.lines.pop(rel, None) is not None:
+                    tree.body = None
+                tree.listings.pop(os.path.dirname(rel), None)  # gone meanwhile: list its directory again next time
+            elif tree.lines.get(rel) != line:
+                tree.lines[rel] = line
+                tree.body = None
+        if tree.body is None:
+            tree.body = "".join(tree.lines[r] for r in tree.order if r in tree.lines).encode()
+        tree.epoch = epoch
+        return tree.body
+
+    def _list(self, tree: _Tree, path: str, rel: str, st: os.stat_result, now: int) -> _Listing:
+        """docker.utils.build.PatternMatcher.walk for one directory."""
+        included: list[str] = []
+        subdirs: list[str] = []
+        with os.scandir(path) as it:
+            for entry in it:
+                fpath = f"{rel}/{entry.name}" if rel else entry.name
+                excluded = tree.matches(fpath)
+                if not excluded:
+                    included.append(fpath)
+                if entry.is_dir(follow_symlinks=False) and (not excluded or tree.enters(fpath)):
+                    subdirs.append(fpath)
+        return _Listing(
+            ident=(st.st_ino, st.st_mtime_ns),
+            racy=now - st.st_mtime_ns < RACY_NS,
+            included=tuple(sorted(included)),
+            subdirs=tuple(sorted(subdirs)),
+            unwatched=any(p in ALWAYS_IGNORED_DIRS for p in rel.split("/")),
+        )
+
+    def _line(self, ctx: str, rel: str, reread: bool) -> str | None:
+        full = os.path.join(ctx, rel)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                return f"L {rel} {os.readlink(full)}\n"
+            if stat.S_ISDIR(st.st_mode):
+                return f"D {rel}\n"
+            return f"F {rel} {st.st_mode & 0o111:o} {self._file(Path(full), st, reread)}\n"
+        except FileNotFoundError:
+            return None  # removed while we looked: the watcher reports it (or the next digest lists it)
+
+    def _file(self, path: Path, st: os.stat_result, reread: bool = False) -> str:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         entry = self._cache.get(str(path))
-        if entry is not None and entry.key == key:
+        if not reread and entry is not None and entry.key == key and not entry.racy:
             return entry.digest
         fh = hashlib.sha256()
         with path.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 fh.update(chunk)
         digest = fh.hexdigest()
-        self._cache[str(path)] = _Entry(key, digest)
+        self._cache[str(path)] = _Entry(key, digest, racy=time.time_ns() - st.st_mtime_ns < RACY_NS)
         return digest
 
 

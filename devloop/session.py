@@ -283,8 +283,9 @@ class DevSession:
 
     def _start_watcher(self) -> None:
         roots, extra = self._watch_inputs()
-        self.watcher = Watcher(roots, extra, self._on_change)
+        self.watcher = Watcher(roots, extra, self._on_change, on_touch=self.engine.hasher.changed)
         self.watcher.start()
+        self.engine.hasher.follow(p for p, _ in roots)  # content tags from here on: only what the watcher reports is re-read
         where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services}))
         self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
 
@@ -373,6 +374,7 @@ class DevSession:
         if self.watcher is not None:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
+            self.engine.hasher.follow(p for p, _ in roots)
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
         return everything(self._layouts(), "configuration changed")
 

@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -55,6 +57,7 @@ EVENTS = [
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,  # a chmod changes what the image holds, yet starts no cycle: only `on_touch` hears it
 ]
 
 _NO_RULES = IgnoreRules()
@@ -160,15 +163,20 @@ class _Handler(FileSystemEventHandler):
 
 class Watcher:
     """Watches `roots` (build contexts with their ignore rules) and `extra_paths` (files or
-    directories: manifests, config files) and calls `on_change` on watchdog's thread."""
+    directories: manifests, config files) and calls `on_change` on watchdog's thread.
+
+    `on_touch`, when given, hears every path first: each path of a `Change` just before it, and the
+    files whose metadata alone changed (a chmod), which start no cycle (the content hasher's feed)."""
 
     def __init__(
         self,
         roots: Sequence[tuple[Path, IgnoreRules]],
         extra_paths: Iterable[Path],
         on_change: Callable[[Change], None],
+        on_touch: Callable[[str], None] | None = None,
     ) -> None:
         self.on_change = on_change
+        self.on_touch = on_touch
         self._roots = [(_norm(p), rules) for p, rules in roots]
         self._extra = [_norm(p) for p in extra_paths]
         self._observer = Observer()
@@ -204,6 +212,8 @@ class Watcher:
             self._watches.clear()
 
     def emit(self, change: Change) -> None:
+        if self.on_touch is not None:
+            self.on_touch(change.path)
         self.on_change(change)
 
     @property
@@ -307,6 +317,10 @@ class Watcher:
                 self.emit(Change(src, deleted=True))
             return
         if (watch.doomed and event.event_type != "deleted") or self._stale(watch, event):
+            return
+        if event.event_type == EVENT_TYPE_ATTRIB:
+            if self.on_touch is not None and not event.is_directory:
+                self.on_touch(src)
             return
         if event.event_type == "moved":
             dest = _fspath(event.dest_path)

@@ -307,3 +307,36 @@ def test_update_adds_and_removes_roots_and_paths(tmp_path: Path) -> None:
         assert not any(p.startswith(str(api)) or p == str(cfg) for p in seen)
     finally:
         w.stop()
+
+
+def test_chmod_starts_no_change_but_feeds_the_content_hasher(tree: Path) -> None:
+    """A mode change reaches the image (the executable bit) yet is no save: only on_touch hears it,
+    and the hasher fed by it gives the same digest as a full walk."""
+    from devloop.images import ContextHasher
+
+    c = Collector()
+    touched: list[str] = []
+    hasher = ContextHasher()
+    done = threading.Event()
+
+    def touch(path: str) -> None:
+        hasher.changed(path)
+        touched.append(path)
+        if path == str(tree / "server.js"):
+            done.set()
+
+    w = Watcher([(tree, rules(tree))], [], c, on_touch=touch)
+    w.start()
+    try:
+        hasher.follow([tree])
+        before = hasher.digest(tree, "Dockerfile", {})
+        (tree / "server.js").chmod(0o755)
+        assert done.wait(5)
+        marker(tree, c, "zz-marker")
+        assert str(tree / "server.js") not in paths(c)
+        assert str(tree / "zz-marker") in touched  # every change's path is heard first
+        after = hasher.digest(tree, "Dockerfile", {})
+        assert after != before
+        assert after == ContextHasher().digest(tree, "Dockerfile", {})
+    finally:
+        w.stop()
