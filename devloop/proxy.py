@@ -259,7 +259,8 @@ class Proxy:
             if not self._track(got[1]):
                 got[1].close()
                 return
-            self.relayed += 1
+            with self._lock:
+                self.relayed += 1
             upstream = self._first_answer(client, *got, tried)
             if upstream is None:
                 return
