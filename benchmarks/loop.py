@@ -14,6 +14,21 @@ Modes (same cluster, same sample, 3 replicas):
   baseline          docker build; kind load docker-image; kubectl rollout restart; rollout status
   floor             the cluster's own cost: images with each iteration's text built and loaded into the
                     node beforehand, then `kubectl set image` → every replica serves (no build, no push)
+  tilt              `tilt up` (--tilt PATH): a generated Tiltfile, docker_build with the same build args,
+                    k8s_yaml of the sample's manifests, pushed to the same local registry (Tilt reads
+                    the cluster's kube-public/local-registry-hosting ConfigMap), a port-forward
+  tilt-live         as tilt, with live_update: sync sample-app → /app, then restart node in place
+                    (the container's command under a restart loop, as Tilt's restart_process does)
+  skaffold          `skaffold dev` (--skaffold PATH): a generated skaffold.yaml, the same Dockerfile and
+                    build args, pushed to the local registry, kubectl deploy of the manifests, a port-forward
+The peer modes run only when their binary is given (benchmarks/peers/build.sh builds both from the Go
+module proxy); they start from no app in the cluster and take it away again when they end.
+
+Columns: "first" is the first new answer of any replica in-cluster, "total" is every replica serving
+it; "browser" is what a browser on the forwarded local URL sees: GET / with a new connection every
+20 ms from the moment of the edit, the first answer with the new text; "failed" counts the requests
+to that URL that were refused or failed during the change (devloop's portForward.localPort, Tilt's
+port_forwards, Skaffold's portForward; none for floor and baseline).
 
 devloop's overhead above the floor (rebuild path, p50 total) is printed at the end.
 
@@ -22,6 +37,7 @@ Also: a no-op save and an ignored-file save (must start no cycle), and the idle 
 
 Usage (after .ci/run's setup, or on a laptop with kind/kubectl/docker):
   python benchmarks/loop.py --iterations 5 [--json benchmarks/results/loop.json]
+  python benchmarks/loop.py -n 5 --tilt ~/.cache/devloop-peers/bin/tilt --skaffold ~/.cache/devloop-peers/bin/skaffold
 Prints a table with p50/p95 per phase and the baseline/devloop ratios.
 """
 
@@ -29,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import json
 import os
 import queue
@@ -37,18 +54,23 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import Harness, free_port, make_harness, pump_json_lines  # noqa: E402  (the e2e tests' setup)
 
-CLUSTER = "devloop-bench"
+CLUSTER = "devloop-bench"  # --cluster; the bench's own registry container is f"{CLUSTER}-registry"
 CONTEXT = f"kind-{CLUSTER}"
+REGISTRY_PORT = 5001  # the bench registry's host port: a free one, chosen in main()
+PEERS = ("tilt", "tilt-live", "skaffold")
 CLIENT = """
 const http = require('http');
 function tick() {
@@ -132,25 +154,121 @@ class Client:
         self.h.kubectl_run("delete", "pod", "bench-client", "--ignore-not-found", "--wait=false", check=False)
 
 
-def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rollout: bool = False, monitoring: bool = False) -> None:
+def write_config(root: Path, h: Harness, *, registry: bool, live: bool, fast_rollout: bool = False, monitoring: bool = False) -> int:
+    """devloop.yaml for a mode; returns the port-forward's local port. The registry is the bench's own
+    container and port (not the default devloop-registry:5001 that the e2e tests start and remove)."""
     rolling = "  rollingUpdate: {maxSurge: 1, maxUnavailable: 2}\n" if fast_rollout else ""
+    local_port = free_port()
     (root / "devloop.yaml").write_text(
         "apiVersion: devloop/v1\n"
         f"deploy:\n  manifests: [sample-app/k8s]\n{rolling}"
         f"cluster:\n  name: {CLUSTER}\n  nodeImage: {h.kind_image}\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {h.node_base}\n"
         f"registry:\n  enabled: {str(registry).lower()}\n  image: {h.registry_image}\n"
+        f"  name: {CLUSTER}-registry\n  hostPort: {REGISTRY_PORT}\n"
         f"liveUpdate:\n  enabled: {str(live).lower()}\n  command: [node, server.js]\n"
-        f"portForward:\n  localPort: {free_port()}\n"
+        f"portForward:\n  localPort: {local_port}\n"
         f"monitoring:\n  enabled: {str(monitoring).lower()}\n  image: {h.prometheus_image}\ndashboard:\n  port: 0\n"
     )
+    return local_port
+
+
+class Browser:
+    """A browser on a forwarded local URL: GET / on 127.0.0.1:port with a new connection per request
+    (no keep-alive: each request tests the listener and its upstream as they are at that moment),
+    one every 20 ms, logging (sent, answered, ok, text or error) for as long as the mode runs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.log: list[tuple[float, float, bool, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"browser-{port}")
+        self._thread.start()
+
+    def _get(self) -> tuple[bool, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", "/", headers={"Connection": "close"})
+            r = conn.getresponse()
+            body = r.read().decode(errors="replace").strip()
+            return (True, body) if r.status == 200 else (False, f"HTTP {r.status}")
+        except (OSError, http.client.HTTPException) as e:
+            return False, f"{type(e).__name__}: {e}"
+        finally:
+            conn.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.time()
+            ok, text = self._get()
+            with self._lock:
+                self.log.append((sent, time.time(), ok, text))
+            self._stop.wait(0.02)
+
+    def entries(self, since: float) -> list[tuple[float, float, bool, str]]:
+        with self._lock:
+            return [e for e in self.log if e[0] >= since]
+
+    def wait_answer(self, timeout: float) -> bool:
+        """True once any request answered 200 (the forward is up)."""
+        deadline = time.time() + timeout
+        start = time.time()
+        while time.time() < deadline:
+            if any(ok for _, _, ok, _ in self.entries(start)):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def first_seen(self, message: str, since: float, timeout: float) -> float | None:
+        """When `message` was first answered by a request sent at or after `since` (waits up to `timeout`)."""
+        deadline = time.time() + timeout
+        while True:
+            seen = [done for _, done, ok, text in self.entries(since) if ok and text == message]
+            if seen:
+                return seen[0]
+            if time.time() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def failures(self, since: float, until: float) -> tuple[int, int, list[str], float | None]:
+        """(failed requests, all requests, the first distinct reasons, the median seconds one request
+        took) for the requests sent in [since, until]."""
+        window = [e for e in self.entries(since) if e[0] <= until]
+        reasons: list[str] = []
+        for _, _, ok, text in window:
+            if not ok and text not in reasons and len(reasons) < 5:
+                reasons.append(text)
+        took = [done - sent for sent, done, _, _ in window]
+        return sum(not e[2] for e in window), len(window), reasons, statistics.median(took) if took else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def measure_browser(browser: Browser | None, row: dict[str, Any], message: str, t0: float, settle: float = 1.0) -> None:
+    """Adds the browser's figures for the change that started at t0 to `row` (after the in-cluster
+    poller saw every replica serve it): first new text on the forwarded URL, failed requests."""
+    if browser is None:
+        return
+    seen = browser.first_seen(message, t0, timeout=30)
+    if seen is not None:
+        time.sleep(max(0.0, seen + settle - time.time()))  # failures right after the switch count too
+    failed, requests, reasons, took = browser.failures(t0, time.time())
+    row["browser"] = None if seen is None else seen - t0
+    row["browser_failed"] = failed
+    row["browser_requests"] = requests
+    row["browser_request_s"] = took  # one GET on a new connection, median over the change
+    if reasons:
+        row["browser_errors"] = reasons
 
 
 class DevProcess:
     def __init__(self, root: Path, h: Harness) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.proc = subprocess.Popen(
-            [shutil.which("devloop") or "devloop", "--json", "dev"],
+            [shutil.which("devloop", path=h.env["PATH"]) or "devloop", "--json", "dev"],
             cwd=root,
             env=h.env,
             stdout=subprocess.PIPE,
@@ -185,8 +303,8 @@ def edit(root: Path, message: str) -> None:
     server.write_text("".join(lines))
 
 
-def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str, float]]:
-    write_config(
+def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str, Any]]:
+    local_port = write_config(
         root,
         h,
         registry=mode != "devloop-kindload",
@@ -201,7 +319,10 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
             assert e["ok"], e
             break
     client = Client(h, e["image"])
-    rows = []
+    browser = Browser(local_port)
+    if not browser.wait_answer(60):
+        print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{local_port} (browser column empty)", flush=True)
+    rows: list[dict[str, Any]] = []
     try:
         for i in range(n):
             msg = f"{mode} {i} {uuid.uuid4().hex[:6]}"
@@ -223,11 +344,25 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
                     "total": all_new - t0,
                 }
             )
-            print(f"  {mode} #{i}: total {rows[-1]['total']:.2f}s (first new answer {rows[-1]['first']:.2f}s)", flush=True)
+            measure_browser(browser, rows[-1], msg, t0)
+            print_iteration(mode, i, rows[-1])
     finally:
+        browser.stop()
         client.stop()
         d.stop()
     return rows
+
+
+def print_iteration(mode: str, i: int, row: dict[str, Any]) -> None:
+    line = f"  {mode} #{i}: total {row['total']:.2f}s (first new answer {row['first']:.2f}s"
+    if "browser_failed" in row:
+        seen = "never" if row["browser"] is None else f"{row['browser']:.2f}s"
+        line += f"; forwarded URL {seen}, {row['browser_failed']}/{row['browser_requests']} requests failed"
+        if row.get("browser_request_s") is not None:
+            line += f", {1000 * row['browser_request_s']:.0f} ms per request"
+        if row.get("browser_errors"):
+            line += f": {row['browser_errors'][0]}"
+    print(line + ")", flush=True)
 
 
 def run_baseline(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
@@ -236,6 +371,7 @@ def run_baseline(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
         subprocess.run(argv, env=h.env, check=True, capture_output=True, cwd=root)
         return time.time() - t
 
+    ensure_app(h, root)
     ctx = ["--context", CONTEXT]
     build_arg = f"NODE_IMAGE={h.node_base}"
     sh("docker", "build", "-q", "--build-arg", build_arg, "-t", "my-web-app:dev", "sample-app")
@@ -273,6 +409,7 @@ def run_baseline(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
 def run_floor(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
     """What the cluster alone costs for these manifests: the images are on the node before the clock
     starts; each iteration only rolls the Deployment to the next one."""
+    ensure_app(h, root)
     ctx = ["--context", CONTEXT]
     build_arg = f"NODE_IMAGE={h.node_base}"
     messages = [f"floor {i} {uuid.uuid4().hex[:6]}" for i in range(n)]
@@ -327,15 +464,242 @@ def run_floor(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
     return rows
 
 
+# -- peers: Tilt and Skaffold on the same cluster, sample and registry -------------------------------
+
+
+class PeerUnavailable(Exception):
+    """A peer mode cannot run: its binary is missing or broken (one line)."""
+
+
+def check_peer(flag: str, path: str | None) -> str:
+    """The peer binary's version line; PeerUnavailable saying in one line what is wrong."""
+    hint = "build it with benchmarks/peers/build.sh"
+    if not path:
+        raise PeerUnavailable(f"--{flag} PATH is needed for this mode ({hint})")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise PeerUnavailable(f"--{flag} {path}: no executable file there ({hint})")
+    try:
+        out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=60, env={**os.environ, **PEER_ENV})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PeerUnavailable(f"--{flag} {path} does not run: {e}") from None
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise PeerUnavailable(f"--{flag} {path}: `{flag} version` failed (exit {out.returncode}): {lines[-1] if lines else 'no output'}")
+    return lines[0]
+
+
+# Offline, quiet, no prompts: no analytics, no update checks, no survey.
+PEER_ENV = {"TILT_DISABLE_ANALYTICS": "1", "SKAFFOLD_UPDATE_CHECK": "false", "SKAFFOLD_INTERACTIVE": "false"}
+
+# The container's command under a restart loop, for Tilt's live_update `run` step (what Tilt's
+# restart_process extension does with its wrapper binary; the extension is fetched from GitHub, so
+# not available offline). TERM from the kubelet ends the loop; killing the child restarts it.
+TILT_SUPERVISOR = (
+    'trap \'kill -TERM "$c" 2>/dev/null; wait "$c"; exit 143\' TERM INT; '
+    "while :; do node server.js & c=$!; echo $c > /tmp/.tilt-child; wait $c; done"
+)
+
+
+def manifest_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in (root / "sample-app" / "k8s").glob("*.yaml"))
+
+
+def tiltfile(root: Path, h: Harness, forward_port: int, live: bool) -> str:
+    extra = ""
+    if live:
+        extra = (
+            f",\n    entrypoint=['sh', '-c', {TILT_SUPERVISOR!r}],\n"
+            "    live_update=[\n"
+            "        fall_back_on(['sample-app/package.json', 'sample-app/package-lock.json']),\n"
+            "        sync('sample-app', '/app'),\n"
+            "        run('kill \"$(cat /tmp/.tilt-child)\"'),\n"
+            "    ]"
+        )
+    return (
+        "# generated by devloop benchmarks/loop.py\n"
+        f"allow_k8s_contexts({CONTEXT!r})\n"
+        f"docker_build('my-web-app', 'sample-app', build_args={{'NODE_IMAGE': {h.node_base!r}}}{extra})\n"
+        f"k8s_yaml({manifest_files(root)!r})\n"
+        f"k8s_resource('web-app', port_forwards=['{forward_port}:3000'])\n"
+    )
+
+
+def skaffold_yaml(root: Path, h: Harness, forward_port: int) -> str:
+    doc = {
+        "apiVersion": "skaffold/v4beta14",
+        "kind": "Config",
+        "metadata": {"name": "devloop-bench"},
+        "build": {
+            "tagPolicy": {"inputDigest": {}},  # the sample is no git repository (the default tagger wants one)
+            "local": {"push": True},  # to the local registry (--default-repo), not `kind load`
+            "artifacts": [
+                {
+                    "image": "my-web-app",
+                    "context": "sample-app",
+                    "docker": {"dockerfile": "Dockerfile", "buildArgs": {"NODE_IMAGE": h.node_base}},
+                }
+            ],
+        },
+        "manifests": {"rawYaml": manifest_files(root)},
+        "deploy": {"kubectl": {}},
+        "portForward": [{"resourceType": "service", "resourceName": "web-app-service", "port": 80, "localPort": forward_port}],
+    }
+    return "# generated by devloop benchmarks/loop.py\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def registry_host(h: Harness, root: Path) -> str:
+    """The registry the cluster advertises (kube-public/local-registry-hosting, KEP-1755), which is
+    what Tilt reads and what Skaffold is pointed at. devloop's registry flow creates it: when it is
+    missing, `devloop up` with the registry on."""
+    for attempt in range(2):
+        r = h.kubectl_run("get", "configmap", "-n", "kube-public", "local-registry-hosting", "-o", "json", check=False)
+        if r.returncode == 0:
+            hosting = yaml.safe_load(json.loads(r.stdout)["data"]["localRegistryHosting.v1"])
+            return str(hosting["host"])
+        if attempt == 0:
+            print("  no local-registry-hosting ConfigMap in the cluster: devloop up with the registry on", flush=True)
+            write_config(root, h, registry=True, live=False)
+            subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True, capture_output=True)
+    raise RuntimeError("the cluster advertises no local registry (kube-public/local-registry-hosting) after devloop up")
+
+
+def remove_app(h: Harness) -> None:
+    """A peer starts from no app: what an earlier mode applied (devloop's own fields, live update's
+    supervisor command) would otherwise stay in the objects the peer applies over."""
+    h.kubectl_run(
+        "delete",
+        "deployment/web-app",
+        "service/web-app-service",
+        "configmap/prometheus-config",
+        "--ignore-not-found",
+        "--cascade=foreground",
+        "--wait=true",
+    )
+
+
+def ensure_app(h: Harness, root: Path) -> None:
+    """floor and baseline roll the Deployment a devloop mode left; after a peer took it away, `devloop up` puts it back."""
+    if h.kubectl_run("get", "deployment/web-app", check=False).returncode != 0:
+        write_config(root, h, registry=True, live=False)
+        subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True, capture_output=True)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants (a peer's kubectl children count too)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total_kb, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            total_kb += next(int(x.split()[1]) for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total_kb / 1024
+
+
+def tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(line.strip() for line in path.read_text(errors="replace").splitlines()[-lines:] if line.strip())
+    except OSError:
+        return "(no log)"
+
+
+def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`tilt up` or `skaffold dev` on the same cluster, sample, registry and edits as devloop's modes,
+    timed by the same in-cluster poller; returns the rows and the mode's extras (initial deploy, RSS)."""
+    host = registry_host(h, root)
+    remove_app(h)
+    forward_port = free_port()
+    kubeconfig = root.parent / "kubeconfig"  # this cluster only: a peer never sees another context
+    kc = subprocess.run(["kind", "get", "kubeconfig", "--name", CLUSTER], env=h.env, check=True, capture_output=True, text=True)
+    kubeconfig.write_text(kc.stdout)
+    env = {**h.env, **PEER_ENV, "KUBECONFIG": str(kubeconfig)}
+    log_path = root.parent / f"{mode}.log"
+    start_msg = f"{mode} start {uuid.uuid4().hex[:6]}"
+    edit(root, start_msg)
+    if mode.startswith("tilt"):
+        (root / "Tiltfile").write_text(tiltfile(root, h, forward_port, live=mode == "tilt-live"))
+        argv = [binary, "up", "--stream=true", f"--port={free_port()}", "--file=Tiltfile"]
+        down: list[str] | None = [binary, "down", "--file=Tiltfile", "--delete-namespaces=false"]
+    else:
+        (root / "skaffold.yaml").write_text(skaffold_yaml(root, h, forward_port))
+        argv = [binary, "dev", f"--default-repo={host}", "--port-forward=user", "--update-check=false", "--interactive=false"]
+        argv += [f"--kube-context={CONTEXT}", "--cleanup=true"]
+        down = None  # skaffold dev deletes what it deployed when interrupted
+    extras: dict[str, Any] = {"version": check_peer(mode.split("-")[0], binary), "log": str(log_path)}
+    print(f"  {extras['version']}: {' '.join(argv[1:])} (log: {log_path})", flush=True)
+    with log_path.open("w") as log:
+        launched = time.time()
+        proc = subprocess.Popen(
+            argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    client: Client | None = None
+    browser: Browser | None = None
+    rows: list[dict[str, Any]] = []
+    try:
+        image = ""
+        deadline = time.time() + 600
+        while not image.startswith(f"{host}/"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{mode}: {binary} exited with {proc.returncode} before deploying: {tail(log_path)}")
+            if time.time() > deadline:
+                raise TimeoutError(f"{mode}: no Deployment from {host} within 600s: {tail(log_path)}")
+            time.sleep(0.5)
+            r = h.kubectl_run("get", "deployment/web-app", "-o", "jsonpath={.spec.template.spec.containers[0].image}", check=False)
+            image = r.stdout.strip() if r.returncode == 0 else ""
+        client = Client(h, image)
+        _, ready = client.wait_all_new(start_msg, 3, timeout=600)
+        extras["initial_deploy"] = ready - launched
+        print(f"  {mode}: initial deploy {extras['initial_deploy']:.2f}s (launch → every replica serves)", flush=True)
+        browser = Browser(forward_port)
+        if not browser.wait_answer(60):
+            print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{forward_port} (browser column empty)", flush=True)
+        for i in range(n):
+            msg = f"{mode} {i} {uuid.uuid4().hex[:6]}"
+            client.drain()
+            t0 = time.time()
+            edit(root, msg)
+            first, all_new = client.wait_all_new(msg, 3)
+            rows.append({"first": first - t0, "total": all_new - t0})
+            measure_browser(browser, rows[-1], msg, t0)
+            print_iteration(mode, i, rows[-1])
+            if proc.poll() is not None:
+                raise RuntimeError(f"{mode}: {binary} exited with {proc.returncode}: {tail(log_path)}")
+        extras["rss_mb"] = round(tree_rss_mb(proc.pid), 1)
+    finally:
+        if browser is not None:
+            browser.stop()
+        if client is not None:
+            client.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if down:
+            subprocess.run(down, cwd=root, env=env, check=False, capture_output=True, timeout=180)
+        remove_app(h)
+    return rows, extras
+
+
 def noop_and_idle(h: Harness, root: Path) -> dict[str, Any]:
     """No-op saves start no cycle; idle CPU and RSS of `devloop dev` with 50k files in node_modules."""
     write_config(root, h, registry=True, live=False)
     nm = root / "sample-app" / "node_modules"
     for i in range(5000):
-        d = nm / f"pkg{i:04d}"
-        d.mkdir(parents=True, exist_ok=True)
+        pkg = nm / f"pkg{i:04d}"
+        pkg.mkdir(parents=True, exist_ok=True)
         for j in range(10):
-            (d / f"f{j}.js").write_text("module.exports = 1;\n")
+            (pkg / f"f{j}.js").write_text("module.exports = 1;\n")
     d = DevProcess(root, h)
     try:
         while d.next({"cycle_done", "skipped"})["event"] != "cycle_done":
@@ -376,45 +740,117 @@ def noop_and_idle(h: Harness, root: Path) -> dict[str, Any]:
         shutil.rmtree(nm)
 
 
+def registry_port(name: str) -> int:
+    """The port of the bench's registry container left by a --keep-cluster run, else a free one."""
+    out = subprocess.run(["docker", "port", name, "5000/tcp"], capture_output=True, text=True, check=False)
+    if out.returncode == 0 and out.stdout.strip():
+        return int(out.stdout.split()[0].rsplit(":", 1)[1])
+    return free_port()
+
+
+def print_table(results: dict[str, Any]) -> None:
+    cols = ["detect", "build", "load", "rollout", "first", "browser", "total"]
+    width = max([18, *(len(m) + 2 for m in results["modes"])])
+
+    def cell(rows: list[dict[str, Any]], c: str) -> str:
+        values = [r[c] for r in rows if r.get(c) is not None]
+        if not values:
+            return f"{'–':>9} {'':<8}"
+        return f"{pct(values, 0.5):>9.2f}/{pct(values, 0.95):<8.2f}"
+
+    print(f"\n{'mode':<{width}}" + "".join(f"{c + ' p50/p95':>18}" for c in cols) + f"{'failed/requests':>18}{'ms/request':>12}")
+    for mode, rows in results["modes"].items():
+        failed, took = "–", "–"
+        if rows and "browser_failed" in rows[0]:
+            failed = f"{sum(r['browser_failed'] for r in rows)}/{sum(r['browser_requests'] for r in rows)}"
+            times = [r["browser_request_s"] for r in rows if r.get("browser_request_s") is not None]
+            took = f"{1000 * statistics.median(times):.0f}" if times else "–"
+        print(f"{mode:<{width}}" + "".join(cell(rows, c) for c in cols) + f"{failed:>18}{took:>12}")
+    print(
+        "first = first new answer in-cluster, total = every replica serves it (in-cluster poller, 20 ms); browser = first new "
+        "answer on the forwarded local URL (a new connection per request, the next 20 ms after the last answer); failed = "
+        "refused/failed requests there during the changes; ms/request = median time of one such request"
+    )
+
+
 def main() -> int:
+    global CLUSTER, CONTEXT, REGISTRY_PORT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
-    ap.add_argument("--modes", default="floor,devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline")
+    ap.add_argument(
+        "--modes",
+        help="comma-separated (default: floor,devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline, "
+        "then tilt,tilt-live and skaffold when --tilt / --skaffold are given)",
+    )
+    ap.add_argument("--tilt", metavar="PATH", help="a tilt binary (v0.37.6: benchmarks/peers/build.sh) for the tilt and tilt-live modes")
+    ap.add_argument("--skaffold", metavar="PATH", help="a skaffold binary (v2.24.0: benchmarks/peers/build.sh) for the skaffold mode")
+    ap.add_argument("--cluster", default=CLUSTER, help=f"kind cluster name (default {CLUSTER}); created, and deleted at the end")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
     args = ap.parse_args()
+    CLUSTER, CONTEXT = args.cluster, f"kind-{args.cluster}"
+    REGISTRY_PORT = registry_port(f"{CLUSTER}-registry")
+    if args.modes:
+        modes = args.modes.split(",")
+    else:
+        modes = ["floor", "devloop-live", "devloop-registry", "devloop-registry-fastroll", "devloop-kindload", "baseline"]
+        modes += ["tilt", "tilt-live"] if args.tilt else []
+        modes += ["skaffold"] if args.skaffold else []
+    peers = {"tilt": args.tilt, "tilt-live": args.tilt, "skaffold": args.skaffold}
+    for mode in modes:  # before any cluster work: a missing or broken peer is one line, at once
+        if mode in PEERS:
+            try:
+                check_peer(mode.split("-")[0], peers[mode])
+            except PeerUnavailable as e:
+                print(f"loop.py: mode {mode}: {e}", file=sys.stderr)
+                return 2
 
     h = dataclasses.replace(make_harness(), context=CONTEXT)
+    # devloop from this interpreter's environment when it is not on PATH (`.venv/bin/python benchmarks/loop.py`)
+    h.env["PATH"] = os.pathsep.join([h.env["PATH"], str(Path(sys.executable).parent)])
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="devloop-bench-")) / "proj"
     shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
     write_config(root, h, registry=True, live=False)
+    t_up = time.time()
     subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True)
 
-    results: dict[str, Any] = {"iterations": args.iterations, "modes": {}}
+    results: dict[str, Any] = {
+        "iterations": args.iterations,
+        "cluster": CLUSTER,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_up)),
+        "load_average_start": os.getloadavg(),
+        "devloop_up": round(time.time() - t_up, 2),
+        "modes": {},
+        "peers": {},
+    }
     try:
-        for mode in args.modes.split(","):
-            print(f"== {mode}", flush=True)
+        for mode in modes:
+            print(f"== {mode}  (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             if mode == "baseline":
                 rows = run_baseline(h, root, args.iterations)
             elif mode == "floor":
                 rows = run_floor(h, root, args.iterations)
+            elif mode in PEERS:
+                rows, results["peers"][mode] = run_peer_mode(h, root, mode, args.iterations, str(peers[mode]))
             else:
                 rows = run_devloop_mode(h, root, mode, args.iterations)
             results["modes"][mode] = rows
         print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
         results["idle"] = noop_and_idle(h, root)
     finally:
+        results["load_average_end"] = os.getloadavg()
         if not args.keep_cluster:
             subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=h.env, check=False, capture_output=True)
+            subprocess.run(["docker", "rm", "-f", f"{CLUSTER}-registry"], env=h.env, check=False, capture_output=True)
 
-    cols = ["detect", "build", "load", "rollout", "first", "total"]
-    print(f"\n{'mode':<18}" + "".join(f"{c + ' p50/p95':>18}" for c in cols))
-    for mode, rows in results["modes"].items():
-        cells = "".join(f"{pct([r[c] for r in rows], 0.5):>9.2f}/{pct([r[c] for r in rows], 0.95):<8.2f}" for c in cols)
-        print(f"{mode:<18}{cells}")
+    print_table(results)
+    for mode, extra in results["peers"].items():
+        print(
+            f"{mode}: {extra['version']}; initial deploy {extra.get('initial_deploy', float('nan')):.2f}s; RSS {extra.get('rss_mb', 0):.0f} MB with children"
+        )
     base = results["modes"].get("baseline")
     if base:
         b50 = statistics.median(r["total"] for r in base)
@@ -426,11 +862,11 @@ def main() -> int:
         f50 = statistics.median(r["total"] for r in floor)
         results["overhead_above_floor"] = {}
         for mode, rows in results["modes"].items():
-            if mode.startswith("devloop-"):
+            if mode.startswith("devloop-") or mode in PEERS:
                 over = statistics.median(r["total"] for r in rows) - f50
                 results["overhead_above_floor"][mode] = round(over, 3)
                 print(f"{mode}: {over:+.2f}s above the floor ({f50:.2f}s, p50 total)")
-    print(f"idle: {json.dumps(results['idle'])}")
+    print(f"idle: {json.dumps(results['idle'])}; load average {results['load_average_start']} → {results['load_average_end']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
