@@ -339,9 +339,11 @@ for p in "$R"/usr/lib/cni/*; do ln -sf "/usr/lib/cni/$(basename "$p")" "$R/opt/c
 install -m 0755 "$K8S_OUT/kubeadm" "$K8S_OUT/kubelet" "$K8S_OUT/kubectl" "$R/usr/bin/"
 install -m 0755 "$CRICTL_BIN" "$R/usr/local/bin/crictl"
 install -m 0755 "$HERE/node/devloop-node-prep" "$R/usr/local/bin/devloop-node-prep"
+# pod network: no static CNI config; devloop-cni.service writes it from the node's podCIDR
+install -m 0755 "$HERE/node/devloop-cni" "$R/usr/local/bin/devloop-cni"
+install -m 0644 "$HERE/node/devloop-cni.service" "$R/etc/systemd/system/devloop-cni.service"
 echo "$K8S_VERSION" >"$R/kind/version"
 install -m 0644 "$HERE/node/default-cni.yaml" "$R/kind/manifests/default-cni.yaml"
-install -m 0644 "$HERE/node/10-devloop-ptp.conflist" "$R/etc/cni/net.d/10-devloop-ptp.conflist"
 # sandbox image = the pause image kubeadm lists (and we preload)
 sed -i "s#sandbox_image = .*#sandbox_image = \"$PAUSE_IMAGE\"#" "$R/etc/containerd/config.toml"
 grep -q "sandbox_image = \"$PAUSE_IMAGE\"" "$R/etc/containerd/config.toml" || die "could not set sandbox_image"
@@ -349,9 +351,9 @@ grep -q "sandbox_image = \"$PAUSE_IMAGE\"" "$R/etc/containerd/config.toml" || di
 chroot "$R" ctr oci spec \
   | chroot "$R" jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' \
   | chroot "$R" jq 'del(.process.rlimits)' >"$R/etc/containerd/cri-base.json"
-chroot "$R" systemctl enable kubelet.service containerd.service undo-mount-hacks.service >/dev/null 2>&1
+chroot "$R" systemctl enable kubelet.service containerd.service undo-mount-hacks.service devloop-cni.service >/dev/null 2>&1
 chroot "$R" systemctl mask systemd-binfmt.service >/dev/null 2>&1
-for u in kubelet containerd undo-mount-hacks; do
+for u in kubelet containerd undo-mount-hacks devloop-cni; do
   [ -L "$R/etc/systemd/system/multi-user.target.wants/$u.service" ] || die "systemctl enable $u failed"
 done
 rm -f "$R/etc/machine-id" "$R/var/lib/dbus/machine-id"; : >"$R/etc/machine-id"
