@@ -38,6 +38,7 @@ def read_dockerignore(context: Path) -> list[str]:
 # A file or directory changed this recently may change again within the same tick of its mtime
 # clock: what was read of it is not trusted by (size, mtime) alone ("racily clean", as git says).
 RACY_NS = 2_000_000_000
+FORGET_SLACK = 10_000  # paths remembered beyond what the contexts hold now (files created and deleted since)
 
 
 @dataclass
@@ -196,6 +197,7 @@ class ContextHasher:
             for rel in [r for r in tree.lines if r not in included]:
                 del tree.lines[rel]
             tree.body = None
+            self._forget(tree)
         else:
             included = None
         reread = {r for r in reported if r in tree.lines or (included is not None and r in included)}
@@ -212,6 +214,15 @@ class ContextHasher:
             tree.body = "".join(tree.lines[r] for r in tree.order if r in tree.lines).encode()
         tree.epoch = epoch
         return tree.body
+
+    def _forget(self, tree: _Tree) -> None:
+        """Bound what a long session of created and deleted files leaves behind: the memo of matched
+        paths and the digests of files no context holds any more."""
+        if len(tree.excluded) > 4 * len(tree.order) + FORGET_SLACK:
+            tree.excluded.clear()
+        if len(self._cache) > 2 * sum(len(t.lines) for t in self._trees.values()) + FORGET_SLACK:
+            held = {os.path.join(c, r) for c, t in self._trees.items() for r in t.lines}
+            self._cache = {p: e for p, e in self._cache.items() if p in held}
 
     def _list(self, tree: _Tree, path: str, rel: str, st: os.stat_result, now: int) -> _Listing:
         """docker.utils.build.PatternMatcher.walk for one directory."""

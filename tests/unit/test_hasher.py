@@ -235,3 +235,22 @@ def test_paths_outside_followed_contexts_are_ignored(ctx: Path, tmp_path: Path) 
 def test_missing_context_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         ContextHasher().digest(tmp_path / "nope", "Dockerfile", {})
+
+
+def test_created_and_deleted_files_are_forgotten(ctx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long session of temporary files does not grow the hasher's memory without bound."""
+    import devloop.images as images
+
+    monkeypatch.setattr(images, "FORGET_SLACK", 5)
+    h = fed(ctx)
+    for i in range(40):
+        tmp = ctx / "lib" / f"tmp{i}.js"
+        tmp.write_text(f"{i}\n")
+        h.changed(str(tmp))
+        h.digest(ctx, "Dockerfile", ARGS)
+        tmp.unlink()
+        h.changed(str(tmp))
+        assert h.digest(ctx, "Dockerfile", ARGS) == reference(ctx)
+    tree = h._trees[str(ctx)]
+    assert len(tree.excluded) <= 4 * len(tree.order) + 5 + 2
+    assert len(h._cache) <= 2 * len(tree.lines) + 5 + 2
