@@ -274,6 +274,7 @@ def children_of_cluster() -> list[str]:
             state = (Path("/proc") / pid / "stat").read_text().split()[2]
         except OSError:
             continue
-        if CONTEXT in cmd and state != "Z" and ("kubectl" in cmd or "kind " in cmd):
+        # kubectl names the context; kind (`kind load ... --name devloop-e2e`) the cluster
+        if state != "Z" and (("kubectl" in cmd and CONTEXT in cmd) or ("kind " in cmd and f"--name {CLUSTER}" in cmd)):
             found.append(f"{pid}: {cmd.strip()}")
     return found
