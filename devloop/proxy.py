@@ -12,6 +12,7 @@ until both sides are done; a connection stays on its pod until one side closes i
 from __future__ import annotations
 
 import contextlib
+import select
 import selectors
 import socket
 import threading
@@ -106,7 +107,7 @@ class Upstreams:
             if pod is not None:
                 pod.failed_at = self._clock()
 
-    def wait(self, version: int, timeout: float) -> None:
+    def wait(self, version: int, timeout: float | None) -> None:
         """Until the table changes after `version`, or `timeout` seconds."""
         with self._cond:
             self._cond.wait_for(lambda: self.version != version, timeout)
@@ -118,6 +119,15 @@ class Upstreams:
     def _changed(self) -> None:
         self.version += 1
         self._cond.notify_all()
+
+
+def _open(s: socket.socket) -> bool:
+    """Whether a connection nobody used yet is still open: nothing to read, or data (a greeting), not EOF."""
+    try:
+        readable, _, _ = select.select([s], [], [], 0)
+        return not readable or bool(s.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):
+        return False
 
 
 def _shutdown(s: socket.socket, how: int) -> None:
@@ -137,6 +147,7 @@ class Proxy:
         hold: float = HOLD,
         on_fail: Callable[[str, Exception], None] = lambda pod, e: None,
         name: str = "forward",
+        spare: bool = True,
     ) -> None:
         self.port = port
         self.upstreams = upstreams
@@ -153,6 +164,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._socks: set[socket.socket] = set()
+        self._keep_spare = spare
+        self._spare: tuple[str, socket.socket] | None = None  # a connection opened ahead to the pod new ones go to
 
     @property
     def listening(self) -> bool:
@@ -179,6 +192,8 @@ class Proxy:
             self.port = int(s.getsockname()[1])
             self._listener = s
         self._spawn(self._accept, s, name=f"{self.name}-accept")
+        if self._keep_spare:
+            self._spawn(self._spares, name=f"{self.name}-spare")
         return True
 
     def _spawn(self, target: Callable[..., None], *args: object, name: str) -> None:
@@ -253,7 +268,7 @@ class Proxy:
         upstream = None
         try:
             tried: set[str] = set()
-            got = self._upstream(tried)
+            got = self._take_spare() or self._upstream(tried)
             if got is None:
                 return
             if not self._track(got[1]):
@@ -361,6 +376,52 @@ class Proxy:
             return
         _shutdown(dst, socket.SHUT_WR)
 
+    def _spares(self) -> None:
+        """Keeps one connection opened ahead to the pod new connections go to, so that a new one does
+        not wait for the API server's port-forward to be set up (a websocket each): opened again
+        when taken, replaced when another pod takes over (a rollout: the first new Ready replica's
+        is opened as soon as it is Ready). One thread, woken by the pod table's changes."""
+        version = -1
+        while True:
+            self.upstreams.wait(version, None)
+            if self._stopped.is_set():
+                return
+            version = self.upstreams.version
+            ready = self.upstreams.ready()
+            want = ready[0] if ready else None
+            with self._lock:
+                spare = self._spare
+                if spare is not None and spare[0] != want:
+                    self._spare = None
+            if spare is not None and spare[0] != want:
+                spare[1].close()
+                spare = None
+            if want is None or spare is not None:
+                continue
+            try:
+                sock = self.connect(want)
+            except Exception:  # a real connection to it tries again, and says why it failed
+                continue
+            with self._lock:
+                if self._stopped.is_set() or self._spare is not None:
+                    sock.close()
+                    continue
+                self._spare = (want, sock)
+
+    def _take_spare(self) -> tuple[str, socket.socket] | None:
+        """The connection opened ahead, when it goes to the pod a new connection should get and is
+        still open (the next one is opened meanwhile)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        self.upstreams.wake()  # the spare keeper opens the next one
+        ready = self.upstreams.ready()
+        if ready and spare[0] == ready[0] and _open(spare[1]):
+            return spare
+        spare[1].close()
+        return None
+
     @property
     def threads(self) -> int:
         with self._lock:
@@ -373,6 +434,9 @@ class Proxy:
             listener, self._listener = self._listener, None
             socks = list(self._socks)
             threads = list(self._threads)
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].close()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
         self.upstreams.wake()  # connections held for a pod give up

@@ -60,6 +60,7 @@ class Connector:
     def __init__(self) -> None:
         self.pods: dict[str, FakePod] = {}
         self.calls: list[str] = []
+        self.threads: list[str] = []  # the thread that asked, per call
 
     def add(self, name: str) -> FakePod:
         self.pods[name] = FakePod(name)
@@ -67,6 +68,7 @@ class Connector:
 
     def __call__(self, pod: str) -> socket.socket:
         self.calls.append(pod)
+        self.threads.append(threading.current_thread().name)
         try:
             s = socket.create_connection(("127.0.0.1", self.pods[pod].port), timeout=5)
         except (OSError, KeyError) as e:
@@ -206,7 +208,7 @@ def test_a_held_connection_is_closed_after_the_hold(pods: Connector) -> None:
 
 def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy")
+    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     try:
         pods.add("web-1")
@@ -248,7 +250,7 @@ class Closing:
 
 def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy")
+    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     closing = Closing()
     try:
@@ -262,6 +264,27 @@ def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Co
     finally:
         p.stop()
         closing.close()
+
+
+def test_a_connection_opened_ahead_to_the_pod_new_ones_go_to(pods: Connector, proxy: Proxy) -> None:
+    """Setting up the API server's port-forward (a websocket) is not in a new connection's way: one
+    is opened ahead to the pod that gets the next connection, again as soon as it is taken, and to a
+    new pod as soon as it is Ready. One to a pod that went away or closed is not used."""
+    up = proxy.upstreams
+    pods.add("web-1")
+    up.seen("web-1", True, stamp(1))
+    wait_until("a connection opened ahead", lambda: pods.calls == ["web-1"])
+    assert get(proxy.port) == "web-1"
+    wait_until("the next one opened ahead", lambda: pods.calls == ["web-1", "web-1"])
+    pods.add("web-2")
+    up.seen("web-2", True, stamp(2))  # a rollout's first Ready replica
+    wait_until("one opened ahead to the new pod", lambda: pods.calls[-1] == "web-2")
+    assert get(proxy.port) == "web-2"
+    wait_until("the next one opened ahead", lambda: pods.calls[-2:] == ["web-2", "web-2"])
+    up.seen("web-2", False)  # its readiness fails: back to web-1, on a connection opened ahead again
+    wait_until("one opened ahead to web-1 again", lambda: pods.calls[-1] == "web-1")
+    assert get(proxy.port) == "web-1"
+    assert {t for t in pods.threads} == {"test-proxy-spare"}  # no connection waited for its own
 
 
 def test_half_close_the_answer_still_arrives(pods: Connector, proxy: Proxy) -> None:
