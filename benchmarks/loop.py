@@ -49,6 +49,7 @@ import http.client
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import statistics
@@ -611,6 +612,20 @@ def tail(path: Path, lines: int = 8) -> str:
         return "(no log)"
 
 
+TILT_STEP = re.compile(r"Step \d+ - ([0-9.]+)s \((Building|Pushing|Deploying)")
+
+
+def tilt_phases(log_path: Path, offset: int) -> tuple[dict[str, float], int]:
+    """Build, push and apply seconds of the Tilt builds logged since `offset` (its "Step N - 0.44s
+    (Building Dockerfile…)" summary lines), and the new offset. Live updates log no such lines."""
+    text = log_path.read_bytes()[offset:].decode(errors="replace")
+    key = {"Building": "build", "Pushing": "load", "Deploying": "apply"}
+    phases: dict[str, float] = {}
+    for seconds, step in TILT_STEP.findall(text):
+        phases[key[step]] = phases.get(key[step], 0.0) + float(seconds)
+    return phases, offset + len(text.encode())
+
+
 def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`tilt up` or `skaffold dev` on the same cluster, sample, registry and edits as devloop's modes,
     timed by the same in-cluster poller; returns the rows and the mode's extras (initial deploy, RSS)."""
@@ -661,6 +676,7 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
         browser = Browser(forward_port)
         if not browser.wait_answer(60):
             print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{forward_port} (browser column empty)", flush=True)
+        offset = log_path.stat().st_size
         for i in range(n):
             msg = f"{mode} {i} {uuid.uuid4().hex[:6]}"
             client.drain()
@@ -668,6 +684,9 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
             edit(root, msg)
             first, all_new = client.wait_all_new(msg, 3)
             rows.append({"first": first - t0, "total": all_new - t0})
+            if mode == "tilt":
+                phases, offset = tilt_phases(log_path, offset)
+                rows[-1].update(phases)
             measure_browser(browser, rows[-1], msg, t0)
             print_iteration(mode, i, rows[-1])
             if proc.poll() is not None:
