@@ -25,6 +25,7 @@ HOLD = 30.0  # seconds a new connection waits for a Ready pod before it is close
 RETRY = 1.0  # seconds between rounds over pods that all failed to connect (while held)
 DEMOTE = 5.0  # a pod that failed to connect is tried after the others for this long
 BUFFER = 64 * 1024
+SPARE_WAIT = 5.0  # at most this long for the connection being opened ahead, rather than opening another
 REPLAY_MAX = 64 * 1024  # a connection's first bytes kept for a pod that closes it without answering
 REPLAY_WINDOW = 5.0  # ... when it closes within this many seconds of being opened
 
@@ -166,6 +167,8 @@ class Proxy:
         self._socks: set[socket.socket] = set()
         self._keep_spare = spare
         self._spare: tuple[str, socket.socket] | None = None  # a connection opened ahead to the pod new ones go to
+        self._opening: str | None = None  # the pod one is being opened ahead to, now
+        self._spare_made = threading.Condition(self._lock)
 
     @property
     def listening(self) -> bool:
@@ -398,26 +401,33 @@ class Proxy:
                 spare = None
             if want is None or spare is not None:
                 continue
-            try:
-                sock = self.connect(want)
-            except Exception:  # a real connection to it tries again, and says why it failed
-                continue
             with self._lock:
-                if self._stopped.is_set() or self._spare is not None:
-                    sock.close()
-                    continue
-                self._spare = (want, sock)
+                self._opening = want
+            sock = None
+            with contextlib.suppress(Exception):  # a real connection to it tries again, and says why it failed
+                sock = self.connect(want)
+            with self._spare_made:
+                self._opening = None
+                if sock is not None and not self._stopped.is_set() and self._spare is None:
+                    self._spare, sock = (want, sock), None
+                self._spare_made.notify_all()
+            if sock is not None:
+                sock.close()
 
     def _take_spare(self) -> tuple[str, socket.socket] | None:
         """The connection opened ahead, when it goes to the pod a new connection should get and is
         still open (the next one is opened meanwhile)."""
-        with self._lock:
+        ready = self.upstreams.ready()
+        want = ready[0] if ready else None
+        with self._spare_made:
+            if want is not None and self._opening == want and (self._spare is None or self._spare[0] != want):
+                # being opened to it now (a rollout's first Ready replica, this instant): it is ahead of a new one
+                self._spare_made.wait_for(lambda: self._opening != want or self._stopped.is_set(), SPARE_WAIT)
             spare, self._spare = self._spare, None
         if spare is None:
             return None
         self.upstreams.wake()  # the spare keeper opens the next one
-        ready = self.upstreams.ready()
-        if ready and spare[0] == ready[0] and _open(spare[1]):
+        if spare[0] == want and _open(spare[1]):
             return spare
         spare[1].close()
         return None
@@ -435,6 +445,7 @@ class Proxy:
             socks = list(self._socks)
             threads = list(self._threads)
             spare, self._spare = self._spare, None
+            self._spare_made.notify_all()
         if spare is not None:
             spare[1].close()
         with contextlib.suppress(OSError):

@@ -287,6 +287,29 @@ def test_a_connection_opened_ahead_to_the_pod_new_ones_go_to(pods: Connector, pr
     assert {t for t in pods.threads} == {"test-proxy-spare"}  # no connection waited for its own
 
 
+def test_a_new_connection_takes_the_one_being_opened_to_a_pod_that_just_got_ready(pods: Connector, proxy: Proxy) -> None:
+    """The instant a rollout's first replica is Ready, the connection being opened ahead to it is
+    further along than a new one would be: a connection arriving then waits for it."""
+    up = proxy.upstreams
+    pods.add("web-1")
+    up.seen("web-1", True, stamp(1))
+    wait_until("a connection opened ahead", lambda: pods.calls == ["web-1"])
+    pods.add("web-2")
+    slow = threading.Event()
+    fast = proxy.connect
+    proxy.connect = lambda pod: (slow.wait(10), fast(pod))[1]  # type: ignore[method-assign]
+    up.seen("web-2", True, stamp(2))
+    wait_until("the one to web-2 being opened", lambda: proxy._opening == "web-2")
+    result: list[str] = []
+    t = threading.Thread(target=lambda: result.append(get(proxy.port)), daemon=True)
+    t.start()
+    wait_until("the connection accepted", lambda: proxy.accepted == 1)
+    slow.set()
+    t.join(10)
+    assert result == ["web-2"]
+    assert set(pods.threads) == {"test-proxy-spare"}
+
+
 def test_half_close_the_answer_still_arrives(pods: Connector, proxy: Proxy) -> None:
     """A client that shuts its sending side after the request still gets the whole answer."""
     pods.add("web-1")
