@@ -23,12 +23,18 @@ event). For comparison the same one-layer change through `kind load` (registry o
 is saved and imported). Built with the classic builder (DEVLOOP_BUILDER=classic) so that every layer
 lives in the images, which carry a per-run label and are all removed at the end.
 
+Part 3, the real `devloop dev --json` over the big context (its own `devloop-scale` cluster): its
+RSS, idle CPU and inotify watches; same-content saves of server.js (watcher → debounce → plan →
+content tag → "image content unchanged", no cycle); then a chmod (no cycle) and a one-file edit,
+whose cycle's tag must equal a from-scratch hash (the watcher's feed of the hasher, end to end).
+
 Usage:
   python benchmarks/scale.py [--files 10000] [--edits 20] [--image-mb 1024]
-                             [--skip-context] [--skip-image] [--skip-kindload] [--json PATH]
+                             [--skip-context] [--skip-image] [--skip-kindload] [--skip-dev] [--json PATH]
 Writes benchmarks/results/scale.json. From Python (benchmarks/loop.py):
   from benchmarks.scale import run
-  run(files=10_000, image_mb=1024, *, edits=20, idle_seconds=30.0, context=True, image=True, kindload=True) -> dict
+  run(files=10_000, image_mb=1024, *, edits=20, idle_seconds=30.0, context=True, image=True, kindload=True,
+      dev=True) -> dict
 returns the same dict and prints the same tables.
 """
 
@@ -42,9 +48,11 @@ import os
 import queue
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -570,6 +578,145 @@ def big_image(image_mb: int, kindload: bool = True) -> dict[str, Any]:
     return out
 
 
+# -- part 3: the real `devloop dev` over the big context ---------------------------------------------
+
+
+def dev_over_tree(files: int, idle_seconds: float = 30.0, saves: int = 10) -> dict[str, Any]:
+    """`devloop dev --json` over the generated tree on a `devloop-scale` cluster: its RSS, idle CPU and
+    inotify watches; same-content saves (event → debounce → plan → content tag → "image content
+    unchanged"); a chmod (no cycle) then a one-file edit: the cycle's tag must equal a from-scratch
+    hash, and the build of the big context is timed."""
+    from devloop.images import ContextHasher, content_tag
+
+    e = make_env()
+    e = dataclasses.replace(e, env=dict(e.env, DEVLOOP_BUILDER="classic"))
+    port = free_port()
+    run_id = uuid.uuid4().hex[:12]
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="devloop-scale-") as tmp:
+        root = Path(tmp) / "proj"
+        root.mkdir()
+        out["tree"] = make_tree(root, files)
+        big_image_project(root, e, 0, port, run_id)
+        ctx = root / "sample-app"
+
+        def expected() -> str:
+            return content_tag(ContextHasher().digest(ctx, "Dockerfile", {"NODE_IMAGE": e.node_base}))
+
+        events: queue.Queue[dict[str, Any]] = queue.Queue()
+        proc = subprocess.Popen(
+            [_devloop(), "--json", "dev"], cwd=root, env=e.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    events.put(json.loads(line))
+                except ValueError:
+                    continue
+
+        threading.Thread(target=pump, daemon=True).start()
+
+        def wait(kinds: set[str], timeout: float = 900) -> dict[str, Any]:
+            end = time.time() + timeout
+            while time.time() < end:
+                try:
+                    ev = events.get(timeout=1)
+                except queue.Empty:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"devloop dev exited with {proc.returncode}") from None
+                    continue
+                if ev.get("event") in kinds:
+                    return ev
+            raise TimeoutError(f"no {kinds} from devloop dev within {timeout}s")
+
+        def drain() -> None:
+            while not events.empty():
+                events.get_nowait()
+
+        try:
+            print(f"== devloop dev over the big context (cluster {CLUSTER})", flush=True)
+            t = time.time()
+            done = wait({"cycle_done"})
+            if not done["ok"] or not str(done["image"]).endswith(expected()):
+                raise RuntimeError(f"first cycle: {done}")
+            out["first_cycle"] = {"seconds": round(time.time() - t, 1), "phases": done["phases"]}
+            drain()
+            c0, t0 = _proc_cpu(proc.pid), time.time()
+            time.sleep(idle_seconds)  # measuring idle: the wait is the measurement window
+            c1, t1 = _proc_cpu(proc.pid), time.time()
+            out["idle"] = {
+                "rss_mb": round(_proc_rss_mb(proc.pid), 1),
+                "cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 2),
+                "seconds": idle_seconds,
+                "inotify_watches": inotify_watches(proc.pid),
+                "loadavg": loadavg(),
+            }
+            server = ctx / "server.js"
+            decided = []
+            for _ in range(saves):
+                drain()
+                t = time.time()
+                server.write_text(server.read_text())
+                ev = wait({"skipped", "cycle_start"}, 60)
+                if ev["event"] != "skipped":
+                    raise RuntimeError(f"a same-content save started a cycle: {ev}")
+                decided.append(ev["ts"] - t)
+            debounce = 0.2
+            out["same_content_save"] = {
+                "save_to_decision_p50_s": round(pct(decided, 0.5), 3),
+                "max_s": round(max(decided), 3),
+                "debounce_s": debounce,
+                "loadavg": loadavg(),
+            }
+            server.chmod(0o755)  # starts no cycle, yet is part of the next tag
+            target = sorted((ctx / "src").rglob("*.js"))[0]
+            drain()
+            t = time.time()
+            target.write_text(target.read_text() + "// one-file edit\n")
+            start = wait({"cycle_start", "skipped"}, 60)
+            if start["event"] != "cycle_start":
+                raise RuntimeError(f"the edit started no cycle: {start}")
+            done = wait({"cycle_done"})
+            out["edit_cycle"] = {
+                "detect_s": round(start["ts"] - t, 3),
+                "phases": done["phases"],
+                "ok": done["ok"],
+                "tag_equals_full_hash": str(done["image"]).endswith(expected()),
+                "loadavg": loadavg(),
+            }
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            print(f"== devloop dev: deleting cluster {CLUSTER}, its registry and the images", flush=True)
+            subprocess.run([_devloop(), "down", "--cluster"], cwd=root, env=e.env, capture_output=True)
+            subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=e.env, capture_output=True)
+            subprocess.run(["docker", "rm", "-f", "-v", f"{CLUSTER}-registry"], capture_output=True)
+            remove_run_images(run_id)
+    return out
+
+
+def print_dev(r: dict[str, Any]) -> None:
+    i, s, c = r["idle"], r["same_content_save"], r["edit_cycle"]
+    print(f"\ndevloop dev over {r['tree']['files']} files:")
+    print(
+        f"  idle: {i['rss_mb']:.0f} MB RSS, {i['cpu_percent']:.2f} % CPU over {i['seconds']:.0f} s, {i['inotify_watches']} inotify watches; "
+        f"load {i['loadavg']}"
+    )
+    print(
+        f"  same-content save → 'image content unchanged': p50 {s['save_to_decision_p50_s'] * 1000:.0f} ms, max {s['max_s'] * 1000:.0f} ms "
+        f"(of which {s['debounce_s'] * 1000:.0f} ms debounce); load {s['loadavg']}"
+    )
+    print(
+        f"  chmod + one-file edit: detect {c['detect_s'] * 1000:.0f} ms, phases {c['phases']}, tag equals a full hash: "
+        f"{c['tag_equals_full_hash']}; load {c['loadavg']}"
+    )
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -619,11 +766,13 @@ def run(
     context: bool = True,
     image: bool = True,
     kindload: bool = True,
+    dev: bool = True,
 ) -> dict[str, Any]:
     """Both parts (each can be left out); returns the figures as a JSON-able dict and prints a table.
     `files`: generated files in the context; `image_mb`: MB of random layers below the app layer;
-    `edits`: one-file edits timed (at least 20 for the issue's figure); `idle_seconds`: the watcher's
-    idle CPU window; `kindload`: also the whole-image `kind load` path for the one-layer change."""
+    `edits`: one-file edits timed (at least 20 for the issue's figure); `idle_seconds`: the watchers'
+    idle CPU window; `kindload`: also the whole-image `kind load` path for the one-layer change;
+    `dev`: the real `devloop dev` over the big context (needs the cluster tooling, like `image`)."""
     result: dict[str, Any] = {"files": files, "image_mb": image_mb, "loadavg_start": loadavg()}
     if context:
         result["context"] = big_context(files, edits, idle_seconds)
@@ -631,6 +780,9 @@ def run(
     if image:
         result["image"] = big_image(image_mb, kindload)
         print_image(result["image"])
+    if dev:
+        result["dev"] = dev_over_tree(files, idle_seconds)
+        print_dev(result["dev"])
     result["loadavg_end"] = loadavg()
     return result
 
@@ -644,6 +796,7 @@ def main() -> int:
     ap.add_argument("--skip-context", action="store_true")
     ap.add_argument("--skip-image", action="store_true")
     ap.add_argument("--skip-kindload", action="store_true")
+    ap.add_argument("--skip-dev", action="store_true")
     ap.add_argument("--json", type=Path, default=RESULTS)
     ap.add_argument("--_watcher", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -658,6 +811,7 @@ def main() -> int:
         context=not args.skip_context,
         image=not args.skip_image,
         kindload=not args.skip_kindload,
+        dev=not args.skip_dev,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
