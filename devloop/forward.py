@@ -393,15 +393,20 @@ class PortForward:
         """The pod watch ended or the API server does not answer: wait for it, then follow the
         Service afresh. False when stopped meanwhile."""
         api_down = self.api is not None and not self.api.answers()
-        if self.ready:
+        if api_down and self.ready:  # (a watch that ended while the API server answers is watched again quietly)
             self.ready = False
-            self._say(False, "the API server does not answer" if api_down else "the pod watch ended; watching again")
+            self._say(False, "the API server does not answer")
         if api_down and self.api is not None and not self.api.wait_up(self._stopped):
             return False
         if not api_down:
+            self.out.detail("port-forward: the pod watch ended; watching again", service=self.label)
             self._rewatches += 1
             if self._stopped.wait(min(MAX_BACKOFF, 2.0 ** (self._rewatches - 1))):
                 return False
+            with self._lock:
+                if not self._stopped.is_set():
+                    self._problem = self._follow(True)
+            return not self._stopped.is_set()
         self.start(fresh=True)
         return not self._stopped.is_set()
 

@@ -36,6 +36,21 @@ def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
         run_cli(harness, project, "down", "--cluster")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            todo += [int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
 @dataclass
 class Browser:
     """Reloads the forwarded URL continuously, a new connection per request, and notes what each
@@ -116,6 +131,7 @@ def test_a_rollout_moves_the_forward_to_the_first_ready_new_pod_and_never_refuse
     port = local_port(project)
     d = dev_ready(run_devloop)
     assert not [c for c in children_of_cluster() if " port-forward " in c], "the forward runs in-process, not as kubectl"
+    print(f"\nidle devloop dev: {rss_mb(d.proc.pid):.0f} MB with its children")
     old = message(project)
     before = {p["metadata"]["name"] for p in harness.kubectl_json("get", "pods", "-l", "app=web-app")["items"]}
     pods = ReadyTimes(harness)

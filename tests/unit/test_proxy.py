@@ -542,3 +542,60 @@ def test_a_service_that_is_not_there_yet_is_followed_once_it_is(pods: Connector,
         assert get(port) == "web-a"
     finally:
         f.stop()
+
+
+class Flaky(ForwardCluster):
+    """An API server that can stop answering."""
+
+    def __init__(self, pods: Connector) -> None:
+        super().__init__(pods)
+        self.up = threading.Event()
+        self.up.set()
+
+    def reachable(self) -> bool:
+        return self.up.is_set()
+
+
+def test_a_pod_watch_that_ends_is_watched_again_quietly(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward, "CHECK_EVERY", 0.02)
+    kube, out = Flaky(pods), Output(json_mode=True, stdout=io.StringIO())
+    kube.add("web-a", True, 1)
+    port = free_port()
+    api = forward.ApiWatch(kube, out, "devloop")
+    f = PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
+    try:
+        assert f.start()
+        kube.watchers[0][1].stop()  # the watch's connection ended; the API server still answers
+        wait_until("a new pod watch", lambda: len(kube.watchers) == 2)
+        kube.add("web-b", True, 2)
+        assert get(port) == "web-b"  # the new watch's events are followed
+        assert [e["ready"] for e in forwards(out)] == [True]  # nothing said: the URL never stopped answering
+    finally:
+        f.stop()
+        api.stop()
+
+
+def test_an_api_outage_is_said_once_and_the_forward_resumes_after_it(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward, "CHECK_EVERY", 0.02)
+    monkeypatch.setattr(forward, "API_POLL", 0.02)
+    kube, out = Flaky(pods), Output(json_mode=True, stdout=io.StringIO())
+    kube.add("web-a", True, 1)
+    port = free_port()
+    api = forward.ApiWatch(kube, out, "devloop")
+    f = PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
+    try:
+        assert f.start()
+        kube.up.clear()  # a paused node: nothing fails, the API server just does not answer
+        wait_until("the forward not ready", lambda: not forwards(out)[-1]["ready"])
+        assert forwards(out)[-1]["message"] == "the API server does not answer"
+        kube.up.set()
+        wait_until("the forward ready again", lambda: forwards(out)[-1]["ready"])
+        assert [e["ready"] for e in forwards(out)] == [True, False, True]
+        assert len(kube.watchers) == 2 and kube.watchers[0][1].stopped  # a fresh watch after the outage
+        said = [e["message"] for e in out.events if e["event"] in ("warning", "info")]
+        assert len([m for m in said if "does not answer" in m]) == 1 and any("answers again" in m for m in said)
+        assert get(port) == "web-a"
+    finally:
+        f.stop()
+        api.stop()
+    assert threads_named(f"forward-{port}") == []
