@@ -73,6 +73,7 @@ class _Tree:
         self.order: list[str] = []  # the included relpaths, sorted
         self.body: bytes | None = None  # the lines in order (None: join them again)
         self.epoch = -1  # the watcher epoch in which every file was last checked
+        self.digests: dict[str, str] = {}  # the digest of `body`, per Dockerfile name and build arguments
 
     def matches(self, rel: str) -> bool:
         m = self.excluded.get(rel)
@@ -130,13 +131,16 @@ class ContextHasher:
 
     # -- the digest -------------------------------------------------------------------------------------
     def digest(self, context: Path, dockerfile: str, build_args: Mapping[str, str]) -> str:
-        h = hashlib.sha256()
-        h.update(f"dockerfile={dockerfile}\n".encode())
-        for k in sorted(build_args):
-            h.update(f"arg {k}={build_args[k]}\n".encode())
+        head = f"dockerfile={dockerfile}\n" + "".join(f"arg {k}={build_args[k]}\n" for k in sorted(build_args))
+        ctx = _norm(context)
         with self._lock:
-            h.update(self._body(_norm(context), tuple(read_dockerignore(context)), dockerfile))
-        return h.hexdigest()
+            body = self._body(ctx, tuple(read_dockerignore(context)), dockerfile)
+            done = self._trees[ctx].digests
+            if head not in done:  # the same lines as the last digest: its hash (a cycle asks twice)
+                h = hashlib.sha256(head.encode())
+                h.update(body)
+                done[head] = h.hexdigest()
+            return done[head]
 
     def _body(self, ctx: str, patterns: tuple[str, ...], dockerfile: str) -> bytes:
         with self._feed:  # what was reported before this point is handled by this digest
@@ -212,6 +216,7 @@ class ContextHasher:
                 tree.body = None
         if tree.body is None:
             tree.body = "".join(tree.lines[r] for r in tree.order if r in tree.lines).encode()
+            tree.digests = {}
         tree.epoch = epoch
         return tree.body
 
