@@ -104,7 +104,7 @@ def test_sighup_stops_everything_devloop_started(harness: Harness, project: Path
 
 
 def sighup_stops_everything(d: Devloop) -> None:
-    assert children_of_cluster(), "devloop dev runs kubectl port-forward and logs"
+    # forwards, pod watches and log streams run in devloop (on its API connection): kubectl children are rare
     d.proc.send_signal(signal.SIGHUP)
     assert d.proc.wait(60) == 130, "".join(d.raw[-20:])
     assert any(e.get("event") == "info" and "stopping everything" in e.get("message", "") for e in d.seen + list(d.events.queue))
