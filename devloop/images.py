@@ -71,6 +71,8 @@ class _Tree:
         self.listings: dict[str, _Listing] = {}  # "" is the context itself
         self.lines: dict[str, str] = {}  # included relpath → its line of the hash
         self.order: list[str] = []  # the included relpaths, sorted
+        self.slots: dict[str, int] = {}  # relpath → its index in `order`
+        self.seq: list[str] = []  # the lines in `order` ("" for a path that vanished while it was read)
         self.body: bytes | None = None  # the lines in order (None: join them again)
         self.epoch = -1  # the watcher epoch in which every file was last checked
         self.digests: dict[str, str] = {}  # the digest of `body`, per Dockerfile name and build arguments
@@ -205,17 +207,24 @@ class ContextHasher:
         else:
             included = None
         reread = {r for r in reported if r in tree.lines or (included is not None and r in included)}
+        moved: list[str] = []  # lines that changed (when the order did not)
         for rel in check | reread:
             line = self._line(ctx, rel, reread=rel in reread)
             if line is None:
                 if tree.lines.pop(rel, None) is not None:
-                    tree.body = None
+                    moved.append(rel)
                 tree.listings.pop(os.path.dirname(rel), None)  # gone meanwhile: list its directory again next time
             elif tree.lines.get(rel) != line:
                 tree.lines[rel] = line
-                tree.body = None
-        if tree.body is None:
-            tree.body = "".join(tree.lines[r] for r in tree.order if r in tree.lines).encode()
+                moved.append(rel)
+        if structure:
+            tree.slots = {r: i for i, r in enumerate(tree.order)}
+            tree.seq = [tree.lines.get(r, "") for r in tree.order]
+        else:
+            for rel in moved:
+                tree.seq[tree.slots[rel]] = tree.lines.get(rel, "")
+        if moved or tree.body is None:
+            tree.body = "".join(tree.seq).encode()
             tree.digests = {}
         tree.epoch = epoch
         return tree.body
