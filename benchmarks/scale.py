@@ -248,6 +248,7 @@ def edit_path(root: Path, edits: int) -> dict[str, Any]:
         "tag_mismatches": mismatches,
         "watches": watcher.watch_count,
         "ms": summary,
+        "rows_ms": [{k: round(v, 2) for k, v in r.items()} for r in rows],
         "incremental": follow is not None,
         "loadavg": loadavg(),
     }
