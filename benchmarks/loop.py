@@ -72,6 +72,7 @@ CLUSTER = "devloop-bench"  # --cluster; the bench's own registry container is f"
 CONTEXT = f"kind-{CLUSTER}"
 REGISTRY_PORT = 5001  # the bench registry's host port: a free one, chosen in main()
 PEERS = ("tilt", "tilt-live", "skaffold")
+BROWSER_INTERVAL = 0.02  # --browser-interval; 0: no forwarded-URL measure
 CLIENT = """
 const http = require('http');
 function tick() {
@@ -205,7 +206,7 @@ class Browser:
             ok, text = self._get()
             with self._lock:
                 self.log.append((sent, time.time(), ok, text))
-            self._stop.wait(0.02)
+            self._stop.wait(BROWSER_INTERVAL)
 
     def entries(self, since: float) -> list[tuple[float, float, bool, str]]:
         with self._lock:
@@ -320,8 +321,8 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
             assert e["ok"], e
             break
     client = Client(h, e["image"])
-    browser = Browser(local_port)
-    if not browser.wait_answer(60):
+    browser = Browser(local_port) if BROWSER_INTERVAL > 0 else None
+    if browser is not None and not browser.wait_answer(60):
         print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{local_port} (browser column empty)", flush=True)
     rows: list[dict[str, Any]] = []
     try:
@@ -348,7 +349,8 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
             measure_browser(browser, rows[-1], msg, t0)
             print_iteration(mode, i, rows[-1])
     finally:
-        browser.stop()
+        if browser is not None:
+            browser.stop()
         client.stop()
         d.stop()
     return rows
@@ -689,8 +691,8 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
                     raise RuntimeError(f"{mode}: skaffold does not watch for changes: {tail(log_path)}")
                 time.sleep(0.2)
         print(f"  {mode}: initial deploy {extras['initial_deploy']:.2f}s (launch → every replica serves)", flush=True)
-        browser = Browser(forward_port)
-        if not browser.wait_answer(60):
+        browser = Browser(forward_port) if BROWSER_INTERVAL > 0 else None
+        if browser is not None and not browser.wait_answer(60):
             print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{forward_port} (browser column empty)", flush=True)
         offset = log_path.stat().st_size
         for i in range(n):
@@ -809,7 +811,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    global CLUSTER, CONTEXT, REGISTRY_PORT
+    global CLUSTER, CONTEXT, REGISTRY_PORT, BROWSER_INTERVAL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
     ap.add_argument(
@@ -819,6 +821,14 @@ def main() -> int:
     )
     ap.add_argument("--tilt", metavar="PATH", help="a tilt binary (v0.37.6: benchmarks/peers/build.sh) for the tilt and tilt-live modes")
     ap.add_argument("--skaffold", metavar="PATH", help="a skaffold binary (v2.24.0: benchmarks/peers/build.sh) for the skaffold mode")
+    ap.add_argument(
+        "--browser-interval",
+        type=float,
+        default=0.02,
+        metavar="SECONDS",
+        help="pause between the forwarded-URL requests (default 0.02); 0 turns that measure off (it loads the API server: "
+        "each request through devloop's forward is a new port-forward stream)",
+    )
     ap.add_argument("--cluster", default=CLUSTER, help=f"kind cluster name (default {CLUSTER}); created, and deleted at the end")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
@@ -827,7 +837,7 @@ def main() -> int:
     # cleanup in the modes' `finally` runs (a peer interrupted, its app deleted, the cluster deleted).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    CLUSTER, CONTEXT = args.cluster, f"kind-{args.cluster}"
+    CLUSTER, CONTEXT, BROWSER_INTERVAL = args.cluster, f"kind-{args.cluster}", args.browser_interval
     REGISTRY_PORT = registry_port(f"{CLUSTER}-registry")
     if args.modes:
         modes = args.modes.split(",")
@@ -862,6 +872,7 @@ def main() -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_up)),
         "load_average_start": os.getloadavg(),
         "devloop_up": round(time.time() - t_up, 2),
+        "browser_interval": BROWSER_INTERVAL,
         "modes": {},
         "peers": {},
     }
