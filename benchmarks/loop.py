@@ -38,6 +38,7 @@ Also: a no-op save and an ignored-file save (must start no cycle), and the idle 
 Usage (after .ci/run's setup, or on a laptop with kind/kubectl/docker):
   python benchmarks/loop.py --iterations 5 [--json benchmarks/results/loop.json]
   python benchmarks/loop.py -n 5 --tilt ~/.cache/devloop-peers/bin/tilt --skaffold ~/.cache/devloop-peers/bin/skaffold
+  python benchmarks/loop.py -n 5 --scale    # and the scale figures (benchmarks/scale.py) in the same JSON
 Prints a table with p50/p95 per phase and the baseline/devloop ratios.
 """
 
@@ -832,6 +833,13 @@ def main() -> int:
     ap.add_argument("--cluster", default=CLUSTER, help=f"kind cluster name (default {CLUSTER}); created, and deleted at the end")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale figures (benchmarks/scale.py: a 10,000-file context, a ~1 GB image on its own cluster devloop-scale)",
+    )
+    ap.add_argument("--scale-files", type=int, default=10_000)
+    ap.add_argument("--scale-image-mb", type=int, default=1024)
     args = ap.parse_args()
     # Ctrl-C, and SIGTERM, and SIGINT also when started in the background (which ignores it): the
     # cleanup in the modes' `finally` runs (a peer interrupted, its app deleted, the cluster deleted).
@@ -917,6 +925,11 @@ def main() -> int:
                 results["overhead_above_floor"][mode] = round(over, 3)
                 print(f"{mode}: {over:+.2f}s above the floor ({f50:.2f}s, p50 total)")
     print(f"idle: {json.dumps(results['idle'])}; load average {results['load_average_start']} → {results['load_average_end']}")
+    if args.scale:  # after the loop's cluster is gone: scale.py makes its own (one cluster at a time on 2 cores)
+        from benchmarks.scale import run as run_scale
+
+        print(f"== scale: {args.scale_files} files, a {args.scale_image_mb} MB image", flush=True)
+        results["scale"] = run_scale(args.scale_files, args.scale_image_mb)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
