@@ -697,6 +697,8 @@ class Engine:
             except DevloopError as e:
                 said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
                 errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))
+            except Exception as e:  # never a sync reported done when it was not: an unexpected error means a rebuild
+                errors.append(f"{pod}: {type(e).__name__}: {e}")
 
         threads = [threading.Thread(target=one, args=(n,)) for n in names]
         for t in threads:

@@ -269,13 +269,14 @@ class Channel:
 
     def _line(self, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
-        while True:
-            if not self.stream.is_open():
+        while True:  # what the exec printed before it ended is read first: a closed stream may still hold it
+            try:
+                line = self.stream.readline_stdout(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            except Exception:  # the websocket failed while reading
                 return None
-            line = self.stream.readline_stdout(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
             if line is not None:
                 return str(line)
-            if time.monotonic() >= deadline:
+            if not self.stream.is_open() or time.monotonic() >= deadline:
                 return None
 
     def sync(self, target: str, ports: Sequence[str], payload: bytes, timeout: float = 75.0) -> None:
@@ -286,7 +287,11 @@ class Channel:
         with self.lock:
             if not self.stream.is_open():
                 raise ChannelFailed("the channel closed")
-            self.stream.write_stdin(" ".join([target, *ports]) + "\n" + base64.b64encode(payload).decode() + "\n")
+            try:
+                self.stream.write_stdin(" ".join([target, *ports]) + "\n" + base64.b64encode(payload).decode() + "\n")
+            except Exception as e:  # the websocket closed under us (a pod that went away)
+                self.close()
+                raise ChannelFailed(f"the channel closed ({type(e).__name__})") from e
             said: list[str] = []
             deadline = time.monotonic() + timeout
             while True:

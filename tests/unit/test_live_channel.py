@@ -143,3 +143,31 @@ def test_a_channel_whose_exec_ended_fails_so_the_sync_can_go_another_way(
     fresh.sync(str(app), [], source(tmp_path, "v5"))
     assert (app / "server.js").read_text() == "v5"
     chans.close()
+
+
+class BrokenStream:
+    """A websocket that closed under the channel: writing raises, as websocket-client does."""
+
+    def __init__(self) -> None:
+        self.lines = [f"{live.READY} ok"]
+        self.closed = False
+
+    def is_open(self) -> bool:
+        return True  # the client finds out only when it writes
+
+    def write_stdin(self, data: str) -> None:
+        raise ConnectionResetError("Connection to remote host was lost.")
+
+    def readline_stdout(self, timeout: float | None = None) -> str | None:
+        return self.lines.pop(0) if self.lines else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_write_on_a_closed_websocket_is_a_channel_failure_not_an_escaping_error() -> None:
+    stream = BrokenStream()
+    ch = live.Channel(stream)
+    with pytest.raises(live.ChannelFailed, match="closed"):
+        ch.sync("/app", [], b"")
+    assert stream.closed
