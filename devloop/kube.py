@@ -183,11 +183,6 @@ class Kube:
         args = self._argv("exec", "-n", namespace, *(["-i"] if stdin is not None else []), pod, "--", *argv)
         return self.runner.run(args, input=stdin, timeout=timeout).stdout
 
-    def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> Background:
-        return self.runner.spawn(
-            self._argv("port-forward", "-n", namespace, "--address", "127.0.0.1", target, f"{local}:{remote}"), on_line=on_line
-        )
-
     def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> Background:
         """A typed event per pod change (kubectl get --watch, one jsonpath line each)."""
         template = (

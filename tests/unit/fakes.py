@@ -256,11 +256,6 @@ class FakeCluster:
         d.history.append(image)
         self._roll(d, image)
 
-    def port_forward(self, target: str, namespace: str, local: int, remote: int, on_line: Callable[[str], None]) -> FakeBackground:
-        bg = FakeBackground(["port-forward", target], on_line)
-        self.spawned.append(bg)
-        return bg
-
     def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[Any], None]) -> FakeBackground:
         bg = FakeBackground(["watch", namespace], lambda _line: None)
         self.spawned.append(bg)

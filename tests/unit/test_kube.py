@@ -119,14 +119,6 @@ def test_get_parses_json() -> None:
     assert Kube("c", runner).get("service", "s", "ns") == {"spec": {"type": "LoadBalancer"}}
 
 
-def test_port_forward_binds_loopback_only() -> None:
-    runner = FakeRunner()
-    Kube("c", runner).port_forward("service/web-app-service", "default", 8080, 80, print)
-    argv = runner.spawned[0].argv
-    assert argv[argv.index("--address") + 1] == "127.0.0.1"
-    assert argv[-2:] == ["service/web-app-service", "8080:80"]
-
-
 def test_kind_adapter_parses_clusters_and_nodes() -> None:
     runner = (
         FakeRunner()
