@@ -28,6 +28,8 @@ BUFFER = 64 * 1024
 SPARE_WAIT = 5.0  # at most this long for the connection being opened ahead, rather than opening another
 REPLAY_MAX = 64 * 1024  # a connection's first bytes kept for a pod that closes it without answering
 REPLAY_WINDOW = 5.0  # ... when it closes within this many seconds of being opened
+RESTART_GRACE = 5.0  # when every Ready pod closed a new connection unanswered, they are asked again for this long
+RESTART_RETRY = 0.1  # seconds between those rounds
 
 Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
 
@@ -316,7 +318,7 @@ class Proxy:
         or shut its sending side) the plain two-way relay takes over: the socket to use, None when
         no pod is left."""
         sent = bytearray()
-        opened = time.monotonic()
+        opened = first = time.monotonic()
         with selectors.DefaultSelector() as sel:
             sel.register(client, selectors.EVENT_READ)
             sel.register(upstream, selectors.EVENT_READ)
@@ -353,6 +355,11 @@ class Proxy:
                         self._socks.discard(upstream)
                     upstream.close()
                     got = self._upstream(tried, hold=False)
+                    # every Ready pod closed it: their apps restart at once (a live update restarts
+                    # every replica): ask them all again shortly, for as long as a restart takes
+                    while got is None and time.monotonic() - first < RESTART_GRACE and not self._stopped.wait(RESTART_RETRY):
+                        tried.clear()
+                        got = self._upstream(tried, hold=False)
                     if got is None or not self._track(got[1]):
                         if got is not None:
                             got[1].close()

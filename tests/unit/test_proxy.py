@@ -266,6 +266,29 @@ def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Co
         closing.close()
 
 
+def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector) -> None:
+    """A live update restarts the app in every replica at once: for a moment each pod's port refuses
+    (the stream closes unanswered). The connection is asked of them again until one answers."""
+    p = Proxy(0, Upstreams(), pods, name="test-proxy", spare=False)
+    assert p.listen()
+    restarting = [Closing(), Closing()]
+    try:
+        for i, c in enumerate(restarting, 1):
+            pods.pods[f"web-{i}"] = c  # type: ignore[assignment]
+            p.upstreams.seen(f"web-{i}", True, stamp(i))
+        answer: list[str] = []
+        client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=10)))
+        client.start()
+        wait_until("both restarting pods refused it", lambda: all(c.accepted >= 1 for c in restarting))
+        pods.add("web-2")  # web-2's app listens again
+        client.join(10)
+        assert answer == ["web-2"]
+    finally:
+        p.stop()
+        for c in restarting:
+            c.close()
+
+
 def test_a_connection_opened_ahead_to_the_pod_new_ones_go_to(pods: Connector, proxy: Proxy) -> None:
     """Setting up the API server's port-forward (a websocket) is not in a new connection's way: one
     is opened ahead to the pod that gets the next connection, again as soon as it is taken, and to a
