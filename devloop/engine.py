@@ -700,7 +700,11 @@ class Engine:
             except Exception as e:  # never a sync reported done when it was not: an unexpected error means a rebuild
                 errors.append(f"{pod}: {type(e).__name__}: {e}")
 
-        threads = [threading.Thread(target=one, args=(n,)) for n in names]
+        # one replica first, alone: its app restarts with the CPU to itself and answers the new code
+        # soonest (what the developer sees first); then the others together
+        if names:
+            one(names[0])
+        threads = [threading.Thread(target=one, args=(n,)) for n in names[1:]] if not errors else []
         for t in threads:
             t.start()
         for t in threads:
