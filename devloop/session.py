@@ -185,8 +185,8 @@ class DevSession:
         a = self._access(svc)
         if a.logs is not None:
             a.logs.follow(pods)
-        if svc.live_update.enabled:  # the next save is a write on an open exec channel, not a handshake
-            self.engine.channels.prepare(pods, self.engine.manifests(svc).namespace)
+        if svc.live_update.enabled and a.logs is not None:  # the next save is a write on an open exec channel
+            self.engine.channels.prepare(pods, a.logs.namespace)  # the service's namespace, as resolved once
         for f in a.forwards:
             f.start()
 
