@@ -268,7 +268,12 @@ def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def pod_failure(pod: Mapping[str, Any]) -> str | None:
-    """Why this pod will not become ready by itself, or None while it still may."""
+    """Why this pod will not become ready by itself, or None while it still may.
+
+    A pod being deleted is leaving, not failing: the crash-looping pod of an undone change stays
+    listed (Terminating) for a while after the Deployment has settled on the good version."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
     for cs in (pod.get("status", {}).get("initContainerStatuses") or []) + (pod.get("status", {}).get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")

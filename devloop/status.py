@@ -49,6 +49,7 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
                         "images": pod_images(p),
                         "restarts": sum(int(c.get("restartCount", 0)) for c in p.get("status", {}).get("containerStatuses") or []),
                         "failing": pod_failure(p),
+                        "terminating": bool(p.get("metadata", {}).get("deletionTimestamp")),
                     }
                     for p in pods
                 ],
@@ -95,7 +96,7 @@ def human(info: dict[str, Any]) -> str:
             mark = "healthy" if s["healthy"] else "UNHEALTHY"
             lines.append(head + f"{mark}, {s['ready']}/{s['replicas']} ready, image {', '.join(s['images'])}")
             for p in s["pods"]:
-                state = "ready" if p["ready"] else "not ready"
+                state = "terminating" if p.get("terminating") else "ready" if p["ready"] else "not ready"
                 extra = f" — {p['failing']}" if p["failing"] else ""
                 lines.append(f"  {p['name']}: {state}, {p['restarts']} restarts{extra}")
             if "metricsText" in s:

@@ -51,6 +51,7 @@ def pod(waiting: str | None = None, restarts: int = 0, exit_code: int = 0) -> di
         (pod(waiting="ErrImagePull"), "ErrImagePull"),
         (pod(waiting="ImagePullBackOff"), "ImagePullBackOff"),
         (pod(restarts=1, exit_code=1), "exited with code 1"),
+        ({**pod(waiting="CrashLoopBackOff", restarts=2, exit_code=1), "metadata": {"deletionTimestamp": "2026-11-28T16:00:00Z"}}, None),
     ],
 )
 def test_pod_failure(p: dict, expect: str | None) -> None:
