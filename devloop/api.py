@@ -473,11 +473,35 @@ class ApiCluster(Kube):
         from kubernetes.stream import ws_client
 
         cfg, url, headers = self._websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/portforward")
-        try:
-            pf = ws_client.portforward_call(cfg, "GET", url, query_params=[("ports", str(port))], headers=headers)  # type: ignore[no-untyped-call]
-        except Exception as e:
-            raise StepFailed(f"port-forward to {pod}:{port} failed: {_first_line(e)}", "") from e
-        sock: socket.socket = pf.socket(port)
+        # The client's websocket connect has no timeout: an API server that accepts the TCP
+        # connection and never upgrades it would hang the caller. It runs on its own thread, and
+        # a forward that arrives after the deadline is closed when it does.
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def dial() -> None:
+            try:
+                got = ws_client.portforward_call(cfg, "GET", url, query_params=[("ports", str(port))], headers=headers)  # type: ignore[no-untyped-call]
+            except Exception as e:
+                box["error"] = e
+                got = None
+            with lock:
+                if box.get("abandoned") and got is not None:
+                    got.close()
+                else:
+                    box["pf"] = got
+                done.set()
+
+        threading.Thread(target=dial, daemon=True, name="devloop-portforward-dial").start()
+        done.wait(timeout)
+        with lock:
+            if not done.is_set():
+                box["abandoned"] = True
+                raise StepFailed(f"port-forward to {pod}:{port}: the API server did not answer in {timeout:.0f}s", "")
+        if "error" in box:
+            raise StepFailed(f"port-forward to {pod}:{port} failed: {_first_line(box['error'])}", "") from box["error"]
+        sock: socket.socket = box["pf"].socket(port)
         sock.settimeout(None)
         return sock
 

@@ -4,9 +4,16 @@ a real API server in tests/e2e.)"""
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+from pathlib import Path
 from typing import Any
 
-from devloop.api import _seconds, upgrade_managed_fields
+import pytest
+
+from devloop.api import ApiCluster, _seconds, upgrade_managed_fields
+from devloop.errors import StepFailed
 from devloop.kube import PodEvent
 
 
@@ -61,3 +68,36 @@ def test_kubectl_line_and_api_object_agree() -> None:
 
 def test_since_durations() -> None:
     assert (_seconds("40s"), _seconds("2m"), _seconds("1h"), _seconds("15")) == (40, 120, 3600, 15)
+
+
+def test_a_port_forward_to_an_api_server_that_never_answers_fails_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's websocket connect has no timeout of its own: a server that takes the TCP
+    connection and says nothing would hold the forward's caller forever."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "silent", "cluster": {"server": f"http://127.0.0.1:{silent.getsockname()[1]}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "silent", "context": {"cluster": "silent", "user": "u"}}],
+        "current-context": "silent",
+    }
+    (tmp_path / "config").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
+    said: list[BaseException] = []
+
+    def dial() -> None:
+        try:
+            ApiCluster("silent").connect("default", "web-app-1", 3000, timeout=0.5)
+        except BaseException as e:  # noqa: BLE001 - the test reads what came out
+            said.append(e)
+
+    t = threading.Thread(target=dial, daemon=True)
+    t.start()
+    t.join(60)  # a bound on a hang, not a speed figure
+    assert not t.is_alive(), "connect() hung on a silent API server"
+    assert len(said) == 1 and isinstance(said[0], StepFailed) and "did not answer" in said[0].message, said
+    assert held, "the API server was never dialled"
+    silent.close()
