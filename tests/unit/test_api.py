@@ -70,7 +70,9 @@ def test_since_durations() -> None:
     assert (_seconds("40s"), _seconds("2m"), _seconds("1h"), _seconds("15")) == (40, 120, 3600, 15)
 
 
-def test_a_port_forward_to_an_api_server_that_never_answers_fails_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_port_forward_to_an_api_server_that_never_answers_fails_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The client's websocket connect has no timeout of its own: a server that takes the TCP
     connection and says nothing would hold the forward's caller forever."""
     silent = socket.create_server(("127.0.0.1", 0))
