@@ -446,7 +446,9 @@ def devloop_up(root: Path, e: Env) -> dict[str, Any]:
         "wall": round(wall, 2),
         "phases": {k: round(v, 2) for k, v in done[-1]["phases"].items()},
         "image": done[-1].get("image"),
-        "published": any(ev.get("event") == "phase" and ev.get("phase") == "publish" and ev.get("detail") == "pushed" for ev in events),
+        "published": any(
+            ev.get("event") == "phase" and ev.get("phase") == "publish" and str(ev.get("detail", "")).startswith("pushed") for ev in events
+        ),
         "notes": [ev.get("message") for ev in events if ev.get("event") == "info" and "loading" in str(ev.get("message", ""))],
     }
 

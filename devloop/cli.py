@@ -299,9 +299,9 @@ def release(
     def body(out: Output) -> int:
         from rich.markup import escape
 
+        from devloop.images import fmt_bytes
         from devloop.lock import ProjectLock
         from devloop.release import Release
-        from devloop.remote import fmt_bytes
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "release"):

@@ -344,7 +344,8 @@ class Engine:
                 for svc in self.services:
                     ref = self.image_ref(svc)
                     built = self.build(svc, ref)
-                    done[svc.name] = (built, early and self.publisher.publish(ref, functools.partial(self._note, svc.name)))
+                    moved = early and self.publisher.publish(ref, functools.partial(self._note, svc.name), self._progress(svc.name))
+                    done[svc.name] = (built, bool(moved))
                 images = self.clock() - start
             except DevloopError as e:
                 self.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
@@ -382,6 +383,9 @@ class Engine:
 
     def _note(self, service: str, message: str) -> None:
         self.out.info(f"{service}: {message}", service=service)
+
+    def _progress(self, service: str) -> Callable[[str], None]:
+        return functools.partial(self.out.progress, service)
 
     def stop(self) -> None:
         self._stop.set()
@@ -491,8 +495,10 @@ class Engine:
             result.built = self.build(svc, ref)
         self.out.phase_done("build", result.phases["build"], "built" if result.built else "up to date", service=svc.name)
         with self._phase(svc.name, result, "publish"):
-            result.published = self.publisher.publish(ref, lambda m: self.out.info(f"{svc.name}: {m}", service=svc.name))
-        self.out.phase_done("publish", result.phases["publish"], "pushed" if result.published else "already there", service=svc.name)
+            with self.out.activity(f"publishing {ref.local}"):
+                moved = self.publisher.publish(ref, functools.partial(self._note, svc.name), self._progress(svc.name))
+            result.published = bool(moved)
+        self.out.phase_done("publish", result.phases["publish"], moved or "already there", service=svc.name)
         with self._phase(svc.name, result, "deploy"):
             applied = self.deploy(svc, deployed, ref)
             st.applied, st.healthy = ref, False

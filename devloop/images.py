@@ -21,7 +21,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils.build import PatternMatcher, normalize_slashes
 
-from devloop.errors import DockerUnavailable, StepFailed
+from devloop.errors import DevloopError, DockerUnavailable, StepFailed
 from devloop.ignore import ALWAYS_IGNORED_DIRS, parse_dockerignore
 
 DOCKER_HINT = "start the Docker daemon (e.g. `sudo systemctl start docker` or open Docker Desktop) and check `docker info` works"
@@ -303,6 +303,26 @@ def _short(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+@dataclass
+class Pushed:
+    ref: str  # registry/name:tag
+    digest: str  # sha256:…
+    bytes_pushed: int  # sum of the layers that travelled
+    layers_pushed: int
+    layers_present: int
+
+    def summary(self) -> str:
+        s = "" if self.layers_pushed == 1 else "s"
+        return f"{fmt_bytes(self.bytes_pushed)} in {self.layers_pushed} new layer{s}, {self.layers_present} already there"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 class Images:
     def __init__(self, factory: Callable[[], docker.DockerClient] = docker.from_env) -> None:
         self._factory = factory
@@ -387,11 +407,49 @@ class Images:
                 raise StepFailed(f"cannot write the image archive {dest}: {e.strerror}", "free some disk space (df -h)") from e
         return dest.stat().st_size
 
-    def push(self, ref: str) -> None:
+    def push(
+        self,
+        ref: str,
+        progress: Callable[[str], None] = lambda _: None,
+        refused: Callable[[str, str], DevloopError] | None = None,
+    ) -> Pushed:
+        """`docker push` through the daemon (it verifies TLS and sends the user's credentials),
+        reporting bytes as they go (each MB, when there is at least one to move). `refused` turns
+        the registry's own words into the error raised."""
+        totals: dict[str, int] = {}
+        done: dict[str, int] = {}
+        present = 0
+        digest = ""
+        last_report = -1
         with docker_errors():
             for chunk in self.client.api.push(ref, stream=True, decode=True):
-                if isinstance(chunk, dict) and "error" in chunk:
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:
+                    if refused is not None:
+                        raise refused(ref, str(chunk["error"]))
                     raise StepFailed(f"push of {ref} failed: {chunk['error']}", "check the registry is running: devloop doctor")
+                status, layer = str(chunk.get("status", "")), str(chunk.get("id", ""))
+                detail = chunk.get("progressDetail") or {}
+                if status == "Pushing" and detail.get("total"):
+                    totals[layer] = int(detail["total"])
+                    done[layer] = int(detail.get("current", 0))
+                elif status == "Pushed":
+                    done[layer] = totals.get(layer, done.get(layer, 0))
+                elif status == "Layer already exists" or status.startswith("Mounted from"):
+                    present += 1  # already in the registry (a cross-repository mount moves no bytes)
+                aux = chunk.get("aux") or {}
+                if aux.get("Digest"):
+                    digest = str(aux["Digest"])
+                sent = sum(done.values())
+                mb = sent // 1_000_000
+                if sum(totals.values()) >= 1_000_000 and mb != last_report:
+                    last_report = mb
+                    progress(f"pushing {ref}: {sent / 1e6:.1f} / {sum(totals.values()) / 1e6:.1f} MB")
+        if not digest:
+            raise StepFailed(f"push of {ref} ended without a digest", "check the registry's logs")
+        pushed = [k for k in done if k in totals]
+        return Pushed(ref, digest, sum(totals[k] for k in pushed), len(pushed), present)
 
     def tag(self, ref: str, new_ref: str) -> None:
         repo, _, tag = new_ref.rpartition(":")

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Protocol
 
 from devloop.errors import DevloopError, StepFailed
-from devloop.images import Images
+from devloop.images import Images, fmt_bytes
 from devloop.model import ImageRef
 from devloop.ports import Cluster, Clusters
 from devloop.registry import LocalRegistry
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 class Publisher(Protocol):
@@ -37,8 +41,10 @@ class Publisher(Protocol):
         registry's container). True when `publish` may run now; False when it needs the cluster."""
         ...
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
-        """Make the image available to the cluster. True when something moved."""
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
+        """Make the image available to the cluster: what moved ("pushed 67.0 kB in 1 new layer, 9
+        already there"), or "" when the cluster has it already. `note` is for what a person must
+        read (a registry created again); `progress` for the bytes of a long move."""
         ...
 
 
@@ -62,12 +68,12 @@ class RegistryPublisher:
             self._registry.wait_answers()
         return True
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
         with self.lock:
             if self._registry.has(ref.local):
-                return False
+                return ""
             try:
-                self._registry.push(ref.local)
+                pushed = self._registry.push(ref.local, progress)
             except DevloopError:
                 # devloop created the registry: stopped (docker stop, a reboot) it is started again;
                 # removed (docker rm -v, a prune) it is created again, empty
@@ -83,10 +89,10 @@ class RegistryPublisher:
                 else:
                     note(f"the local registry {name} was stopped; starting it again")
                 self._registry.wait_answers()
-                self._registry.push(ref.local)
+                pushed = self._registry.push(ref.local, progress)
                 if created:
                     self._push_running(ref, note)
-        return True
+        return f"pushed {pushed.summary()}"
 
     def _push_running(self, pushed: ImageRef, note: Callable[[str], None]) -> None:
         """After the registry was created again, empty: push again every image of it the cluster
@@ -153,18 +159,18 @@ class KindLoadPublisher:
     def start_early(self) -> bool:
         return False  # kind load needs the nodes
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
         return self.load(ref.local, note)
 
-    def load(self, image: str, note: Callable[[str], None]) -> bool:
-        """Load a local image into the nodes that lack it. True when something moved."""
+    def load(self, image: str, note: Callable[[str], None]) -> str:
+        """Load a local image into the nodes that lack it: what moved, "" when nothing did."""
         nodes = self._kind.nodes(self._cluster)
         missing = [n for n in nodes if not self._images.node_has(n, image)]
         if not missing:
-            return False
+            return ""
         note(f"loading {image} into {', '.join(missing)}")
         with tempfile.TemporaryDirectory(prefix="devloop-") as tmp:
             archive = Path(tmp) / "image.tar"
-            self._images.save(image, archive)
+            size = self._images.save(image, archive)
             self._kind.load_archive(self._cluster, archive, missing)
-        return True
+        return f"loaded {fmt_bytes(size)} into {', '.join(missing)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import docker.errors
 from devloop.config import RegistryConfig
 from devloop.errors import EnvironmentMissing, StepFailed
 from devloop.gc import REGISTRY_ENV
-from devloop.images import Images, docker_errors
+from devloop.images import Images, Pushed, docker_errors
 from devloop.ports import Cluster
 
 KIND_NETWORK = "kind"
@@ -252,11 +252,10 @@ class LocalRegistry:
         finally:
             conn.close()
 
-    def push(self, local_ref: str) -> str:
+    def push(self, local_ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
         remote = self.ref(local_ref)
         self.images.tag(local_ref, remote)
-        self.images.push(remote)
-        return remote
+        return self.images.push(remote, progress)
 
     def remove(self) -> bool:
         with docker_errors():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devloop.errors import DevloopError, EnvironmentMissing, StepFailed
-from devloop.images import Images, docker_errors
+from devloop.images import Images, Pushed
 from devloop.model import ImageRef
 
 CERTS_DIR = Path(os.environ.get("DEVLOOP_DOCKER_CERTS_D", "/etc/docker/certs.d"))
@@ -266,61 +266,10 @@ def docker_credentials(host: str) -> Mapping[str, Any] | None:
     return dict(found) if found else None
 
 
-@dataclass
-class Pushed:
-    ref: str  # registry/name:tag
-    digest: str  # sha256:…
-    bytes_pushed: int  # sum of the layers that travelled
-    layers_pushed: int
-    layers_present: int
-
-    def summary(self) -> str:
-        s = "" if self.layers_pushed == 1 else "s"
-        return f"{fmt_bytes(self.bytes_pushed)} in {self.layers_pushed} new layer{s}, {self.layers_present} already there"
-
-
 def push(images: Images, ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
-    """`docker push` through the daemon (it verifies TLS and sends the user's credentials),
-    reporting bytes as they go. Raises with the registry's own words when it fails."""
-    totals: dict[str, int] = {}
-    done: dict[str, int] = {}
-    present = 0
-    digest = ""
-    last_report = -1
-    with docker_errors():
-        for chunk in images.client.api.push(ref, stream=True, decode=True):
-            if not isinstance(chunk, dict):
-                continue
-            if "error" in chunk:
-                raise _push_error(ref, str(chunk["error"]))
-            status, layer = str(chunk.get("status", "")), str(chunk.get("id", ""))
-            detail = chunk.get("progressDetail") or {}
-            if status == "Pushing" and detail.get("total"):
-                totals[layer] = int(detail["total"])
-                done[layer] = int(detail.get("current", 0))
-            elif status == "Pushed":
-                done[layer] = totals.get(layer, done.get(layer, 0))
-            elif status == "Layer already exists" or status.startswith("Mounted from"):
-                present += 1  # already in the registry (a cross-repository mount moves no bytes)
-            aux = chunk.get("aux") or {}
-            if aux.get("Digest"):
-                digest = str(aux["Digest"])
-            sent = sum(done.values())
-            mb = sent // 1_000_000
-            if sum(totals.values()) >= 1_000_000 and mb != last_report:
-                last_report = mb
-                progress(f"pushing {ref}: {sent / 1e6:.1f} / {sum(totals.values()) / 1e6:.1f} MB")
-    if not digest:
-        raise StepFailed(f"push of {ref} ended without a digest", "check the registry's logs")
-    pushed = [k for k in done if k in totals]
-    return Pushed(ref, digest, sum(totals[k] for k in pushed), len(pushed), present)
-
-
-def fmt_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    """`docker push` to a remote registry, reporting bytes as they go; a refusal says the
+    registry's own words with the fix (`docker login`, TLS)."""
+    return images.push(ref, progress, refused=_push_error)
 
 
 def _push_error(ref: str, message: str) -> DevloopError:
@@ -359,12 +308,11 @@ class RemotePublisher:
     def start_early(self) -> bool:
         return False  # a remote target is never created: there is no "before the cluster"
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None]) -> bool:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = lambda _: None) -> str:
         target = ref.cluster
         with self.lock:
             if self.client.manifest(self.address.repository(ref.repository), ref.tag) is not None:
-                return False
+                return ""
             self._images.tag(ref.local, target)
-            pushed = push(self._images, target, note)
-        note(f"pushed {target} ({pushed.summary()})")
-        return True
+            pushed = push(self._images, target, progress)
+        return f"pushed {target} ({pushed.summary()})"

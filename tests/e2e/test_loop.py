@@ -6,6 +6,8 @@ The tests run in file order and share one cluster: `up` creates it, `down --clus
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -135,6 +137,10 @@ def test_dev_edit_reaches_every_replica_and_failures_keep_old_version(harness: H
     assert done["ok"], done["error"]
     assert done["files"] == ["server.js"]
     assert set(done["phases"]) >= {"build", "publish", "deploy", "rollout"}
+    # the push says what travelled: a one-line edit is one small layer, the rest already there
+    said = [json.loads(line) for line in d.raw if line.startswith("{")]
+    publish = [e["detail"] for e in said if e["event"] == "phase" and e["phase"] == "publish"][-1]
+    assert re.fullmatch(r"pushed \d+(\.\d)? (B|kB) in 1 new layer, \d+ already there", publish), publish
     d.wait_for(lambda e: e["event"] == "port_forward" and e["ready"], 60, "the port-forward after the rollout")
     assert {get(port)[1] for _ in range(6)} == {"Hello from devloop sample-app v2"}
     answers = served_by_every_pod(harness)

@@ -357,8 +357,9 @@ class FakePublisher:
     def start_early(self) -> bool:
         return True
 
-    def publish(self, ref: Any, note: Callable[[str], None]) -> bool:
+    def publish(self, ref: Any, note: Callable[[str], None], progress: Callable[[str], None] = lambda _: None) -> str:
         if ref.cluster in self.pushed:
-            return False
+            return ""
         self.pushed.append(ref.cluster)
-        return True
+        progress(f"pushing {ref.cluster}: 1.0 / 2.0 MB")
+        return f"pushed {ref.cluster}"

@@ -56,3 +56,15 @@ def test_verbose_shows_phases_and_skips_quiet_does_not() -> None:
         out.skipped("not part of the image or manifests", ["/p/README.md"])
     assert quiet.getvalue() == ""
     assert "build" in loud.getvalue() and "README.md" in loud.getvalue()
+
+
+def test_on_a_terminal_the_spinner_follows_the_progress_of_a_long_step() -> None:
+    buf = io.StringIO()
+    out = Output(stdout=buf, stderr=buf, force_terminal=True)
+    with out.activity("publishing my-web-app:dl-1"):
+        (spinner,) = out._spinners
+        assert str(spinner.status) == "publishing my-web-app:dl-1"
+        out.progress("web-app", "pushing localhost:5001/my-web-app:dl-1: 120.0 / 298.0 MB")
+        assert str(spinner.status) == "web-app: pushing localhost:5001/my-web-app:dl-1: 120.0 / 298.0 MB"
+    assert not out._spinners
+    out.progress("web-app", "rollout 2/3")  # no spinner left: nothing to update, no error

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from devloop.errors import StepFailed
+from devloop.images import Images, Pushed
 from devloop.model import ImageRef
 from devloop.publish import RegistryPublisher
 from tests.unit.fakes import FakeKind
@@ -25,8 +30,9 @@ class FakeImages:
     def tag(self, ref: str, new: str) -> None:
         self.local.add(new)
 
-    def push(self, ref: str) -> None:
+    def push(self, ref: str) -> Pushed:
         self.pushed.append(ref)
+        return Pushed(ref, "sha256:old", 0, 0, 10)
 
 
 class FakeRegistry:
@@ -45,11 +51,11 @@ class FakeRegistry:
     def has(self, local_ref: str) -> bool:
         return False
 
-    def push(self, local_ref: str) -> str:
+    def push(self, local_ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
         if not self.up:
             raise StepFailed("push failed: connection refused")
         self.images.pushed.append(f"{self.host}/{local_ref}")
-        return f"{self.host}/{local_ref}"
+        return Pushed(f"{self.host}/{local_ref}", "sha256:new", 67_000, 1, 9)
 
     def state(self) -> tuple[str, str]:
         return self.container
@@ -67,7 +73,8 @@ def publish(how: str) -> tuple[FakeRegistry, list[str]]:
     registry = FakeRegistry(how)
     notes: list[str] = []
     publisher = RegistryPublisher(registry, FakeKind(), "devloop")  # type: ignore[arg-type]
-    assert publisher.publish(ImageRef("my-web-app", "dl-new", "localhost:5001"), notes.append)
+    moved = publisher.publish(ImageRef("my-web-app", "dl-new", "localhost:5001"), notes.append)
+    assert moved == "pushed 67.0 kB in 1 new layer, 9 already there"
     return registry, notes
 
 
@@ -82,3 +89,34 @@ def test_a_stopped_registry_is_started_and_keeps_its_images() -> None:
     registry, notes = publish("stopped")
     assert registry.images.pushed == ["localhost:5001/my-web-app:dl-new"]
     assert notes == ["the local registry devloop-registry was stopped; starting it again"]
+
+
+def stream(*chunks: dict[str, Any]) -> Images:
+    """An Images whose docker client answers a push with these progress messages (the daemon's own shape)."""
+    api = SimpleNamespace(push=lambda ref, stream, decode: iter(chunks))
+    client = SimpleNamespace(api=api, ping=lambda: True)
+    return Images(lambda: client)  # type: ignore[arg-type,return-value]
+
+
+def test_a_push_counts_the_bytes_of_the_layers_that_travel_and_reports_each_mb() -> None:
+    images = stream(
+        {"status": "The push refers to repository [localhost:5001/my-web-app]"},
+        {"status": "Preparing", "id": "a"},
+        {"status": "Layer already exists", "id": "b"},
+        {"status": "Mounted from library/node", "id": "c"},
+        {"status": "Pushing", "id": "a", "progressDetail": {"current": 1_500_000, "total": 3_000_000}},
+        {"status": "Pushing", "id": "a", "progressDetail": {"current": 3_000_000, "total": 3_000_000}},
+        {"status": "Pushed", "id": "a"},
+        {"status": "dl-1: digest: sha256:abc size: 1234", "aux": {"Tag": "dl-1", "Digest": "sha256:abc", "Size": 1234}},
+    )
+    said: list[str] = []
+    pushed = images.push("localhost:5001/my-web-app:dl-1", said.append)
+    assert (pushed.digest, pushed.bytes_pushed, pushed.layers_pushed, pushed.layers_present) == ("sha256:abc", 3_000_000, 1, 2)
+    assert pushed.summary() == "3.0 MB in 1 new layer, 2 already there"
+    assert said == ["pushing localhost:5001/my-web-app:dl-1: 1.5 / 3.0 MB", "pushing localhost:5001/my-web-app:dl-1: 3.0 / 3.0 MB"]
+
+
+def test_a_refused_push_says_the_registrys_words() -> None:
+    images = stream({"status": "Preparing", "id": "a"}, {"error": "unauthorized: authentication required"})
+    with pytest.raises(StepFailed, match="unauthorized: authentication required"):
+        images.push("localhost:5001/my-web-app:dl-1")
