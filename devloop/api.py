@@ -501,9 +501,9 @@ class ApiCluster(Kube):
                 raise StepFailed(f"port-forward to {pod}:{port}: the API server did not answer in {timeout:.0f}s", "")
         if "error" in box:
             raise StepFailed(f"port-forward to {pod}:{port} failed: {_first_line(box['error'])}", "") from box["error"]
-        sock: socket.socket = box["pf"].socket(port)
+        sock = box["pf"].socket(port)
         sock.settimeout(None)
-        return sock
+        return _WholeClose(sock, box["pf"], port)  # type: ignore[return-value]
 
     def close(self) -> None:
         for feed in list(self._feeds.values()):
@@ -513,6 +513,34 @@ class ApiCluster(Kube):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+class _WholeClose:
+    """A port-forward socket that ignores a half-close. The client's forward ends the whole stream
+    when its local end stops writing (the websocket protocol has no half-close), so a client that
+    sends its request and then shuts its write side (`nc -N`, some HTTP/1.0 clients) would lose the
+    answer. The stream stays open until the pod closes it (after answering, or its keep-alive)."""
+
+    def __init__(self, sock: Any, forward: Any, port: int) -> None:
+        self._sock = sock
+        self._forward = forward
+        self._port = port
+
+    def shutdown(self, how: int) -> None:
+        if how != socket.SHUT_WR:
+            self._sock.shutdown(how)
+
+    def refused(self) -> bool:
+        """Whether the pod's port refused the stream: the API server says so on the port's error
+        channel (the app never saw what was sent)."""
+        try:
+            said = self._forward.error(self._port) or ""
+        except Exception:
+            return False
+        return "refused" in str(said).lower()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")

@@ -133,6 +133,20 @@ def _open(s: socket.socket) -> bool:
         return False
 
 
+IDEMPOTENT = (b"GET ", b"HEAD ", b"OPTIONS ", b"PUT ", b"DELETE ", b"TRACE ")  # RFC 9110 9.2.2
+
+
+def _may_replay(upstream: socket.socket, sent: bytes | bytearray) -> bool:
+    """Whether a connection a pod closed unanswered may be replayed to another pod: nothing was
+    sent yet, or the request is idempotent (as a browser retries), or the pod's port refused the
+    stream (the API server says so; the app never saw the request). A POST to an app that died
+    while handling it is not sent twice."""
+    if not sent or bytes(sent[:8]).startswith(IDEMPOTENT):
+        return True
+    refused = getattr(upstream, "refused", None)
+    return bool(refused is not None and refused())
+
+
 def _shutdown(s: socket.socket, how: int) -> None:
     with contextlib.suppress(OSError):
         s.shutdown(how)
@@ -347,6 +361,8 @@ class Proxy:
                         return upstream
                     if self._stopped.is_set() or time.monotonic() - opened > REPLAY_WINDOW:
                         return upstream  # closed without a word, late: the relay passes that on
+                    if not _may_replay(upstream, sent):
+                        return upstream  # a POST the app may have taken before it died: never sent twice
                     # closed at once without answering: the next Ready pod gets what the client sent
                     self._failed(pod, ConnectionRefusedError("closed before answering (refused: its app does not listen on that port?)"))
                     tried.add(pod)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -205,4 +206,22 @@ def test_a_request_while_no_replica_is_ready_waits_for_one(harness: Harness, pro
         assert got == [text]
     finally:
         harness.kubectl_run("scale", "deployment/web-app", "--replicas=3")
+    assert d.interrupt() == 130
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(harness: Harness, project: Path, run_devloop: Any) -> None:
+    """`nc -N`, and HTTP/1.0 clients that shut their write side once the request is sent: the
+    port-forward stream has no half-close, so passing it on would end the stream unanswered."""
+    port = local_port(project)
+    d = dev_ready(run_devloop)
+    text = message(project)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], answer[:200]
+    assert body.decode().strip() == text
     assert d.interrupt() == 130

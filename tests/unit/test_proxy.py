@@ -266,6 +266,54 @@ def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Co
         closing.close()
 
 
+class Refused:
+    """A port-forward socket whose error channel said the pod's port refused the stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def refused(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def post(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", "/orders", body=b'{"qty": 1}')
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool) -> None:
+    """A pod that closes a POST unanswered may have taken it (its app died while handling it): it is
+    not sent to a second pod, unless the API server said the port refused the stream."""
+    connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
+    p = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)  # type: ignore[arg-type]
+    assert p.listen()
+    closing = Closing()
+    seen: list[str] = []
+    pods.add("web-1").server.RequestHandlerClass.do_POST = lambda h: (seen.append(h.path), h.do_GET())  # type: ignore[attr-defined]
+    try:
+        pods.pods["web-2"] = closing  # type: ignore[assignment]
+        p.upstreams.seen("web-1", True, stamp(1))
+        p.upstreams.seen("web-2", True, stamp(2))
+        if refused:
+            assert post(p.port) == "web-1" and seen == ["/orders"]
+        else:
+            with pytest.raises((http.client.HTTPException, ConnectionError)):
+                post(p.port)
+            assert seen == []
+        assert closing.accepted == 1
+    finally:
+        p.stop()
+        closing.close()
+
+
 def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector) -> None:
     """A live update restarts the app in every replica at once: for a moment each pod's port refuses
     (the stream closes unanswered). The connection is asked of them again until one answers."""
