@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import signal
 import sys
@@ -402,6 +403,8 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main() -> None:
+    # `kill -USR2 <pid>`: every thread's stack on stderr (for a bug report when devloop seems stuck)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         app(args=normalize_argv(sys.argv[1:]), prog_name="devloop")
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from devloop.proc import SIGNAL_CHECK
+
 T = TypeVar("T")
 
 
@@ -132,11 +134,16 @@ class ChangeQueue(Generic[T]):
             self._cond.notify_all()
 
     def get_batch(self) -> list[T] | None:
-        """Block until a debounced batch is due; None once closed."""
+        """Block until a debounced batch is due; None once closed.
+
+        Never blocks for longer than SIGNAL_CHECK at a time: this runs on the main thread, and a
+        Ctrl-C that the kernel hands to another thread (any thread may take a process's signal)
+        only sets a flag that the main thread reads when it next runs; a wait without end would
+        leave `devloop dev` deaf to it."""
         with self._cond:
             while not self._closed:
                 due = self._deb.due_in(self._clock())
                 if due == 0:
                     return self._deb.take()
-                self._cond.wait(due)
+                self._cond.wait(SIGNAL_CHECK if due is None else min(due, SIGNAL_CHECK))
             return None

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, ServiceLayout, everything
 from devloop.ports import Changes, Cluster, Clusters, ImageStore
+from devloop.proc import SIGNAL_CHECK
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 from devloop.remote import Address, RegistryClient, RemotePublisher
@@ -349,6 +351,8 @@ class Engine:
                 images = self.clock() - start
             except DevloopError as e:
                 self.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
+            while not creating.done():
+                wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
             creating.result()
         cluster = self.clock() - start
         what = "built and pushed" if self.publisher.registry else "built"
@@ -431,7 +435,10 @@ class Engine:
         if len(changes) == 1:
             return [*skipped, self._run_one(number, changes[0])]
         with ThreadPoolExecutor(max_workers=len(changes), thread_name_prefix="devloop-service") as pool:
-            return [*skipped, *pool.map(lambda c: self._run_one(number, c), changes)]
+            running = [pool.submit(self._run_one, number, c) for c in changes]
+            while not all(f.done() for f in running):
+                wait_futures(running, SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+            return [*skipped, *(f.result() for f in running)]
 
     def _unchanged(self, change: ServiceChange) -> bool:
         """Nothing to do: the cluster runs exactly this content, completely (known, not assumed:
@@ -714,7 +721,8 @@ class Engine:
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            while t.is_alive():
+                t.join(SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
         if errors:
             raise _NoSync(errors[0])
         if budget is not None and max(waited, default=0.0) > 0:

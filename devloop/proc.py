@@ -13,11 +13,16 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
 from devloop.errors import CommandFailed, ToolMissing
+
+# The longest the main thread blocks without returning to Python: the kernel may hand a Ctrl-C to
+# any thread of the process, and Python then only sets a flag the main thread reads when it runs.
+SIGNAL_CHECK = 0.5
 
 INSTALL_HINTS = {
     "kind": "install kind: `go install sigs.k8s.io/kind@v0.30.0` (https://kind.sigs.k8s.io) and put it on PATH",
@@ -193,10 +198,16 @@ class _Spawned:
         return self._p.poll() is None
 
     def wait(self, timeout: float | None = None) -> int | None:
-        try:
-            return self._p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        """The exit code, or None after `timeout`. Without a timeout it still returns to Python
+        every SIGNAL_CHECK seconds, so that a Ctrl-C another thread took is acted on (a build)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = SIGNAL_CHECK if deadline is None else min(SIGNAL_CHECK, deadline - time.monotonic())
+            try:
+                return self._p.wait(max(0.0, left))
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
 
     def stop(self) -> None:
         _stop(self._p)

@@ -198,7 +198,17 @@ class Devloop:
 
     def interrupt(self, timeout: float = 60) -> int:
         self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # still running: its threads' stacks (devloop prints them on SIGUSR2) say where it is stuck
+            self.proc.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any("most recent call first" in line for line in self.raw[-400:]):
+                threading.Event().wait(0.1)
+            tail = "".join(self.raw[-400:])
+            self.proc.kill()
+            raise AssertionError(f"devloop did not stop within {timeout:.0f}s of Ctrl-C; its threads:\n{tail}") from None
 
 
 def start_devloop(harness: Harness, cwd: Path, *args: str) -> Devloop:

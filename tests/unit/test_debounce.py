@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +205,33 @@ def test_a_resumed_path_needs_limit_suspicious_cycles_again() -> None:
     assert g.observe(110.0, {"a": 110.2}) == set()
     assert g.observe(120.0, {"a": 120.2}) == set()
     assert g.observe(130.0, {"a": 130.2}) == {"a"}
+
+
+def test_ctrl_c_taken_by_another_thread_still_stops_the_waiting_main_thread(tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGINT to any of its threads; Python then only sets a flag
+    that the main thread reads when it runs. `devloop dev` idles in get_batch on the main thread: it
+    must still stop (it once waited there without end, and Ctrl-C was lost)."""
+    script = tmp_path / "idle.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import signal, threading
+            from devloop.debounce import ChangeQueue
+
+            q = ChangeQueue(0.2)
+
+            def other_thread_takes_the_signal():
+                while not q._cond._waiters:  # the main thread is waiting in get_batch
+                    threading.Event().wait(0.01)
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+            threading.Thread(target=other_thread_takes_the_signal, daemon=True).start()
+            try:
+                q.get_batch()
+            except KeyboardInterrupt:
+                print("stopped")
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert done.stdout.strip() == "stopped", done.stderr
