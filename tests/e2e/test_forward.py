@@ -8,6 +8,7 @@ The module brings the cluster up once and deletes it at the end (DEVLOOP_E2E_KEE
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from devloop.api import ApiCluster
 from tests.e2e.conftest import Harness, children_of_cluster, run_cli
 from tests.e2e.test_faults import dev_ready, message, set_message
 from tests.e2e.test_loop import local_port
@@ -225,3 +227,25 @@ def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(harne
     assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], answer[:200]
     assert body.decode().strip() == text
     assert d.interrupt() == 130
+
+
+def test_a_port_nobody_listens_on_is_reported_refused_by_the_api_server(harness: Harness) -> None:
+    """What lets the forward replay a POST safely: the API server's port-forward says on its error
+    channel that the pod's port refused the stream (the app never saw the request)."""
+    pod = harness.kubectl_json("get", "pods", "-l", "app=web-app")["items"][0]["metadata"]["name"]
+    kube = ApiCluster(harness.context)
+    try:
+        sock = kube.connect("default", pod, 3999)  # nothing listens on 3999 in the sample app
+        with contextlib.closing(sock):
+            sock.sendall(b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            sock.settimeout(30)
+            assert sock.recv(65536) == b""  # closed unanswered
+            assert sock.refused()  # type: ignore[attr-defined]
+        answered = kube.connect("default", pod, 3000)
+        with contextlib.closing(answered):
+            answered.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            answered.settimeout(30)
+            assert answered.recv(65536).startswith(b"HTTP/1.")
+            assert not answered.refused()  # type: ignore[attr-defined]
+    finally:
+        kube.close()
