@@ -503,7 +503,7 @@ class ApiCluster(Kube):
             raise StepFailed(f"port-forward to {pod}:{port} failed: {_first_line(box['error'])}", "") from box["error"]
         sock = box["pf"].socket(port)
         sock.settimeout(None)
-        return _WholeClose(sock, box["pf"], port)  # type: ignore[return-value]
+        return _ForwardSocket(sock, box["pf"], port)  # type: ignore[return-value]
 
     def close(self) -> None:
         for feed in list(self._feeds.values()):
@@ -515,20 +515,19 @@ class ApiCluster(Kube):
                 self._client = None
 
 
-class _WholeClose:
-    """A port-forward socket that ignores a half-close. The client's forward ends the whole stream
-    when its local end stops writing (the websocket protocol has no half-close), so a client that
-    sends its request and then shuts its write side (`nc -N`, some HTTP/1.0 clients) would lose the
-    answer. The stream stays open until the pod closes it (after answering, or its keep-alive)."""
+class _ForwardSocket:
+    """A port-forward socket as the forward uses it: the client's own, plus what the API server said.
+
+    `ends_on_half_close`: the client's forward ends the whole stream when its local end stops
+    writing (the websocket protocol has no half-close), so the proxy must not pass on a client's
+    half-close before the pod has answered."""
+
+    ends_on_half_close = True
 
     def __init__(self, sock: Any, forward: Any, port: int) -> None:
         self._sock = sock
         self._forward = forward
         self._port = port
-
-    def shutdown(self, how: int) -> None:
-        if how != socket.SHUT_WR:
-            self._sock.shutdown(how)
 
     def refused(self) -> bool:
         """Whether the pod's port refused the stream: the API server says so on the port's error

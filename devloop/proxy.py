@@ -295,8 +295,15 @@ class Proxy:
                 return
             with self._lock:
                 self.relayed += 1
-            upstream = self._first_answer(client, *got, tried)
-            if upstream is None:
+            relayed = self._first_answer(client, *got, tried)
+            if relayed is None:
+                return
+            upstream, client_done = relayed
+            if client_done and getattr(upstream, "ends_on_half_close", False):
+                # the request sent and the client's side shut before any answer (`nc -N`, HTTP/1.0
+                # clients): passed on, that would end a port-forward stream unanswered; the answer is
+                # relayed until the pod closes the connection
+                self._pump(upstream, client)
                 return
             back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True, name=f"{self.name}-back")
             with self._lock:
@@ -324,13 +331,13 @@ class Proxy:
             self._socks.add(s)
             return True
 
-    def _first_answer(self, client: socket.socket, pod: str, upstream: socket.socket, tried: set[str]) -> socket.socket | None:
+    def _first_answer(self, client: socket.socket, pod: str, upstream: socket.socket, tried: set[str]) -> tuple[socket.socket, bool] | None:
         """Relay until the pod sends its first bytes, keeping what the client sent: a pod that closes
         the connection before answering anything, soon after it was opened (its app does not
         listen: the API server's port-forward reports a refused port only by closing the stream),
         gets it replayed to the next Ready pod. Then (or once the client sent more than REPLAY_MAX,
-        or shut its sending side) the plain two-way relay takes over: the socket to use, None when
-        no pod is left."""
+        or shut its sending side) the plain two-way relay takes over: the socket to use and whether
+        the client has shut its side already, None when no pod is left."""
         sent = bytearray()
         opened = first = time.monotonic()
         with selectors.DefaultSelector() as sel:
@@ -343,13 +350,13 @@ class Proxy:
                             data = client.recv(BUFFER)
                         except OSError:
                             data = b""
-                        if not data:  # the client shut its side (or went): relay that as it is, no replay
-                            return upstream
+                        if not data:  # the client shut its side (or went): no replay
+                            return upstream, True
                         with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
                             upstream.sendall(data)
                         sent += data
                         if len(sent) > REPLAY_MAX:
-                            return upstream
+                            return upstream, False
                         continue
                     try:
                         data = upstream.recv(BUFFER)
@@ -358,11 +365,11 @@ class Proxy:
                     if data:
                         with contextlib.suppress(OSError):  # a client that went: the relay ends at once
                             client.sendall(data)
-                        return upstream
+                        return upstream, False
                     if self._stopped.is_set() or time.monotonic() - opened > REPLAY_WINDOW:
-                        return upstream  # closed without a word, late: the relay passes that on
+                        return upstream, False  # closed without a word, late: the relay passes that on
                     if not _may_replay(upstream, sent):
-                        return upstream  # a POST the app may have taken before it died: never sent twice
+                        return upstream, False  # a POST the app may have taken before it died: never sent twice
                     # closed at once without answering: the next Ready pod gets what the client sent
                     self._failed(pod, ConnectionRefusedError("closed before answering (refused: its app does not listen on that port?)"))
                     tried.add(pod)

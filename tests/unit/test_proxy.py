@@ -27,11 +27,12 @@ from tests.unit.fakes import FakeBackground, FakeCluster
 class FakePod:
     """A pod's app: an HTTP server on 127.0.0.1 answering every request with the pod's name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, think: float = 0.0) -> None:
         self.name = name
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                threading.Event().wait(think)  # a slow app: the answer comes this long after the request
                 body = name.encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -381,16 +382,40 @@ def test_a_new_connection_takes_the_one_being_opened_to_a_pod_that_just_got_read
     assert set(pods.threads) == {"test-proxy-spare"}
 
 
-def test_half_close_the_answer_still_arrives(pods: Connector, proxy: Proxy) -> None:
-    """A client that shuts its sending side after the request still gets the whole answer."""
-    pods.add("web-1")
+class EndsOnHalfClose:
+    """The client library's port-forward socket: shutting its sending side ends the whole stream."""
+
+    ends_on_half_close = True
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(socket.SHUT_RDWR if how == socket.SHUT_WR else how)
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "port-forward"])
+def test_half_close_the_answer_still_arrives(pods: Connector, upstream: str) -> None:
+    """A client that shuts its sending side after the request still gets the whole answer, also
+    through a port-forward stream that a half-close would end."""
+    connect = (lambda pod: EndsOnHalfClose(pods(pod))) if upstream == "port-forward" else pods
+    proxy = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)  # type: ignore[arg-type]
+    assert proxy.listen()
+    pods.pods["web-1"] = FakePod("web-1", think=0.3)  # the client's half-close comes before the answer
     proxy.upstreams.seen("web-1", True, stamp(1))
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    finally:
+        proxy.stop()
     assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"web-1")
 
 
