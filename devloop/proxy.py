@@ -337,7 +337,8 @@ class Proxy:
         listen: the API server's port-forward reports a refused port only by closing the stream),
         gets it replayed to the next Ready pod. Then (or once the client sent more than REPLAY_MAX,
         or shut its sending side) the plain two-way relay takes over: the socket to use and whether
-        the client has shut its side already, None when no pod is left."""
+        the client has shut its side after sending a request (a connection closed before it sent
+        anything, a browser's unused preconnect, is just closed), None when no pod is left."""
         sent = bytearray()
         opened = first = time.monotonic()
         with selectors.DefaultSelector() as sel:
@@ -351,7 +352,7 @@ class Proxy:
                         except OSError:
                             data = b""
                         if not data:  # the client shut its side (or went): no replay
-                            return upstream, True
+                            return upstream, bool(sent)
                         with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
                             upstream.sendall(data)
                         sent += data

@@ -419,6 +419,21 @@ def test_half_close_the_answer_still_arrives(pods: Connector, upstream: str) -> 
     assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"web-1")
 
 
+def test_a_connection_closed_before_it_sent_anything_is_closed_upstream_at_once(pods: Connector) -> None:
+    """A browser's unused preconnect: nothing to answer, so its port-forward stream is not kept
+    open waiting for the app (which may wait a minute for a request that never comes)."""
+    proxy = Proxy(0, Upstreams(), lambda pod: EndsOnHalfClose(pods(pod)), name="test-proxy", spare=False)  # type: ignore[arg-type]
+    assert proxy.listen()
+    pods.add("web-1")
+    proxy.upstreams.seen("web-1", True, stamp(1))
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5):
+            wait_until("the connection relayed", lambda: proxy.relayed == 1)
+        wait_until("its relay ended", lambda: not threads_named("test-proxy-conn"))
+    finally:
+        proxy.stop()
+
+
 def non_loopback_address() -> str | None:
     """An address of this machine that is not loopback (none in some sandboxes)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
