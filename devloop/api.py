@@ -133,7 +133,9 @@ class ApiCluster(Kube):
 
                 cfg = client.Configuration()
                 try:
-                    config.load_kube_config(context=self.context, client_configuration=cfg, persist_config=False)  # type: ignore[no-untyped-call]
+                    # the files named now (the client's own default is KUBECONFIG as it was when it was imported)
+                    files = os.pathsep.join(str(p) for p in _kubeconfig_files())
+                    config.load_kube_config(config_file=files, context=self.context, client_configuration=cfg, persist_config=False)  # type: ignore[no-untyped-call]
                 except Exception as e:  # ConfigException and friends: a context the kubeconfig does not name
                     raise ClusterUnavailable(
                         f"kube context {self.context!r}: {str(e).splitlines()[0][:200]}",
