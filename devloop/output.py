@@ -53,7 +53,7 @@ class Output:
         # The most recent events only (tests, the dashboard's first paint): a long session keeps a bounded tail.
         self.events: deque[dict[str, Any]] = deque(maxlen=500)
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
-        self._spinners: list[Any] = []  # rich Status objects of the activities running, innermost last
+        self._spinners: list[Any] = []  # rich Status objects of the activities running, innermost last (under _lock)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _emit(self, event: str, human: str | None, *, err: bool = False, **fields: Any) -> None:
@@ -80,11 +80,13 @@ class Output:
             yield
             return
         with self.console.status(escape(text)) as spinner:
-            self._spinners.append(spinner)
+            with self._lock:
+                self._spinners.append(spinner)
             try:
                 yield
             finally:
-                self._spinners.remove(spinner)
+                with self._lock:
+                    self._spinners.remove(spinner)
 
     # -- messages -------------------------------------------------------------------------------
     def info(self, message: str, **fields: Any) -> None:
@@ -144,8 +146,9 @@ class Output:
         self._emit(
             "progress", f"[dim]  {escape(service)}: {escape(message)}[/dim]" if self.verbose else None, service=service, message=message
         )
-        if self._spinners:  # without --verbose the spinner's text follows (bytes pushed, rollout n/3)
-            self._spinners[-1].update(escape(f"{service}: {message}" if service else message))
+        with self._lock:  # progress comes from the services' threads; activities start and end on others
+            if self._spinners:  # without --verbose the spinner's text follows (bytes pushed, rollout n/3)
+                self._spinners[-1].update(escape(f"{service}: {message}" if service else message))
 
     def cycle_done(
         self,

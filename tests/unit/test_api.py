@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import kubernetes.config  # noqa: F401  # imported before a test sets KUBECONFIG (as in a full run): devloop must read it anew
 import pytest
 
 from devloop.api import ApiCluster, _seconds, upgrade_managed_fields

@@ -667,13 +667,18 @@ class Flaky(ForwardCluster):
         return self.up.is_set()
 
 
-def test_a_pod_watch_that_ends_is_watched_again_quietly(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(forward, "CHECK_EVERY", 0.02)
+def flaky_forward(pods: Connector) -> tuple[Flaky, Output, int, forward.ApiWatch, PortForward]:
+    """A forward to service web (pod web-a Ready) through an API server that can stop answering."""
     kube, out = Flaky(pods), Output(json_mode=True, stdout=io.StringIO())
     kube.add("web-a", True, 1)
     port = free_port()
     api = forward.ApiWatch(kube, out, "devloop")
-    f = PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
+    return kube, out, port, api, PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
+
+
+def test_a_pod_watch_that_ends_is_watched_again_quietly(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forward, "CHECK_EVERY", 0.02)
+    kube, out, port, api, f = flaky_forward(pods)
     try:
         assert f.start()
         kube.watchers[0][1].stop()  # the watch's connection ended; the API server still answers
@@ -689,11 +694,7 @@ def test_a_pod_watch_that_ends_is_watched_again_quietly(pods: Connector, monkeyp
 def test_an_api_outage_is_said_once_and_the_forward_resumes_after_it(pods: Connector, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(forward, "CHECK_EVERY", 0.02)
     monkeypatch.setattr(forward, "API_POLL", 0.02)
-    kube, out = Flaky(pods), Output(json_mode=True, stdout=io.StringIO())
-    kube.add("web-a", True, 1)
-    port = free_port()
-    api = forward.ApiWatch(kube, out, "devloop")
-    f = PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
+    kube, out, port, api, f = flaky_forward(pods)
     try:
         assert f.start()
         kube.up.clear()  # a paused node: nothing fails, the API server just does not answer
