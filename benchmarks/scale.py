@@ -159,11 +159,11 @@ def write_config(root: Path, *, kind_image: str = "", node_base: str = "", regis
 
 def _engine(root: Path) -> Any:
     from devloop import config as config_mod
-    from devloop.engine import Engine
+    from devloop import wiring
     from devloop.output import Output
 
     cfg = config_mod.load(None, root)
-    return Engine(cfg, Output(json_mode=True, stdout=open(os.devnull, "w")))
+    return wiring.engine(cfg, Output(json_mode=True, stdout=open(os.devnull, "w")), fetch_tools=False)
 
 
 def edit_path(root: Path, edits: int) -> dict[str, Any]:

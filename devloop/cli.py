@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from devloop import __version__, proc, tools
+from devloop import __version__, proc
 from devloop import config as config_mod
 from devloop import manifests as mf
 from devloop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DevloopError
@@ -110,15 +110,9 @@ TargetOption = Annotated[
 
 
 def _engine(cfg: config_mod.Config, out: Output, fetch_tools: bool = True, target: str | None = None) -> Engine:
-    from devloop.engine import Engine
-    from devloop.target import resolve
+    from devloop import wiring
 
-    where = resolve(cfg, target)  # an undeclared target is refused before any tool runs
-    if fetch_tools:
-        tools.ensure_tools(["kubectl"] if where.remote else ["kind", "kubectl"], out)
-    else:
-        tools.add_cache_to_path()
-    return Engine(cfg, out, target=where)
+    return wiring.engine(cfg, out, target, fetch_tools=fetch_tools)
 
 
 @app.command()
@@ -172,7 +166,7 @@ def up(ctx: typer.Context, target: TargetOption = None) -> None:
                     lines.append(f"  service {f.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}")
                 lines.append(
                     f"  reach it: `devloop dev` forwards http://127.0.0.1:{f.local_port}, or "
-                    f"`kubectl --context {engine.target.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
+                    f"`kubectl --context {engine.target.spec.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
                 )
         if failed:
             lines.append(f"[red]{len(failed)} of {len(results)} services failed:[/red] {', '.join(failed)}")
@@ -229,31 +223,17 @@ def down(
     """Delete what `up` applied for every service (with --cluster, the kind cluster itself)."""
 
     def body(out: Output) -> int:
-        from devloop.errors import ConfigError
         from devloop.lock import ProjectLock
-        from devloop.registry import LocalRegistry
-        from devloop.target import require_confirmed, resolve
+        from devloop.targets import check_down, resolve
 
         cfg = _load(ctx.obj)
-        where = resolve(cfg, target)
-        if where.remote and cluster:
-            raise ConfigError("--cluster cannot be used with --target: devloop never deletes a remote cluster", "drop --cluster")
-        require_confirmed(where, "down", yes)
+        check_down(resolve(cfg, target), cluster, yes)  # refused before anything runs
         removed: list[str] = []
         with ProjectLock(cfg.root, "down"):
             engine = _engine(cfg, out, target=target)
-            name = cfg.cluster.name
-            if where.remote:
-                engine.require_target()
-            exists = where.remote or engine.kind.exists(name)
             if cluster:  # deleting the cluster removes everything in it
-                if exists:
-                    with out.activity(f"deleting kind cluster {name}"):
-                        engine.kind.delete(name)
-                    removed.append(f"kind cluster {name}")
-                if cfg.registry_enabled and LocalRegistry(cfg.registry, engine.docker, engine.kube).remove():
-                    removed.append(f"container {cfg.registry.name} (local registry)")
-            elif exists and engine.kube.reachable():
+                removed += engine.target.remove_cluster()
+            elif engine.target.require_existing() and engine.kube.reachable():
                 by_ns: dict[str, dict[tuple[str, str], mf.Manifest]] = {}
                 for svc in cfg.services:
                     d = engine.manifests(svc)
@@ -264,7 +244,7 @@ def down(
                 mon = engine.monitoring()
                 if mon is not None:
                     removed += mon.remove()
-        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove ({where.describe()})"
+        human = "removed:\n" + "\n".join(f"  {r}" for r in removed) if removed else f"nothing to remove ({engine.target.describe()})"
         out.result("down", human, removed=removed, cluster_deleted=cluster and bool(removed))
         return EXIT_OK
 
@@ -300,21 +280,23 @@ def release(
     def body(out: Output) -> int:
         from rich.markup import escape
 
+        from devloop import wiring
         from devloop.images import fmt_bytes
         from devloop.lock import ProjectLock
-        from devloop.release import Release
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "release"):
             engine = _engine(cfg, out, target=target)
-            rel = Release(engine, version, rollback=not no_rollback)
+            rel = wiring.release(engine, version, rollback=not no_rollback)
             if dry_run:
                 plans = rel.dry_run()
                 lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]
                 for p in plans:
                     lines += [f"  {p['service']}: {p['image']} ({p['registry']})", "    equivalent to:"]
                     lines += [f"      {c}" for c in p["commands"]]
-                out.result("release", "\n".join(lines), ok=True, dry_run=True, version=version, target=engine.target.name, services=plans)
+                out.result(
+                    "release", "\n".join(lines), ok=True, dry_run=True, version=version, target=engine.target.spec.name, services=plans
+                )
                 return EXIT_OK
             results = rel.run()
         failed = [r for r in results if not r.ok]
@@ -337,8 +319,8 @@ def release(
             "\n".join(lines),
             ok=not failed,
             version=version,
-            target=engine.target.name,
-            context=engine.target.context,
+            target=engine.target.spec.name,
+            context=engine.target.spec.context,
             services=[r.as_json() for r in results],
         )
         return EXIT_FAILED if failed else EXIT_OK
@@ -351,12 +333,10 @@ def doctor(ctx: typer.Context) -> None:
     """Check Docker, kind, kubectl, the cluster, the local registry and inotify limits; print a fix for each problem."""
 
     def body(out: Output) -> int:
+        from devloop import wiring
         from devloop.doctor import doctor as run_doctor
-        from devloop.images import Images
-        from devloop.kind import Kind
-        from devloop.kube import Kube
 
-        checks = run_doctor(ctx.obj.config, Path.cwd(), Images(), Kind(), Kube)
+        checks = run_doctor(ctx.obj.config, Path.cwd(), *wiring.doctor_adapters())
         for c in checks:
             mark = "✔" if c.ok else "✖"
             human = f"{mark} {c.name:<8} {c.detail}" + (f"\n  fix: {c.fix}" if not c.ok and c.fix else "")

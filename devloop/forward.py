@@ -21,6 +21,7 @@ from typing import Any
 
 from devloop.errors import DevloopError, StepFailed
 from devloop.kube import PodEvent, pod_name, pod_ready
+from devloop.model import Outage
 from devloop.output import Output
 from devloop.ports import Cluster
 from devloop.proc import Background
@@ -59,10 +60,10 @@ class ApiWatch:
     session. An API server that stops answering is reported once; one thread then asks every
     few seconds until it answers again, says so, and calls `on_back`."""
 
-    def __init__(self, kube: Cluster, out: Output, cluster: str, on_back: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, kube: Cluster, out: Output, outage: Outage, on_back: Callable[[], None] = lambda: None) -> None:
         self.kube = kube
         self.out = out
-        self.cluster = cluster
+        self.outage = outage  # what the target says of itself when its API server stops answering
         self.on_back = on_back
         self._up = threading.Event()
         self._up.set()
@@ -111,9 +112,7 @@ class ApiWatch:
             self._up.clear()
             self.lost_at = time.monotonic()
         self.out.warn(
-            f"the API server of kind cluster {self.cluster!r} does not answer; port-forwards and log streams wait for it",
-            "a paused or restarting kind node (`docker ps`): devloop resumes them when it answers; a save meanwhile fails its "
-            "deploy, save again after",
+            f"the API server of {self.outage.subject} does not answer; port-forwards and log streams wait for it", self.outage.hint
         )
         threading.Thread(target=self._wait_back, daemon=True, name="devloop-api-wait").start()
 
@@ -122,8 +121,7 @@ class ApiWatch:
             if self.kube.reachable():
                 away = time.monotonic() - (self.lost_at or time.monotonic())
                 self.out.info(
-                    f"the API server of kind cluster {self.cluster!r} answers again (after {away:.0f}s); "
-                    "resuming port-forwards and log streams"
+                    f"the API server of {self.outage.subject} answers again (after {away:.0f}s); resuming port-forwards and log streams"
                 )
                 self._up.set()
                 self.on_back()

@@ -5,7 +5,11 @@ To restart the process without restarting the container, devloop starts the cont
 command under a tiny POSIX-sh restart loop (dev only, and only with `liveUpdate.enabled`): the
 manifests on disk stay as they are; the applied Deployment runs `sh -c SUPERVISOR -- <command>`.
 A container that restarts for any other reason comes back from its image, so `devloop dev`
-rebuilds when it sees that happen (see dev.py): synced changes are never silently lost.
+rebuilds when it sees that happen (see session.py): synced changes are never silently lost.
+
+`LiveSync` does one sync: every ready replica of the good version gets the files over its exec
+channel (one replica first, alone, then the others together), restarts paced for the liveness
+probes; anything that makes the sync dishonest raises `NoSync` and the service rebuilds instead.
 """
 
 from __future__ import annotations
@@ -18,7 +22,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from devloop import manifests as mf
+from devloop.errors import DevloopError
+from devloop.kube import pod_images, pod_name, pod_ready
+from devloop.proc import SIGNAL_CHECK
+
+if TYPE_CHECKING:
+    from devloop.config import ServiceConfig
+    from devloop.model import ServiceState
+    from devloop.output import Output
+    from devloop.ports import Cluster
+    from devloop.project import Deployed
+    from devloop.rollout import Rollout
 
 T = TypeVar("T")
 
@@ -365,3 +382,102 @@ class Channels:
             channels, self._channels = self._channels, {}
         for ch in channels.values():
             ch.close()
+
+
+class NoSync(Exception):
+    """A live update cannot be done honestly here; the service rebuilds instead."""
+
+
+class LiveSync:
+    def __init__(self, kube: Cluster, out: Output, rollout: Rollout, clock: Callable[[], float], stop: threading.Event) -> None:
+        self.kube = kube
+        self.out = out
+        self.rollout = rollout
+        self.clock = clock
+        self._stop = stop
+        self.restarts = RestartPacer(clock)  # restarts paced for the liveness probes
+        self.channels = Channels(lambda pod, ns, argv: kube.exec_stream(pod, ns, argv))  # one exec channel per replica
+        self._said_channel = False
+
+    def close(self) -> None:
+        self.channels.close()
+
+    def _replicas(self, deployed: Deployed, st: ServiceState) -> list[str]:
+        """Every replica runs the good version and is ready (a replica devloop itself just restarted
+        may fail a readiness probe or two: wait for it, not rebuild); else NoSync."""
+        assert st.good is not None
+        ns, want, good = deployed.namespace, deployed.replicas, st.good.cluster
+        deadline = self.clock() + READY_AGAIN
+        feed = self.kube.changes(ns)
+        while True:
+            seen = feed.generation
+            pods = [p for p in self.kube.pods(ns, deployed.selector) if not p.get("metadata", {}).get("deletionTimestamp")]
+            current = [p for p in pods if good in pod_images(p)]
+            unready = [pod_name(p) for p in current if not pod_ready(p)]
+            if len(current) == want and len(pods) == want and not unready:
+                return [pod_name(p) for p in current]
+            mine = len(current) == want and len(pods) == want and self.restarts.recent(unready, READY_AGAIN)
+            if not mine or self.clock() >= deadline or self.rollout.next_change(feed, seen):
+                raise NoSync(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
+
+    def sync(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, files: tuple[str, ...]) -> list[str]:
+        """Copy files into every ready replica and restart the app there. Returns the pods, or
+        raises NoSync when a full rebuild is the honest path (pods not all ready, exec failed)."""
+        if st.good is None or not st.healthy:
+            raise NoSync("no healthy version deployed yet")
+        ns = deployed.namespace
+        names = self._replicas(deployed, st)
+        containers = mf.containers_of(deployed.deployment, svc.image.name)
+        payload = tar_files(svc.image.context, files)
+        ports = [port for c in containers for port in port_args(c)]
+        budget = restart_budget(containers)
+        self.restarts.forget_except(names)
+        self.channels.keep_only(names)
+        errors: list[str] = []
+        waited: list[float] = []
+        target = svc.live_update.target
+
+        def run(pod: str) -> None:
+            """The sync in one replica: over its exec channel, else a one-shot exec."""
+            if len(payload) <= CHANNEL_MAX and not any(c.isspace() for c in target):
+                try:
+                    self.channels.get(pod, ns).sync(target, ports, payload)
+                    return
+                except ChannelFailed as e:
+                    self.channels.drop(pod)
+                    if not self._said_channel:
+                        self._said_channel = True
+                        self.out.detail(f"{svc.name}: no exec channel to {pod} ({e}); syncing with one-shot execs", service=svc.name)
+            self.kube.exec(pod, ns, ["sh", "-c", SYNC, "sh", target, *ports], stdin=payload, timeout=75)
+
+        def one(pod: str) -> None:
+            try:
+                _, w = self.restarts.restart(pod, budget, lambda: run(pod), self._stop)
+                waited.append(w)
+            except SyncFailed as e:
+                errors.append(f"{pod}: the sync in the pod failed (exit {e.code})" + (f" ({' / '.join(e.lines)})" if e.lines else ""))
+            except DevloopError as e:
+                said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
+                errors.append(f"{pod}: {e.message}" + (f" ({' / '.join(said)})" if said else ""))
+            except Exception as e:  # never a sync reported done when it was not: an unexpected error means a rebuild
+                errors.append(f"{pod}: {type(e).__name__}: {e}")
+
+        # one replica first, alone: its app restarts with the CPU to itself and answers the new code
+        # soonest (what the developer sees first); then the others together
+        if names:
+            one(names[0])
+        threads = [threading.Thread(target=one, args=(n,)) for n in names[1:]] if not errors else []
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+        if errors:
+            raise NoSync(errors[0])
+        if budget is not None and max(waited, default=0.0) > 0:
+            self.out.detail(
+                f"{svc.name}: waited {max(waited):.1f}s before restarting the app: saves came faster than the "
+                f"{budget.probe} tolerates restarts",
+                service=svc.name,
+            )
+        return names

@@ -40,9 +40,19 @@ class ImageRef:
         return cls(repo, tag, registry)
 
 
+@dataclass(frozen=True)
+class Outage:
+    """What a target says of itself when its API server stops answering (and answers again)."""
+
+    subject: str  # "kind cluster 'devloop'", "target prod (context prod-admin)"
+    hint: str
+
+
 @dataclass
 class ServiceState:
-    """What devloop knows the cluster runs for one service. Owned by the engine's worker only."""
+    """What devloop knows the cluster runs for one service. Written only by the engine's worker
+    (and, during a cycle, by that service's own task), only through these methods; other threads
+    read the session's published view (view.py), never this."""
 
     applied: ImageRef | None = None  # what the Deployment was last told to run
     good: ImageRef | None = None  # the last version that rolled out completely (and so served)
@@ -63,3 +73,23 @@ class ServiceState:
         self.healthy = True
         self.synced.clear()
         self.live_ref = None
+
+    def applying(self, ref: ImageRef) -> None:
+        """The Deployment was just told to run `ref`; its rollout is not complete yet."""
+        self.applied, self.healthy = ref, False
+
+    def rolled_back(self, ref: ImageRef, revision: str) -> None:
+        """A rollback restored `ref`, which serves again."""
+        self.applied, self.healthy, self.good_revision = ref, True, revision
+
+    def live_synced(self, files: tuple[str, ...], ref: ImageRef) -> None:
+        """`files` were copied into every replica of `good`: the pods run the content `ref` names."""
+        self.synced.update(files)
+        self.live_ref = ref
+
+    def forget(self) -> None:
+        """A new cluster runs nothing yet."""
+        self.applied = self.good = self.live_ref = None
+        self.good_revision = ""
+        self.healthy = self.failed = False
+        self.synced.clear()

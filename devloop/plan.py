@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from devloop.ignore import IgnoreRules
 
@@ -69,6 +69,16 @@ class Plan:
 def everything(layouts: Sequence[ServiceLayout], reason: str) -> Plan:
     """Every service rebuilt and applied (`up`, a reloaded configuration)."""
     return Plan(services=tuple(ServiceChange(s.name, rebuild=True, reapply=True, reason=reason) for s in layouts))
+
+
+def needing_images(p: Plan, stale: set[str]) -> Plan:
+    """A change that only re-applies manifests, for a service whose cluster does not run its current
+    sources as an image (`stale`: never applied, files live-synced over it, a build that failed
+    since), must build that image first: applying the manifests alone would roll back the sources."""
+    changed = tuple(
+        replace(c, rebuild=True) if c.reapply and not c.rebuild and not c.sync and c.service in stale else c for c in p.services
+    )
+    return replace(p, services=changed) if changed != p.services else p
 
 
 def _under(path: str, directory: str) -> bool:

@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devloop.kube import PodEvent
+from devloop.model import ImageRef
 from devloop.proc import Background
+
+
+def quiet(_: str) -> None:
+    """A progress callback that says nothing."""
 
 
 class Changes(Protocol):
@@ -74,3 +79,25 @@ class ImageStore(Protocol):
     def exists(self, ref: str) -> bool: ...
     def command(self, ref: str) -> tuple[list[str], list[str]]: ...
     def prune(self, repositories: list[str], keep: int = 3) -> list[str]: ...
+
+
+class Publisher(Protocol):
+    @property
+    def registry(self) -> str:
+        """The registry host the cluster pulls from ("" when images go straight into the nodes)."""
+        ...
+
+    def prepare(self) -> bool:
+        """Make the way ready (start and wire the registry). True when something changed."""
+        ...
+
+    def start_early(self) -> bool:
+        """Before the cluster exists: start what `publish` needs without the nodes (the local
+        registry's container). True when `publish` may run now; False when it needs the cluster."""
+        ...
+
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = quiet) -> str:
+        """Make the image available to the cluster: what moved ("pushed 67.0 kB in 1 new layer, 9
+        already there"), or "" when the cluster has it already. `note` is for what a person must
+        read (a registry created again); `progress` for the bytes of a long move."""
+        ...

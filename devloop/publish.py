@@ -13,39 +13,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from devloop.errors import DevloopError, StepFailed
 from devloop.images import Images, fmt_bytes
 from devloop.model import ImageRef
-from devloop.ports import Cluster, Clusters
+from devloop.ports import Cluster, Clusters, quiet
 from devloop.registry import LocalRegistry
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-class Publisher(Protocol):
-    @property
-    def registry(self) -> str:
-        """The registry host the cluster pulls from ("" when images go straight into the nodes)."""
-        ...
-
-    def prepare(self) -> bool:
-        """Make the way ready (start and wire the registry). True when something changed."""
-        ...
-
-    def start_early(self) -> bool:
-        """Before the cluster exists: start what `publish` needs without the nodes (the local
-        registry's container). True when `publish` may run now; False when it needs the cluster."""
-        ...
-
-    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
-        """Make the image available to the cluster: what moved ("pushed 67.0 kB in 1 new layer, 9
-        already there"), or "" when the cluster has it already. `note` is for what a person must
-        read (a registry created again); `progress` for the bytes of a long move."""
-        ...
 
 
 class RegistryPublisher:
@@ -68,7 +41,7 @@ class RegistryPublisher:
             self._registry.wait_answers()
         return True
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = quiet) -> str:
         with self.lock:
             if self._registry.has(ref.local):
                 return ""
@@ -159,7 +132,7 @@ class KindLoadPublisher:
     def start_early(self) -> bool:
         return False  # kind load needs the nodes
 
-    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = _quiet) -> str:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = quiet) -> str:
         return self.load(ref.local, note)
 
     def load(self, image: str, note: Callable[[str], None]) -> str:

@@ -17,12 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import yaml
+
 from devloop import manifests as mf
 from devloop.config import ServiceConfig
-from devloop.engine import REVISION, Deployed, Engine
+from devloop.engine import Engine
 from devloop.errors import ConfigError, CycleFailed, DevloopError
+from devloop.images import Images
 from devloop.model import ImageRef
+from devloop.project import Deployed
 from devloop.remote import Address, RemoteManifest, RemotePublisher, push
+from devloop.rollout import REVISION
 
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -83,16 +88,16 @@ def check_version(version: str) -> None:
 
 
 class Release:
-    def __init__(self, engine: Engine, version: str, *, rollback: bool = True) -> None:
+    def __init__(self, engine: Engine, docker: Images, version: str, *, rollback: bool = True) -> None:
         check_version(version)
-        if not engine.target.remote:
+        publisher = engine.publisher
+        if not isinstance(publisher, RemotePublisher):  # a release goes to a registry devloop can push to and ask
             raise ConfigError("release needs --target NAME (a declared remote target)", "declare one under `targets:` in devloop.yaml")
         self.engine = engine
+        self.docker = docker
         self.version = version
         self.rollback = rollback
         self.out = engine.out
-        publisher = engine.publisher
-        assert isinstance(publisher, RemotePublisher)
         self.publisher = publisher
         self.address: Address = publisher.address
 
@@ -106,10 +111,10 @@ class Release:
         deployed = e.check_manifests()
         e.images.ping()
         with self.out.activity(f"checking {e.target.describe()}"):
-            e.require_target()
+            e.target.ensure()
         with self.out.activity(f"checking registry {self.address.host}"):
             self.publisher.client.check()
-        e.require_pull_secret({d.namespace for d in deployed})
+        e.target.require_pull_secret({d.namespace for d in deployed})
         self.out.info(f"{e.target.describe()} answers; registry {self.address.host}: TLS verified, credentials accepted")
         return deployed
 
@@ -124,7 +129,7 @@ class Release:
             results[svc.name].phases["build"] = self.engine.clock() - start
             self.out.info(f"{svc.name}: {'built' if built else 'unchanged sources, reusing'} {ref.local}", service=svc.name)
             refs[svc.name] = ref
-            results[svc.name].image_id = self.engine.docker.image_id(ref.local)
+            results[svc.name].image_id = self.docker.image_id(ref.local)
         return refs
 
     def check_immutable(self, results: dict[str, Released]) -> None:
@@ -149,10 +154,10 @@ class Release:
         if r.digest:
             self.out.info(f"{svc.name}: {versioned} is already in the registry with this content ({r.digest[:19]}…)", service=svc.name)
             return
-        self.engine.docker.tag(ref.local, versioned.cluster)
+        self.docker.tag(ref.local, versioned.cluster)
         start = self.engine.clock()
         with self.out.activity(f"pushing {versioned}"):
-            pushed = push(self.engine.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
+            pushed = push(self.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
         r.phases["push"] = self.engine.clock() - start
         there = self.publisher.client.manifest(self.address.repository(svc.image.name), pushed.digest)
         r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
@@ -170,13 +175,15 @@ class Release:
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
         previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
         start = e.clock()
-        applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
+        applied = e.kube.apply(
+            yaml.safe_dump_all(e.render(svc, deployed, pinned, dev=False, version=self.version), sort_keys=False), deployed.namespace
+        )
         r.deployed = True
         r.phases["deploy"] = e.clock() - start
         self.out.phase_done("deploy", r.phases["deploy"], "; ".join(applied), service=svc.name)
         start = e.clock()
         try:
-            r.ready_pods, _ = e.wait_ready(svc, deployed, pinned)
+            r.ready_pods, _ = e.rollout.wait_ready(svc, deployed, pinned)
             r.phases["rollout"] = e.clock() - start
             self.out.phase_done("rollout", r.phases["rollout"], f"{len(r.ready_pods)}/{deployed.replicas} pods ready", service=svc.name)
             return
@@ -194,8 +201,7 @@ class Release:
         e = self.engine
         self.out.info(f"{svc.name}: rolling {svc.deployment} back to revision {revision} ({old_image})", service=svc.name)
         try:
-            e.kube.rollout_undo(svc.deployment, deployed.namespace, revision)
-            pods, _ = e.wait_ready(svc, deployed, old_image)
+            pods, _ = e.rollout.roll_back(svc, deployed, revision, old_image)
         except DevloopError as err:
             return f"rollback to revision {revision} failed: {err.message}"
         r.rolled_back = True
@@ -224,7 +230,7 @@ class Release:
             d = deployed[svc.deployment]
             local = e.images.exists(ref.local)
             there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
-            found = version_state(there, e.docker.image_id(ref.local) if local else "")
+            found = version_state(there, self.docker.image_id(ref.local) if local else "")
             if there is None:
                 state = "new version: would push"
             elif not local:
@@ -234,7 +240,7 @@ class Release:
             else:
                 state = f"REFUSED: already in the registry as {there.digest} with other content"
             containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.image.name)]
-            ctx, ns = e.target.context, d.namespace
+            ctx, ns = e.target.spec.context, d.namespace
             commands = [
                 *([] if local else [f"docker build -t {ref.local} {svc.image.context}"]),
                 f"docker tag {ref.local} {versioned}",

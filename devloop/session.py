@@ -107,7 +107,7 @@ class DevSession:
         self._pods: dict[str, list[dict[str, Any]]] = {}  # per service, refreshed by the poller (replaced whole)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.api = ApiWatch(engine.kube, self.out, engine.config.cluster.name, on_back=self._api_back)
+        self.api = ApiWatch(engine.kube, self.out, engine.target.outage(), on_back=self._api_back)
 
     @property
     def config(self) -> Config:

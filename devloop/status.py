@@ -13,11 +13,10 @@ from devloop.kube import pod_failure, pod_images, pod_ready
 def status(cfg: Config, engine: Engine) -> dict[str, Any]:
     """Cluster, and per service: the Deployment's image, ready replicas, pods (with crash loops)."""
     target = engine.target
-    name = target.name if target.remote else cfg.cluster.name
-    info: dict[str, Any] = {"cluster": name, "context": target.context, "exists": False, "reachable": False, "services": []}
-    if target.remote:
-        info["target"] = target.name
-    if not (target.context in engine.kube.contexts() if target.remote else engine.kind.exists(name)):
+    info: dict[str, Any] = {"cluster": target.label, "context": target.spec.context, "exists": False, "reachable": False, "services": []}
+    if not target.owns_cluster:
+        info["target"] = target.label
+    if not target.exists():
         return info
     info["exists"] = True
     info["reachable"] = engine.kube.reachable()

@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devloop.builder import Builder
+from devloop.config import Config
+from devloop.engine import Engine
 from devloop.errors import CommandFailed, StepFailed
+from devloop.output import Output
+from devloop.ports import Cluster, ImageStore, Publisher
 from devloop.proc import Result
+from devloop.targets import Target, TargetSpec
+from devloop.targets.local import KindTarget, Transport
 
 
 class _Any:
@@ -363,3 +370,36 @@ class FakePublisher:
         self.pushed.append(ref.cluster)
         progress(f"pushing {ref.cluster}: 1.0 / 2.0 MB")
         return f"pushed {ref.cluster}"
+
+
+def kind_target(
+    config: Config, out: Output, kube: Cluster, images: ImageStore, publisher: Publisher, kind: FakeKind | None = None
+) -> KindTarget:
+    """The local kind cluster's behaviour over fakes (no garbage collection: nothing to collect)."""
+    return KindTarget(
+        TargetSpec("kind", config.cluster.context),
+        config,
+        kind=kind or FakeKind(),
+        kube=kube,
+        images=images,
+        transport=lambda _: Transport(publisher),
+        out=out,
+    )
+
+
+def make_engine(
+    config: Config,
+    out: Output,
+    *,
+    images: ImageStore,
+    kube: Cluster,
+    publisher: Publisher,
+    builder: Builder | None = None,
+    kind: FakeKind | None = None,
+    target: Target | None = None,
+) -> Engine:
+    """An engine over fakes (the integration tests give it the real Docker engine), wired as wiring.py wires the real one."""
+    builds: Any = builder or images  # FakeDocker is both the image store and the builder
+    return Engine(
+        config, out, images=images, builder=builds, kube=kube, target=target or kind_target(config, out, kube, images, publisher, kind)
+    )

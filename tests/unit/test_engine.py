@@ -16,7 +16,7 @@ from devloop.engine import Engine, ServiceResult
 from devloop.errors import CycleFailed
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, everything
-from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher
+from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher, make_engine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,22 +31,21 @@ def shop(tmp_path: Path) -> Path:
 
 
 class World:
-    def __init__(self, root: Path, text: str | None = None) -> None:
+    def __init__(self, root: Path, text: str | None = None, kind: FakeKind | None = None, cluster: FakeCluster | None = None) -> None:
         if text is not None:
             (root / "devloop.yaml").write_text(text)
         self.root = root
-        self.cluster = FakeCluster()
+        self.cluster = cluster or FakeCluster()
         self.docker = FakeDocker()
         self.publisher = FakePublisher()
         self.buf = io.StringIO()
-        self.engine = Engine(
+        self.engine = make_engine(
             config.load(None, root),
             Output(json_mode=True, stdout=self.buf),
             images=self.docker,
-            kind=FakeKind(),
             kube=self.cluster,
-            builder=self.docker,
             publisher=self.publisher,
+            kind=kind,
         )
 
     def events(self, kind: str) -> list[dict[str, Any]]:
@@ -79,9 +78,8 @@ def test_up_builds_publishes_and_rolls_out_every_service(shop: Path) -> None:
 
 
 def test_up_from_nothing_builds_and_pushes_while_the_cluster_is_created(shop: Path) -> None:
-    w = World(shop)
     kind = FakeKind(clusters=())
-    w.engine.kind = kind
+    w = World(shop, kind=kind)
     results = by_service(w.engine.up())
     assert kind.created == [w.engine.config.cluster.name] and all(r.ok for r in results.values())
     assert len(w.docker.builds) == 3 and len(w.publisher.pushed) == 3  # each image built and pushed once
@@ -225,7 +223,7 @@ def test_a_live_update_syncs_into_every_ready_pod(sample_copy: Path) -> None:
 
 
 def test_a_crash_excerpt_starts_at_the_thrown_error_not_the_stack_tail() -> None:
-    from devloop.engine import log_excerpt
+    from devloop.rollout import log_excerpt
 
     node = [
         "/app/server.js:1",

@@ -10,8 +10,11 @@ import pytest
 from devloop import forward
 from devloop.builder import build_hint, with_cause
 from devloop.forward import ApiWatch
+from devloop.model import Outage as Said
 from devloop.output import Output
 from tests.unit.fakes import FakeCluster
+
+KIND = Said("kind cluster 'devloop'", "a paused or restarting kind node (`docker ps`)")
 
 
 class Outage(FakeCluster):
@@ -32,7 +35,7 @@ def test_an_outage_is_said_once_however_many_notice_it_and_its_end_once(monkeypa
     kube, out = Outage(), Output(json_mode=True, stdout=io.StringIO())
     resumed = threading.Event()
     calls: list[int] = []
-    api = ApiWatch(kube, out, "devloop", on_back=lambda: (calls.append(1), resumed.set()))
+    api = ApiWatch(kube, out, KIND, on_back=lambda: (calls.append(1), resumed.set()))
     assert not api.answers()
     for _ in range(5):  # the forward, three log streams and the poller all lose the connection
         api.suspect()
@@ -48,7 +51,7 @@ def test_an_outage_is_said_once_however_many_notice_it_and_its_end_once(monkeypa
 
 
 def test_wait_up_returns_false_when_stopped() -> None:
-    api = ApiWatch(Outage(), Output(json_mode=True, stdout=io.StringIO()), "devloop")
+    api = ApiWatch(Outage(), Output(json_mode=True, stdout=io.StringIO()), KIND)
     assert not api.answers()
     stopped = threading.Event()
     stopped.set()

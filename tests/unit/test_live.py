@@ -147,8 +147,7 @@ class _Flapping(FakeCluster):
 
 
 def _live_world(sample_copy: Path) -> World:
-    w = World(sample_copy, "liveUpdate: {enabled: true}\n")
-    w.cluster = w.engine.kube = _Flapping()  # type: ignore[assignment]
+    w = World(sample_copy, "liveUpdate: {enabled: true}\n", cluster=_Flapping())
     w.engine.up()
     return w
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devloop import forward
+from devloop import forward, model
 from devloop.errors import StepFailed
 from devloop.forward import PortForward, free_port
 from devloop.kube import PodEvent
@@ -672,7 +672,7 @@ def flaky_forward(pods: Connector) -> tuple[Flaky, Output, int, forward.ApiWatch
     kube, out = Flaky(pods), Output(json_mode=True, stdout=io.StringIO())
     kube.add("web-a", True, 1)
     port = free_port()
-    api = forward.ApiWatch(kube, out, "devloop")
+    api = forward.ApiWatch(kube, out, model.Outage("kind cluster 'devloop'", "a paused kind node"))
     return kube, out, port, api, PortForward(kube, out, "default", "web", 80, port, label="web", api=api)
 
 

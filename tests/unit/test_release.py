@@ -20,7 +20,7 @@ from devloop.errors import EXIT_ENVIRONMENT, EXIT_USAGE, ConfigError
 from devloop.model import ImageRef
 from devloop.release import check_version, rollback_to, version_state
 from devloop.remote import Address, RegistryAuthFailed, RegistryClient, RegistryUnavailable, RemoteManifest
-from devloop.target import require_confirmed, require_context, resolve
+from devloop.targets import require_confirmed, require_context, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -264,36 +264,29 @@ def remote_engine(tmp_path: Path, namespace: str | None = "shop", secret: str | 
     import io
     import shutil
 
-    from devloop.engine import Engine
     from devloop.output import Output
-    from devloop.target import Target
-    from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher
+    from devloop.targets import TargetSpec
+    from devloop.targets.remote import RemoteTarget
+    from tests.unit.fakes import FakeCluster, FakeDocker, FakePublisher, make_engine
 
     shutil.copytree(REPO / "sample-app", tmp_path / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
     cluster = FakeCluster("kind-devloop-remote")
     docker = FakeDocker()
-    engine = Engine(
-        config_mod.load(None, tmp_path),
-        Output(json_mode=True, stdout=io.StringIO()),
-        images=docker,
-        kind=FakeKind(),
-        kube=cluster,
-        builder=docker,
-        publisher=FakePublisher(),
-        target=Target("prod", "kind-devloop-remote", "r.example:5443/team", namespace, secret, remote=True),
-    )
+    out = Output(json_mode=True, stdout=io.StringIO())
+    spec = TargetSpec("prod", "kind-devloop-remote", "r.example:5443/team", namespace, secret, remote=True)
+    target = RemoteTarget(spec, kube=cluster, publisher=FakePublisher(), registry_host="r.example:5443", out=out)
+    engine = make_engine(config_mod.load(None, tmp_path), out, images=docker, kube=cluster, publisher=target.publisher, target=target)
     return engine, cluster
 
 
 def test_on_a_remote_target_the_manifests_keep_their_pull_policy_and_run_in_the_targets_namespace(tmp_path: Path) -> None:
-    import yaml
 
     engine, _cluster = remote_engine(tmp_path)
     svc = engine.services[0]
     deployed = engine.manifests(svc)
     assert deployed.namespace == "shop"
-    rendered = list(yaml.safe_load_all(engine.render(svc, deployed, ImageRef("my-web-app", "v1", "r.example:5443/team", "sha256:x"))))
+    rendered = engine.render(svc, deployed, ImageRef("my-web-app", "v1", "r.example:5443/team", "sha256:x"))
     dep = next(d for d in rendered if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "r.example:5443/team/my-web-app:v1@sha256:x"
@@ -304,15 +297,14 @@ def test_on_a_remote_target_the_manifests_keep_their_pull_policy_and_run_in_the_
 def test_a_missing_pull_secret_is_named_with_the_command_that_creates_it(tmp_path: Path) -> None:
     engine, _cluster = remote_engine(tmp_path)
     with pytest.raises(ConfigError) as e:
-        engine.require_pull_secret({"shop"})
+        engine.target.require_pull_secret({"shop"})
     assert "no secret 'regcred' in namespace shop" in e.value.message
     assert "create secret docker-registry regcred --docker-server=r.example:5443" in e.value.hint
 
 
 def test_a_remote_target_is_never_created_and_its_context_must_exist(tmp_path: Path) -> None:
     engine, cluster = remote_engine(tmp_path)
-    assert engine.ensure_cluster() is False  # checked, not created
+    assert engine.target.ensure() is False  # checked, not created
     cluster.context = "something-else"  # the kubeconfig no longer has the target's context
-    engine.target = engine.target.__class__("prod", "kind-devloop-remote", "r.example:5443", remote=True)
     with pytest.raises(ConfigError, match="no such context"):
-        engine.ensure_cluster()
+        engine.target.ensure()

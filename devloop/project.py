@@ -1,0 +1,158 @@
+"""The user's project as devloop deploys it: each service's manifests (read once per change and
+cached), its namespace, and where its inputs are for the watcher and the planner.
+
+A service's manifests are read (and, for kustomize, rendered) when first needed and again only
+after `forget`: the engine forgets a service when a plan says its manifests changed or asks to
+re-apply it, and `layouts()` reads every service again (the session asks for layouts only when a
+batch may change them). The poller and the dashboard read the cache: no kustomize every 5 s.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from devloop import manifests as mf
+from devloop.config import Config, ServiceConfig
+from devloop.errors import ConfigError, DevloopError
+from devloop.ignore import IgnoreRules
+from devloop.images import read_dockerignore
+from devloop.output import Output
+from devloop.plan import ServiceLayout
+from devloop.ports import Cluster
+from devloop.targets import TargetSpec
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One service's manifests as devloop applies them."""
+
+    docs: list[mf.Manifest]
+    deployment: mf.Manifest
+    namespace: str
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return mf.selector_of(self.deployment)
+
+    @property
+    def probed(self) -> bool:
+        """Every container of the Deployment has a readiness probe."""
+        containers = self.deployment.doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+        return all(c.get("readinessProbe") for c in containers)
+
+    @property
+    def replicas(self) -> int:
+        return int(self.deployment.doc.get("spec", {}).get("replicas", 1))
+
+
+class Project:
+    def __init__(self, config: Config, kube: Cluster, spec: TargetSpec, out: Output) -> None:
+        self.config = config
+        self.kube = kube
+        self.spec = spec
+        self.out = out
+        self._cache: dict[str, Deployed] = {}
+        self._lock = threading.Lock()  # the cache is read by the poller and the service threads
+        self._context_ns: str | None = None
+        self._checked = False
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.forget()
+
+    def forget(self, service: str | None = None) -> None:
+        """Read this service's manifests (every service's: None) again when next needed."""
+        with self._lock:
+            if service is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(service, None)
+
+    def context_namespace(self) -> str:
+        if self._context_ns is None:
+            self._context_ns = self.kube.context_namespace()
+        return self._context_ns
+
+    def manifests(self, svc: ServiceConfig) -> Deployed:
+        """This service's objects: its files, without the Deployments of other services that share them."""
+        with self._lock:
+            cached = self._cache.get(svc.name)
+        if cached is not None:
+            return cached
+        deployed = self._read(svc)
+        with self._lock:
+            self._cache[svc.name] = deployed
+        return deployed
+
+    def _read(self, svc: ServiceConfig) -> Deployed:
+        docs = mf.load(svc.manifests, self.kube.kustomize)
+        others = {s.deployment for s in self.config.services if s.name != svc.name}
+        docs = mf.select(docs, svc.deployment, others)
+        deployment = mf.find(docs, "Deployment", svc.deployment)
+        if deployment is None:
+            raise ConfigError(
+                f"service {svc.name}: no Deployment named {svc.deployment!r} in {', '.join(map(str, svc.manifests))}",
+                "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
+            )
+        mf.require_image_user(docs, svc.image.name)
+        declared = mf.namespace_of(deployment, "")
+        wanted = self.spec.namespace
+        if wanted and declared and declared != wanted:
+            raise ConfigError(
+                f"service {svc.name}: Deployment {svc.deployment} says namespace {declared!r}, target {self.spec.name} says {wanted!r}",
+                "remove metadata.namespace from the manifest or the target's namespace (one place decides)",
+            )
+        ns = wanted or declared or svc.deploy.namespace or self.context_namespace()
+        return Deployed(docs, deployment, ns)
+
+    def namespace(self, svc: ServiceConfig) -> str:
+        try:
+            return self.manifests(svc).namespace
+        except DevloopError:
+            return svc.deploy.namespace or self.context_namespace()
+
+    def layout(self, svc: ServiceConfig) -> ServiceLayout:
+        rules = IgnoreRules(tuple(read_dockerignore(svc.image.context)), svc.image.dockerfile, self.config.watch.ignore)
+        files, dirs, kustomize = mf.inputs(svc.manifests)
+        fallback = svc.live_update.fallback if svc.live_update.enabled else None
+        owned = self._owned_files(svc)
+        mine = {str(f) for f in files if owned is None or str(f) in owned}
+        foreign = tuple(sorted({str(f) for f in files} - mine))
+        manifests = tuple(sorted(mine | {str(d) for d in dirs}))
+        return ServiceLayout(svc.name, str(svc.image.context), rules, manifests, tuple(str(k) for k in kustomize), foreign, fallback)
+
+    def layouts(self) -> list[ServiceLayout]:
+        """Every service's layout, its manifests read again (a batch that may change them asks)."""
+        self.forget()
+        return [self.layout(s) for s in self.config.services]
+
+    def config_files(self) -> list[str]:
+        c = self.config
+        return [str(p) for p in (c.file.resolve() if c.file else None, c.cluster.kind_config) if p is not None]
+
+    def _owned_files(self, svc: ServiceConfig) -> set[str] | None:
+        """Files of a shared manifests set that hold this service's objects (None: all of them)."""
+        try:
+            return {m.source for m in self.manifests(svc).docs}
+        except DevloopError:
+            return None
+
+    def check(self) -> list[Deployed]:
+        """Bad manifests are a usage error before anything is created; warn (once) about missing probes."""
+        if self._checked:
+            return []
+        self._checked = True
+        found = []
+        for svc in self.config.services:
+            d = self.manifests(svc)
+            found.append(d)
+            for c in mf.containers_of(d.deployment, svc.image.name):
+                if not c.get("readinessProbe"):
+                    self.out.warn(
+                        f"service {svc.name}: Deployment {svc.deployment} has no readinessProbe: a broken version takes the "
+                        "service down before devloop can see it crash",
+                        "add a readinessProbe (e.g. httpGet on a health path); devloop still rolls back a failed rollout",
+                    )
+                    break
+        return found

@@ -1,0 +1,127 @@
+"""The composition root: the one module that builds the adapters (the Kubernetes API client, kind,
+the Docker engine and its builders, the registries) and hands them to the core as ports.
+
+Everything below it takes what it needs as arguments; nothing else constructs an adapter, and no
+production code checks whether it was given a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from devloop import gc, tools
+from devloop.api import ApiCluster
+from devloop.builder import Builder, detect_builder
+from devloop.config import Config
+from devloop.engine import Engine
+from devloop.images import Images
+from devloop.kind import Kind
+from devloop.kube import Kube
+from devloop.output import Output
+from devloop.ports import Cluster, quiet
+from devloop.publish import KindLoadPublisher, RegistryPublisher
+from devloop.registry import LocalRegistry
+from devloop.release import Release
+from devloop.remote import Address, RegistryClient, RemotePublisher
+from devloop.targets import Target, TargetSpec, resolve
+from devloop.targets.local import KindTarget, Transport
+from devloop.targets.remote import RemoteTarget
+
+
+class _Detected:
+    """The builder, detected on first use (BuildKit through the docker CLI when it works, else the
+    classic SDK builder): commands that never build never probe."""
+
+    def __init__(self, images: Images) -> None:
+        self._images = images
+        self._builder: Builder | None = None
+
+    @property
+    def _detected(self) -> Builder:
+        if self._builder is None:
+            self._builder = detect_builder(self._images)
+        return self._builder
+
+    @property
+    def name(self) -> str:
+        return self._detected.name
+
+    def build(
+        self,
+        context: Path,
+        dockerfile: str,
+        tag: str,
+        build_args: Mapping[str, str],
+        target: str | None = None,
+        on_line: Callable[[str], None] = quiet,
+        *,
+        secrets: Mapping[str, Path] | None = None,
+    ) -> str:
+        return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets)
+
+
+def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> Callable[[Config], Transport]:
+    def transport(config: Config) -> Transport:
+        cluster = config.cluster.name
+        loader = KindLoadPublisher(docker, kind, cluster)
+        registry = LocalRegistry(config.registry, docker, kube)
+        if config.registry_enabled:
+            publisher: RegistryPublisher | KindLoadPublisher = RegistryPublisher(registry, kind, cluster)
+        else:
+            publisher = loader
+
+        def collect(image_name: str, in_use: set[str]) -> str:
+            report = gc.collect(
+                image_name,
+                publisher.registry or None,
+                kind.nodes(cluster),
+                config.keep_versions,
+                in_use,
+                registry_container=config.registry.name,
+                client=docker.client,
+                guard=publisher.lock if isinstance(publisher, RegistryPublisher) else None,
+            )
+            return report.summary() if report.removed or report.errors else ""
+
+        def remove() -> list[str]:
+            return [f"container {config.registry.name} (local registry)"] if config.registry_enabled and registry.remove() else []
+
+        def side_load(image: str) -> None:
+            loader.load(image, out.info)
+
+        return Transport(publisher, collect, side_load=side_load, remove=remove)
+
+    return transport
+
+
+def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker: Images) -> Target:
+    if spec.remote:
+        address = Address.parse(spec.registry)
+        publisher = RemotePublisher(docker, RegistryClient(address, insecure=spec.insecure), address)
+        return RemoteTarget(spec, kube=kube, publisher=publisher, registry_host=address.host, out=out)
+    kind = Kind()
+    return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)
+
+
+def engine(config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True) -> Engine:
+    """The engine for `up`, `dev`, `down`, `status` and `release` on the named target (None: the local kind cluster)."""
+    spec = resolve(config, target_name)  # an undeclared target is refused before any tool runs
+    if fetch_tools:
+        tools.ensure_tools(spec.tools, out)
+    else:
+        tools.add_cache_to_path()
+    kube = ApiCluster(spec.context)
+    docker = Images()
+    return Engine(config, out, images=docker, builder=_Detected(docker), kube=kube, target=target(config, spec, out, kube, docker))
+
+
+def release(e: Engine, version: str, *, rollback: bool) -> Release:
+    docker = e.images
+    assert isinstance(docker, Images)  # built above, by `engine`
+    return Release(e, docker, version, rollback=rollback)
+
+
+def doctor_adapters() -> tuple[Images, Kind, Callable[[str], Kube]]:
+    """`devloop doctor`'s real adapters: Docker, kind, and a kubectl runner per context."""
+    return Images(), Kind(), Kube
