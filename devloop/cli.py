@@ -260,7 +260,7 @@ def down(
                     for m in d.docs:
                         by_ns.setdefault(mf.namespace_of(m, d.namespace), {})[(m.kind, m.name)] = m
                 for ns, docs in by_ns.items():
-                    removed += engine.kube.delete(mf.to_yaml(list(docs.values())), ns)
+                    removed += engine.kube.delete([m.doc for m in docs.values()], ns)
                 mon = engine.monitoring()
                 if mon is not None:
                     removed += mon.remove()
@@ -351,12 +351,12 @@ def doctor(ctx: typer.Context) -> None:
     """Check Docker, kind, kubectl, the cluster, the local registry and inotify limits; print a fix for each problem."""
 
     def body(out: Output) -> int:
+        from devloop.api import ApiCluster
         from devloop.doctor import doctor as run_doctor
         from devloop.images import Images
         from devloop.kind import Kind
-        from devloop.kube import Kube
 
-        checks = run_doctor(ctx.obj.config, Path.cwd(), Images(), Kind(), Kube)
+        checks = run_doctor(ctx.obj.config, Path.cwd(), Images(), Kind(), ApiCluster)
         for c in checks:
             mark = "✔" if c.ok else "✖"
             human = f"{mark} {c.name:<8} {c.detail}" + (f"\n  fix: {c.fix}" if not c.ok and c.fix else "")

@@ -32,7 +32,6 @@ from devloop.errors import ClusterUnavailable, ConfigError, CycleFailed, Devloop
 from devloop.ignore import IgnoreRules
 from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
 from devloop.kind import Kind
-from devloop.kube import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
@@ -43,6 +42,7 @@ from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 from devloop.remote import Address, RegistryClient, RemotePublisher
 from devloop.target import Target, require_context, resolve
+from devloop.workload import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 
 POLL_INTERVAL = 0.5
 WATCH_FALLBACK = 2.0  # at most this long between reads of a rollout's state when no watch event comes
@@ -535,7 +535,9 @@ class Engine:
             )
         return True
 
-    def render(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef, *, dev: bool = True, version: str | None = None) -> str:
+    def render(
+        self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef, *, dev: bool = True, version: str | None = None
+    ) -> list[dict[str, Any]]:
         """The manifests as applied. `dev`: with the dev-only parts (live update's restart loop, the
         rollingUpdate override); a release applies the manifests as they are, image pinned."""
         command: Callable[[dict[str, Any]], list[str]] | None = None
@@ -558,7 +560,7 @@ class Engine:
         ru = svc.deploy.rolling_update
         if dev and ru is not None:
             rendered = mf.with_rolling_update(rendered, svc.deployment, str(ru.max_surge), str(ru.max_unavailable))
-        return mf.to_yaml(rendered)
+        return [m.doc for m in rendered]
 
     def deploy(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> list[str]:
         return self.kube.apply(self.render(svc, deployed, ref), deployed.namespace)
