@@ -287,13 +287,12 @@ def remote_engine(tmp_path: Path, namespace: str | None = "shop", secret: str | 
 
 
 def test_on_a_remote_target_the_manifests_keep_their_pull_policy_and_run_in_the_targets_namespace(tmp_path: Path) -> None:
-    import yaml
 
     engine, _cluster = remote_engine(tmp_path)
     svc = engine.services[0]
     deployed = engine.manifests(svc)
     assert deployed.namespace == "shop"
-    rendered = list(yaml.safe_load_all(engine.render(svc, deployed, ImageRef("my-web-app", "v1", "r.example:5443/team", "sha256:x"))))
+    rendered = engine.render(svc, deployed, ImageRef("my-web-app", "v1", "r.example:5443/team", "sha256:x"))
     dep = next(d for d in rendered if d["kind"] == "Deployment")
     pod = dep["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "r.example:5443/team/my-web-app:v1@sha256:x"
