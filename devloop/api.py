@@ -129,11 +129,14 @@ class ApiCluster:
 
     def get_raw(self, path: str) -> str:
         """An API server path (e.g. a service proxy), its body, as `kubectl get --raw PATH` prints it.
-        Raises StepFailed when the API server (or what it proxies to) does not answer with success."""
+        Raises StepFailed when the API server (or what it proxies to) does not answer with success,
+        with kubectl's words (`Error from server (NotFound): services "x" not found`)."""
         try:
             resp = self.api.request("GET", path, timeout=20.0, stream=True)
             body: bytes = resp.data
-        except (ApiError, ClusterUnavailable) as e:
+        except ApiError as e:
+            raise StepFailed(f"Error from server ({e.reason}): {e.message}" if e.reason else e.message, "") from e
+        except ClusterUnavailable as e:
             raise StepFailed(e.message, "") from e
         except Exception as e:  # the connection dropped while the body was read (urllib3's errors)
             raise StepFailed(f"the API server of context {self.context} does not answer ({type(e).__name__})", "") from e

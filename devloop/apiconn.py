@@ -18,10 +18,11 @@ from devloop.errors import ClusterUnavailable, StepFailed
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason  # the Status object's reason (NotFound, ServiceUnavailable, ...), if it has one
 
 
 def _kubeconfig_files() -> list[Path]:
@@ -106,7 +107,8 @@ class ApiConnection:
             return resp.response
         data = resp.read()
         if not 200 <= resp.status < 300:
-            raise ApiError(resp.status, _status_message(data) or f"HTTP {resp.status}")
+            message, reason = _status(data)
+            raise ApiError(resp.status, message or f"HTTP {resp.status}", reason)
         if stream:
             return resp.response
         return json.loads(data) if data else {}
@@ -166,12 +168,18 @@ class ApiConnection:
                 self._client = None
 
 
-def _status_message(data: bytes) -> str:
+def _status(data: bytes) -> tuple[str, str]:
+    """(message, reason) of an error answer: the API server's Status object, else the text of what
+    answered (an app behind a service proxy)."""
     try:
         body = json.loads(data)
     except ValueError:
-        return data.decode(errors="replace").strip()[:200]
-    return str(body.get("message", "")) if isinstance(body, dict) else ""
+        return data.decode(errors="replace").strip()[:200], ""
+    if not isinstance(body, dict):
+        return "", ""
+    if body.get("kind") == "Status" or "message" in body:
+        return str(body.get("message", "")), str(body.get("reason", ""))
+    return data.decode(errors="replace").strip()[:200], ""
 
 
 def close_response(resp: Any) -> None:

@@ -151,8 +151,18 @@ def test_an_api_server_path_is_read_over_the_connection(api_server: FakeApiServe
 
 
 def test_a_path_that_fails_is_a_step_failure_with_the_api_servers_message(api_server: FakeApiServer) -> None:
-    api_server.routes[("GET", PROXY)] = (503, {"kind": "Status", "message": 'no endpoints available for service "prom"'})
-    with pytest.raises(StepFailed, match='no endpoints available for service "prom"'):
+    api_server.routes[("GET", PROXY)] = (
+        503,
+        {"kind": "Status", "message": 'no endpoints available for service "prom"', "reason": "ServiceUnavailable"},
+    )
+    with pytest.raises(StepFailed) as info:
+        cluster().get_raw(PROXY)
+    assert info.value.message == 'Error from server (ServiceUnavailable): no endpoints available for service "prom"'  # as kubectl says it
+
+
+def test_what_an_app_behind_the_proxy_answers_with_an_error_is_in_the_failure(api_server: FakeApiServer) -> None:
+    api_server.routes[("GET", PROXY)] = (400, {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"})
+    with pytest.raises(StepFailed, match="parse error at char 3"):
         cluster().get_raw(PROXY)
 
 
