@@ -1,253 +1,102 @@
-"""The Kubernetes API over one persistent connection, for the hot path.
+"""The Kubernetes cluster as devloop uses it (the `Cluster` port): the hot path over one persistent
+API connection, kubectl for the rest.
 
-`ApiCluster` is the `Kube` adapter with the steps of every cycle moved in-process onto the official
-`kubernetes` client's connection pool (one TLS session, kept alive) and its websockets: server-side
-apply, reads, pod and log watches, exec, port-forward to a pod, and a namespace change feed that wakes
-a rollout wait on the API server's own watch events instead of a fixed poll. What runs rarely and is
-subtle to reimplement (kustomize, `rollout undo`, delete with --wait, kubeconfig questions) stays with
-kubectl. Every request names the context: devloop never acts on the current context.
-
-The client is built lazily from the kubeconfig and again when the kubeconfig file changes (kind
-writes new certificates when a cluster is created again).
+Every step of a cycle runs in-process on the official `kubernetes` client's connection (apiconn.py)
+and its websockets: server-side apply, reads, pod and log watches (apiwatch.py), exec, port-forward to
+a pod, and a namespace change feed. What runs rarely and is subtle to reimplement (kustomize,
+`rollout undo`, delete with --wait, an exec with stdin, kubeconfig questions) is left to kubectl
+(kubectl.py). Every request names the context: devloop never acts on the current context.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from devloop.apiconn import ApiConnection, ApiError, close_response, response_lines
+from devloop.apiwatch import BackgroundThread, ChangeFeed, watch
 from devloop.errors import ClusterUnavailable, StepFailed
-from devloop.kube import Kube, PodEvent, selector_arg
-from devloop.proc import DEFAULT, Runner
+from devloop.kubectl import Kubectl
+from devloop.workload import PodEvent, selector_arg
 
 FIELD_MANAGER = "devloop"
-WATCH_SECONDS = 240  # a watch request ends after this long; it is opened again from where it was
-RECONNECT = 1.0  # seconds between attempts while the API server does not answer a watch
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class ApiCluster:
+    """The cluster of one kube context: an API connection, and kubectl for what it leaves to kubectl."""
 
-
-def _kubeconfig_files() -> list[Path]:
-    env = os.environ.get("KUBECONFIG")
-    paths = [Path(p) for p in env.split(os.pathsep) if p] if env else [Path.home() / ".kube" / "config"]
-    return paths
-
-
-def _stamp() -> tuple[tuple[str, int], ...]:
-    out = []
-    for p in _kubeconfig_files():
-        try:
-            out.append((str(p), p.stat().st_mtime_ns))
-        except OSError:
-            out.append((str(p), 0))
-    return tuple(out)
-
-
-class Thread:
-    """A background thread with the `Background` interface (alive / wait / stop), for watches and
-    streams that used to be kubectl processes."""
-
-    def __init__(self, target: Callable[[threading.Event], None], name: str, on_stop: Callable[[], None] = lambda: None) -> None:
-        self.stopped = threading.Event()
-        self._done = threading.Event()
-        self._on_stop = on_stop
-
-        def run() -> None:
-            try:
-                target(self.stopped)
-            finally:
-                self._done.set()
-
-        self._thread = threading.Thread(target=run, daemon=True, name=name)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return not self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        return 0 if self._done.wait(timeout) else None
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self._on_stop()
-        self._done.wait(5)
-
-
-class ChangeFeed:
-    """Deployments and pods of one namespace, watched: `wait(seen, timeout)` returns as soon as the
-    API server reports a change after generation `seen` (or the timeout passes)."""
-
-    def __init__(self, api: ApiCluster, namespace: str) -> None:
-        self._cond = threading.Condition()
-        self.generation = 0
-        self._watches = [
-            api.watch(f"/apis/apps/v1/namespaces/{namespace}/deployments", {}, self._bump, name=f"feed-deploy-{namespace}"),
-            api.watch(f"/api/v1/namespaces/{namespace}/pods", {}, self._bump, name=f"feed-pods-{namespace}"),
-        ]
-
-    def _bump(self, _type: str, _obj: dict[str, Any]) -> None:
-        with self._cond:
-            self.generation += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.generation > seen, timeout)
-
-    def stop(self) -> None:
-        for w in self._watches:
-            w.stop()
-
-
-class ApiCluster(Kube):
-    """`Kube` with the hot path on one persistent API connection."""
-
-    def __init__(self, context: str, runner: Runner = DEFAULT) -> None:
-        super().__init__(context, runner)
+    def __init__(self, context: str, kubectl: Kubectl | None = None) -> None:
+        self.context = context
+        self.kubectl = kubectl or Kubectl(context)
+        self.api = ApiConnection(context)
         self._lock = threading.Lock()
-        self._client: Any = None
-        self._stamp: tuple[tuple[str, int], ...] = ()
-        self._resources: dict[str, dict[str, tuple[str, bool]]] = {}  # groupVersion -> kind/singular -> (plural, namespaced)
         self._feeds: dict[str, ChangeFeed] = {}
 
-    # -- the connection ------------------------------------------------------------------------
+    # -- kubectl's part --------------------------------------------------------------------------
 
-    def client(self) -> Any:
-        """The API client for this context (built again when the kubeconfig changed)."""
-        stamp = _stamp()
-        with self._lock:
-            if self._client is None or stamp != self._stamp:
-                from kubernetes import client, config  # the client's import is heavy: only when a cluster is used
+    def client_version(self) -> str:
+        return self.kubectl.client_version()
 
-                cfg = client.Configuration()
-                try:
-                    # the files named now (the client's own default is KUBECONFIG as it was when it was imported)
-                    files = os.pathsep.join(str(p) for p in _kubeconfig_files())
-                    config.load_kube_config(config_file=files, context=self.context, client_configuration=cfg, persist_config=False)  # type: ignore[no-untyped-call]
-                except Exception as e:  # ConfigException and friends: a context the kubeconfig does not name
-                    raise ClusterUnavailable(
-                        f"kube context {self.context!r}: {str(e).splitlines()[0][:200]}",
-                        "`kubectl config get-contexts` lists what the kubeconfig names",
-                    ) from e
-                cfg.connection_pool_maxsize = 64  # watches and log streams hold connections for long
-                cfg.retries = 0
-                if self._client is not None:
-                    self._client.close()
-                self._client = client.ApiClient(cfg)
-                self._stamp = stamp
-                self._resources.clear()
-            return self._client
+    def contexts(self) -> list[str]:
+        return self.kubectl.contexts()
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float | tuple[float, float | None] = 30.0,
-        stream: bool = False,
-    ) -> Any:
-        """One API request; the urllib3 response (stream=True) or the parsed JSON body.
-        Raises ApiError for an HTTP error status, ClusterUnavailable when nothing answers."""
-        api = self.client()
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        try:
-            method, url, headers, body, _ = api.param_serialize(
-                method, path, query_params=list((query or {}).items()), header_params=headers, body=body, auth_settings=["BearerToken"]
-            )
-            resp = api.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
-        except Exception as e:
-            raise ClusterUnavailable(
-                f"the API server of context {self.context} does not answer ({type(e).__name__})",
-                "`docker ps`: is the kind node running?",
-            ) from e
-        if stream and 200 <= resp.status < 300:
-            return resp.response
-        data = resp.read()
-        if not 200 <= resp.status < 300:
-            raise ApiError(resp.status, _status_message(data) or f"HTTP {resp.status}")
-        if stream:
-            return resp.response
-        return json.loads(data) if data else {}
+    def context_namespace(self) -> str:
+        return self.kubectl.context_namespace()
 
-    # -- what the engine asks --------------------------------------------------------------------
+    def kustomize(self, directory: str) -> str:
+        return self.kubectl.kustomize(directory)
+
+    def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+        return self.kubectl.delete(docs, namespace)
+
+    def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
+        return self.kubectl.exec(pod, namespace, argv, stdin, timeout)
+
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+        self.kubectl.rollout_undo(deployment, namespace, revision)
+
+    # -- requests ----------------------------------------------------------------------------------
 
     def reachable(self) -> bool:
         try:
-            self.request("GET", "/readyz", timeout=10.0, stream=True).read()
+            self.api.request("GET", "/readyz", timeout=10.0, stream=True).read()
         except (ClusterUnavailable, ApiError, OSError):
             return False
         return True
 
-    def _resource(self, api_version: str, kind: str) -> tuple[str, bool]:
-        """(plural, namespaced) for a kind (or a singular name, e.g. "deployment") in a group version."""
-        if api_version not in self._resources:
-            path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-            try:
-                listing = self.request("GET", path)
-            except ApiError as e:
-                raise StepFailed(f"the API server does not serve {api_version} ({e.message})", "check the manifest's apiVersion") from e
-            table: dict[str, tuple[str, bool]] = {}
-            for r in listing.get("resources") or []:
-                if "/" in r.get("name", ""):
-                    continue  # subresources
-                entry = (str(r["name"]), bool(r.get("namespaced")))
-                table[str(r.get("kind", "")).lower()] = entry
-                table[str(r.get("singularName", "")).lower()] = entry
-                table[str(r["name"]).lower()] = entry
-                for short in r.get("shortNames") or []:
-                    table[str(short).lower()] = entry
-            self._resources[api_version] = table
-        found = self._resources[api_version].get(kind.lower())
-        if found is None:
-            raise StepFailed(f"the API server has no kind {kind} in {api_version}", "check the manifest's apiVersion and kind")
-        return found
+    def require_reachable(self, cluster: str) -> None:
+        if not self.reachable():
+            raise ClusterUnavailable(
+                f"the API server of kind cluster {cluster!r} (context {self.context}) does not answer",
+                "`devloop up` creates or repairs it; `kind get clusters` lists what exists",
+            )
 
-    def _path(self, api_version: str, kind: str, namespace: str, name: str = "") -> str:
-        plural, namespaced = self._resource(api_version, kind)
-        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        ns = f"/namespaces/{quote(namespace)}" if namespaced else ""
-        return f"{base}{ns}/{plural}" + (f"/{quote(name)}" if name else "")
-
-    def apply(self, yaml_text: str, namespace: str) -> list[str]:
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
         """Server-side apply of every document (field manager `devloop`, conflicts forced: devloop's
         manifests are the source of truth in dev). Lines like kubectl's: `deployment.apps/x configured`."""
-        import yaml
-
         lines = []
-        for doc in yaml.safe_load_all(yaml_text):
-            if not isinstance(doc, dict) or not doc.get("kind"):
+        for doc in docs:
+            if not isinstance(doc, Mapping) or not doc.get("kind"):
                 continue
             api_version, kind = str(doc.get("apiVersion", "v1")), str(doc["kind"])
             name = str((doc.get("metadata") or {}).get("name", ""))
             ns = str((doc.get("metadata") or {}).get("namespace") or namespace)
-            path = self._path(api_version, kind, ns, name)
+            path = self.api.path(api_version, kind, ns, name)
             group = api_version.split("/")[0] if "/" in api_version else ""
             label = f"{kind.lower()}{'.' + group if group else ''}/{name}"
             try:
-                before = self._get_path(path)
+                before = self.api.get(path)
                 if before is not None:
                     self._take_over(path, before)
-                after = self.request(
+                after = self.api.request(
                     "PATCH",
                     path,
                     query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    body=doc,
+                    body=dict(doc),
                     content_type="application/apply-patch+yaml",
                     timeout=60.0,
                 )
@@ -269,29 +118,36 @@ class ApiCluster(Kube):
         if ops is None:
             return
         with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the forced apply still wins
-            self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
-
-    def _get_path(self, path: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.request("GET", path))
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
+            self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
         api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1"}.get(resource.lower(), "v1")
         try:
-            return self._get_path(self._path(api_version, resource, namespace, name))
+            return self.api.get(self.api.path(api_version, resource, namespace, name))
         except ApiError as e:
             raise StepFailed(f"get {resource}/{name}: {e.message}", "") from e
 
+    def get_raw(self, path: str) -> str:
+        """An API server path (e.g. a service proxy), its body, as `kubectl get --raw PATH` prints it.
+        Raises StepFailed when the API server (or what it proxies to) does not answer with success,
+        with kubectl's words (`Error from server (NotFound): services "x" not found`)."""
+        try:
+            resp = self.api.request("GET", path, timeout=20.0, stream=True)
+            body: bytes = resp.data
+        except ApiError as e:
+            raise StepFailed(f"Error from server ({e.reason}): {e.message}" if e.reason else e.message, "") from e
+        except ClusterUnavailable as e:
+            raise StepFailed(e.message, "") from e
+        except Exception as e:  # the connection dropped while the body was read (urllib3's errors)
+            raise StepFailed(f"the API server of context {self.context} does not answer ({type(e).__name__})", "") from e
+        return body.decode(errors="replace")
+
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        out = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query={"labelSelector": selector_arg(labels)})
+        out = self.api.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query={"labelSelector": selector_arg(labels)})
         return list(out.get("items") or [])
 
     def _containers(self, pod: str, namespace: str) -> list[str]:
-        p = self._get_path(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}") or {}
+        p = self.api.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}") or {}
         spec = p.get("spec", {})
         return [str(c["name"]) for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
 
@@ -303,7 +159,7 @@ class ApiCluster(Kube):
                 if previous:
                     query["previous"] = "true"
                 try:
-                    resp = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log", query=query, stream=True)
+                    resp = self.api.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log", query=query, stream=True)
                 except ApiError:
                     continue  # e.g. no previous container, or an init container that never ran
                 lines += resp.data.decode(errors="replace").splitlines()
@@ -313,70 +169,7 @@ class ApiCluster(Kube):
 
     # -- watches and streams -------------------------------------------------------------------
 
-    def watch(
-        self,
-        path: str,
-        query: Mapping[str, str],
-        on_event: Callable[[str, dict[str, Any]], None],
-        name: str = "watch",
-        on_end: Callable[[], None] | None = None,
-    ) -> Thread:
-        """List, then watch from that list's resourceVersion, for as long as it is not stopped:
-        `on_event(type, object)` for every object listed (type "LISTED") and every change. A watch
-        that expires is listed again. When the API server stops answering, `on_end` (if given) is
-        called and the thread ends (the caller decides when to watch again); without `on_end` the
-        thread retries every second."""
-        holder: dict[str, Any] = {}
-
-        def close() -> None:
-            resp = holder.get("resp")
-            if resp is not None:
-                _close(resp)
-
-        def run(stopped: threading.Event) -> None:
-            version = ""
-            while not stopped.is_set():
-                try:
-                    if not version:
-                        listing = self.request("GET", path, query=dict(query))
-                        version = str(listing.get("metadata", {}).get("resourceVersion", ""))
-                        for item in listing.get("items") or []:
-                            on_event("LISTED", item)
-                    q = {**query, "watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true"}
-                    q["timeoutSeconds"] = str(WATCH_SECONDS)
-                    resp = self.request("GET", path, query=q, stream=True, timeout=(10.0, WATCH_SECONDS + 30.0))
-                    holder["resp"] = resp
-                    if stopped.is_set():
-                        return
-                    for event in _json_lines(resp):
-                        kind, obj = str(event.get("type", "")), event.get("object") or {}
-                        if kind == "ERROR":
-                            version = ""  # 410 Gone: too old; list again
-                            break
-                        version = str(obj.get("metadata", {}).get("resourceVersion", version))
-                        if kind != "BOOKMARK":
-                            on_event(kind, obj)
-                except (ClusterUnavailable, ApiError, OSError, ValueError) as e:
-                    if stopped.is_set():
-                        return
-                    if isinstance(e, ApiError) and e.status == 410:
-                        version = ""
-                        continue
-                    if on_end is not None:
-                        on_end()
-                        return
-                    stopped.wait(RECONNECT)
-                except Exception:  # urllib3's protocol errors when the connection drops mid-stream
-                    if stopped.is_set():
-                        return
-                    if on_end is not None:
-                        on_end()
-                        return
-                    stopped.wait(RECONNECT)
-
-        return Thread(run, name=name, on_stop=close)
-
-    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> Thread:
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> BackgroundThread:
         """A typed event per pod change; the thread ends when the API server stops answering (as the
         kubectl watch it replaces did: the session notices and watches again)."""
 
@@ -385,7 +178,8 @@ class ApiCluster(Kube):
             if e is not None:
                 on_event(e)
 
-        return self.watch(
+        return watch(
+            self.api,
             f"/api/v1/namespaces/{quote(namespace)}/pods",
             {"labelSelector": selector_arg(labels)},
             event,
@@ -398,19 +192,19 @@ class ApiCluster(Kube):
         with self._lock:
             feed = self._feeds.get(namespace)
         if feed is None:
-            feed = ChangeFeed(self, namespace)
+            feed = ChangeFeed(self.api, namespace)
             with self._lock:
                 self._feeds.setdefault(namespace, feed)
                 feed = self._feeds[namespace]
         return feed
 
-    def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> Thread:
+    def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> BackgroundThread:
         """Follow every container of the pod; the thread ends when the pod's log ends."""
         holder: list[Any] = []
 
         def close() -> None:
             for resp in holder:
-                _close(resp)
+                close_response(resp)
 
         def follow(container: str, stopped: threading.Event) -> None:
             query = {"container": container, "follow": "true"}
@@ -419,7 +213,7 @@ class ApiCluster(Kube):
             else:
                 query["tailLines"] = "20"
             try:
-                resp = self.request(
+                resp = self.api.request(
                     "GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log", query=query, stream=True, timeout=(10.0, None)
                 )
             except (ApiError, ClusterUnavailable):
@@ -428,7 +222,7 @@ class ApiCluster(Kube):
             if stopped.is_set():
                 return
             try:
-                for raw in _lines(resp):
+                for raw in response_lines(resp):
                     on_line(raw.decode(errors="replace"))
             except Exception:
                 return  # the connection ended (pod gone, API server away)
@@ -444,17 +238,9 @@ class ApiCluster(Kube):
             for t in threads:
                 t.join()
 
-        return Thread(run, name=f"logs-{pod}", on_stop=close)
+        return BackgroundThread(run, name=f"logs-{pod}", on_stop=close)
 
     # -- exec and port-forward over websockets ------------------------------------------------
-
-    def _websocket(self, path: str) -> tuple[Any, str, dict[str, str]]:
-        """(configuration, URL, headers with the credentials) for a websocket request. The client's
-        own `stream()` helpers swap the shared ApiClient's `call_api` while they connect, which
-        breaks requests made meanwhile on other threads; the websocket calls are made directly."""
-        api = self.client()
-        _, url, headers, _, _ = api.param_serialize("GET", path, header_params={}, auth_settings=["BearerToken"])
-        return api.configuration, url, headers
 
     def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
         """A running exec (the client's WSClient: write_stdin, readline_stdout, close) with stdin open."""
@@ -464,7 +250,7 @@ class ApiCluster(Kube):
         query.append(("tty", "false"))
         if container:
             query.append(("container", container))
-        cfg, url, headers = self._websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec")
+        cfg, url, headers = self.api.websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec")
         try:
             return ws_client.WSClient(cfg, ws_client.get_websocket_url(url, query), headers, capture_all=True)  # type: ignore[no-untyped-call]
         except Exception as e:
@@ -474,7 +260,7 @@ class ApiCluster(Kube):
         """A stream socket to the pod's port through the API server's port-forward (one websocket)."""
         from kubernetes.stream import ws_client
 
-        cfg, url, headers = self._websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/portforward")
+        cfg, url, headers = self.api.websocket(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/portforward")
         # The client's websocket connect has no timeout: an API server that accepts the TCP
         # connection and never upgrades it would hang the caller. It runs on its own thread, and
         # a forward that arrives after the deadline is closed when it does.
@@ -511,10 +297,7 @@ class ApiCluster(Kube):
         for feed in list(self._feeds.values()):
             feed.stop()
         self._feeds.clear()
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        self.api.close()
 
 
 class _ForwardSocket:
@@ -588,41 +371,6 @@ def upgrade_managed_fields(obj: Mapping[str, Any]) -> list[dict[str, Any]] | Non
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _status_message(data: bytes) -> str:
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return data.decode(errors="replace").strip()[:200]
-    return str(body.get("message", "")) if isinstance(body, dict) else ""
-
-
-def _close(resp: Any) -> None:
-    with contextlib.suppress(Exception):
-        resp.shutdown()  # urllib3 2: unblocks a read in another thread
-    with contextlib.suppress(Exception):
-        resp.release_conn()
-        resp.close()
-
-
-def _lines(resp: Any) -> Iterator[bytes]:
-    buf = b""
-    for chunk in resp.stream(65536, decode_content=True):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line
-    if buf:
-        yield buf
-
-
-def _json_lines(resp: Any) -> Iterator[dict[str, Any]]:
-    for line in _lines(resp):
-        if line.strip():
-            data = json.loads(line)
-            if isinstance(data, dict):
-                yield data
 
 
 def _seconds(since: str) -> int:

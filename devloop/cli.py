@@ -240,7 +240,7 @@ def down(
                     for m in d.docs:
                         by_ns.setdefault(mf.namespace_of(m, d.namespace), {})[(m.kind, m.name)] = m
                 for ns, docs in by_ns.items():
-                    removed += engine.kube.delete(mf.to_yaml(list(docs.values())), ns)
+                    removed += engine.kube.delete([m.doc for m in docs.values()], ns)
                 mon = engine.monitoring()
                 if mon is not None:
                     removed += mon.remove()

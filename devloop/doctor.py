@@ -9,11 +9,11 @@ from typing import Protocol
 
 from devloop import config as config_mod
 from devloop import tools
+from devloop.api import ApiCluster
 from devloop.config import RegistryConfig
 from devloop.errors import DevloopError
 from devloop.images import DOCKER_HINT, Images
 from devloop.kind import Kind
-from devloop.kube import Kube
 from devloop.proc import INSTALL_HINTS
 from devloop.registry import LocalRegistry, Problem
 
@@ -99,10 +99,10 @@ def doctor(
     cwd: Path,
     images: Images,
     kind: Kind,
-    make_kube: Callable[[str], Kube],
+    make_kube: Callable[[str], ApiCluster],
     *,
     which: Callable[[], dict[str, str | None]] = tools.which_tools,
-    make_registry: Callable[[RegistryConfig, Images, Kube], RegistryProbe] = LocalRegistry,
+    make_registry: Callable[[RegistryConfig, Images, ApiCluster], RegistryProbe] = LocalRegistry,
 ) -> list[Check]:
     checks: list[Check] = []
     cfg: config_mod.Config | None = None

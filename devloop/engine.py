@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from devloop import live
 from devloop import manifests as mf
 from devloop.builder import Builder
@@ -401,7 +399,7 @@ class Engine:
         return [m.doc for m in rendered]
 
     def deploy(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> list[str]:
-        return self.kube.apply(yaml.safe_dump_all(self.render(svc, deployed, ref), sort_keys=False), deployed.namespace)
+        return self.kube.apply(self.render(svc, deployed, ref), deployed.namespace)
 
     def _tidy(self, svc: ServiceConfig, in_use: set[str]) -> None:
         """After a successful rollout: keep the newest few content tags in Docker, and let the target

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from devloop.errors import DevloopError, StepFailed
-from devloop.kube import PodEvent, pod_name, pod_ready
 from devloop.model import Outage
 from devloop.output import Output
 from devloop.ports import Cluster
 from devloop.proc import Background
 from devloop.proxy import Proxy, Upstreams
+from devloop.workload import PodEvent, pod_name, pod_ready
 
 
 def free_port() -> int:
@@ -409,11 +409,8 @@ class PortForward:
         return not self._stopped.is_set()
 
 
-KUBECTL_NOISE = ("rpc error: code = NotFound", "Error from server (NotFound)", "unexpected stream type")
-
-
 class LogStreams:
-    """One `kubectl logs -f` per ready pod; pods that are gone have their stream stopped. A stream
+    """One log stream per ready pod; pods that are gone have their stream stopped. A stream
     that ends by itself calls `on_end` (the API server may have gone away)."""
 
     def __init__(
@@ -444,8 +441,6 @@ class LogStreams:
 
     def _line(self, pod: str, line: str) -> None:
         if not line.strip():
-            return
-        if line.startswith(KUBECTL_NOISE):  # kubectl's own words when a pod goes away, not the app's
             return
         self.on_line(pod, line)
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from devloop import manifests as mf
 from devloop.errors import DevloopError
-from devloop.kube import pod_images, pod_name, pod_ready
 from devloop.proc import SIGNAL_CHECK
+from devloop.workload import pod_images, pod_name, pod_ready
 
 if TYPE_CHECKING:
     from devloop.config import ServiceConfig

@@ -4,7 +4,7 @@ devloop owns only what it renders here (labelled `app.kubernetes.io/managed-by: 
 ServiceAccount, a ClusterRole and ClusterRoleBinding for Kubernetes service discovery, the Deployment and the Service
 `devloop-prometheus`. The user's ConfigMap (monitoring.configMap, key prometheus.yml) is mounted, never
 written, and `remove()` leaves it in place. Queries go through the API server's service proxy
-(`kubectl get --raw .../services/devloop-prometheus:9090/proxy/api/v1/query`): no port-forward process.
+(`GET .../services/devloop-prometheus:9090/proxy/api/v1/query` on the API connection): no port-forward, no process.
 
 Sizing: the node is small and shared with the app's rolling update, so Prometheus requests little
 (50m CPU, 96Mi) and is replaced with `Recreate` (never two of it at once).
@@ -26,8 +26,8 @@ import yaml
 
 from devloop.config import MonitoringConfig
 from devloop.errors import StepFailed
-from devloop.kube import pod_failure, pod_name, pod_pending_reason, rollout_progress
 from devloop.output import Output
+from devloop.workload import pod_failure, pod_name, pod_pending_reason, rollout_progress
 
 NAME = "devloop-prometheus"
 PORT = 9090
@@ -50,15 +50,15 @@ NOT_TRAFFIC = 'path!~"/metrics|/healthz"'
 
 
 class KubeAPI(Protocol):
-    """What Monitoring needs of the Kube adapter (devloop.kube.Kube has all of it)."""
+    """What Monitoring needs of the cluster adapter (devloop.api.ApiCluster has all of it)."""
 
     context: str
 
     def get_raw(self, path: str) -> str: ...
 
-    def apply(self, yaml_text: str, namespace: str) -> list[str]: ...
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
 
-    def delete(self, yaml_text: str, namespace: str) -> list[str]: ...
+    def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None: ...
 
@@ -334,7 +334,7 @@ class Monitoring:
             return False
         start = self._clock()
         out.progress("monitoring", f"applying Prometheus ({self.cfg.image}) reading ConfigMap {name}")
-        self.kube.apply(render_yaml(self.cfg, self.namespace, config_hash(cm)), self.namespace)
+        self.kube.apply(render(self.cfg, self.namespace, config_hash(cm)), self.namespace)
         deadline = start + timeout
         last = ""
         while True:
@@ -375,7 +375,7 @@ class Monitoring:
     def remove(self) -> list[str]:
         """Delete what ensure() applied (the user's ConfigMap stays); kubectl's lines
         (`deployment.apps "devloop-prometheus" deleted`)."""
-        return self.kube.delete(render_yaml(self.cfg, self.namespace), self.namespace)
+        return self.kube.delete(render(self.cfg, self.namespace), self.namespace)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query, through the API server's proxy to the Service."""

@@ -1,4 +1,4 @@
-"""The engine's view of the outside world, as Protocols. The adapters (kube.py, kind.py,
+"""The engine's view of the outside world, as Protocols. The adapters (api.py, kind.py,
 images.py) implement them for real; unit tests implement them with small fakes that know
 deployments and pods (tests/unit/fakes.py), type-checked against these same Protocols."""
 
@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from devloop.kube import PodEvent
 from devloop.model import ImageRef
 from devloop.proc import Background
+from devloop.workload import PodEvent
 
 
 def quiet(_: str) -> None:
@@ -38,7 +38,7 @@ class ExecStream(Protocol):
 
 class Cluster(Protocol):
     """The Kubernetes API as devloop uses it (api.py: the API client on the hot path, kubectl for
-    the rest)."""
+    the rest). `apply` and `delete` take the documents as parsed (mappings), never YAML text."""
 
     context: str
 
@@ -47,8 +47,8 @@ class Cluster(Protocol):
     def require_reachable(self, cluster: str) -> None: ...
     def context_namespace(self) -> str: ...
     def kustomize(self, directory: str) -> str: ...
-    def apply(self, yaml_text: str, namespace: str) -> list[str]: ...
-    def delete(self, yaml_text: str, namespace: str) -> list[str]: ...
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
+    def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None: ...
     def get_raw(self, path: str) -> str: ...
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]: ...

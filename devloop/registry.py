@@ -34,17 +34,13 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
-def hosting_configmap(host: str) -> str:
-    return f"""apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: local-registry-hosting
-  namespace: kube-public
-data:
-  localRegistryHosting.v1: |
-    host: "{host}"
-    help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
-"""
+def hosting_configmap(host: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "local-registry-hosting", "namespace": "kube-public"},
+        "data": {"localRegistryHosting.v1": f'host: "{host}"\nhelp: "https://kind.sigs.k8s.io/docs/user/local-registry/"\n'},
+    }
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class LocalRegistry:
         for node in nodes:
             changed |= self._ensure_node(node)
         if changed:
-            self.kube.apply(hosting_configmap(self.host), "kube-public")
+            self.kube.apply([hosting_configmap(self.host)], "kube-public")
         return changed
 
     def start_container(self) -> bool:

@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from devloop import manifests as mf
 from devloop.config import ServiceConfig
 from devloop.engine import Engine
@@ -175,9 +173,7 @@ class Release:
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
         previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
         start = e.clock()
-        applied = e.kube.apply(
-            yaml.safe_dump_all(e.render(svc, deployed, pinned, dev=False, version=self.version), sort_keys=False), deployed.namespace
-        )
+        applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
         r.phases["deploy"] = e.clock() - start
         self.out.phase_done("deploy", r.phases["deploy"], "; ".join(applied), service=svc.name)

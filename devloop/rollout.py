@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 from devloop.config import ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
-from devloop.kube import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 from devloop.model import ImageRef, ServiceState
 from devloop.output import Output
 from devloop.ports import Changes, Cluster
 from devloop.project import Deployed
+from devloop.workload import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 
 POLL_INTERVAL = 0.5
 WATCH_FALLBACK = 2.0  # at most this long between reads of a rollout's state when no watch event comes

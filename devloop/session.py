@@ -27,11 +27,11 @@ from devloop.engine import Engine, ServiceResult
 from devloop.errors import DevloopError
 from devloop.forward import ApiWatch, LogStreams, PortForward
 from devloop.ignore import IgnoreRules
-from devloop.kube import PodEvent, pod_failure, pod_name, pod_ready
 from devloop.manifests import KUSTOMIZATION_FILES
 from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan
 from devloop.proc import Background
 from devloop.watch import Watcher
+from devloop.workload import PodEvent, pod_failure, pod_name, pod_ready
 
 
 def _may_change_layout(path: str) -> bool:

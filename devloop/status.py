@@ -7,7 +7,7 @@ from typing import Any
 from devloop.config import Config
 from devloop.engine import Engine
 from devloop.errors import DevloopError
-from devloop.kube import pod_failure, pod_images, pod_ready
+from devloop.workload import pod_failure, pod_images, pod_ready
 
 
 def status(cfg: Config, engine: Engine) -> dict[str, Any]:

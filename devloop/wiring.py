@@ -17,7 +17,6 @@ from devloop.config import Config
 from devloop.engine import Engine
 from devloop.images import Images
 from devloop.kind import Kind
-from devloop.kube import Kube
 from devloop.output import Output
 from devloop.ports import Cluster, quiet
 from devloop.publish import KindLoadPublisher, RegistryPublisher
@@ -122,6 +121,6 @@ def release(e: Engine, version: str, *, rollback: bool) -> Release:
     return Release(e, docker, version, rollback=rollback)
 
 
-def doctor_adapters() -> tuple[Images, Kind, Callable[[str], Kube]]:
-    """`devloop doctor`'s real adapters: Docker, kind, and a kubectl runner per context."""
-    return Images(), Kind(), Kube
+def doctor_adapters() -> tuple[Images, Kind, Callable[[str], ApiCluster]]:
+    """`devloop doctor`'s real adapters: Docker, kind, and an API client per context."""
+    return Images(), Kind(), ApiCluster

@@ -162,11 +162,9 @@ class FakeCluster:
     def kustomize(self, directory: str) -> str:
         raise AssertionError("kustomize is tested with the real kubectl (tests/integration)")
 
-    def apply(self, yaml_text: str, namespace: str) -> list[str]:
-        import yaml as _yaml
-
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
         names = []
-        for doc in _yaml.safe_load_all(yaml_text):
+        for doc in map(dict, docs):
             if not doc:
                 continue
             ns = doc.get("metadata", {}).get("namespace") or namespace
@@ -220,7 +218,7 @@ class FakeCluster:
         else:
             d.pods = self._new_pods(d, image, d.replicas, crash=True)
 
-    def delete(self, yaml_text: str, namespace: str) -> list[str]:
+    def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
         return []
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:

@@ -1,12 +1,14 @@
-"""The pure parts of the API adapter: handing client-side-apply fields to devloop's server-side
-apply, pod events from API objects, kubectl's --since durations. (The adapter itself runs against
-a real API server in tests/e2e.)"""
+"""The API adapter: handing client-side-apply fields to devloop's server-side apply, kubectl's
+--since durations, and requests against a small local HTTP server standing in for the API server
+(the adapter runs against a real API server in tests/e2e)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,22 @@ import pytest
 
 from devloop.api import ApiCluster, _seconds, upgrade_managed_fields
 from devloop.errors import StepFailed
-from devloop.kube import PodEvent
+from devloop.kubectl import Kubectl
+from tests.unit.fakes import FakeRunner
+
+
+def use_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: str, port: int) -> None:
+    """A kubeconfig whose `context` names an API server on 127.0.0.1:`port` (plain HTTP, a token)."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": context, "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": "u"}}],
+        "current-context": context,
+    }
+    (tmp_path / "config").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
 
 
 def entry(manager: str, operation: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -50,23 +67,6 @@ def test_a_first_apply_entry_is_made_from_the_client_side_one() -> None:
     assert ops[1]["value"] == [{**entry("devloop", "Apply", {"f:data": {}}), "time": None}]
 
 
-def test_pod_events_from_api_objects() -> None:
-    pod = {
-        "metadata": {"name": "web-1", "creationTimestamp": "2026-11-28T13:00:00Z"},
-        "spec": {"containers": [{"image": "localhost:5001/web:dl-1"}]},
-        "status": {"podIP": "10.244.1.5", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"restartCount": 2}]},
-    }
-    assert PodEvent.of(pod) == PodEvent("web-1", 2, ("localhost:5001/web:dl-1",), False, True, "2026-11-28T13:00:00Z", "10.244.1.5")
-    gone = PodEvent.of(pod, deleted=True)
-    assert gone is not None and gone.deleting and not gone.ready
-    assert PodEvent.of({"metadata": {}}) is None
-
-
-def test_kubectl_line_and_api_object_agree() -> None:
-    line = "web-1 0 1 |img-a img-b||True|2026-11-28T13:00:00Z|10.0.0.1"
-    assert PodEvent.parse(line) == PodEvent("web-1", 1, ("img-a", "img-b"), False, True, "2026-11-28T13:00:00Z", "10.0.0.1")
-
-
 def test_since_durations() -> None:
     assert (_seconds("40s"), _seconds("2m"), _seconds("1h"), _seconds("15")) == (40, 120, 3600, 15)
 
@@ -79,16 +79,7 @@ def test_a_port_forward_to_an_api_server_that_never_answers_fails_instead_of_han
     silent = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "silent", "cluster": {"server": f"http://127.0.0.1:{silent.getsockname()[1]}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "silent", "context": {"cluster": "silent", "user": "u"}}],
-        "current-context": "silent",
-    }
-    (tmp_path / "config").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
+    use_kubeconfig(tmp_path, monkeypatch, "silent", silent.getsockname()[1])
     said: list[BaseException] = []
 
     def dial() -> None:
@@ -104,3 +95,94 @@ def test_a_port_forward_to_an_api_server_that_never_answers_fails_instead_of_han
     assert len(said) == 1 and isinstance(said[0], StepFailed) and "did not answer" in said[0].message, said
     assert held, "the API server was never dialled"
     silent.close()
+
+
+class FakeApiServer(http.server.ThreadingHTTPServer):
+    """Answers `routes[(method, path with query)]` = (status, body); records every request as
+    (method, path, content type, body)."""
+
+    def __init__(self, routes: dict[tuple[str, str], tuple[int, Any]]) -> None:
+        self.routes = routes
+        self.seen: list[tuple[str, str, str, Any]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                server.seen.append((self.command, self.path, self.headers.get("Content-Type", ""), body))
+                status, answer = server.routes.get((self.command, self.path), (404, {"kind": "Status", "message": "not found"}))
+                data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PATCH = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+
+@pytest.fixture
+def api_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
+    server = FakeApiServer({})
+    use_kubeconfig(tmp_path, monkeypatch, "kind-dev", server.server_address[1])
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def cluster() -> ApiCluster:
+    """The adapter with a kubectl that fails the test on any command: these paths start no process."""
+    return ApiCluster("kind-dev", Kubectl("kind-dev", FakeRunner()))
+
+
+PROXY = "/api/v1/namespaces/shop/services/prom:9090/proxy/api/v1/query?query=up"
+
+
+def test_an_api_server_path_is_read_over_the_connection(api_server: FakeApiServer) -> None:
+    api_server.routes[("GET", PROXY)] = (200, '{"status":"success","data":{"result":[]}}')
+    assert cluster().get_raw(PROXY) == '{"status":"success","data":{"result":[]}}'
+    assert [(m, p) for m, p, _, _ in api_server.seen] == [("GET", PROXY)]
+
+
+def test_a_path_that_fails_is_a_step_failure_with_the_api_servers_message(api_server: FakeApiServer) -> None:
+    api_server.routes[("GET", PROXY)] = (
+        503,
+        {"kind": "Status", "message": 'no endpoints available for service "prom"', "reason": "ServiceUnavailable"},
+    )
+    with pytest.raises(StepFailed) as info:
+        cluster().get_raw(PROXY)
+    assert info.value.message == 'Error from server (ServiceUnavailable): no endpoints available for service "prom"'  # as kubectl says it
+
+
+def test_what_an_app_behind_the_proxy_answers_with_an_error_is_in_the_failure(api_server: FakeApiServer) -> None:
+    api_server.routes[("GET", PROXY)] = (400, {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"})
+    with pytest.raises(StepFailed, match="parse error at char 3"):
+        cluster().get_raw(PROXY)
+
+
+def test_a_path_on_a_server_that_is_gone_is_a_step_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    use_kubeconfig(tmp_path, monkeypatch, "kind-dev", port)
+    with pytest.raises(StepFailed, match="does not answer"):
+        cluster().get_raw(PROXY)
+
+
+def test_apply_sends_each_document_as_a_server_side_apply(api_server: FakeApiServer) -> None:
+    path = "/apis/apps/v1/namespaces/shop/deployments/web"
+    api_server.routes[("GET", "/apis/apps/v1")] = (
+        200,
+        {"resources": [{"name": "deployments", "singularName": "deployment", "kind": "Deployment", "namespaced": True}]},
+    )
+    api_server.routes[("PATCH", f"{path}?fieldManager=devloop&force=true")] = (200, {"metadata": {"name": "web", "generation": 1}})
+    doc = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}}
+    assert cluster().apply([doc, {}], "shop") == ["deployment.apps/web created"]  # an empty document is skipped
+    method, _, content_type, body = api_server.seen[-1]
+    assert (method, content_type, body) == ("PATCH", "application/apply-patch+yaml", doc)

@@ -179,8 +179,8 @@ def test_after_a_rollout_the_synced_replicas_are_not_taken_for_new_ones(sample_c
     """A sync, a rebuild (new pods), a sync again: a later event of a pod that got that last sync
     (its readiness flapping, restarts still 0) is not "a live-updated pod restarted" (it made a
     spurious rebuild in the soak)."""
-    from devloop.kube import PodEvent
     from devloop.session import DevSession, PodChanged
+    from devloop.workload import PodEvent
 
     w = _live_world(sample_copy)
     session = DevSession(w.engine)

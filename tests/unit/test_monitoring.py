@@ -66,13 +66,13 @@ class FakeKube:
         self.deleted: list[tuple[str, list[dict[str, Any]]]] = []
         self.polls = 0
 
-    def apply(self, yaml_text: str, namespace: str) -> list[str]:
-        docs = list(yaml.safe_load_all(yaml_text))
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+        docs = [dict(d) for d in docs]
         self.applied.append((namespace, docs))
         return [f"{d['kind'].lower()}/{d['metadata']['name']} configured" for d in docs]
 
-    def delete(self, yaml_text: str, namespace: str) -> list[str]:
-        docs = list(yaml.safe_load_all(yaml_text))
+    def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+        docs = [dict(d) for d in docs]
         self.deleted.append((namespace, docs))
         return [f'{d["kind"].lower()} "{d["metadata"]["name"]}" deleted' for d in docs]
 

@@ -18,9 +18,9 @@ import pytest
 from devloop import forward, model
 from devloop.errors import StepFailed
 from devloop.forward import PortForward, free_port
-from devloop.kube import PodEvent
 from devloop.output import Output
 from devloop.proxy import Proxy, Upstreams
+from devloop.workload import PodEvent
 from tests.unit.fakes import FakeBackground, FakeCluster
 
 

@@ -1,0 +1,144 @@
+"""What devloop reads from pods and Deployments: pure rules and value types, no I/O.
+
+A pod's readiness, failure and images, why it is still pending, whether it has settled, and a
+Deployment's rollout progress (as `kubectl rollout status` judges it), all from the objects as the
+API returns them; and `PodEvent`, the typed event a pod watch delivers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from devloop.timefmt import parse_time
+
+FAILING_WAIT_REASONS = {
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    name: str
+    restarts: int
+    images: tuple[str, ...]
+    deleting: bool
+    ready: bool = False  # the Ready condition is True (and the pod is not being deleted)
+    created: str = ""  # metadata.creationTimestamp (RFC 3339: sorts as time)
+    ip: str = ""
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any], deleted: bool = False) -> PodEvent | None:
+        """The event for a pod object as the API returns it (`deleted`: a watch's DELETED event)."""
+        name = pod_name(pod)
+        if name == "?":
+            return None
+        meta = pod.get("metadata", {})
+        status = pod.get("status", {})
+        gone = deleted or bool(meta.get("deletionTimestamp"))
+        return cls(
+            name,
+            sum(int(cs.get("restartCount", 0)) for cs in status.get("containerStatuses") or []),
+            tuple(pod_images(pod)),
+            gone,
+            pod_ready(pod) and not gone,
+            str(meta.get("creationTimestamp", "")),
+            str(status.get("podIP", "") or ""),
+        )
+
+
+def selector_arg(labels: Mapping[str, str]) -> str:
+    """A label selector (`app=web,tier=front`) for these labels."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def rollout_progress(deploy: Mapping[str, Any]) -> tuple[bool, str]:
+    """(done, message), following `kubectl rollout status` for Deployments."""
+    meta = deploy.get("metadata", {})
+    spec = deploy.get("spec", {})
+    status = deploy.get("status", {})
+    want = int(spec.get("replicas", 1))
+    if int(meta.get("generation", 0)) > int(status.get("observedGeneration", 0)):
+        return False, "waiting for the deployment spec update to be observed"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, "progress deadline exceeded"
+    updated = int(status.get("updatedReplicas", 0))
+    total = int(status.get("replicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    if updated < want:
+        return False, f"{updated} of {want} new replicas updated"
+    if total > updated:
+        return False, f"{total - updated} old replicas pending termination"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas available"
+    return True, f"{available}/{want} replicas ready"
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why this pod will not become ready by itself, or None while it still may.
+
+    A pod being deleted is leaving, not failing: the crash-looping pod of an undone change stays
+    listed (Terminating) for a while after the Deployment has settled on the good version."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    for cs in (pod.get("status", {}).get("initContainerStatuses") or []) + (pod.get("status", {}).get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FAILING_WAIT_REASONS:
+            msg = str(waiting.get("message", "")).strip().splitlines()
+            return f"{reason}" + (f": {msg[0][:200]}" if msg else "")
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if int(cs.get("restartCount", 0)) >= 1 and last and int(last.get("exitCode", 0)) != 0:
+            return f"container {cs.get('name')} exited with code {last.get('exitCode')} ({last.get('reason', 'Error')}) and is restarting"
+    return None
+
+
+def pod_pending_reason(pod: Mapping[str, Any]) -> str:
+    """Why a pod is not ready yet, for the message of a rollout that hit its deadline.
+
+    Unschedulable is not a failure by itself: during a rolling update a surge pod waits for the
+    old pods' CPU requests to be released."""
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("status") == "False" and cond.get("reason"):
+            return f"{cond['reason']}: {str(cond.get('message', '')).strip()[:160]}"
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return str(waiting["reason"])
+    return str(pod.get("status", {}).get("phase", "not ready"))
+
+
+def pod_images(pod: Mapping[str, Any]) -> list[str]:
+    return [str(c.get("image")) for c in pod.get("spec", {}).get("containers") or []]
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions") or [])
+
+
+def pod_settled(pod: Mapping[str, Any], seconds: float, now: float) -> bool:
+    """Every container runs, has not restarted, and started at least `seconds` ago (wall clock:
+    the node's timestamps). Unknown start times count as settled."""
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if int(cs.get("restartCount", 0)) > 0:
+            return False
+        running = (cs.get("state") or {}).get("running")
+        if running is None:
+            return False
+        if now - parse_time(running.get("startedAt"), default=float("-inf")) < seconds:
+            return False
+    return True
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", "?"))
