@@ -339,42 +339,46 @@ class DevSession:
             batch = self.queue.get_batch()
             if batch is None:
                 return
-            self._observe_last_cycle(batch)
-            changes: list[Change] = []
-            rebuild: dict[str, str] = {}  # service → why
-            for item in batch:
-                if isinstance(item, PodChanged):
-                    service = self._pod_changed(item)
-                    if service:
-                        rebuild[service] = "a live-updated pod restarted"
-                elif isinstance(item, RebuildNow):
-                    if item.service in self.engine.state:
-                        rebuild[item.service] = "rebuild requested from the dashboard"
-                elif isinstance(item, ApiBack):
-                    try:
-                        self._resume(item.away)
-                    except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
-                        self.out.detail(f"resuming log streams: {e.message}")
-                elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
-                    changes.append(item.change)
-            todo = plan(changes, self._layouts(changes), self.engine.config_files())
-            if rebuild:
-                forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
-                todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
-            if todo.reload:
-                reloaded = self._reload(todo)
-                if reloaded is None:
-                    continue
-                todo = reloaded
-            if todo.nothing:
-                if changes:
-                    self.out.skipped("not part of any image or manifests", [c.path for c in changes])
-                continue
-            start = self.clock()
-            results = self.engine.run(todo)
-            if any(not r.skipped and not r.synced for r in results):
-                self._last_cycle, self._observed = (start, self.clock()), False
-            self._after(results)
+            self._handle(batch)
+
+    def _handle(self, batch: list[Event]) -> None:
+        """One debounced batch: its plan (forced rebuilds merged, a reload first), run."""
+        self._observe_last_cycle(batch)
+        changes: list[Change] = []
+        rebuild: dict[str, str] = {}  # service → why
+        for item in batch:
+            if isinstance(item, PodChanged):
+                service = self._pod_changed(item)
+                if service:
+                    rebuild[service] = "a live-updated pod restarted"
+            elif isinstance(item, RebuildNow):
+                if item.service in self.engine.state:
+                    rebuild[item.service] = "rebuild requested from the dashboard"
+            elif isinstance(item, ApiBack):
+                try:
+                    self._resume(item.away)
+                except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
+                    self.out.detail(f"resuming log streams: {e.message}")
+            elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
+                changes.append(item.change)
+        todo = plan(changes, self._layouts(changes), self.engine.config_files())
+        if rebuild:
+            forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
+            todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
+        if todo.reload:
+            reloaded = self._reload(todo)
+            if reloaded is None:
+                return
+            todo = reloaded
+        if todo.nothing:
+            if changes:
+                self.out.skipped("not part of any image or manifests", [c.path for c in changes])
+            return
+        start = self.clock()
+        results = self.engine.run(todo)
+        if any(not r.skipped and not r.synced for r in results):
+            self._last_cycle, self._observed = (start, self.clock()), False
+        self._after(results)
 
     def _build_started(self, at: float) -> float | None:
         """When the cycle that was running at `at` started building (None: devloop was idle)."""
