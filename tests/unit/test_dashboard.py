@@ -27,12 +27,13 @@ class Harness:
     def __init__(self, out: Output, snapshot: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.out = out
         self.rebuilds: list[str] = []
-        self.board = Board(out)
         if snapshot is None:
+            self.board = Board(out)
             self.board.publish([Running("web"), Running("api")])
             self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, board=self.board)
         else:
             self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, snapshot=snapshot)
+            self.board = self.d.board
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=TIMEOUT)
@@ -206,6 +207,20 @@ def test_what_the_worker_publishes_shows_and_a_declared_forward_waits_for_its_ev
     assert [s["name"] for s in h.state()["services"]] == ["web"]  # the configuration now has web only
     h.out.forward(url, True, "HTTP 200", service="web")
     assert h.service("web")["forwards"] == [{"url": url, "ready": True, "message": "HTTP 200"}]
+
+
+def test_a_published_view_never_changes_under_its_reader(h: Harness) -> None:
+    publish_good_cycle(h.out, 1, "web")
+    seen = h.board.view
+    web = seen.service("web")
+    h.out.cycle_start(2, "image source changed", ["server.js"], services=["web"])
+    h.out.phase_start("build", service="web")
+    h.board.publish([Running("web", good="localhost:5001/web:dl-1", healthy=True)])
+    h.board.publish_pods("web", [Pod("web-abc", True, 0, "Running")])
+    assert seen.service("web") is web and (web.state, web.cycle, web.pods, web.good) == ("ready", 1, (), None)
+    assert [c.cycle for c in web.cycles] == [1]
+    now = h.board.view.service("web")
+    assert (now.state, now.cycle, [c.ok for c in now.cycles], now.good) == ("building", 2, [True, None], "localhost:5001/web:dl-1")
 
 
 def test_monitoring_samples_are_kept_per_service(h: Harness) -> None:
