@@ -195,7 +195,7 @@ def dev(
             if ui and cfg.dashboard.enabled:
                 from devloop.dashboard import Dashboard, DashboardError
 
-                dashboard = Dashboard(out, port=cfg.dashboard.port, on_rebuild=session.request_rebuild, snapshot=session.dashboard_snapshot)
+                dashboard = Dashboard(out, port=cfg.dashboard.port, on_rebuild=session.request_rebuild, board=session.board)
                 try:
                     url = dashboard.start()
                     out.info(f"dashboard: {url}", url=url)

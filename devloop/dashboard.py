@@ -1,10 +1,12 @@
 """The local web page of `devloop dev`: every service's state, recent cycles, pods, logs and forwards, live.
 
-It is one more subscriber of `Output`: every event devloop reports is folded into a small bounded
-model (last cycles, log lines and metrics per service) and fanned out to the open pages over
-server-sent events. The Output lock is held while a subscriber runs, so the fan-out never waits:
-each page has a bounded queue, and a page too slow to keep up is disconnected (its browser
-reconnects and gets the recent history again) instead of slowing devloop down.
+What it shows is the session's published view (`devloop.view`: one immutable `SessionView`,
+read whole, never a live object of another thread), plus a bounded history of the events devloop
+reports (log lines, metrics, the rest), which it fans out to the open pages over server-sent
+events. It is one more subscriber of `Output` for that history; the Output lock is held while a
+subscriber runs, so the fan-out never waits: each page has a bounded queue, and a page too slow to
+keep up is disconnected (its browser reconnects and gets the recent history again) instead of
+slowing devloop down.
 
 The server binds 127.0.0.1 only and refuses requests whose Host or Origin is not this page
 (DNS rebinding, cross-site requests). The one action it offers, "rebuild now", also needs a
@@ -37,22 +39,20 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devloop import view
 from devloop.errors import EXIT_ENVIRONMENT, DevloopError
 from devloop.output import Output
+from devloop.view import Board, Cycle, Failure, Pod, Running, ServiceView, SessionView
 
-CYCLES_PER_SERVICE = 20
 LOG_LINES_PER_SERVICE = 300
-METRICS_PER_SERVICE = 240
+METRICS_PER_SERVICE = view.METRICS_PER_SERVICE
+CYCLES_PER_SERVICE = view.CYCLES_PER_SERVICE
 EVENTS_PER_SERVICE = 400  # other events per service kept for a new page's history
 GLOBAL_EVENTS = 200  # events of no service (info, warnings, errors)
 CLIENT_QUEUE = 2000  # events waiting for one page before it counts as too slow
 KEEPALIVE_SECONDS = 15.0
-NOTICES = 20
 TOKEN_HEADER = "X-Devloop-Token"
 TOKEN_PLACEHOLDER = "__DEVLOOP_TOKEN__"  # in data/dashboard.html, replaced when the page is served
-
-# The phase a service is in, as a person says it.
-PHASE_STATES = {"build": "building", "publish": "publishing", "deploy": "rolling out", "rollout": "rolling out", "sync": "syncing"}
 
 
 class DashboardError(DevloopError):
@@ -66,41 +66,6 @@ class DashboardPortTaken(DashboardError):
 
 
 Snapshot = Callable[[], Mapping[str, Any]]
-
-
-@dataclass
-class _ServiceView:
-    name: str
-    state: str = "idle"
-    phase: str | None = None
-    cycle: int | None = None
-    progress: str = ""
-    error: dict[str, Any] | None = None
-    image: str | None = None
-    cycles: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=CYCLES_PER_SERVICE))
-    forwards: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metrics: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=METRICS_PER_SERVICE))
-    seen: bool = False  # an event named it
-
-    def cycle_record(self, number: int, ts: float) -> dict[str, Any]:
-        known = next((c for c in self.cycles if c["cycle"] == number), None)
-        if known is not None:
-            return known
-        c: dict[str, Any] = {
-            "cycle": number,
-            "ts": ts,
-            "reason": "",
-            "files": [],
-            "phases": {},
-            "ok": None,
-            "total": None,
-            "error": None,
-            "image": None,
-            "outcome": "",
-            "synced": False,
-        }
-        self.cycles.append(c)
-        return c
 
 
 @dataclass
@@ -155,8 +120,69 @@ class _Server(uvicorn.Server):
             self._listening.set()
 
 
+def _failure_json(e: Failure) -> dict[str, Any]:
+    return {"phase": e.phase, "message": e.message, "hint": e.hint, "details": list(e.details)}
+
+
+def _cycle_json(c: Cycle) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "cycle": c.cycle,
+        "ts": c.ts,
+        "reason": c.reason,
+        "files": list(c.files),
+        "phases": dict(c.phases),
+        "ok": c.ok,
+        "total": c.total,
+        "error": _failure_json(c.error) if c.error else None,
+        "image": c.image,
+        "outcome": c.outcome,
+        "synced": c.synced,
+    }
+    if c.done_ts is not None:
+        d["done_ts"] = c.done_ts
+    return d
+
+
+def _service_json(v: ServiceView, logs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    failed = v.failed
+    return {
+        "name": v.name,
+        "state": v.state,
+        "phase": v.phase,
+        "cycle": v.cycle,
+        "progress": v.progress,
+        "error": {**_failure_json(failed.error or Failure()), "outcome": failed.outcome, "cycle": failed.cycle} if failed else None,
+        "image": v.serving,
+        "applied": v.applied,
+        "healthy": v.healthy,
+        "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "status": p.status} for p in v.pods],
+        "forwards": [{"url": f.url, "ready": f.ready, "message": f.message} for f in v.forwards],
+        "cycles": [_cycle_json(c) for c in v.cycles],
+        "metrics": [{"ts": m.ts, "rps": m.rps, "error_ratio": m.error_ratio, "versions": dict(m.versions)} for m in v.metrics],
+        "logs": [{"ts": r.get("ts"), "pod": r.get("pod"), "line": r.get("line")} for r in logs],
+    }
+
+
+def _running(snapshot: Mapping[str, Any]) -> tuple[list[Running], dict[str, list[Pod]]]:
+    """A snapshot mapping ({"services": {name: {applied, good, healthy, pods, forwards}}}) as what
+    the worker and the poller publish."""
+    running, pods = [], {}
+    for name, s in (snapshot.get("services") or {}).items():
+        urls = tuple(str(f.get("url")) for f in s.get("forwards") or [] if isinstance(f, Mapping))
+        running.append(Running(str(name), s.get("applied"), s.get("good"), bool(s.get("healthy")), urls))
+        pods[str(name)] = [
+            Pod(str(p.get("name")), bool(p.get("ready")), int(p.get("restarts") or 0), str(p.get("status") or ""))
+            for p in s.get("pods") or []
+        ]
+    return running, pods
+
+
 class Dashboard:
-    """Serve the page and its API on host:port (port 0: any free port) from a thread of its own."""
+    """Serve the page and its API on host:port (port 0: any free port) from a thread of its own.
+
+    It shows `board`'s view: the session's (`DevSession.board`). Without one it keeps a board of its
+    own, fed by `out`'s events and, when given, by `snapshot` (a mapping of what the worker would
+    publish, asked at each request: a page without a session)."""
 
     def __init__(
         self,
@@ -165,18 +191,18 @@ class Dashboard:
         port: int = 10350,
         *,
         on_rebuild: Callable[[str], None],
-        snapshot: Snapshot,
+        board: Board | None = None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self.out = out
         self.host = host
         self.port = port
         self.on_rebuild = on_rebuild
+        self.board = board or Board(out)
         self.snapshot = snapshot
         self._lock = threading.Lock()
         self._seq = 0
-        self._services: dict[str, _ServiceView] = {}
         self._history: dict[tuple[str, str], deque[tuple[int, dict[str, Any]]]] = {}
-        self._notices: deque[dict[str, Any]] = deque(maxlen=NOTICES)
         self._clients: list[_Client] = []
         self._closing = False
         self._server: _Server | None = None
@@ -187,31 +213,18 @@ class Dashboard:
             raise DashboardError("the dashboard page has no place for its token (devloop/data/dashboard.html)")
         self._page = page.replace(TOKEN_PLACEHOLDER, self.token)
         self.app = self._make_app()
-        # What happened before the dashboard existed (the Output keeps a bounded tail), then everything
-        # after: under the Output's lock, so no event is missed or seen twice.
-        with out._lock:
-            for record in list(out.events):
-                self._on_event(record)
-            out.subscribe(self._on_event)
+        out.subscribe(self._on_event, replay=True)  # what happened before the dashboard existed, then everything after
 
-    # -- the model ------------------------------------------------------------------------------------
+    # -- the history ----------------------------------------------------------------------------------
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def _service(self, name: str) -> _ServiceView:
-        view = self._services.get(name)
-        if view is None:
-            view = self._services[name] = _ServiceView(name)
-        view.seen = True
-        return view
 
     def _on_event(self, record: dict[str, Any]) -> None:
         """Output subscriber: called under the Output lock, so it only updates memory and queues."""
         with self._lock:
             self._seq += 1
             seq = self._seq
-            self._fold(record)
             self._remember(seq, record)
             for client in self._clients:
                 self._enqueue(client, seq, record)
@@ -230,69 +243,6 @@ class Dashboard:
             bucket = self._history[key] = deque(maxlen=size)
         bucket.append((seq, record))
 
-    def _fold(self, r: Mapping[str, Any]) -> None:
-        kind = r.get("event")
-        ts = float(r.get("ts") or 0.0)
-        service = str(r.get("service") or "")
-        if kind == "cycle_start":
-            for name in r.get("services") or []:
-                v = self._service(str(name))
-                v.state, v.phase, v.progress, v.cycle = "queued", None, "", int(r["cycle"])
-                c = v.cycle_record(int(r["cycle"]), ts)
-                c["reason"], c["files"] = r.get("reason", ""), list(r.get("files") or [])
-            return
-        if not service:
-            if kind in ("warning", "error", "info"):
-                self._notices.append({k: r.get(k) for k in ("event", "ts", "message", "hint")})
-            return
-        v = self._service(service)
-        if kind == "phase_start":
-            phase = str(r.get("phase", ""))
-            v.state, v.phase, v.progress = PHASE_STATES.get(phase, phase or "working"), phase, ""
-        elif kind == "phase":
-            if v.cycle is not None and v.cycles and v.cycles[-1]["cycle"] == v.cycle and v.cycles[-1]["ok"] is None:
-                v.cycles[-1]["phases"][str(r.get("phase"))] = r.get("seconds")
-        elif kind == "progress":
-            v.progress = str(r.get("message", ""))
-        elif kind == "cycle_done":
-            number = int(r.get("cycle") or 0)
-            c = v.cycle_record(number, ts)
-            c.update(
-                ok=bool(r.get("ok")),
-                total=r.get("total"),
-                phases=dict(r.get("phases") or {}),
-                image=r.get("image"),
-                outcome=r.get("outcome", ""),
-                synced=bool(r.get("synced")),
-                error=r.get("error"),
-                done_ts=ts,
-            )
-            if r.get("files"):
-                c["files"] = list(r["files"])
-            if r.get("reason"):
-                c["reason"] = r["reason"]
-            if v.cycle is None or number >= v.cycle:
-                v.cycle, v.phase, v.progress = number, None, ""
-                if r.get("ok"):
-                    v.state, v.error = "ready", None
-                    if r.get("image"):
-                        v.image = str(r["image"])
-                else:
-                    v.state = "failed"
-                    v.error = {**(r.get("error") or {"message": "failed"}), "outcome": r.get("outcome", ""), "cycle": number}
-        elif kind == "skipped" and r.get("reason") == "image content unchanged" and v.state == "failed":
-            # A failed change undone: the cluster runs exactly these files, healthy (checked by devloop), no cycle needed.
-            v.state, v.error, v.phase, v.progress = "ready", None, None, ""
-        elif kind == "port_forward":
-            url = str(r.get("url", ""))
-            v.forwards[url] = {"url": url, "ready": bool(r.get("ready")), "message": r.get("message", "")}
-        elif kind == "metrics":
-            v.metrics.append(
-                {"ts": ts, "rps": r.get("rps"), "error_ratio": r.get("error_ratio"), "versions": dict(r.get("versions") or {})}
-            )
-        elif kind in ("warning", "error", "info"):
-            self._notices.append({k: r.get(k) for k in ("event", "ts", "message", "hint", "service")})
-
     def _enqueue(self, client: _Client, seq: int, record: dict[str, Any]) -> None:
         if client.overflow:
             return
@@ -308,63 +258,45 @@ class Dashboard:
     def _recent(self) -> list[tuple[int, dict[str, Any]]]:
         return list(heapq.merge(*(list(b) for b in self._history.values()), key=lambda item: item[0]))
 
-    def _snapshot(self) -> tuple[Mapping[str, Any], str]:
+    # -- the view -------------------------------------------------------------------------------------
+    def _view(self) -> tuple[SessionView, str]:
+        """The view to serve, and why the snapshot failed ("" when it did not, or there is none)."""
+        if self.snapshot is None:
+            return self.board.view, ""
         try:
             snap = self.snapshot()
-            return (snap if isinstance(snap, Mapping) else {}), ""
+            running, pods = _running(snap if isinstance(snap, Mapping) else {})
+            error = ""
         except Exception as e:  # the page still shows what the events tell
-            return {}, f"{type(e).__name__}: {e}"
+            running, pods, error = [], {}, f"{type(e).__name__}: {e}"
+        self.board.publish(running)
+        for name, rows in pods.items():
+            self.board.publish_pods(name, rows)
+        return self.board.view, error
 
     def services(self) -> list[str]:
-        """The services the page offers: the configured ones (snapshot), else those events named."""
-        snap, _ = self._snapshot()
-        configured = list((snap.get("services") or {}).keys())
-        if configured:
-            return [str(s) for s in configured]
-        with self._lock:
-            return [name for name, v in self._services.items() if v.seen]
+        """The services the page offers: the configured ones, else those events named."""
+        return self._view()[0].names()
 
     def state(self) -> dict[str, Any]:
         """Everything the page shows, as JSON: per service its state, error, image, pods, forwards,
         recent cycles with phase timings, metrics and log tail."""
-        snap, snap_error = self._snapshot()
-        configured: Mapping[str, Any] = snap.get("services") or {}
+        current, snap_error = self._view()
+        # The configured services only (devloop's own parts, e.g. "monitoring", report progress under a
+        # service name too, but have no card); without a worker, those the events named.
+        names = current.names()
         with self._lock:
-            # The configured services only (devloop's own parts, e.g. "monitoring", report progress under a
-            # service name too, but have no card); without a snapshot, those the events named.
-            names = list(configured) or [n for n, v in self._services.items() if v.seen]
             logs = {name: [rec for _, rec in self._history.get(("log", name), ())] for name in names}
-            views = {name: self._view_json(name, configured.get(name) or {}, logs[name]) for name in names}
-            notices = list(self._notices)
-        forwards = [{"service": name, **f} for name, v in views.items() for f in v["forwards"]]
-        result: dict[str, Any] = {"url": self.url, "services": list(views.values()), "forwards": forwards, "notices": notices}
+        services = [_service_json(current.service(name), logs[name]) for name in names]
+        forwards = [{"service": s["name"], **f} for s in services for f in s["forwards"]]
+        notices = [
+            {"event": n.event, "ts": n.ts, "message": n.message, "hint": n.hint, **({"service": n.service} if n.service else {})}
+            for n in current.notices
+        ]
+        result: dict[str, Any] = {"url": self.url, "services": services, "forwards": forwards, "notices": notices}
         if snap_error:
             result["snapshot_error"] = snap_error
         return result
-
-    def _view_json(self, name: str, snap: Mapping[str, Any], logs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        v = self._services.get(name) or _ServiceView(name)
-        state = v.state
-        if state == "idle" and snap.get("healthy"):
-            state = "ready"
-        forwards = {str(f.get("url")): dict(f) for f in snap.get("forwards") or [] if isinstance(f, Mapping)}
-        forwards.update(v.forwards)
-        return {
-            "name": name,
-            "state": state,
-            "phase": v.phase,
-            "cycle": v.cycle,
-            "progress": v.progress,
-            "error": v.error,
-            "image": snap.get("good") or v.image,
-            "applied": snap.get("applied"),
-            "healthy": snap.get("healthy"),
-            "pods": list(snap.get("pods") or []),
-            "forwards": list(forwards.values()),
-            "cycles": [dict(c) for c in v.cycles],
-            "metrics": list(v.metrics),
-            "logs": [{"ts": r.get("ts"), "pod": r.get("pod"), "line": r.get("line")} for r in logs],
-        }
 
     # -- HTTP -----------------------------------------------------------------------------------------
     def refuse(self, method: str, headers: Mapping[str, str]) -> str:

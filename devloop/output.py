@@ -68,9 +68,14 @@ class Output:
             elif human is not None:
                 (self.err_console if err else self.console).print(human)
 
-    def subscribe(self, fn: Callable[[dict[str, Any]], None]) -> None:
-        """Also hand every event to `fn` (called under the output lock; it must not block)."""
+    def subscribe(self, fn: Callable[[dict[str, Any]], None], *, replay: bool = False) -> None:
+        """Also hand every event to `fn` (called under the output lock; it must not block).
+        `replay`: first the recent events already reported (the bounded tail), so that `fn` sees
+        each event exactly once, none missed between the two."""
         with self._lock:
+            if replay:
+                for record in list(self.events):
+                    fn(record)
             self._subscribers.append(fn)
 
     @contextmanager

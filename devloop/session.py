@@ -2,11 +2,11 @@
 
 One worker (the thread that calls `run`) owns everything that changes: the engine's state, the
 forwards, the log streams, the loop guard. The watcher and the pod watches only queue typed
-events (`Seen`, `PodChanged`, `RebuildNow`); the worker takes them in debounced batches.
+events (`Seen`, `PodChanged`, `RebuildNow`, `ApiBack`); the worker takes them in debounced batches.
 
-Two readers outside the worker, both read-only: the dashboard's `dashboard_snapshot` (single dict
-lookups of `engine.state` and `access`) and the poller, which owns `_pods` and replaces it whole
-(never mutates it in place), so a reader always sees one complete mapping.
+Other threads never read those: they read `board.view`, an immutable `SessionView` (devloop.view)
+that the worker publishes after each cycle and after what follows it (forwards, logs), the poller
+after each query of the pods, and the engine's cycle events as they are reported.
 """
 
 from __future__ import annotations
@@ -15,21 +15,28 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from devloop import config as config_mod
 from devloop.config import Config, ServiceConfig
 from devloop.debounce import ChangeQueue, LoopGuard
-from devloop.engine import Engine, ServiceResult
+from devloop.engine import ServiceResult
 from devloop.errors import DevloopError
 from devloop.forward import ApiWatch, LogStreams, PortForward
 from devloop.ignore import IgnoreRules
 from devloop.manifests import KUSTOMIZATION_FILES
+from devloop.model import ServiceState
+from devloop.monitoring import Monitoring
+from devloop.output import Output
 from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan
+from devloop.ports import Cluster
 from devloop.proc import Background
+from devloop.project import Deployed
+from devloop.targets import Target
+from devloop.view import Board, Pod, Running
 from devloop.watch import Watcher
 from devloop.workload import PodEvent, pod_failure, pod_name, pod_ready
 
@@ -38,15 +45,53 @@ def _may_change_layout(path: str) -> bool:
     return os.path.basename(path) in (".dockerignore", *KUSTOMIZATION_FILES) or path.endswith(MANIFEST_SUFFIXES)
 
 
-def _pod_row(p: dict[str, Any]) -> dict[str, Any]:
+def _pod_row(p: dict[str, Any]) -> Pod:
     cs = p.get("status", {}).get("containerStatuses") or []
     failing = pod_failure(p)
-    return {
-        "name": pod_name(p),
-        "ready": pod_ready(p),
-        "restarts": sum(int(c.get("restartCount", 0)) for c in cs),
-        "status": failing or ("Terminating" if p.get("metadata", {}).get("deletionTimestamp") else p.get("status", {}).get("phase", "")),
-    }
+    return Pod(
+        pod_name(p),
+        pod_ready(p),
+        sum(int(c.get("restartCount", 0)) for c in cs),
+        failing or ("Terminating" if p.get("metadata", {}).get("deletionTimestamp") else p.get("status", {}).get("phase", "")),
+    )
+
+
+class _Hasher(Protocol):
+    def follow(self, contexts: Iterable[Path | str]) -> None: ...
+    def changed(self, path: str) -> None: ...
+
+
+class _Channels(Protocol):
+    def prepare(self, pods: Iterable[str], namespace: str) -> None: ...
+
+
+class SessionEngine(Protocol):
+    """What the session uses of the engine."""
+
+    @property
+    def out(self) -> Output: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def kube(self) -> Cluster: ...
+    @property
+    def state(self) -> Mapping[str, ServiceState]: ...
+    @property
+    def hasher(self) -> _Hasher: ...
+    @property
+    def channels(self) -> _Channels: ...
+    @property
+    def target(self) -> Target: ...
+    def check_manifests(self) -> object: ...
+    def up(self) -> list[ServiceResult]: ...
+    def run(self, plan: Plan) -> list[ServiceResult]: ...
+    def manifests(self, svc: ServiceConfig) -> Deployed: ...
+    def namespace(self, svc: ServiceConfig) -> str: ...
+    def monitoring(self) -> Monitoring | None: ...
+    def layouts(self) -> list[ServiceLayout]: ...
+    def config_files(self) -> list[str]: ...
+    def reconfigure(self, config: Config) -> list[str]: ...
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +138,7 @@ class _Access:
 
 
 class DevSession:
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: SessionEngine, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.out = engine.out
         self.clock = clock
@@ -104,10 +149,11 @@ class DevSession:
         self._last_cycle: tuple[float, float] | None = None  # (start, end) of the last cycle that built
         self._observed = True
         self._layout_cache: list[ServiceLayout] | None = None
-        self._pods: dict[str, list[dict[str, Any]]] = {}  # per service, refreshed by the poller (replaced whole)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
         self.api = ApiWatch(engine.kube, self.out, engine.target.outage(), on_back=self._api_back)
+        self.board = Board(self.out)  # what other threads read of the session (the dashboard)
+        self._publish()
 
     @property
     def config(self) -> Config:
@@ -125,20 +171,23 @@ class DevSession:
         """The dashboard's "rebuild now" (any thread)."""
         self.queue.put(RebuildNow(service))
 
-    # -- what the dashboard reads (any thread; cheap: no kubectl per request) ------------------------
-    def dashboard_snapshot(self) -> dict[str, Any]:
-        services: dict[str, Any] = {}
+    # -- what other threads read: the published view ------------------------------------------------
+    def _publish(self) -> None:
+        """The worker's part of the view: the configured services, what the cluster runs, the forwards."""
+        running = []
         for svc in self.config.services:
             st = self.engine.state.get(svc.name)
             a = self.access.get(svc.name)
-            services[svc.name] = {
-                "applied": str(st.applied) if st and st.applied else None,
-                "good": str(st.good) if st and st.good else None,
-                "healthy": bool(st and st.healthy),
-                "pods": list(self._pods.get(svc.name, [])),
-                "forwards": [{"url": f.url, "ready": f.ready} for f in (a.forwards if a else [])],
-            }
-        return {"services": services}
+            running.append(
+                Running(
+                    svc.name,
+                    applied=str(st.applied) if st and st.applied else None,
+                    good=str(st.good) if st and st.good else None,
+                    healthy=bool(st and st.healthy),
+                    forwards=tuple(f.url for f in a.forwards) if a else (),
+                )
+            )
+        self.board.publish(running)
 
     def start_poller(self, interval: float = 5.0, metrics_every: int = 3) -> None:
         """Pods (and, with monitoring, traffic and versions from Prometheus) for the dashboard."""
@@ -157,7 +206,7 @@ class DevSession:
                     pods = self.engine.kube.pods(d.namespace, d.selector)
                 except DevloopError:
                     continue
-                self._pods = {**self._pods, svc.name: [_pod_row(p) for p in pods]}
+                self.board.publish_pods(svc.name, [_pod_row(p) for p in pods])
                 if self.config.monitoring.enabled and rounds % metrics_every == 1:
                     try:
                         mon = mon or self.engine.monitoring()
@@ -294,42 +343,46 @@ class DevSession:
             batch = self.queue.get_batch()
             if batch is None:
                 return
-            self._observe_last_cycle(batch)
-            changes: list[Change] = []
-            rebuild: dict[str, str] = {}  # service → why
-            for item in batch:
-                if isinstance(item, PodChanged):
-                    service = self._pod_changed(item)
-                    if service:
-                        rebuild[service] = "a live-updated pod restarted"
-                elif isinstance(item, RebuildNow):
-                    if item.service in self.engine.state:
-                        rebuild[item.service] = "rebuild requested from the dashboard"
-                elif isinstance(item, ApiBack):
-                    try:
-                        self._resume(item.away)
-                    except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
-                        self.out.detail(f"resuming log streams: {e.message}")
-                elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
-                    changes.append(item.change)
-            todo = plan(changes, self._layouts(changes), self.engine.config_files())
-            if rebuild:
-                forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
-                todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
-            if todo.reload:
-                reloaded = self._reload(todo)
-                if reloaded is None:
-                    continue
-                todo = reloaded
-            if todo.nothing:
-                if changes:
-                    self.out.skipped("not part of any image or manifests", [c.path for c in changes])
-                continue
-            start = self.clock()
-            results = self.engine.run(todo)
-            if any(not r.skipped and not r.synced for r in results):
-                self._last_cycle, self._observed = (start, self.clock()), False
-            self._after(results)
+            self._handle(batch)
+
+    def _handle(self, batch: list[Event]) -> None:
+        """One debounced batch: its plan (forced rebuilds merged, a reload first), run."""
+        self._observe_last_cycle(batch)
+        changes: list[Change] = []
+        rebuild: dict[str, str] = {}  # service → why
+        for item in batch:
+            if isinstance(item, PodChanged):
+                service = self._pod_changed(item)
+                if service:
+                    rebuild[service] = "a live-updated pod restarted"
+            elif isinstance(item, RebuildNow):
+                if item.service in self.engine.state:
+                    rebuild[item.service] = "rebuild requested from the dashboard"
+            elif isinstance(item, ApiBack):
+                try:
+                    self._resume(item.away)
+                except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
+                    self.out.detail(f"resuming log streams: {e.message}")
+            elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
+                changes.append(item.change)
+        todo = plan(changes, self._layouts(changes), self.engine.config_files())
+        if rebuild:
+            forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
+            todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
+        if todo.reload:
+            reloaded = self._reload(todo)
+            if reloaded is None:
+                return
+            todo = reloaded
+        if todo.nothing:
+            if changes:
+                self.out.skipped("not part of any image or manifests", [c.path for c in changes])
+            return
+        start = self.clock()
+        results = self.engine.run(todo)
+        if any(not r.skipped and not r.synced for r in results):
+            self._last_cycle, self._observed = (start, self.clock()), False
+        self._after(results)
 
     def _build_started(self, at: float) -> float | None:
         """When the cycle that was running at `at` started building (None: devloop was idle)."""
@@ -375,10 +428,14 @@ class DevSession:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
             self.engine.hasher.follow(p for p, _ in roots)
+        self._publish()
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
         return everything(self._layouts(), "configuration changed")
 
     def _after(self, results: list[ServiceResult], first: bool = False) -> None:
+        """After a cycle: publish what the cluster runs now, then follow the new pods (logs,
+        forwards, pod watches), and publish again."""
+        self._publish()
         for r in results:
             svc = self.config.service(r.service)
             if r.synced:
@@ -387,6 +444,7 @@ class DevSession:
                 self._ready(svc, r.ready_pods)
             elif first and r.ok:
                 self._ready(svc, self._current_pods(svc))
+        self._publish()
 
     def _close_access(self, name: str) -> None:
         a = self.access.pop(name, None)

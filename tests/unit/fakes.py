@@ -5,20 +5,27 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devloop import manifests as mf
 from devloop.builder import Builder
-from devloop.config import Config
-from devloop.engine import Engine
+from devloop.config import Config, ServiceConfig
+from devloop.engine import Engine, ServiceResult
 from devloop.errors import CommandFailed, StepFailed
+from devloop.ignore import IgnoreRules, parse_dockerignore
+from devloop.model import ImageRef, ServiceState
+from devloop.monitoring import Monitoring
 from devloop.output import Output
+from devloop.plan import Plan, ServiceLayout
 from devloop.ports import Cluster, ImageStore, Publisher
 from devloop.proc import Result
+from devloop.project import Deployed
 from devloop.targets import Target, TargetSpec
 from devloop.targets.local import KindTarget, Transport
+from devloop.workload import pod_name, pod_ready
 
 
 class _Any:
@@ -401,3 +408,108 @@ def make_engine(
     return Engine(
         config, out, images=images, builder=builds, kube=kube, target=target or kind_target(config, out, kube, images, publisher, kind)
     )
+
+
+class FakeHasher:
+    def __init__(self) -> None:
+        self.followed: list[list[str]] = []
+
+    def follow(self, contexts: Iterable[Path | str]) -> None:
+        self.followed.append([str(c) for c in contexts])
+
+    def changed(self, path: str) -> None:
+        return None
+
+
+class FakeChannels:
+    def __init__(self) -> None:
+        self.prepared: list[tuple[list[str], str]] = []
+
+    def prepare(self, pods: Iterable[str], namespace: str) -> None:
+        self.prepared.append((list(pods), namespace))
+
+
+class RecordingEngine:
+    """The engine as the session uses it (`session.SessionEngine`): it records every plan it is
+    handed and does each service's change at once, as the real engine would end it: a rebuild rolls
+    out a new tag (dl-1, dl-2, …), a sync adds the files to the synced ones; the pods are the fake
+    cluster's. `during(plan)` runs inside each call (a build that writes into the tree)."""
+
+    def __init__(self, config: Config, out: Output, kube: FakeCluster | None = None) -> None:
+        self.config = config
+        self.out = out
+        self.kube = kube or FakeCluster()
+        self.target = kind_target(config, out, self.kube, FakeDocker(), FakePublisher())
+        self.state: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
+        self.hasher = FakeHasher()
+        self.channels = FakeChannels()
+        self.plans: list[Plan] = []
+        self.reconfigured: list[Config] = []
+        self.during: Callable[[Plan], None] = lambda plan: None
+        self.stopped = False
+
+    def run(self, plan: Plan) -> list[ServiceResult]:
+        self.plans.append(plan)
+        self.during(plan)
+        results = []
+        for c in plan.services:
+            svc = self.config.service(c.service)
+            st = self.state[c.service]
+            d = self.manifests(svc)
+            pods = [pod_name(p) for p in self.kube.pods(d.namespace, d.selector) if pod_ready(p)]
+            if c.sync:
+                st.synced.update(c.sync)
+                results.append(ServiceResult(c.service, ok=True, image=st.good, ready_pods=pods, synced=True))
+            else:
+                ref = ImageRef(svc.image.name, f"dl-{len(self.plans)}", "localhost:5001")
+                st.rolled_out(ref, str(len(self.plans)))
+                results.append(ServiceResult(c.service, ok=True, image=ref, ready_pods=pods, built=True, published=True))
+        return results
+
+    def up(self) -> list[ServiceResult]:
+        raise AssertionError("the session's loop is tested from its queue, not from `up`")
+
+    def check_manifests(self) -> list[Deployed]:
+        return []
+
+    def layouts(self) -> list[ServiceLayout]:
+        return [
+            ServiceLayout(
+                s.name,
+                str(s.image.context),
+                IgnoreRules(tuple(_dockerignore(s)), s.image.dockerfile, self.config.watch.ignore),
+                tuple(str(m) for m in s.manifests),
+                live_fallback=s.live_update.fallback if s.live_update.enabled else None,
+            )
+            for s in self.config.services
+        ]
+
+    def config_files(self) -> list[str]:
+        c = self.config
+        return [str(p) for p in (c.file.resolve() if c.file else None, c.cluster.kind_config) if p is not None]
+
+    def manifests(self, svc: ServiceConfig) -> Deployed:
+        docs = mf.load(svc.manifests)
+        deployment = mf.find(docs, "Deployment", svc.deployment)
+        assert deployment is not None, svc.deployment
+        return Deployed(docs, deployment, "default")
+
+    def namespace(self, svc: ServiceConfig) -> str:
+        return "default"
+
+    def monitoring(self) -> Monitoring | None:
+        return None
+
+    def reconfigure(self, config: Config) -> list[str]:
+        self.reconfigured.append(config)
+        self.config = config
+        self.state = {s.name: self.state.get(s.name) or ServiceState() for s in config.services}
+        return []
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _dockerignore(svc: ServiceConfig) -> list[str]:
+    path = Path(svc.image.context) / ".dockerignore"
+    return parse_dockerignore(path.read_text()) if path.is_file() else []

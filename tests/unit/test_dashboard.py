@@ -16,19 +16,24 @@ from devloop import dashboard as dash
 from devloop.dashboard import Dashboard, DashboardPortTaken
 from devloop.errors import CycleFailed, DevloopError
 from devloop.output import Output
+from devloop.view import Board, Pod, Running
 
 TIMEOUT = 10.0  # a generous bound for a local answer; a test that hits it fails rather than hangs
 
 
 class Harness:
+    """A dashboard showing a session's board: the configured services web and api, published as the worker does."""
+
     def __init__(self, out: Output, snapshot: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.out = out
         self.rebuilds: list[str] = []
-        self.pods: dict[str, list[dict[str, Any]]] = {"web": [], "api": []}
-        self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, snapshot=snapshot or self.snapshot)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"services": {name: {"healthy": False, "good": None, "pods": pods} for name, pods in self.pods.items()}}
+        if snapshot is None:
+            self.board = Board(out)
+            self.board.publish([Running("web"), Running("api")])
+            self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, board=self.board)
+        else:
+            self.d = Dashboard(out, port=0, on_rebuild=self.rebuilds.append, snapshot=snapshot)
+            self.board = self.d.board
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=TIMEOUT)
@@ -180,16 +185,42 @@ def test_a_success_after_a_failure_clears_the_reason(h: Harness) -> None:
     assert [c["ok"] for c in web["cycles"]] == [False, True]
 
 
-def test_pods_from_the_snapshot_and_forwards_and_logs_from_events(h: Harness) -> None:
-    h.pods["web"] = [{"name": "web-abc", "ready": True, "restarts": 2}]
+def test_pods_from_the_poller_and_forwards_and_logs_from_events(h: Harness) -> None:
+    h.board.publish_pods("web", [Pod("web-abc", True, 2, "Running")])
     h.out.forward("http://127.0.0.1:8080", True, service="web")
     h.out.pod_log("web-abc", "listening on :3000", service="web")
     state = h.state()
     web = next(s for s in state["services"] if s["name"] == "web")
-    assert web["pods"] == [{"name": "web-abc", "ready": True, "restarts": 2}]
+    assert web["pods"] == [{"name": "web-abc", "ready": True, "restarts": 2, "status": "Running"}]
     assert web["forwards"] == [{"url": "http://127.0.0.1:8080", "ready": True, "message": ""}]
     assert state["forwards"] == [{"service": "web", "url": "http://127.0.0.1:8080", "ready": True, "message": ""}]
     assert [(entry["pod"], entry["line"]) for entry in web["logs"]] == [("web-abc", "listening on :3000")]
+
+
+def test_what_the_worker_publishes_shows_and_a_declared_forward_waits_for_its_event(h: Harness) -> None:
+    url = "http://127.0.0.1:8080"
+    h.board.publish([Running("web", applied="localhost:5001/web:dl-1", good="localhost:5001/web:dl-1", healthy=True, forwards=(url,))])
+    web = h.service("web")
+    assert web["state"] == "ready"  # no cycle seen, but the cluster runs it healthy
+    assert (web["image"], web["applied"], web["healthy"]) == ("localhost:5001/web:dl-1", "localhost:5001/web:dl-1", True)
+    assert web["forwards"] == [{"url": url, "ready": False, "message": ""}]
+    assert [s["name"] for s in h.state()["services"]] == ["web"]  # the configuration now has web only
+    h.out.forward(url, True, "HTTP 200", service="web")
+    assert h.service("web")["forwards"] == [{"url": url, "ready": True, "message": "HTTP 200"}]
+
+
+def test_a_published_view_never_changes_under_its_reader(h: Harness) -> None:
+    publish_good_cycle(h.out, 1, "web")
+    seen = h.board.view
+    web = seen.service("web")
+    h.out.cycle_start(2, "image source changed", ["server.js"], services=["web"])
+    h.out.phase_start("build", service="web")
+    h.board.publish([Running("web", good="localhost:5001/web:dl-1", healthy=True)])
+    h.board.publish_pods("web", [Pod("web-abc", True, 0, "Running")])
+    assert seen.service("web") is web and (web.state, web.cycle, web.pods, web.good) == ("ready", 1, (), None)
+    assert [c.cycle for c in web.cycles] == [1]
+    now = h.board.view.service("web")
+    assert (now.state, now.cycle, [c.ok for c in now.cycles], now.good) == ("building", 2, [True, None], "localhost:5001/web:dl-1")
 
 
 def test_monitoring_samples_are_kept_per_service(h: Harness) -> None:
@@ -241,6 +272,24 @@ def test_only_configured_services_get_a_card(h: Harness) -> None:
     assert "Prometheus ready in 12.0s" in [n["message"] for n in state["notices"]]
     status, _ = h.request("POST", "/api/services/monitoring/rebuild", {"X-Devloop-Token": h.d.token})
     assert status == 404 and h.rebuilds == []
+
+
+def test_a_snapshot_stands_for_the_worker(out: Output) -> None:
+    """A page without a session: what the worker would publish, asked at each request."""
+
+    def snapshot() -> dict[str, Any]:
+        return {"services": {"web": {"healthy": True, "good": None, "pods": [{"name": "web-1", "ready": True, "restarts": 3}]}}}
+
+    harness = Harness(out, snapshot=snapshot)
+    harness.d.start()
+    try:
+        web = harness.service("web")
+        assert web["state"] == "ready" and web["pods"] == [{"name": "web-1", "ready": True, "restarts": 3, "status": ""}]
+        out.cycle_start(1, "image source changed", ["server.js"], services=["web"])
+        out.phase_start("build", service="web")
+        assert harness.service("web")["state"] == "building"
+    finally:
+        harness.d.stop()
 
 
 def test_a_failing_snapshot_still_serves_the_events(out: Output) -> None:
@@ -388,7 +437,7 @@ def test_a_wrong_token_is_refused(h: Harness, wrong: str) -> None:
 
 
 def test_another_sessions_token_is_refused(h: Harness, out: Output) -> None:
-    other = Dashboard(out, port=0, on_rebuild=lambda s: None, snapshot=dict)
+    other = Dashboard(out, port=0, on_rebuild=lambda s: None)
     assert other.token != h.d.token and len(h.d.token) >= 32
     status, _ = h.request("POST", "/api/services/web/rebuild", {"Origin": h.d.url, "X-Devloop-Token": other.token})
     assert status == 403
@@ -485,7 +534,7 @@ def test_a_taken_port_is_a_clear_error(out: Output) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        d = Dashboard(out, port=port, on_rebuild=lambda s: None, snapshot=dict)
+        d = Dashboard(out, port=port, on_rebuild=lambda s: None)
         with pytest.raises(DashboardPortTaken) as e:
             d.start()
     assert isinstance(e.value, DevloopError)

@@ -1,0 +1,220 @@
+"""The session's loop at its boundary: events put into `session.queue`, the plans handed to the engine.
+
+The engine is `RecordingEngine` (tests/unit/fakes.py); the project is a copy of examples/shop with
+two services: web (live update on) and api. The debounce is 0, so each `step` takes what was
+queued as one batch, at once, and handles it on the test's thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devloop import config
+from devloop.model import ImageRef
+from devloop.output import Output
+from devloop.plan import Change, Plan, ServiceChange, everything
+from devloop.session import ApiBack, DevSession, PodChanged, RebuildNow, Seen
+from devloop.workload import PodEvent
+from tests.unit.fakes import FakeCluster, RecordingEngine
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEVLOOP_YAML = """\
+apiVersion: devloop/v2
+cluster:
+  kindConfig: ../kind-config.yaml
+watch:
+  debounceMs: 0
+services:
+  - name: web
+    image: {name: shop-web, context: web}
+    deploy: {manifests: [k8s/web.yaml], deployment: web}
+    liveUpdate: {enabled: true}
+  - name: api
+    image: {name: shop-api, context: api}
+    deploy: {manifests: [k8s/api.yaml], deployment: api}
+"""
+
+
+class Clock:
+    """The session's clock: it moves only when the test (or the engine's cycle) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.buf = io.StringIO()
+        self.clock = Clock()
+        self.cluster = FakeCluster()
+        self.engine = RecordingEngine(config.load(None, root), Output(json_mode=True, stdout=self.buf), self.cluster)
+        self.session = DevSession(self.engine, clock=self.clock)
+
+    def path(self, service: str, rel: str) -> str:
+        return str(Path(self.engine.config.service(service).image.context) / rel)
+
+    def save(self, path: str, at: float | None = None) -> None:
+        self.session.queue.put(Seen(Change(path), self.clock.now if at is None else at))
+
+    def step(self) -> list[Plan]:
+        """Handle what was queued as one batch; the plans the engine got from it."""
+        before = len(self.engine.plans)
+        batch = self.session.queue.get_batch()
+        assert batch, "nothing was queued"
+        self.session._handle(batch)
+        return self.engine.plans[before:]
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in map(json.loads, self.buf.getvalue().splitlines()) if e["event"] == kind]
+
+    def deploy(self, service: str, ref: ImageRef) -> list[str]:
+        """The fake cluster runs `ref` for the service (its Deployment applied); its pods."""
+        svc = self.engine.config.service(service)
+        docs = list(yaml.safe_load_all(svc.manifests[0].read_text()))
+        for doc in docs:
+            if doc and doc["kind"] == "Deployment":
+                doc["spec"]["template"]["spec"]["containers"][0]["image"] = ref.cluster
+        self.cluster.apply(docs, "default")
+        return [p["metadata"]["name"] for p in self.cluster.pods("default", {"app": svc.deployment})]
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    root = tmp_path / "shop"
+    shutil.copytree(REPO / "examples" / "shop", root)
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    (root / "devloop.yaml").write_text(DEVLOOP_YAML)
+    b = Bench(root)
+    yield b
+    b.session.stop()
+
+
+def rebuild(service: str, reason: str) -> ServiceChange:
+    return ServiceChange(service, rebuild=True, reapply=True, reason=reason)
+
+
+def test_a_save_runs_the_plan_for_its_service_and_publishes_what_runs(bench: Bench) -> None:
+    bench.save(bench.path("api", "server.js"))
+    assert bench.step() == [Plan(services=(ServiceChange("api", rebuild=True, image_files=("server.js",), reason="image source changed"),))]
+    api = bench.session.board.view.service("api")
+    assert (api.good, api.applied, api.healthy) == ("localhost:5001/shop-api:dl-1", "localhost:5001/shop-api:dl-1", True)
+    assert bench.session.board.view.service("web").good is None  # not part of this cycle
+
+    bench.save(bench.path("web", "server.js"))  # live update on: a sync
+    (sync,) = bench.step()
+    assert sync == Plan(services=(ServiceChange("web", sync=("server.js",), image_files=("server.js",), reason="live update"),))
+
+
+def test_a_batch_with_nothing_to_do_calls_no_engine(bench: Bench) -> None:
+    bench.save(str(bench.root / "README.md"))
+    bench.save(bench.path("web", "README.md"))  # in a context, but .dockerignore keeps it out of the image
+    assert bench.step() == []
+    (skipped,) = bench.events("skipped")
+    assert skipped["reason"] == "not part of any image or manifests" and len(skipped["files"]) == 2
+    bench.session.queue.put(RebuildNow("nope"))  # a service the configuration does not have
+    assert bench.step() == []
+
+
+def test_a_devloop_yaml_save_reloads_then_reapplies_every_service(bench: Bench) -> None:
+    devloop_yaml = bench.root / "devloop.yaml"
+    devloop_yaml.write_text(DEVLOOP_YAML.replace("watch:\n", "watch:\n  ignore: ['*.log']\n"))
+    bench.save(str(devloop_yaml.resolve()))
+    bench.save(bench.path("api", "server.js"))  # in the same batch: the reload re-applies it anyway
+    plans = bench.step()
+    (reloaded,) = bench.engine.reconfigured
+    assert reloaded.watch.ignore == ("*.log",)
+    assert plans == [everything(bench.engine.layouts(), "configuration changed")]
+    assert [(c.service, c.rebuild, c.reapply) for c in plans[0].services] == [("web", True, True), ("api", True, True)]
+    assert any(e["message"] == "configuration reloaded from devloop.yaml" for e in bench.events("info"))
+
+
+def test_a_broken_devloop_yaml_keeps_the_configuration_and_runs_nothing(bench: Bench) -> None:
+    devloop_yaml = bench.root / "devloop.yaml"
+    devloop_yaml.write_text(DEVLOOP_YAML.replace("debounceMs: 0", "debounceMs: soon"))
+    bench.save(str(devloop_yaml.resolve()))
+    assert bench.step() == [] and bench.engine.reconfigured == []
+    assert any(e["message"] == "keeping the previous configuration" for e in bench.events("warning"))
+
+
+def test_rebuild_now_is_a_forced_rebuild_merged_with_the_batch(bench: Bench) -> None:
+    bench.save(bench.path("web", "server.js"))  # would be a sync ...
+    bench.save(bench.path("api", "server.js"))
+    bench.session.request_rebuild("web")  # ... but the dashboard asked for a rebuild
+    (todo,) = bench.step()
+    assert todo.services == (
+        rebuild("web", "rebuild requested from the dashboard"),
+        ServiceChange("api", rebuild=True, image_files=("server.js",), reason="image source changed"),
+    )
+
+
+def test_a_live_synced_pod_that_restarted_is_rebuilt(bench: Bench) -> None:
+    good = ImageRef("shop-web", "dl-0", "localhost:5001")
+    bench.engine.state["web"].rolled_out(good, "1")
+    pods = bench.deploy("web", good)
+    bench.save(bench.path("web", "server.js"))
+    (synced,) = bench.step()
+    assert synced.services[0].sync == ("server.js",)
+
+    pod = pods[0]
+    bench.session.queue.put(PodChanged("web", PodEvent(pod, 0, (good.cluster,), False)))  # readiness flapping: same restarts
+    assert bench.step() == []
+    bench.session.queue.put(PodChanged("web", PodEvent(pod, 1, (good.cluster,), False)))  # its container restarted
+    assert bench.step() == [Plan(services=(rebuild("web", "a live-updated pod restarted"),))]
+    assert any(f"pod {pod} restarted" in e["message"] for e in bench.events("warning"))
+
+
+def test_a_pod_event_without_synced_files_is_no_cycle(bench: Bench) -> None:
+    good = ImageRef("shop-web", "dl-0", "localhost:5001")
+    bench.engine.state["web"].rolled_out(good, "1")
+    (pod, *_) = bench.deploy("web", good)
+    bench.session.queue.put(PodChanged("web", PodEvent(pod, 3, (good.cluster,), False)))
+    assert bench.step() == []
+
+
+def test_api_back_restarts_an_ended_pod_watch_and_runs_no_cycle(bench: Bench) -> None:
+    good = ImageRef("shop-web", "dl-0", "localhost:5001")
+    bench.engine.state["web"].rolled_out(good, "1")
+    bench.deploy("web", good)
+    bench.save(bench.path("web", "server.js"))
+    bench.step()  # a sync: the session now watches web's pods
+    (watch,) = [bg for bg in bench.cluster.spawned if bg.argv[0] == "watch"]
+    watch.stop()  # it ended with the API server
+    bench.session.queue.put(ApiBack(30.0))
+    assert bench.step() == []
+    watches = [bg for bg in bench.cluster.spawned if bg.argv[0] == "watch"]
+    assert len(watches) == 2 and watches[1].alive()
+
+
+def test_the_loop_guard_pauses_a_file_the_build_rewrites(bench: Bench) -> None:
+    generated = bench.path("api", "server.js")
+
+    def build_rewrites(plan: Plan) -> None:  # a tool that rewrites a source file whenever a build starts
+        bench.clock.now += 0.5
+        bench.save(generated)
+        bench.clock.now += 10.0
+
+    bench.engine.during = build_rewrites
+    bench.save(generated)
+    for _ in range(3):
+        assert len(bench.step()) == 1
+    assert bench.step() == []  # the third rewrite in a row inside the build's first second: paused
+    (warning,) = bench.events("warning")
+    assert warning["message"].startswith(f"paused rebuilds from {Path('api', 'server.js')}")
+
+    bench.clock.now += 60.0  # a person saving it while devloop is idle: resumed
+    bench.engine.during = lambda plan: None
+    bench.save(generated)
+    assert len(bench.step()) == 1
