@@ -29,8 +29,9 @@ from devloop.api import ApiCluster
 from devloop.builder import Builder, detect_builder
 from devloop.config import Config, ServiceConfig
 from devloop.errors import ClusterUnavailable, ConfigError, CycleFailed, DevloopError
+from devloop.hasher import ContextHasher, content_tag, read_dockerignore
 from devloop.ignore import IgnoreRules
-from devloop.images import ContextHasher, Images, content_tag, read_dockerignore
+from devloop.images import Images
 from devloop.kind import Kind
 from devloop.kube import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 from devloop.model import ImageRef, ServiceState
@@ -41,7 +42,8 @@ from devloop.ports import Changes, Cluster, Clusters, ImageStore
 from devloop.proc import SIGNAL_CHECK
 from devloop.publish import KindLoadPublisher, Publisher, RegistryPublisher
 from devloop.registry import LocalRegistry
-from devloop.remote import Address, RegistryClient, RemotePublisher
+from devloop.registry_client import RegistryClient
+from devloop.remote import Address, RemotePublisher
 from devloop.target import Target, require_context, resolve
 
 POLL_INTERVAL = 0.5
@@ -171,7 +173,7 @@ class Engine:
             c = self.config
             if self.target.remote:
                 address = Address.parse(self.target.registry)
-                self._publisher = RemotePublisher(self.docker, RegistryClient(address, insecure=self.target.insecure), address)
+                self._publisher = RemotePublisher(self.docker, RegistryClient(address.host, insecure=self.target.insecure), address)
             elif c.registry_enabled:
                 self._publisher = RegistryPublisher(LocalRegistry(c.registry, self.docker, self.kube), self.kind, c.cluster.name)
             else:

@@ -20,18 +20,13 @@ from devloop.config import RegistryConfig
 from devloop.errors import EnvironmentMissing, StepFailed
 from devloop.gc import REGISTRY_ENV
 from devloop.images import Images, Pushed, docker_errors
+from devloop.model import ImageRef
 from devloop.ports import Cluster
+from devloop.registry_client import RegistryClient, RegistryUnavailable
 
 KIND_NETWORK = "kind"
 CERTS_DIR = "/etc/containerd/certs.d"
-MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    )
-)
+ANSWER_TIMEOUT = 5.0  # seconds for the local registry to answer one request
 
 
 def hosting_configmap(host: str) -> str:
@@ -198,16 +193,19 @@ class LocalRegistry:
             return Problem(f"{path} on kind node {node} does not point at {want}", "devloop up")
         return None
 
+    @property
+    def client(self) -> RegistryClient:
+        """The registry's API, on 127.0.0.1:<hostPort>."""
+        return RegistryClient.local(self.host, ANSWER_TIMEOUT)
+
     def answers(self) -> str | None:
         """None when the registry answers `GET /v2/` on 127.0.0.1:<hostPort>, else what went wrong."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
         try:
-            conn.request("GET", "/v2/")
-            status = conn.getresponse().status
+            status = self.client.ping()
+        except RegistryUnavailable as e:
+            return str(e.reason) or type(e.reason).__name__
         except (OSError, http.client.HTTPException) as e:
             return str(e) or type(e).__name__
-        finally:
-            conn.close()
         return None if status in (200, 401) else f"HTTP {status}"
 
     def state(self) -> tuple[str, str]:
@@ -242,15 +240,11 @@ class LocalRegistry:
 
     def has(self, local_ref: str) -> bool:
         """Whether the registry already holds this tag (a HEAD on the v2 manifest)."""
-        name, _, tag = local_ref.rpartition(":")
-        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
+        ref = ImageRef.parse(local_ref)
         try:
-            conn.request("HEAD", f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES})
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
+            return self.client.has(ref.repository, ref.tag)
+        except (RegistryUnavailable, OSError, http.client.HTTPException):
             return False
-        finally:
-            conn.close()
 
     def push(self, local_ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
         remote = self.ref(local_ref)

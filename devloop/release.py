@@ -22,7 +22,8 @@ from devloop.config import ServiceConfig
 from devloop.engine import REVISION, Deployed, Engine
 from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.model import ImageRef
-from devloop.remote import Address, RemoteManifest, RemotePublisher, push
+from devloop.registry_client import RemoteManifest
+from devloop.remote import Address, RemotePublisher, push
 
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, parse_time, plan_digests
+from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, plan_digests
+from devloop.timefmt import parse_time
 
 
 # -- keep_plan ---------------------------------------------------------------------------------------

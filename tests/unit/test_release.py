@@ -18,8 +18,9 @@ from devloop import config as config_mod
 from devloop import manifests as mf
 from devloop.errors import EXIT_ENVIRONMENT, EXIT_USAGE, ConfigError
 from devloop.model import ImageRef
+from devloop.registry_client import RegistryAuthFailed, RegistryClient, RegistryUnavailable, RemoteManifest
 from devloop.release import check_version, rollback_to, version_state
-from devloop.remote import Address, RegistryAuthFailed, RegistryClient, RegistryUnavailable, RemoteManifest
+from devloop.remote import Address
 from devloop.target import require_confirmed, require_context, resolve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,7 +222,7 @@ def registry(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def client(address: str, user: str | None = "dev", password: str = "s3cret") -> RegistryClient:
     creds = {"username": user, "password": password} if user else None
-    return RegistryClient(Address.parse(address), insecure=True, credentials=lambda host: creds)
+    return RegistryClient(Address.parse(address).host, insecure=True, credentials=lambda host: creds)
 
 
 def test_the_registry_client_logs_in_and_reads_a_manifest(registry: str) -> None:
