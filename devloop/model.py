@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # the OCI image spec's grammar
 DOCKER_HUB = "docker.io"  # the registry of a reference that names none
-_HUB_ALIASES = ("docker.io", "index.docker.io")
+_HUB_ALIASES = (DOCKER_HUB, "index.docker.io")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class ImageRef:
         """`name`, `name:tag`, `host:port/path/name:tag`, any of them `@sha256:…`.
 
         The registry is `registry` when the reference starts with it (a target's `host/path`), else
-        the first component when Docker would take it for a host: it holds a '.' or a ':', or is
+        the first component when Docker would take it for a host: it holds a '.' or a ':port', or is
         `localhost` (`my-team/web` is Docker Hub's). ValueError when it is not a reference."""
         name, at, digest = ref.partition("@")
         if at and not _DIGEST.fullmatch(digest):
@@ -79,7 +79,7 @@ class ImageRef:
             host, name = registry, name[len(registry) + 1 :]
         else:
             first, slash, rest = name.partition("/")
-            if slash and ("." in first or ":" in first or first == "localhost"):
+            if slash and ("." in first or first.partition(":")[2].isdigit() or first == "localhost"):
                 host, name = first, rest
         repository, colon, tag = name.rpartition(":")
         if not colon:
