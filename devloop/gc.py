@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -35,7 +34,7 @@ import requests.exceptions
 from devloop.errors import DevloopError
 from devloop.hasher import TAG_PREFIX
 from devloop.model import ImageRef
-from devloop.registry_client import MANIFEST_TYPES, RegistryClient, RegistryUnavailable, Response
+from devloop.registry_client import MANIFEST_TYPES, UNANSWERED, RegistryClient, Response, unanswered
 from devloop.timefmt import parse_time
 
 # Where the registry binary and its config live: the official `registry:2` image and
@@ -152,10 +151,8 @@ class HttpRegistry:
     def _request(self, method: str, path: str, accept: str = "") -> Response:
         try:
             return self.client.request(method, path, {"Accept": accept} if accept else {})
-        except RegistryUnavailable as e:
-            raise GCError(f"registry {self.client.host}: {method} {path}: {e.reason or type(e.reason).__name__}") from None
-        except (OSError, http.client.HTTPException) as e:
-            raise GCError(f"registry {self.client.host}: {method} {path}: {e or type(e).__name__}") from None
+        except UNANSWERED as e:
+            raise GCError(f"registry {self.client.host}: {method} {path}: {unanswered(e)}") from None
 
     def tags(self, name: str) -> list[str]:
         status, _, body = self._request("GET", f"/v2/{name}/tags/list")

@@ -8,7 +8,6 @@ of `docker save` + import of the whole image on every cycle.
 
 from __future__ import annotations
 
-import http.client
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from devloop.gc import REGISTRY_ENV
 from devloop.images import Images, Pushed, docker_errors
 from devloop.model import ImageRef
 from devloop.ports import Cluster
-from devloop.registry_client import RegistryClient, RegistryUnavailable
+from devloop.registry_client import UNANSWERED, RegistryClient, unanswered
 
 KIND_NETWORK = "kind"
 CERTS_DIR = "/etc/containerd/certs.d"
@@ -55,6 +54,7 @@ class LocalRegistry:
         self.cfg = cfg
         self.images = images
         self.kube = kube
+        self.client = RegistryClient.local(self.host, ANSWER_TIMEOUT)  # its API, on 127.0.0.1:<hostPort>
 
     @property
     def host(self) -> str:
@@ -193,19 +193,12 @@ class LocalRegistry:
             return Problem(f"{path} on kind node {node} does not point at {want}", "devloop up")
         return None
 
-    @property
-    def client(self) -> RegistryClient:
-        """The registry's API, on 127.0.0.1:<hostPort>."""
-        return RegistryClient.local(self.host, ANSWER_TIMEOUT)
-
     def answers(self) -> str | None:
         """None when the registry answers `GET /v2/` on 127.0.0.1:<hostPort>, else what went wrong."""
         try:
             status = self.client.ping()
-        except RegistryUnavailable as e:
-            return str(e.reason) or type(e.reason).__name__
-        except (OSError, http.client.HTTPException) as e:
-            return str(e) or type(e).__name__
+        except UNANSWERED as e:
+            return unanswered(e)
         return None if status in (200, 401) else f"HTTP {status}"
 
     def state(self) -> tuple[str, str]:
@@ -243,7 +236,7 @@ class LocalRegistry:
         ref = ImageRef.parse(local_ref)
         try:
             return self.client.has(ref.repository, ref.tag)
-        except (RegistryUnavailable, OSError, http.client.HTTPException):
+        except UNANSWERED:
             return False
 
     def push(self, local_ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:

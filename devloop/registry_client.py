@@ -16,6 +16,7 @@ devloop.remote and devloop.release (a target's versions).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
@@ -54,6 +55,17 @@ class RegistryUnavailable(EnvironmentMissing):
 
 class RegistryAuthFailed(EnvironmentMissing):
     """The registry refused the credentials (or there are none)."""
+
+
+# What a request raises when the registry did not answer: RegistryUnavailable when it could not be
+# reached, the connection's own error when it broke after that (a timeout while reading the answer).
+UNANSWERED = (RegistryUnavailable, OSError, http.client.HTTPException)
+
+
+def unanswered(e: BaseException) -> str:
+    """What failed underneath an UNANSWERED error, in its own words (`[Errno 111] Connection refused`)."""
+    reason = e.reason if isinstance(e, RegistryUnavailable) else e
+    return str(reason) or type(reason).__name__
 
 
 @dataclass(frozen=True)
@@ -138,10 +150,10 @@ class RegistryClient:
         return None
 
     def _open(self, req: urllib.request.Request) -> Any:
+        context = None if self.insecure else self._ssl()
         try:
             if self._direct is not None:
                 return self._direct.open(req, timeout=self._timeout)
-            context = None if self.insecure else self._ssl()
             return urllib.request.urlopen(req, timeout=self._timeout, context=context)
         except urllib.error.HTTPError:
             raise
