@@ -317,3 +317,20 @@ def test_a_remote_target_is_never_created_and_its_context_must_exist(tmp_path: P
     engine.target = engine.target.__class__("prod", "kind-devloop-remote", "r.example:5443", remote=True)
     with pytest.raises(ConfigError, match="no such context"):
         engine.ensure_cluster()
+
+
+@pytest.mark.parametrize(
+    ("words", "error", "hint"),
+    [
+        ("unauthorized: authentication required", RegistryAuthFailed, "run `docker login r.example:5443`"),
+        ("x509: certificate signed by unknown authority", RegistryUnavailable, "/etc/docker/certs.d/r.example:5443/ca.crt"),
+        ("dial tcp: connection refused", RegistryUnavailable, "check that the registry runs"),
+    ],
+)
+def test_a_refused_push_names_the_registry_host_and_the_fix(words: str, error: type[Exception], hint: str) -> None:
+    from devloop.remote import _push_error
+
+    e = _push_error("r.example:5443/team/web:v1.0.0", words)
+    assert isinstance(e, error)
+    assert hint in e.hint
+    assert "push of r.example:5443/team/web:v1.0.0" in e.message
