@@ -326,7 +326,11 @@ class NodeGC:
 
 
 def _repo(name: str) -> str:
-    return ImageRef.parse(name).name
+    """The repository of a node's image name; "" (no service's) for a name that is no reference."""
+    try:
+        return ImageRef.parse(name).name
+    except ValueError:
+        return ""
 
 
 def node_repositories(name: str, registry_host: str | None) -> list[str]:
