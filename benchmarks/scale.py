@@ -123,7 +123,7 @@ def reference_digest(context: Path, dockerfile: str, build_args: Mapping[str, st
     docker SDK's own .dockerignore matcher and every file read. Used only to check the tags."""
     from docker.utils.build import exclude_paths
 
-    from devloop.images import read_dockerignore
+    from devloop.hasher import read_dockerignore
 
     h = hashlib.sha256()
     h.update(f"dockerfile={dockerfile}\n".encode())
@@ -219,7 +219,7 @@ def edit_path(root: Path, edits: int) -> dict[str, Any]:
             t3 = time.perf_counter()
             assert todo.services and todo.services[0].rebuild, todo
             assert tag == tag2
-            from devloop.images import content_tag
+            from devloop.hasher import content_tag
 
             img = svc.image
             args = dict(img.build_args)
@@ -324,7 +324,7 @@ def sdk_context_tar(context: Path) -> dict[str, Any]:
     does before each build: tar the context, walking it with the SDK's .dockerignore matcher."""
     from docker.utils.build import tar
 
-    from devloop.images import read_dockerignore
+    from devloop.hasher import read_dockerignore
 
     t = time.perf_counter()
     f = tar(str(context), exclude=read_dockerignore(context), dockerfile=("Dockerfile", None))
@@ -589,7 +589,7 @@ def dev_over_tree(files: int, idle_seconds: float = 30.0, saves: int = 10) -> di
     inotify watches; same-content saves (event → debounce → plan → content tag → "image content
     unchanged"); a chmod (no cycle) then a one-file edit: the cycle's tag must equal a from-scratch
     hash, and the build of the big context is timed."""
-    from devloop.images import ContextHasher, content_tag
+    from devloop.hasher import ContextHasher, content_tag
 
     e = make_env()
     e = dataclasses.replace(e, env=dict(e.env, DEVLOOP_BUILDER="classic"))

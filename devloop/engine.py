@@ -33,7 +33,7 @@ from devloop import manifests as mf
 from devloop.builder import Builder
 from devloop.config import Config, ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
-from devloop.images import ContextHasher, content_tag
+from devloop.hasher import ContextHasher, content_tag
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output

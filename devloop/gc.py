@@ -9,8 +9,8 @@ service stay, plus whatever is in use, and nothing devloop did not tag `dl-…` 
 Planning is pure (`keep_plan`, `plan_digests`); the outside world is reached through two small
 protocols with a real adapter each:
 
-- `RegistryAPI` (`HttpRegistry`: the Docker Registry HTTP API v2) and `Exec` (`docker_exec`: the docker
-  SDK's exec, as images.py `node_has` does) for the registry's own garbage collector.
+- `RegistryAPI` (`HttpRegistry`: the Docker Registry HTTP API v2, through devloop.registry_client) and
+  `Exec` (`docker_exec`: the docker SDK's exec) for the registry's own garbage collector.
 - `Exec` again for the nodes: `crictl images`, `crictl ps -a`, `crictl inspecti`, `crictl rmi`.
 
 The registry must be started with `REGISTRY_ENV` (deletes allowed, no in-memory blob cache);
@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Protocol
 
 import docker
@@ -35,16 +32,11 @@ import docker.errors
 import requests.exceptions
 
 from devloop.errors import DevloopError
-from devloop.images import TAG_PREFIX, containerd_name
+from devloop.hasher import TAG_PREFIX
+from devloop.model import ImageRef
+from devloop.registry_client import MANIFEST_TYPES, UNANSWERED, RegistryClient, Response, unanswered
+from devloop.timefmt import parse_time
 
-MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    )
-)
 # Where the registry binary and its config live: the official `registry:2` image and
 # tests/images/build-registry.sh both have /bin/registry + /etc/docker/registry/config.yml; Debian's
 # docker-registry package installs /usr/bin/docker-registry (same config path).
@@ -62,7 +54,7 @@ REGISTRY_ENV = {DELETE_ENV: "true", "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR": ""}
 # -- planning (pure) ---------------------------------------------------------------------------------
 def tag_of(ref: str) -> str:
     """`dl-…` from `dl-…`, `app:dl-…` or `localhost:5001/app:dl-…`."""
-    return ref.rpartition(":")[2] if "/" in ref or ":" in ref else ref
+    return ImageRef.parse(ref).tag if "/" in ref or ":" in ref else ref
 
 
 def keep_plan(tags: Sequence[tuple[str, float]], keep: int, in_use: set[str]) -> list[str]:
@@ -82,19 +74,6 @@ def plan_digests(tag_digest: Mapping[str, str], doomed: Iterable[str]) -> dict[s
     for tag, digest in tag_digest.items():
         by_digest.setdefault(digest, []).append(tag)
     return {d: sorted(ts) for d, ts in by_digest.items() if all(t in dead for t in ts)}
-
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(value: object) -> float:
-    """An RFC 3339 time (nanoseconds allowed) as a POSIX timestamp; 0.0 (oldest) when unknown."""
-    if not isinstance(value, str) or not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(_FRACTION.sub(r"\1", value.replace("Z", "+00:00"))).timestamp()
-    except ValueError:
-        return 0.0
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -167,23 +146,13 @@ class HttpRegistry:
     """The Docker Registry HTTP API v2 at `host` (`localhost:5001`), plain HTTP as kind's local registry."""
 
     def __init__(self, host: str, timeout: float = 10) -> None:
-        h, _, port = host.rpartition(":")
-        h, p = (h, int(port)) if h and port.isdigit() else (host, 80)
-        self._host = "127.0.0.1" if h == "localhost" else h  # the registry publishes on IPv4 loopback only
-        self._port = p
-        self._timeout = timeout
+        self.client = RegistryClient.local(host, timeout)
 
-    def _request(self, method: str, path: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+    def _request(self, method: str, path: str, accept: str = "") -> Response:
         try:
-            conn.request(method, path, headers={"Accept": accept} if accept else {})
-            r = conn.getresponse()
-            body = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-        except (OSError, http.client.HTTPException) as e:
-            raise GCError(f"registry {self._host}:{self._port}: {method} {path}: {e or type(e).__name__}") from None
-        finally:
-            conn.close()
+            return self.client.request(method, path, {"Accept": accept} if accept else {})
+        except UNANSWERED as e:
+            raise GCError(f"registry {self.client.host}: {method} {path}: {unanswered(e)}") from None
 
     def tags(self, name: str) -> list[str]:
         status, _, body = self._request("GET", f"/v2/{name}/tags/list")
@@ -199,7 +168,7 @@ class HttpRegistry:
             return None
         if status != 200:
             raise GCError(f"registry: GET /v2/{name}/{kind}/{ref}: HTTP {status}")
-        digest = headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
         return digest, dict(json.loads(body))
 
     def manifest(self, name: str, reference: str) -> Manifest | None:
@@ -357,15 +326,19 @@ class NodeGC:
 
 
 def _repo(name: str) -> str:
-    return name.rpartition(":")[0]
+    """The repository of a node's image name; "" (no service's) for a name that is no reference."""
+    try:
+        return ImageRef.parse(name).name
+    except ValueError:
+        return ""
 
 
 def node_repositories(name: str, registry_host: str | None) -> list[str]:
     """The names a service's images have in a node's containerd: pulled from the local registry and/or
     loaded with `kind load` (a project may have switched between the two)."""
-    repos = [containerd_name(f"{name}:x").rpartition(":")[0]]
+    repos = [ImageRef.parse(name).qualified]
     if registry_host:
-        repos.append(containerd_name(f"{registry_host}/{name}:x").rpartition(":")[0])
+        repos.append(ImageRef.parse(f"{registry_host}/{name}").qualified)
     return repos
 
 

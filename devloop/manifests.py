@@ -17,6 +17,7 @@ import yaml
 
 from devloop import live
 from devloop.errors import ConfigError
+from devloop.model import ImageRef
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 IMAGE_TAG_ENV = "DEVLOOP_IMAGE_TAG"
@@ -145,15 +146,12 @@ def parse(text: str, source: str) -> list[Manifest]:
 
 
 def image_repository(ref: str) -> str:
-    """`docker.io/library/web:1` → `web`; `localhost:5001/web@sha256:..` → `localhost:5001/web`."""
-    name = ref.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "library/"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
+    """`docker.io/library/web:1` → `web`; `localhost:5001/web@sha256:..` → `localhost:5001/web`; a
+    string that is no image reference (a template's placeholder) stays as it is."""
+    try:
+        return ImageRef.parse(ref).familiar
+    except ValueError:
+        return ref
 
 
 def _pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -200,7 +198,7 @@ def rewrite(
     under devloop's restart loop."""
     out: list[Manifest] = []
     hits = 0
-    tag = version or new_ref.partition("@")[0].rpartition(":")[2]
+    tag = version or ImageRef.parse(new_ref).tag
     for m in manifests:
         copied = Manifest(m.source, copy.deepcopy(m.doc))
         users = containers_of(copied, image_name)

@@ -2,42 +2,97 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # the OCI image spec's grammar
+DOCKER_HUB = "docker.io"  # the registry of a reference that names none
+_HUB_ALIASES = (DOCKER_HUB, "index.docker.io")
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One image, named twice: how the host's Docker knows it and how the cluster pulls it.
+    """One image reference, `[registry/]repository[:tag][@digest]`, named twice: how the host's Docker
+    knows it (`local`) and how the cluster pulls it (`cluster`).
 
-    `registry` is where the cluster pulls from (`localhost:5001` for kind's local registry); empty
-    when the image is loaded straight into the nodes, which then know it by its local name."""
+    `registry` is where the cluster pulls from (`localhost:5001` for kind's local registry, a target's
+    `host[:port]/path`); empty when the image is loaded straight into the nodes, which then know it by
+    its local name. Every reference devloop reads is split here (`parse`), nowhere else."""
 
-    repository: str  # my-web-app
-    tag: str  # dl-<16 hex>
+    repository: str  # my-web-app, team/web: the path inside the registry
+    tag: str = ""  # dl-<16 hex>; "" when the reference names none
     registry: str = ""
     digest: str = ""  # sha256:…, when the cluster is told to pull exactly this manifest (release)
 
     @property
+    def name(self) -> str:
+        """registry/repository: the reference without tag and digest."""
+        return f"{self.registry}/{self.repository}" if self.registry else self.repository
+
+    @property
     def local(self) -> str:
-        return f"{self.repository}:{self.tag}"
+        return f"{self.repository}:{self.tag}" if self.tag else self.repository
 
     @property
     def cluster(self) -> str:
-        name = f"{self.registry}/{self.local}" if self.registry else self.local
+        name = f"{self.name}:{self.tag}" if self.tag else self.name
         return f"{name}@{self.digest}" if self.digest else name
+
+    @property
+    def host(self) -> str:
+        """The registry's `host[:port]` (its first component); "" when the reference names none."""
+        return self.registry.partition("/")[0]
+
+    @property
+    def familiar(self) -> str:
+        """The name as `docker images` shows it: Docker Hub's `docker.io/` and `library/` left out
+        (`docker.io/library/web:1` → `web`)."""
+        if self.host not in ("", *_HUB_ALIASES):
+            return self.name
+        path = self.name if not self.host else self.name.partition("/")[2]
+        return path.removeprefix("library/")
+
+    @property
+    def qualified(self) -> str:
+        """The fully qualified name containerd (so a kind node) stores the image under:
+        `web` → `docker.io/library/web`, `team/web` → `docker.io/team/web`."""
+        if self.host not in ("", *_HUB_ALIASES):
+            return self.name
+        path = self.familiar
+        return f"{DOCKER_HUB}/{path if '/' in path else 'library/' + path}"
 
     def __str__(self) -> str:
         return self.cluster
 
     @classmethod
     def parse(cls, ref: str, registry: str = "") -> ImageRef:
-        """`name:tag` (or `host:port/name:tag` with `registry` set to `host:port`)."""
-        if registry and ref.startswith(registry + "/"):
-            ref = ref[len(registry) + 1 :]
-        repo, _, tag = ref.rpartition(":")
-        if not repo or "/" in tag:
-            raise ValueError(f"not a name:tag image reference: {ref!r}")
-        return cls(repo, tag, registry)
+        """`name`, `name:tag`, `host:port/path/name:tag`, any of them `@sha256:…`.
+
+        The registry is `registry` when the reference starts with it (a target's `host/path`), else
+        the first component when Docker would take it for a host: it holds a '.' or a ':port', or is
+        `localhost` (`my-team/web` is Docker Hub's). ValueError when it is not a reference."""
+        name, at, digest = ref.partition("@")
+        if at and not _DIGEST.fullmatch(digest):
+            raise ValueError(f"not an image reference (bad digest): {ref!r}")
+        host = ""
+        if registry and name.startswith(registry + "/"):
+            host, name = registry, name[len(registry) + 1 :]
+        else:
+            first, slash, rest = name.partition("/")
+            if slash and ("." in first or first.partition(":")[2].isdigit() or first == "localhost"):
+                host, name = first, rest
+        repository, colon, tag = name.rpartition(":")
+        if not colon:
+            repository, tag = name, ""
+        if (
+            not repository
+            or (colon and not tag)
+            or "/" in tag
+            or "" in repository.split("/")
+            or any(c.isspace() or c in ":@" for c in repository + tag)
+        ):
+            raise ValueError(f"not an image reference: {ref!r}")
+        return cls(repository, tag, host, digest)
 
 
 @dataclass(frozen=True)

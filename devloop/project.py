@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
 from devloop.errors import ConfigError, DevloopError
+from devloop.hasher import read_dockerignore
 from devloop.ignore import IgnoreRules
-from devloop.images import read_dockerignore
 from devloop.output import Output
 from devloop.plan import ServiceLayout
 from devloop.ports import Cluster

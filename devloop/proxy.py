@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+
+from devloop.timefmt import parse_time
 
 HOLD = 30.0  # seconds a new connection waits for a Ready pod before it is closed
 RETRY = 1.0  # seconds between rounds over pods that all failed to connect (while held)
@@ -32,14 +33,6 @@ RESTART_GRACE = 5.0  # when every Ready pod closed a new connection unanswered, 
 RESTART_RETRY = 0.1  # seconds between those rounds
 
 Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
-
-
-def created_at(stamp: str) -> float:
-    """metadata.creationTimestamp ("2026-11-28T13:16:13Z", or a datetime's str()) as seconds; 0 when unknown."""
-    try:
-        return datetime.fromisoformat(stamp.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 @dataclass
@@ -66,9 +59,9 @@ class Upstreams:
             pod = self._pods.get(name)
             if pod is None:
                 self._seq += 1
-                pod = self._pods[name] = _Pod(False, created_at(created), self._seq)
+                pod = self._pods[name] = _Pod(False, parse_time(created), self._seq)
             elif created and not pod.created:
-                pod.created = created_at(created)
+                pod.created = parse_time(created)
             changed = pod.ready != ready
             if changed:
                 pod.ready = ready

@@ -138,7 +138,7 @@ class KindLoadPublisher:
     def load(self, image: str, note: Callable[[str], None]) -> str:
         """Load a local image into the nodes that lack it: what moved, "" when nothing did."""
         nodes = self._kind.nodes(self._cluster)
-        missing = [n for n in nodes if not self._images.node_has(n, image)]
+        missing = [n for n in nodes if not node_has(self._images, n, image)]
         if not missing:
             return ""
         note(f"loading {image} into {', '.join(missing)}")
@@ -147,3 +147,11 @@ class KindLoadPublisher:
             size = self._images.save(image, archive)
             self._kind.load_archive(self._cluster, archive, missing)
         return f"loaded {fmt_bytes(size)} into {', '.join(missing)}"
+
+
+def node_has(images: Images, node: str, ref: str) -> bool:
+    """Whether a kind node's containerd already holds this image (then loading it again is waste)."""
+    r = ImageRef.parse(ref)
+    name = f"{r.qualified}:{r.tag}" if r.tag else r.qualified
+    found = images.exec_in(node, ["ctr", "-n", "k8s.io", "images", "ls", "-q", f"name=={name}"])
+    return found is not None and found[0] == 0 and name in found[1].split()

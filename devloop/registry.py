@@ -8,7 +8,6 @@ of `docker save` + import of the whole image on every cycle.
 
 from __future__ import annotations
 
-import http.client
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,18 +19,13 @@ from devloop.config import RegistryConfig
 from devloop.errors import EnvironmentMissing, StepFailed
 from devloop.gc import REGISTRY_ENV
 from devloop.images import Images, Pushed, docker_errors
+from devloop.model import ImageRef
 from devloop.ports import Cluster
+from devloop.registry_client import UNANSWERED, RegistryClient, unanswered
 
 KIND_NETWORK = "kind"
 CERTS_DIR = "/etc/containerd/certs.d"
-MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    )
-)
+ANSWER_TIMEOUT = 5.0  # seconds for the local registry to answer one request
 
 
 def hosting_configmap(host: str) -> dict[str, Any]:
@@ -56,6 +50,7 @@ class LocalRegistry:
         self.cfg = cfg
         self.images = images
         self.kube = kube
+        self.client = RegistryClient.local(self.host, ANSWER_TIMEOUT)  # its API, on 127.0.0.1:<hostPort>
 
     @property
     def host(self) -> str:
@@ -196,14 +191,10 @@ class LocalRegistry:
 
     def answers(self) -> str | None:
         """None when the registry answers `GET /v2/` on 127.0.0.1:<hostPort>, else what went wrong."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
         try:
-            conn.request("GET", "/v2/")
-            status = conn.getresponse().status
-        except (OSError, http.client.HTTPException) as e:
-            return str(e) or type(e).__name__
-        finally:
-            conn.close()
+            status = self.client.ping()
+        except UNANSWERED as e:
+            return unanswered(e)
         return None if status in (200, 401) else f"HTTP {status}"
 
     def state(self) -> tuple[str, str]:
@@ -238,15 +229,11 @@ class LocalRegistry:
 
     def has(self, local_ref: str) -> bool:
         """Whether the registry already holds this tag (a HEAD on the v2 manifest)."""
-        name, _, tag = local_ref.rpartition(":")
-        conn = http.client.HTTPConnection("127.0.0.1", self.cfg.host_port, timeout=5)
+        ref = ImageRef.parse(local_ref)
         try:
-            conn.request("HEAD", f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES})
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
+            return self.client.has(ref.repository, ref.tag)
+        except UNANSWERED:
             return False
-        finally:
-            conn.close()
 
     def push(self, local_ref: str, progress: Callable[[str], None] = lambda _: None) -> Pushed:
         remote = self.ref(local_ref)

@@ -24,7 +24,8 @@ from devloop.errors import ConfigError, CycleFailed, DevloopError
 from devloop.images import Images
 from devloop.model import ImageRef
 from devloop.project import Deployed
-from devloop.remote import Address, RemoteManifest, RemotePublisher, push
+from devloop.registry_client import RemoteManifest
+from devloop.remote import Address, RemotePublisher, push
 from devloop.rollout import REVISION
 
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")

@@ -21,8 +21,9 @@ from devloop.output import Output
 from devloop.ports import Cluster, quiet
 from devloop.publish import KindLoadPublisher, RegistryPublisher
 from devloop.registry import LocalRegistry
+from devloop.registry_client import RegistryClient
 from devloop.release import Release
-from devloop.remote import Address, RegistryClient, RemotePublisher
+from devloop.remote import Address, RemotePublisher
 from devloop.targets import Target, TargetSpec, resolve
 from devloop.targets.local import KindTarget, Transport
 from devloop.targets.remote import RemoteTarget
@@ -97,7 +98,7 @@ def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> C
 def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker: Images) -> Target:
     if spec.remote:
         address = Address.parse(spec.registry)
-        publisher = RemotePublisher(docker, RegistryClient(address, insecure=spec.insecure), address)
+        publisher = RemotePublisher(docker, RegistryClient(address.host, insecure=spec.insecure), address)
         return RemoteTarget(spec, kube=kube, publisher=publisher, registry_host=address.host, out=out)
     kind = Kind()
     return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)

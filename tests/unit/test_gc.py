@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, parse_time, plan_digests
+from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, plan_digests
+from devloop.timefmt import parse_time
 
 
 # -- keep_plan ---------------------------------------------------------------------------------------
@@ -206,3 +207,13 @@ def test_collect_without_a_registry_touches_only_the_nodes() -> None:
     assert report.node_images == ["n1: docker.io/library/app:dl-a"]
     assert report.summary() == "removed 1 node images (5.0 MB)"
     assert all(c == "n1" for c, _ in ex.calls)
+
+
+def test_node_gc_passes_over_names_that_are_no_references() -> None:
+    reg = "localhost:5001/app"
+    images = [_img(c, f"{reg}:dl-{c}") for c in "abcd"] + [_img("z", "import-2024-01-01:")]
+    created = {f"sha256:{c}": f"2024-01-01T00:00:0{n}Z" for n, c in enumerate("abcd")}
+    ex = _node(images, [], created)
+    report = GCReport()
+    NodeGC(ex).collect("n1", [reg], 3, set(), report)
+    assert report.node_images == ["n1: localhost:5001/app:dl-a"] and report.errors == []

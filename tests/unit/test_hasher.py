@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from docker.utils.build import exclude_paths
 
-from devloop.images import ContextHasher, read_dockerignore
+from devloop.hasher import ContextHasher, read_dockerignore
 
 ARGS = {"NODE_IMAGE": "node:24-alpine"}
 
@@ -239,9 +239,9 @@ def test_missing_context_raises(tmp_path: Path) -> None:
 
 def test_created_and_deleted_files_are_forgotten(ctx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long session of temporary files does not grow the hasher's memory without bound."""
-    import devloop.images as images
+    import devloop.hasher as hasher
 
-    monkeypatch.setattr(images, "FORGET_SLACK", 5)
+    monkeypatch.setattr(hasher, "FORGET_SLACK", 5)
     h = fed(ctx)
     for i in range(40):
         tmp = ctx / "lib" / f"tmp{i}.js"

@@ -18,6 +18,9 @@ from devloop.errors import ConfigError
         ("localhost:5001/my-web-app:dl-abc", "localhost:5001/my-web-app"),
         ("my-registry/web-app:v1.0.0", "my-registry/web-app"),
         ("web@sha256:" + "a" * 64, "web"),
+        ("index.docker.io/library/web:1", "web"),
+        ("registry.example.com:5443/team/web:v1@sha256:" + "b" * 64, "registry.example.com:5443/team/web"),
+        ("${WEB_IMAGE}", "${WEB_IMAGE}"),  # a template's placeholder: compared as it is
     ],
 )
 def test_image_repository(ref: str, repo: str) -> None:

@@ -18,8 +18,9 @@ from devloop import config as config_mod
 from devloop import manifests as mf
 from devloop.errors import EXIT_ENVIRONMENT, EXIT_USAGE, ConfigError
 from devloop.model import ImageRef
+from devloop.registry_client import RegistryAuthFailed, RegistryClient, RegistryUnavailable, RemoteManifest
 from devloop.release import check_version, rollback_to, version_state
-from devloop.remote import Address, RegistryAuthFailed, RegistryClient, RegistryUnavailable, RemoteManifest
+from devloop.remote import Address
 from devloop.targets import require_confirmed, require_context, resolve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,7 +222,7 @@ def registry(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def client(address: str, user: str | None = "dev", password: str = "s3cret") -> RegistryClient:
     creds = {"username": user, "password": password} if user else None
-    return RegistryClient(Address.parse(address), insecure=True, credentials=lambda host: creds)
+    return RegistryClient(Address.parse(address).host, insecure=True, credentials=lambda host: creds)
 
 
 def test_the_registry_client_logs_in_and_reads_a_manifest(registry: str) -> None:
@@ -308,3 +309,20 @@ def test_a_remote_target_is_never_created_and_its_context_must_exist(tmp_path: P
     cluster.context = "something-else"  # the kubeconfig no longer has the target's context
     with pytest.raises(ConfigError, match="no such context"):
         engine.target.ensure()
+
+
+@pytest.mark.parametrize(
+    ("words", "error", "hint"),
+    [
+        ("unauthorized: authentication required", RegistryAuthFailed, "run `docker login r.example:5443`"),
+        ("x509: certificate signed by unknown authority", RegistryUnavailable, "/etc/docker/certs.d/r.example:5443/ca.crt"),
+        ("dial tcp: connection refused", RegistryUnavailable, "check that the registry runs"),
+    ],
+)
+def test_a_refused_push_names_the_registry_host_and_the_fix(words: str, error: type[Exception], hint: str) -> None:
+    from devloop.remote import _push_error
+
+    e = _push_error("r.example:5443/team/web:v1.0.0", words)
+    assert isinstance(e, error)
+    assert hint in e.hint
+    assert "push of r.example:5443/team/web:v1.0.0" in e.message

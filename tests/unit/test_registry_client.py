@@ -1,0 +1,158 @@
+"""devloop.registry_client as the local registry's users see it (devloop.registry's checks and
+devloop.gc's listing and deletes), against a small in-process registry speaking plain HTTP. The
+remote side (TLS, Basic and token login) is tested in test_release.py."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devloop.config import RegistryConfig
+from devloop.gc import GCError, HttpRegistry
+from devloop.registry import LocalRegistry
+from devloop.registry_client import MANIFEST_TYPES, challenge
+
+CONFIG = {"created": "2024-01-01T00:00:02Z"}
+CONFIG_DIGEST = "sha256:" + hashlib.sha256(json.dumps(CONFIG).encode()).hexdigest()
+IMAGE = {"config": {"digest": CONFIG_DIGEST, "size": 7}, "layers": [{"digest": "sha256:l1", "size": 100}]}
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """The local registry's API for one repository `app`: tags dl-1 (an image) and dl-2 (an index
+    of that image); DELETE answers `delete_status`; every request is recorded."""
+
+    delete_status = 202
+    seen: list[tuple[str, str, str]]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _route(self) -> None:
+        self.seen.append((self.command, self.path, self.headers.get("Accept", "")))
+        if self.path == "/v2/":
+            self._send(500 if self.server.broken else 200, {})  # type: ignore[attr-defined]
+        elif self.path == "/v2/app/tags/list":
+            self._send(200, {"name": "app", "tags": ["dl-1", "dl-2"]})
+        elif self.path in ("/v2/app/manifests/dl-1", "/v2/app/manifests/sha256:image"):
+            self._send(200, IMAGE, {"Docker-Content-Digest": "sha256:image"})
+        elif self.path == "/v2/app/manifests/dl-2":
+            self._send(200, {"manifests": [{"digest": "sha256:image"}]}, {"Docker-Content-Digest": "sha256:index"})
+        elif self.path == f"/v2/app/blobs/{CONFIG_DIGEST}":
+            self._send(200, CONFIG)
+        else:
+            self._send(404, {"errors": [{"code": "NAME_UNKNOWN"}]})
+
+    do_GET = do_HEAD = _route
+
+    def do_DELETE(self) -> None:
+        self.seen.append((self.command, self.path, ""))
+        self._send(self.delete_status, {"errors": [{"code": "UNSUPPORTED"}]} if self.delete_status == 405 else None)
+
+
+@pytest.fixture
+def registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, list[tuple[str, str, str]], Any]]:
+    # a proxy in the environment (as on a corporate network) must not take the local registry's requests
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    seen: list[tuple[str, str, str]] = []
+    handler = type("Handler", (_Registry,), {"seen": seen, "delete_status": getattr(request, "param", 202)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.broken = False  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], seen, server
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once closed
+
+
+def test_the_garbage_collector_lists_tags_and_reads_manifests_with_their_blobs_and_age(registry: tuple[int, list[Any], Any]) -> None:
+    port, seen, _ = registry
+    api = HttpRegistry(f"localhost:{port}")
+    assert api.tags("app") == ["dl-1", "dl-2"]
+    assert api.tags("other") == []  # a repository never pushed
+    image = api.manifest("app", "dl-1")
+    assert image is not None and image.digest == "sha256:image"
+    assert image.blobs == {CONFIG_DIGEST: 7, "sha256:l1": 100}
+    assert image.created == pytest.approx(1704067202.0)
+    index = api.manifest("app", "dl-2")
+    assert index is not None and index.digest == "sha256:index" and index.blobs == image.blobs  # the index's image
+    assert api.manifest("app", "dl-9") is None
+    assert ("GET", "/v2/app/manifests/dl-1", MANIFEST_TYPES) in seen
+
+
+@pytest.mark.parametrize("registry", [405], indirect=True)
+def test_a_registry_without_deletes_says_how_to_allow_them(registry: tuple[int, list[Any], Any]) -> None:
+    port, seen, _ = registry
+    with pytest.raises(GCError) as e:
+        HttpRegistry(f"localhost:{port}").delete("app", "sha256:image")
+    assert e.value.message == "the local registry does not allow deletes"
+    assert "REGISTRY_STORAGE_DELETE_ENABLED=true" in e.value.hint
+    assert seen == [("DELETE", "/v2/app/manifests/sha256:image", "")]
+
+
+def test_a_delete_the_registry_accepts_is_done(registry: tuple[int, list[Any], Any]) -> None:
+    port, seen, _ = registry
+    HttpRegistry(f"localhost:{port}").delete("app", "sha256:image")
+    assert seen == [("DELETE", "/v2/app/manifests/sha256:image", "")]
+
+
+def test_a_registry_that_does_not_answer_is_a_gc_error_naming_the_request() -> None:
+    port = _closed_port()
+    with pytest.raises(GCError, match=rf"^registry 127\.0\.0\.1:{port}: GET /v2/app/tags/list: .*[Cc]onnection refused"):
+        HttpRegistry(f"localhost:{port}").tags("app")
+
+
+def test_the_local_registry_knows_what_it_holds_and_whether_it_answers(registry: tuple[int, list[Any], Any]) -> None:
+    port, seen, server = registry
+    local = LocalRegistry(RegistryConfig(host_port=port), None, None)  # type: ignore[arg-type]
+    assert local.has("app:dl-1") is True
+    assert local.has("app:dl-9") is False
+    assert seen[0] == ("HEAD", "/v2/app/manifests/dl-1", MANIFEST_TYPES)
+    assert local.answers() is None
+    server.broken = True
+    assert local.answers() == "HTTP 500"
+
+
+def test_a_local_registry_that_is_not_there_holds_nothing() -> None:
+    local = LocalRegistry(RegistryConfig(host_port=_closed_port()), None, None)  # type: ignore[arg-type]
+    assert local.has("app:dl-1") is False
+    assert "Connection refused" in (local.answers() or "")
+
+
+@pytest.mark.parametrize(
+    ("header", "want"),
+    [
+        ('Basic realm="registry"', ("basic", {"realm": "registry"})),
+        (
+            'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"',
+            ("bearer", {"realm": "https://auth.example/token", "service": "registry.example", "scope": "repository:a/b:pull,push"}),
+        ),
+        ("", ("", {})),
+    ],
+)
+def test_www_authenticate_challenges(header: str, want: tuple[str, dict[str, str]]) -> None:
+    assert challenge(header) == want
