@@ -29,7 +29,7 @@ from devloop.targets.local import KindTarget, Transport
 from devloop.targets.remote import RemoteTarget
 
 
-class _Detected:
+class DetectedBuilder:
     """The builder, detected on first use (BuildKit through the docker CLI when it works, else the
     classic SDK builder): commands that never build never probe."""
 
@@ -113,7 +113,7 @@ def engine(config: Config, out: Output, target_name: str | None = None, *, fetch
         tools.add_cache_to_path()
     kube = ApiCluster(spec.context)
     docker = Images()
-    return Engine(config, out, images=docker, builder=_Detected(docker), kube=kube, target=target(config, spec, out, kube, docker))
+    return Engine(config, out, images=docker, builder=DetectedBuilder(docker), kube=kube, target=target(config, spec, out, kube, docker))
 
 
 def release(e: Engine, version: str, *, rollback: bool) -> Release:

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from devloop import config
+from devloop import config, wiring
 from devloop.config import ServiceConfig
 from devloop.engine import Engine
 from devloop.errors import CycleFailed, DockerUnavailable
@@ -48,7 +48,7 @@ class Builds:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.images = engine.docker
+        self.images = engine.images
 
     @property
     def config(self) -> ServiceConfig:
@@ -64,7 +64,7 @@ class Builds:
 @pytest.fixture
 def pipeline(project: Path, cleanup_images: list[str]) -> Iterator[Builds]:
     cfg = config.load(None, project)
-    b = Builds(Engine(cfg, Output(json_mode=True, stdout=io.StringIO()), images=Images()))
+    b = Builds(wiring.engine(cfg, Output(json_mode=True, stdout=io.StringIO()), fetch_tools=False))
     yield b
     client = docker.from_env()
     for img in client.images.list(name=cfg.services[0].image.name):

@@ -19,12 +19,12 @@ import pytest
 
 from devloop import config
 from devloop.builder import ClassicSDK
-from devloop.engine import Engine
 from devloop.errors import StepFailed
 from devloop.images import Images
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange
-from tests.unit.fakes import FakeCluster, FakeKind, FakePublisher
+from devloop.wiring import DetectedBuilder
+from tests.unit.fakes import FakeCluster, FakePublisher, make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -101,11 +101,10 @@ def test_daemon_gone_mid_loop_fails_one_cycle_and_the_next_recovers(sample_copy:
     images = Images(lambda: docker.DockerClient(base_url=f"unix://{proxy.path}", version="auto"))
     # kind and the cluster stay fakes here: the daemon is what is real (built through the classic SDK builder on the proxy)
     cluster = FakeCluster()
-    engine = Engine(
+    engine = make_engine(
         cfg,
         Output(json_mode=True, stdout=io.StringIO()),
         images=images,
-        kind=FakeKind(),
         kube=cluster,
         builder=ClassicSDK(images),
         publisher=FakePublisher(registry=""),
@@ -199,13 +198,9 @@ def test_disk_full_during_a_build_fails_the_build_with_the_reason_and_nothing_is
     deployment.write_text(deployment.read_text().replace("my-web-app", "devloop-it-disk"))
     cfg = config.load(None, sample_copy)
     cluster, publisher = FakeCluster(), FakePublisher(registry="")
-    engine = Engine(
-        cfg,
-        Output(json_mode=True, stdout=io.StringIO()),
-        images=Images(lambda: docker.DockerClient(base_url=host, version="auto")),
-        kind=FakeKind(),
-        kube=cluster,
-        publisher=publisher,
+    images = Images(lambda: docker.DockerClient(base_url=host, version="auto"))
+    engine = make_engine(
+        cfg, Output(json_mode=True, stdout=io.StringIO()), images=images, kube=cluster, builder=DetectedBuilder(images), publisher=publisher
     )
     change = Plan(services=(ServiceChange("web-app", rebuild=True, image_files=("server.js",)),))
     (first,) = engine.run(change)
