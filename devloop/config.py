@@ -1,10 +1,12 @@
 """Load and validate devloop.yaml into frozen pydantic models.
 
-Two forms are read. `devloop/v2` has a `services:` list (each with image, deploy, portForward,
-liveUpdate); `devloop/v1` (and no file at all) is the single-service form, read as a one-service
-list. Unknown keys and wrong types are errors naming the file and the key path
-(`devloop.yaml: services[1].image.contxt: unknown key`). Relative paths are resolved against the
-directory of the file. `devloop schema` prints the JSON Schema of the v2 form.
+One schema, `devloop/v2` (ConfigV2): a `services:` list (each with image, deploy, portForward,
+liveUpdate). `devloop/v1` (and no file at all) is the single-service form: `upgrade_v1` lifts its
+data into v2 data first, as Skaffold's schema upgrades do. Unknown keys and wrong types are errors
+naming the file and the key path (`devloop.yaml: services[1].image.contxt: unknown key`; a v1 file's
+at its own keys, `image.contxt`). The resolved `Config` is the v2 model with its relative paths
+resolved against the directory of the file, plus where it came from. `devloop schema` prints the
+JSON Schema of the v2 form.
 """
 
 from __future__ import annotations
@@ -372,8 +374,8 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read: {e}", "check the file's permissions and encoding (UTF-8)") from e
-    path = path.resolve()
-    return parse_text(text, root=path.parent, source=_display(path, cwd), file=path, check_paths=check_paths)
+    file = path.resolve()
+    return parse_text(text, root=file.parent, source=_display(path, cwd), file=file, check_paths=check_paths)
 
 
 def _display(path: Path, cwd: Path) -> str:
@@ -448,6 +450,7 @@ def _error(source: str, found: list[_Found], legacy: bool) -> ConfigError:
 
 
 _VAGUE = {"literal_error", "int_type", "int_parsing", "int_from_float"}
+_V1_RANK: dict[int | str, int] = {"portForward": 1, "port_forward": 1, "liveUpdate": 2, "live_update": 2, "name": 4}
 
 
 def _v1_order(f: _Found) -> int:
@@ -455,7 +458,7 @@ def _v1_order(f: _Found) -> int:
     service (after deploy.deployment) last."""
     if f.error["type"] == "extra_forbidden" and len(f.keys) == 1:
         return 3
-    return {"portForward": 1, "port_forward": 1, "liveUpdate": 2, "live_update": 2, "name": 4}.get(str(f.keys[:1] and f.keys[0]), 0)
+    return _V1_RANK.get(f.keys[0], 0) if f.keys else 0
 
 
 def _keys(err: ErrorDetails, data: Any) -> tuple[tuple[int | str, ...], bool]:
