@@ -442,15 +442,21 @@ def _error(source: str, found: list[_Found], legacy: bool) -> ConfigError:
         lifted = (f._replace(keys=f.keys[2:]) if f.keys[:2] == ("services", 0) else f for f in found)
         found = sorted((f for f in lifted if f.keys != ("services",)), key=_v1_order)
     keys, labelled, first = found[0]
-    if labelled:  # of a union's alternatives, the one that says most (a literal's or an integer's mismatch says least)
-        first = min((f.error for f in found if f.keys == keys and f.labelled), key=lambda e: e["type"] in _VAGUE)
+    if labelled and _is_int(found[0]):
+        # pydantic lists a union's alternatives in order: for a number-or-percentage field (rollingUpdate.maxSurge) the
+        # first says "not an integer", which says least. Instead: an unknown key anywhere (the likelier mistake), else
+        # the deepest error, the field's text alternative counting one deeper.
+        keys, _, first = max(found, key=lambda f: (f.error["type"] == "extra_forbidden", len(f.keys) + (f.labelled and not _is_int(f))))
     hint = "check the spelling; " + HINT if first["type"] == "extra_forbidden" else HINT
     where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).removeprefix(".") or "(top level)"
     return ConfigError(f"{source}: {where}: {_message(first, keys)}", hint)
 
 
-_VAGUE = {"literal_error", "int_type", "int_parsing", "int_from_float"}
 _V1_RANK: dict[int | str, int] = {"portForward": 1, "port_forward": 1, "liveUpdate": 2, "live_update": 2, "name": 4}
+
+
+def _is_int(f: _Found) -> bool:
+    return f.error["type"].startswith("int_")
 
 
 def _v1_order(f: _Found) -> int:

@@ -218,6 +218,8 @@ def test_upgrade_v1_checks_the_switch_v2_has_no_key_for_even_when_it_turns_the_f
         ("deploy: {rollingUpdate: {maxSurge: abc}}\n", "deploy.rollingUpdate.maxSurge: 'abc' is not valid here"),
         ("deploy: {rollingUpdate: {maxSurge: {x: 1}}}\n", "deploy.rollingUpdate.maxSurge: must be a non-empty string, got a mapping"),
         ("image: {buildArgs: {str: [1]}}\n", "image.buildArgs.str: must be a non-empty string, got a list"),
+        ("deploy: {rollingUpdate: {maxSurge: abc}}\nimgae: {}\n", "imgae: unknown key"),  # the likelier mistake first
+        ("registry: {enabled: maybe}\nimgae: {}\n", "registry.enabled: must be true or false, got a string"),
     ],
 )
 def test_errors_name_the_key_the_user_wrote(sample_copy: Path, text: str, message: str) -> None:
