@@ -1,21 +1,34 @@
 """Load and validate devloop.yaml into frozen pydantic models.
 
-Two forms are read. `devloop/v2` has a `services:` list (each with image, deploy, portForward,
-liveUpdate); `devloop/v1` (and no file at all) is the single-service form, read as a one-service
-list. Unknown keys and wrong types are errors naming the file and the key path
-(`devloop.yaml: services[1].image.contxt: unknown key`). Relative paths are resolved against the
-directory of the file. `devloop schema` prints the JSON Schema of the v2 form.
+One schema, `devloop/v2` (ConfigV2): a `services:` list (each with image, deploy, portForward,
+liveUpdate). `devloop/v1` (and no file at all) is the single-service form: `upgrade_v1` lifts its
+data into v2 data first, as Skaffold's schema upgrades do. Unknown keys and wrong types are errors
+naming the file and the key path (`devloop.yaml: services[1].image.contxt: unknown key`; a v1 file's
+at its own keys, `image.contxt`). The resolved `Config` is the v2 model with its relative paths
+resolved against the directory of the file, plus where it came from. `devloop schema` prints the
+JSON Schema of the v2 form.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from devloop.errors import ConfigError
 
@@ -206,7 +219,7 @@ class ConfigV2(_Model):
     watch: WatchConfig = WatchConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     dashboard: DashboardConfig = DashboardConfig()
-    keep_versions: KeepVersions = 3
+    keep_versions: KeepVersions = 3  # content-tagged versions kept per service (host, local registry, nodes)
     targets: Targets = ()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
@@ -226,86 +239,13 @@ class ConfigV2(_Model):
         return self
 
 
-class _LegacyPortForward(_Model):
-    enabled: bool = True
-    service: NonEmpty = "web-app-service"
-    port: Port = 80
-    local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 8080
-
-
-_V1_IMAGE: dict[str, Any] = {"name": "my-web-app", "context": Path("sample-app")}
-
-
-class ConfigV1(_Model):
-    """The single-service form (apiVersion devloop/v1, and the defaults with no file): the bundled sample."""
-
-    api_version: Literal["devloop/v1"] = Field("devloop/v1", alias="apiVersion")
-    cluster: ClusterConfig = ClusterConfig()
-    registry: RegistryConfig = RegistryConfig()
-    watch: WatchConfig = WatchConfig()
-    monitoring: MonitoringConfig = MonitoringConfig(enabled=True)
-    dashboard: DashboardConfig = DashboardConfig()
-    keep_versions: KeepVersions = 3
-    targets: Targets = ()
-    image: ImageConfig = ImageConfig(**_V1_IMAGE)
-    deploy: DeployConfig = DeployConfig(deployment="web-app")
-    port_forward: _LegacyPortForward = _LegacyPortForward()
-    live_update: LiveUpdateConfig = LiveUpdateConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sample_defaults(cls, data: Any) -> Any:
-        """The single-service form's defaults are the bundled sample's, key by key."""
-        if isinstance(data, dict) and isinstance(data.get("image"), dict):
-            data = {**data, "image": {**_V1_IMAGE, **data["image"]}}
-        if isinstance(data, dict) and isinstance(data.get("monitoring"), dict):
-            data = {**data, "monitoring": {"enabled": True, **data["monitoring"]}}
-        return data
-
-    def as_v2(self) -> dict[str, Any]:
-        pf = self.port_forward
-        forwards = [PortForwardConfig(service=pf.service, port=pf.port, local_port=pf.local_port)] if pf.enabled else []
-        service = ServiceConfig(
-            name=self.deploy.deployment or "web-app",
-            image=self.image,
-            deploy=self.deploy if self.deploy.deployment else self.deploy.model_copy(update={"deployment": "web-app"}),
-            port_forward=tuple(forwards),
-            live_update=self.live_update,
-        )
-        return {
-            "cluster": self.cluster,
-            "registry": self.registry,
-            "watch": self.watch,
-            "monitoring": self.monitoring,
-            "dashboard": self.dashboard,
-            "keep_versions": self.keep_versions,
-            "targets": self.targets,
-            "services": (service,),
-        }
-
-
-class Config(BaseModel):
-    """What the rest of devloop reads: resolved paths, a resolved cluster name and registry switch."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+class Config(ConfigV2):
+    """What the rest of devloop reads: the file's model with its paths resolved (absolute), the cluster's name
+    and the registry switch decided, and where it came from."""
 
     root: Path  # directory relative paths were resolved against
-    source: str  # the file it came from, or "defaults"
-    cluster: ClusterConfig
-    registry: RegistryConfig
-    watch: WatchConfig
-    monitoring: MonitoringConfig
-    dashboard: DashboardConfig
-    keep_versions: int  # content-tagged versions kept per service (host, local registry, nodes)
-    services: tuple[ServiceConfig, ...]
-    targets: tuple[TargetConfig, ...] = ()
-
-    @property
-    def file(self) -> Path | None:
-        if self.source == "defaults":
-            return None
-        p = Path(self.source)
-        return p if p.is_absolute() else (self.root / p.name)
+    source: str  # the file as the user would name it (for messages), or "defaults"
+    file: Path | None = None  # the file it came from (absolute); None for the defaults
 
     @property
     def registry_enabled(self) -> bool:
@@ -327,6 +267,64 @@ class Config(BaseModel):
             f"no target named {name!r} in {self.source} (declared: {declared})",
             "declare it under `targets:` with its kube context and registry; devloop never uses an undeclared context",
         )
+
+
+# -- devloop/v1: the single-service form, lifted into v2 -----------------------------------------------
+
+# The v1 form's defaults are the bundled sample's (its file may say nothing at all), key by key.
+_SAMPLE_SERVICE = "web-app"  # the service's name is its Deployment's
+_SAMPLE_IMAGE = {"name": "my-web-app", "context": "sample-app"}
+_SAMPLE_FORWARD = {"service": "web-app-service"}
+_V1_FORWARD = ("portForward", "port_forward")
+_V1_SERVICE = ("image", "deploy", *_V1_FORWARD, "liveUpdate", "live_update")
+_SWITCH: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """devloop/v1 data as devloop/v2 data meaning the same (raw, as read from YAML; v2 validates it).
+
+    v1 has one service at the top level (image, deploy, portForward, liveUpdate), named after its Deployment,
+    with the bundled sample's defaults, and monitoring on. Only `portForward.enabled` has no v2 form: it is
+    checked here (a ValidationError at its v1 location, `portForward.enabled`)."""
+    v2, errors = _upgrade_v1(data)
+    if errors:
+        details = [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in errors]
+        raise ValidationError.from_exception_data("devloop/v1", details)
+    return v2
+
+
+def _upgrade_v1(data: dict[str, Any]) -> tuple[dict[str, Any], list[ErrorDetails]]:
+    """upgrade_v1, with the errors of the v1-only part returned (at v1 keys) rather than raised."""
+    top = {"apiVersion": API_V2, **{k: v for k, v in data.items() if k not in (*_V1_SERVICE, "apiVersion")}}
+    if isinstance(monitoring := top.get("monitoring", {}), dict):
+        top["monitoring"] = {"enabled": True, **monitoring}
+    service = {k: v for k, v in data.items() if k in _V1_SERVICE}
+    if isinstance(image := service.get("image", {}), dict):
+        service["image"] = {**_SAMPLE_IMAGE, **image}
+    name: Any = _SAMPLE_SERVICE
+    if isinstance(deploy := service.get("deploy", {}), dict):
+        name = _SAMPLE_SERVICE if deploy.get("deployment") is None else deploy["deployment"]
+        service["deploy"] = {**deploy, "deployment": name}
+    key = next((k for k in _V1_FORWARD if k in service), "portForward")  # with both, pydantic reads portForward
+    service[key], errors = _v1_forwards(service.get(key, {}))  # absent: the sample's, on
+    return {**top, "services": [{"name": name, **service}]}, [{**e, "loc": (key, *e["loc"])} for e in errors]
+
+
+def _v1_forwards(value: Any) -> tuple[list[Any], list[ErrorDetails]]:
+    """v1's one port-forward (a mapping; on unless `enabled: false`) as v2's list; checked here even when off."""
+    errors: list[ErrorDetails] = []
+    forward, on = value, True
+    if isinstance(value, dict):
+        forward = {**_SAMPLE_FORWARD, **value}
+        try:
+            on = _SWITCH.validate_python(forward.pop("enabled", True))
+        except ValidationError as e:
+            errors += [{**err, "loc": ("enabled",)} for err in e.errors()]
+    try:
+        PortForwardConfig.model_validate(forward)
+    except ValidationError as e:
+        errors += e.errors()
+    return ([forward] if on and not errors else []), errors
 
 
 def schema() -> dict[str, Any]:
@@ -376,7 +374,8 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read: {e}", "check the file's permissions and encoding (UTF-8)") from e
-    return parse_text(text, root=path.resolve().parent, source=_display(path, cwd), check_paths=check_paths)
+    file = path.resolve()
+    return parse_text(text, root=file.parent, source=_display(path, cwd), file=file, check_paths=check_paths)
 
 
 def _display(path: Path, cwd: Path) -> str:
@@ -387,7 +386,7 @@ def _display(path: Path, cwd: Path) -> str:
         return str(full.resolve())
 
 
-def parse_text(text: str, *, root: Path, source: str, check_paths: bool = True) -> Config:
+def parse_text(text: str, *, root: Path, source: str, file: Path | None = None, check_paths: bool = True) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -397,28 +396,103 @@ def parse_text(text: str, *, root: Path, source: str, check_paths: bool = True) 
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}", "fix the YAML syntax") from None
     except RecursionError:
         raise ConfigError(f"{source}: not valid YAML: nested too deeply", "fix the YAML syntax") from None
-    return parse(data, root=root, source=source, check_paths=check_paths)
+    return parse(data, root=root, source=source, file=file, check_paths=check_paths)
 
 
 HINT = "see the configuration reference in README.md (`devloop schema` prints the JSON Schema)"
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
+def parse(data: Any, *, root: Path, source: str, file: Path | None = None, check_paths: bool = True) -> Config:
+    """Validate YAML data (v2, or v1 lifted into v2) and resolve it against `root`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): must be a mapping, got {_TYPES.get(type(data), type(data).__name__)}", HINT)
+    version = data.get("apiVersion", API_V2 if "services" in data else API_V1)
+    if version not in (API_V1, API_V2):
+        raise ConfigError(
+            f"{source}: apiVersion: unsupported version {version!r}", f"this devloop reads apiVersion: {API_V2} (and the older {API_V1})"
+        )
+    legacy = version == API_V1
+    if legacy and "services" in data:
+        raise ConfigError(f"{source}: services: needs apiVersion: {API_V2}", f"set apiVersion: {API_V2} at the top")
+    v2, v1_errors = _upgrade_v1(data) if legacy else (data, [])
+    found = [_Found(*_keys(e, data), e) for e in v1_errors]
+    try:
+        model = ConfigV2.model_validate(v2)
+    except ValidationError as e:
+        found += [_Found(*_keys(err, v2), err) for err in e.errors()]
+    if found:
+        raise _error(source, found, legacy)
+    return _resolve(model, root=root, source=source, file=file, check_paths=check_paths, legacy=legacy)
+
+
+# -- pydantic's errors as the user's key paths -----------------------------------------------------
+
+
+class _Found(NamedTuple):
+    keys: tuple[int | str, ...]  # where, as the keys of the data
+    labelled: bool  # pydantic named a union's member in the location: this is one of the union's alternatives
+    error: ErrorDetails
+
+
+def _error(source: str, found: list[_Found], legacy: bool) -> ConfigError:
+    """The error a person should see first, at the key path they wrote (`services[1].image.contxt: unknown key`)."""
+    if legacy:  # at the v1 keys (services[0].image is image; `services` too short is only a consequence), in v1's order
+        lifted = (f._replace(keys=f.keys[2:]) if f.keys[:2] == ("services", 0) else f for f in found)
+        found = sorted((f for f in lifted if f.keys != ("services",)), key=_v1_order)
+    keys, labelled, first = found[0]
+    if labelled and _is_int(found[0]):
+        # pydantic lists a union's alternatives in order: for a number-or-percentage field (rollingUpdate.maxSurge) the
+        # first says "not an integer", which says least. Instead: an unknown key anywhere (the likelier mistake), else
+        # the deepest error, the field's text alternative counting one deeper.
+        keys, _, first = max(found, key=lambda f: (f.error["type"] == "extra_forbidden", len(f.keys) + (f.labelled and not _is_int(f))))
+    hint = "check the spelling; " + HINT if first["type"] == "extra_forbidden" else HINT
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).removeprefix(".") or "(top level)"
+    return ConfigError(f"{source}: {where}: {_message(first, keys)}", hint)
+
+
+_V1_RANK: dict[int | str, int] = {"portForward": 1, "port_forward": 1, "liveUpdate": 2, "live_update": 2, "name": 4}
+
+
+def _is_int(f: _Found) -> bool:
+    return f.error["type"].startswith("int_")
+
+
+def _v1_order(f: _Found) -> int:
+    """v1 checked its portForward after image and deploy, then liveUpdate, then unknown keys, and named the
+    service (after deploy.deployment) last."""
+    if f.error["type"] == "extra_forbidden" and len(f.keys) == 1:
+        return 3
+    return _V1_RANK.get(f.keys[0], 0) if f.keys else 0
+
+
+def _keys(err: ErrorDetails, data: Any) -> tuple[tuple[int | str, ...], bool]:
+    """The error's location as keys of the data, and whether pydantic labelled a union's member in it.
+
+    A label is a part of the location that is not a key: the value there is not a mapping, or is one without it
+    (a missing key is the one exception). An index into a value that is not a list is a one-or-many wrapper's."""
+    keys: list[int | str] = []
+    labelled = False
+    node = data
+    for n, part in enumerate(err["loc"]):
         if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"int|str|bool|float|constrained-str|function-\w+|.*\[.*\]", str(part)):
-            continue  # pydantic's names for validators and union members, not keys
+            keys.append(part)
+            if (isinstance(node, list) and -len(node) <= part < len(node)) or (isinstance(node, dict) and part in node):
+                node = node[part]
+        elif isinstance(node, dict) and (part in node or (err["type"] == "missing" and n == len(err["loc"]) - 1)):
+            keys.append(part)
+            node = node.get(part)
         else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+            labelled = True
+    return tuple(keys), labelled
 
 
-def _message(err: Any) -> str:
+def _message(err: ErrorDetails, keys: tuple[int | str, ...]) -> str:
     kind = err["type"]
     got = err.get("input")
     what = "nothing" if got is None else _TYPES.get(type(got), type(got).__name__)
+    ctx = err.get("ctx", {})
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -434,60 +508,23 @@ def _message(err: Any) -> str:
     if kind in ("tuple_type", "list_type"):
         return f"must be a list, got {what}"
     if kind in ("greater_than_equal", "less_than_equal"):
-        ctx = err.get("ctx", {})
         return f"must be {'at least ' + str(ctx['ge']) if 'ge' in ctx else 'at most ' + str(ctx['le'])}, got {got}"
     if kind == "string_pattern_mismatch":
-        loc = [str(p) for p in err["loc"]]
-        if loc[-2:] == ["image", "name"]:
+        if keys[-2:] == ("image", "name"):
             return f"{got!r} is not a valid image repository name (lowercase, no tag)"
-        if loc[-1] == "name":
+        if keys[-1:] == ("name",):
             return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
-        if loc[-1] == "target":
+        if keys[-1:] == ("target",):
             return f"{got!r}: must be an absolute path in the container"
         return f"{got!r} is not valid here"
     if kind == "too_short":
         return "must list at least one entry"
     if kind == "literal_error":
-        return f"must be one of {err.get('ctx', {}).get('expected', '?')}, got {got!r}"
+        return f"must be one of {ctx.get('expected', '?')}, got {got!r}"
     return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
-def _pick(errors: list[Any]) -> Any:
-    """The error a person should see first: of a union's alternatives, the one that went deepest."""
-    return max(errors, key=lambda e: (e["type"] == "extra_forbidden", len([p for p in e["loc"] if not str(p).startswith(("str", "int"))])))
-
-
-def parse(data: Any, *, root: Path, source: str, check_paths: bool = True) -> Config:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: (top level): must be a mapping, got {_TYPES.get(type(data), type(data).__name__)}", HINT)
-    version = data.get("apiVersion", API_V2 if "services" in data else API_V1)
-    if version not in (API_V1, API_V2):
-        raise ConfigError(
-            f"{source}: apiVersion: unsupported version {version!r}", f"this devloop reads apiVersion: {API_V2} (and the older {API_V1})"
-        )
-    try:
-        if version == API_V1:
-            if "services" in data:
-                raise ConfigError(f"{source}: services: needs apiVersion: {API_V2}", f"set apiVersion: {API_V2} at the top")
-            parts = ConfigV1.model_validate(data).as_v2()
-        else:
-            v2 = ConfigV2.model_validate(data)
-            parts = {
-                k: getattr(v2, k)
-                for k in ("cluster", "registry", "watch", "monitoring", "dashboard", "keep_versions", "targets", "services")
-            }
-    except ValidationError as e:
-        errs = e.errors()
-        first = errs[0]
-        if len(errs) > 1 and any(str(p).startswith(("int", "str", "tuple", "function")) for p in first["loc"]):
-            first = _pick(errs)
-        hint = HINT
-        if first["type"] == "extra_forbidden":
-            hint = "check the spelling; " + HINT
-        raise ConfigError(f"{source}: {_loc(first['loc'])}: {_message(first)}", hint) from None
-    return _resolve(root, source, parts, check_paths, legacy=version == API_V1)
+# -- resolving paths, the cluster's name and the registry switch -----------------------------------
 
 
 def _path(root: Path, value: Path | str) -> Path:
@@ -495,20 +532,17 @@ def _path(root: Path, value: Path | str) -> Path:
     return p if p.is_absolute() else (root / p).resolve()
 
 
-def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, *, legacy: bool) -> Config:
-    cluster: ClusterConfig = parts["cluster"]
-    kind_config = _path(root, cluster.kind_config)
+def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, check_paths: bool, legacy: bool) -> Config:
+    kind_config = _path(root, model.cluster.kind_config)
     kind_doc = _read_kind_config(kind_config)
-    name = cluster.name or str(kind_doc.get("name") or "devloop")
+    name = model.cluster.name or str(kind_doc.get("name") or "devloop")
     if re.fullmatch(_DNS_LABEL, name) is None:
         raise ConfigError(f"{kind_config}: name: must be lowercase letters, digits and '-' (a kind cluster name)", HINT)
-    cluster = cluster.model_copy(update={"name": name, "kind_config": kind_config})
-    registry: RegistryConfig = parts["registry"]
+    registry = model.registry
     if registry.enabled == "auto":
         registry = registry.model_copy(update={"enabled": _kind_config_wants_registry(kind_doc)})
     services = []
-    for n, s in enumerate(parts["services"]):
-        where = "" if legacy else f"services[{n}]"
+    for n, s in enumerate(model.services):
         context = _path(root, s.image.context)
         manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
         s = s.model_copy(
@@ -518,22 +552,16 @@ def _resolve(root: Path, source: str, parts: dict[str, Any], check_paths: bool, 
             }
         )
         if check_paths:
-            _check_paths(source, where, s)
+            _check_paths(source, "" if legacy else f"services[{n}]", s)
         services.append(s)
     if check_paths and not kind_config.is_file():
         raise ConfigError(f"{source}: cluster.kindConfig: no such file: {kind_config}", "devloop creates the kind cluster from this file")
-    return Config(
-        root=root,
-        source=source,
-        cluster=cluster,
-        registry=registry,
-        watch=parts["watch"],
-        monitoring=parts["monitoring"],
-        dashboard=parts["dashboard"],
-        keep_versions=parts["keep_versions"],
-        services=tuple(services),
-        targets=parts["targets"],
-    )
+    resolved = {
+        "cluster": model.cluster.model_copy(update={"name": name, "kind_config": kind_config}),
+        "registry": registry,
+        "services": tuple(services),
+    }
+    return Config.model_validate({**dict(model), **resolved, "root": root, "source": source, "file": file})
 
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:

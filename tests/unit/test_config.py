@@ -142,3 +142,110 @@ def test_schema_describes_services_and_forbids_unknown_keys() -> None:
     assert "services" in s["properties"] and s["additionalProperties"] is False
     service = s["$defs"]["ServiceConfig"]
     assert {"name", "image", "deploy", "portForward", "liveUpdate"} <= set(service["properties"])
+
+
+SAMPLE_IMAGE = {"name": "my-web-app", "context": "sample-app"}
+SAMPLE_FORWARD = {"service": "web-app-service"}
+
+
+def v2(service: dict[str, object] | None = None, **top: object) -> dict[str, object]:
+    """The v2 data a v1 file upgrades to: the sample's service and monitoring on, unless said otherwise."""
+    sample = {"name": "web-app", "image": SAMPLE_IMAGE, "deploy": {"deployment": "web-app"}, "portForward": [SAMPLE_FORWARD]}
+    return {"apiVersion": "devloop/v2", "monitoring": {"enabled": True}, **top, "services": [{**sample, **(service or {})}]}
+
+
+@pytest.mark.parametrize(
+    ("v1", "expected"),
+    [
+        ({}, v2()),
+        ({"apiVersion": "devloop/v1"}, v2()),
+        ({"image": {"context": "app"}}, v2({"image": {"name": "my-web-app", "context": "app"}})),
+        (
+            {"image": {"name": "shop", "buildArgs": {"A": 1}}},
+            v2({"image": {"name": "shop", "context": "sample-app", "buildArgs": {"A": 1}}}),
+        ),
+        ({"deploy": {"deployment": "api"}}, v2({"name": "api", "deploy": {"deployment": "api"}})),
+        ({"deploy": {"manifests": ["k8s"]}}, v2({"deploy": {"manifests": ["k8s"], "deployment": "web-app"}})),
+        ({"portForward": {"localPort": 9090}}, v2({"portForward": [{**SAMPLE_FORWARD, "localPort": 9090}]})),
+        ({"portForward": {"enabled": True, "service": "api", "port": 8000}}, v2({"portForward": [{"service": "api", "port": 8000}]})),
+        ({"portForward": {"enabled": False, "localPort": 9090}}, v2({"portForward": []})),
+        (
+            {"port_forward": {"enabled": "off"}},  # the field's name, as pydantic reads it too; a switch as pydantic reads one
+            {
+                "apiVersion": "devloop/v2",
+                "monitoring": {"enabled": True},
+                "services": [{"name": "web-app", "image": SAMPLE_IMAGE, "deploy": {"deployment": "web-app"}, "port_forward": []}],
+            },
+        ),
+        ({"liveUpdate": {"enabled": True}}, v2({"liveUpdate": {"enabled": True}})),
+        ({"monitoring": {"image": "local/prometheus:1"}}, v2(monitoring={"enabled": True, "image": "local/prometheus:1"})),
+        ({"monitoring": {"enabled": False}}, v2(monitoring={"enabled": False})),
+        (
+            {"cluster": {"name": "mine"}, "registry": {"enabled": False}, "keepVersions": 5, "targets": [{"name": "prod"}]},
+            v2(cluster={"name": "mine"}, registry={"enabled": False}, keepVersions=5, targets=[{"name": "prod"}]),
+        ),
+        # not valid, and left for the v2 schema to say so at the same keys
+        ({"image": [], "deploy": None, "imgae": {}}, v2({"image": [], "deploy": None}, imgae={})),
+    ],
+)
+def test_upgrade_v1_lifts_the_single_service_form_into_v2(v1: dict[str, object], expected: dict[str, object]) -> None:
+    assert config.upgrade_v1(v1) == expected
+
+
+def test_upgrade_v1_checks_the_switch_v2_has_no_key_for_even_when_it_turns_the_forward_off() -> None:
+    with pytest.raises(ValidationError) as info:
+        config.upgrade_v1({"portForward": {"enabled": "yes please"}})
+    assert [e["loc"] for e in info.value.errors()] == [("portForward", "enabled")]
+    with pytest.raises(ValidationError) as info:
+        config.upgrade_v1({"portForward": {"enabled": False, "locaPort": 9090}})
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [(("portForward", "locaPort"), "extra_forbidden")]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # a v1 file is told its errors at its own keys, in its own order
+        ("portForward: {enabled: false, locaPort: 1}\n", "portForward.locaPort: unknown key"),
+        ("portForward: [{service: web}]\n", "portForward: must be a mapping, got a list"),
+        ("deploy: {deployment: Web_App}\n", "name: 'Web_App': must be lowercase letters, digits and '-' (a DNS label)"),
+        ("deploy: {deployment: ''}\n", "deploy.deployment: must be a non-empty string, got a string"),
+        ("image: {contxt: x}\nportForward: {localPort: http}\n", "image.contxt: unknown key"),
+        ("portForward: {localPort: http}\nliveUpdate: {target: app}\n", "portForward.localPort: must be an integer, got a string"),
+        ("liveUpdate: x\n", "liveUpdate: must be a mapping, got a string"),
+        ("apiVersion: devloop/v1\nservices: []\n", "services: needs apiVersion: devloop/v2"),
+        # a field of two types gets one message, at its key
+        ("registry: {enabled: maybe}\n", "registry.enabled: must be true or false, got a string"),
+        ("deploy: {rollingUpdate: {maxSurge: abc}}\n", "deploy.rollingUpdate.maxSurge: 'abc' is not valid here"),
+        ("deploy: {rollingUpdate: {maxSurge: {x: 1}}}\n", "deploy.rollingUpdate.maxSurge: must be a non-empty string, got a mapping"),
+        ("image: {buildArgs: {str: [1]}}\n", "image.buildArgs.str: must be a non-empty string, got a list"),
+        ("deploy: {rollingUpdate: {maxSurge: abc}}\nimgae: {}\n", "imgae: unknown key"),  # the likelier mistake first
+        ("registry: {enabled: maybe}\nimgae: {}\n", "registry.enabled: must be true or false, got a string"),
+    ],
+)
+def test_errors_name_the_key_the_user_wrote(sample_copy: Path, text: str, message: str) -> None:
+    write(sample_copy, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(None, sample_copy)
+    assert info.value.message == f"devloop.yaml: {message}"
+
+
+def test_services_form_errors_name_the_service_by_index(sample_copy: Path) -> None:
+    svc = "{name: web, image: {name: web, context: sample-app}}"
+    write(sample_copy, f"services: [{svc}, {{name: api, image: {{name: api, contxt: x}}}}]\n")
+    with pytest.raises(ConfigError, match=r"^devloop.yaml: services\[1\]\.image\.contxt: unknown key$"):
+        config.load(None, sample_copy)
+    write(sample_copy, f"services: [{svc}, {{name: api, image: {{name: api, context: nowhere}}}}]\n")
+    with pytest.raises(ConfigError, match=r"^devloop.yaml: services\[1\]\.image\.context: not a directory: "):
+        config.load(None, sample_copy)
+    write(sample_copy, f"services: [{svc}, {{name: web, image: {{name: web, context: sample-app}}}}]\n")
+    with pytest.raises(ConfigError, match=r"^devloop.yaml: \(top level\): two services are named 'web'$"):
+        config.load(None, sample_copy)
+
+
+def test_the_loaded_config_knows_its_file(sample_copy: Path) -> None:
+    path = write(sample_copy, "watch: {debounceMs: 10}\n")
+    cfg = config.load(None, sample_copy / "sample-app")
+    assert cfg.file == path and cfg.root == sample_copy
+    assert cfg.source == str(path)  # not under the directory devloop runs in: the full path
+    path.unlink()
+    assert config.load(None, sample_copy).file is None  # the defaults
