@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -76,6 +76,8 @@ class LoopGuard:
         self.window = window
         self._streak: dict[str, int] = {}
         self._paused: set[str] = set()
+        self._last: tuple[float, float] | None = None  # (start, end) of the last cycle that built
+        self._pending = False  # that cycle is not observed yet
 
     @property
     def paused(self) -> frozenset[str]:
@@ -95,6 +97,25 @@ class LoopGuard:
         newly = {p for p, n in self._streak.items() if n >= self.limit} - self._paused
         self._paused |= newly
         return newly
+
+    def cycle_built(self, start: float, end: float) -> None:
+        """A cycle that built ran from `start` to `end`; the next batch tells what was written meanwhile."""
+        self._last, self._pending = (start, end), True
+
+    def build_started(self, at: float) -> float | None:
+        """When the cycle that was running at `at` started building (None: devloop was idle)."""
+        if self._last is not None and self._last[0] <= at <= self._last[1]:
+            return self._last[0]
+        return None
+
+    def observe_batch(self, writes: Iterable[tuple[str, float]]) -> set[str]:
+        """The first batch after a building cycle: record that cycle with the writes (path, time) that
+        landed during it. Returns the paths newly paused by it."""
+        if not self._pending or self._last is None:
+            return set()
+        self._pending = False
+        start, end = self._last
+        return self.observe(start, {path: at for path, at in writes if start <= at <= end})
 
     def admit(self, path: str, at: float, build_started: float | None) -> bool:
         """Whether a change of `path` at time `at` is processed. `build_started` is when the

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from devloop import live
+from devloop import bringup, live
 from devloop import manifests as mf
 from devloop.builder import Builder
 from devloop.config import Config, ServiceConfig
@@ -37,8 +37,8 @@ from devloop.hasher import ContextHasher, content_tag
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
-from devloop.plan import Plan, ServiceChange, ServiceLayout, everything, needing_images
-from devloop.ports import Cluster, ImageStore, Publisher
+from devloop.plan import Plan, ServiceChange, ServiceLayout, needing_images
+from devloop.ports import Cluster, ImageStore
 from devloop.proc import SIGNAL_CHECK
 from devloop.project import Deployed, Project
 from devloop.rollout import Rollout
@@ -109,10 +109,6 @@ class Engine:
     def services(self) -> tuple[ServiceConfig, ...]:
         return self.config.services
 
-    @property
-    def publisher(self) -> Publisher:
-        return self.target.publisher
-
     def manifests(self, svc: ServiceConfig) -> Deployed:
         return self.project.manifests(svc)
 
@@ -133,7 +129,7 @@ class Engine:
         args = dict(img.build_args)
         if img.target:
             args["\0target"] = img.target
-        return ImageRef(img.name, content_tag(self.hasher.digest(img.context, img.dockerfile, args)), self.publisher.registry)
+        return ImageRef(img.name, content_tag(self.hasher.digest(img.context, img.dockerfile, args)), self.target.publisher.registry)
 
     # -- cluster --------------------------------------------------------------------------------
     def prepare_cluster(self) -> None:
@@ -141,77 +137,19 @@ class Engine:
         or a remote target's registry: reachable, TLS trusted, credentials accepted)."""
         self.target.ensure()
         with self.out.activity("preparing the image transport"):
-            if self.publisher.prepare():
-                self.out.info(f"local registry {self.publisher.registry} ready")
+            if self.target.publisher.prepare():
+                self.out.info(f"local registry {self.target.publisher.registry} ready")
         self.target.prepared({self.namespace(s) for s in self.services})
 
     def up(self) -> list[ServiceResult]:
-        self.check_manifests()
-        self.images.ping()
-        early: dict[str, tuple[bool, bool]] = {}
-        if self.target.will_create():
-            early = self._up_from_nothing()
-        self.prepare_cluster()
-        results = self.run(everything(self.layouts(), "up"))
-        for r in results:  # what this `up` built and pushed beside the cluster's creation counts as its own
-            built, published = early.get(r.service, (False, False))
-            r.built, r.published = r.built or built, r.published or published
-        self.ensure_monitoring()
-        return results
-
-    def _up_from_nothing(self) -> dict[str, tuple[bool, bool]]:
-        """No cluster yet (onboarding, a demo): create it while every image is built and, when the
-        way allows (the local registry), pushed; the cycle after it then only wires and rolls out.
-        A failure here is left for that cycle to report in its phase."""
-        start = self.clock()
-        done: dict[str, tuple[bool, bool]] = {}
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devloop-cluster") as pool:
-            creating = pool.submit(self.target.ensure)
-            images = 0.0
-            try:
-                early = self.publisher.start_early()
-                for svc in self.services:
-                    ref = self.image_ref(svc)
-                    built = self.build(svc, ref)
-                    moved = early and self.publisher.publish(ref, self._note(svc.name), functools.partial(self.out.progress, svc.name))
-                    done[svc.name] = (built, bool(moved))
-                images = self.clock() - start
-            except DevloopError as e:
-                self.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
-            while not creating.done():
-                wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
-            creating.result()
-        cluster = self.clock() - start
-        what = "built and pushed" if self.publisher.registry else "built"
-        self.out.info(
-            f"cluster created in {cluster:.1f}s; meanwhile every image {what} in {images:.1f}s",
-            cluster_seconds=round(cluster, 3),
-            images_seconds=round(images, 3),
-        )
-        return done
+        """`up`: the cluster and its image transport ready, every service rolled out, monitoring started (bringup.py)."""
+        return bringup.up(self)
 
     def monitoring(self) -> Monitoring | None:
         m = self.config.monitoring
         if not m.enabled or not self.target.owns_cluster:  # dev monitoring is for the local cluster
             return None
         return Monitoring(m, self.kube, m.namespace or self.namespace(self.services[0]))
-
-    def ensure_monitoring(self) -> None:
-        """Prometheus in the cluster, reading the user's scrape ConfigMap (applied by the first cycle).
-        A monitoring problem is a warning: the app's loop does not depend on it."""
-        mon = self.monitoring()
-        if mon is None:
-            return
-        try:
-            self.target.side_load(self.config.monitoring.image)
-            with self.out.activity("starting Prometheus"):
-                if mon.ensure(self.out):
-                    self.out.info(f"monitoring: Prometheus ready ({mon.where}), reading ConfigMap {self.config.monitoring.config_map}")
-        except DevloopError as e:
-            self.out.warn(f"monitoring: {e.message}" + "".join(f"\n  {d}" for d in getattr(e, "details", [])), e.hint)
-
-    def _note(self, service: str) -> Callable[[str], None]:
-        return lambda message: self.out.info(f"{service}: {message}", service=service)
 
     def stop(self) -> None:
         self._stop.set()
@@ -339,7 +277,9 @@ class Engine:
             self.out.phase_done("build", result.phases["build"], "built" if result.built else "up to date", service=svc.name)
             with self._phase(svc.name, result, "publish"):
                 with self.out.activity(f"publishing {ref.local}"):
-                    moved = self.publisher.publish(ref, self._note(svc.name), functools.partial(self.out.progress, svc.name))
+                    moved = self.target.publisher.publish(
+                        ref, functools.partial(self.out.info_for, svc.name), functools.partial(self.out.progress, svc.name)
+                    )
                 result.published = bool(moved)
             self.out.phase_done("publish", result.phases["publish"], moved or "already there", service=svc.name)
         elif st.applied is not None:  # the manifests alone: the image the cluster runs
@@ -404,7 +344,7 @@ class Engine:
     def _tidy(self, svc: ServiceConfig, in_use: set[str]) -> None:
         """After a successful rollout: keep the newest few content tags in Docker, and let the target
         collect its own old versions in the background; tidying never fails a cycle."""
-        registry = self.publisher.registry
+        registry = self.target.publisher.registry
         repos = [svc.image.name] + ([f"{registry}/{svc.image.name}"] if registry else [])
         try:
             removed = self.images.prune(repos, keep=self.config.keep_versions)

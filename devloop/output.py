@@ -97,6 +97,10 @@ class Output:
     def info(self, message: str, **fields: Any) -> None:
         self._emit("info", escape(message), message=message, **fields)
 
+    def info_for(self, service: str, message: str) -> None:
+        """What a person must read about one service ("web: the local registry was stopped; …")."""
+        self.info(f"{service}: {message}", service=service)
+
     def detail(self, message: str, **fields: Any) -> None:
         """Only shown with --verbose (always recorded in JSON)."""
         self._emit("detail", f"[dim]{escape(message)}[/dim]" if self.verbose else None, message=message, **fields)

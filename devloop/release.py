@@ -89,7 +89,7 @@ def check_version(version: str) -> None:
 class Release:
     def __init__(self, engine: Engine, docker: Images, version: str, *, rollback: bool = True) -> None:
         check_version(version)
-        publisher = engine.publisher
+        publisher = engine.target.publisher
         if not isinstance(publisher, RemotePublisher):  # a release goes to a registry devloop can push to and ask
             raise ConfigError("release needs --target NAME (a declared remote target)", "declare one under `targets:` in devloop.yaml")
         self.engine = engine

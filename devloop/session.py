@@ -124,6 +124,12 @@ class ApiBack:
 
 Event = Seen | PodChanged | RebuildNow | ApiBack
 
+
+def _pod_events(queue: ChangeQueue[Event], service: str) -> Callable[[PodEvent], None]:
+    """A pod watch's callback: each event of the service's pods, queued for the worker."""
+    return lambda event: queue.put(PodChanged(service, event))
+
+
 RESUME_WAIT = 90.0  # seconds to wait for a service's pods to be ready again after an API outage
 
 
@@ -146,8 +152,6 @@ class DevSession:
         self.watcher: Watcher | None = None
         self.guard = LoopGuard()
         self.access: dict[str, _Access] = {}
-        self._last_cycle: tuple[float, float] | None = None  # (start, end) of the last cycle that built
-        self._observed = True
         self._layout_cache: list[ServiceLayout] | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -221,7 +225,9 @@ class DevSession:
         a = self.access.get(svc.name)
         if a is None:
             ns = self.engine.namespace(svc)
-            a = _Access(logs=LogStreams(self.engine.kube, ns, functools.partial(self._pod_log, svc.name), on_end=self.api.suspect))
+            a = _Access(
+                logs=LogStreams(self.engine.kube, ns, functools.partial(self.out.pod_log, service=svc.name), on_end=self.api.suspect)
+            )
             for f in svc.port_forward:
                 a.forwards.append(
                     PortForward(self.engine.kube, self.out, ns, f.service, f.port, f.local_port, label=svc.name, api=self.api)
@@ -257,7 +263,7 @@ class DevSession:
             for pod in self.engine.kube.pods(d.namespace, d.selector)
         }
         if a.pod_watch is None:
-            a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
+            a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
 
     def _resume(self, away: float) -> None:
         """The API server answers again (a paused node, a restarted one): follow each service's pods'
@@ -282,13 +288,7 @@ class DevSession:
                 a.logs.follow(pods, since=since)
             if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
                 d = self.engine.manifests(svc)
-                a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, functools.partial(self._pod_event, svc.name))
-
-    def _pod_event(self, service: str, event: PodEvent) -> None:
-        self.queue.put(PodChanged(service, event))
-
-    def _pod_log(self, service: str, pod: str, line: str) -> None:
-        self.out.pod_log(pod, line, service=service)
+                a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
 
     def _pod_changed(self, ev: PodChanged) -> str | None:
         """The service to rebuild when this pod event means synced files were lost."""
@@ -347,7 +347,14 @@ class DevSession:
 
     def _handle(self, batch: list[Event]) -> None:
         """One debounced batch: its plan (forced rebuilds merged, a reload first), run."""
-        self._observe_last_cycle(batch)
+        newly = self.guard.observe_batch((i.change.path, i.at) for i in batch if isinstance(i, Seen))
+        if newly:
+            names = ", ".join(sorted(os.path.relpath(f, self.config.root) for f in newly))
+            self.out.warn(
+                f"paused rebuilds from {names}: rewritten within {self.guard.window:.0f}s of the build starting in "
+                f"{self.guard.limit} cycles in a row (written by the build or a tool reacting to it?)",
+                "add them to .dockerignore or watch.ignore; a save to them while devloop is idle resumes them",
+            )
         changes: list[Change] = []
         rebuild: dict[str, str] = {}  # service → why
         for item in batch:
@@ -363,7 +370,7 @@ class DevSession:
                     self._resume(item.away)
                 except DevloopError as e:  # the API server went away again: it is reported, and waited for, again
                     self.out.detail(f"resuming log streams: {e.message}")
-            elif self.guard.admit(item.change.path, item.at, self._build_started(item.at)):
+            elif self.guard.admit(item.change.path, item.at, self.guard.build_started(item.at)):
                 changes.append(item.change)
         todo = plan(changes, self._layouts(changes), self.engine.config_files())
         if rebuild:
@@ -381,30 +388,8 @@ class DevSession:
         start = self.clock()
         results = self.engine.run(todo)
         if any(not r.skipped and not r.synced for r in results):
-            self._last_cycle, self._observed = (start, self.clock()), False
+            self.guard.cycle_built(start, self.clock())
         self._after(results)
-
-    def _build_started(self, at: float) -> float | None:
-        """When the cycle that was running at `at` started building (None: devloop was idle)."""
-        if self._last_cycle is not None and self._last_cycle[0] <= at <= self._last_cycle[1]:
-            return self._last_cycle[0]
-        return None
-
-    def _observe_last_cycle(self, batch: list[Event]) -> None:
-        """Tell the loop guard what was written while the last building cycle ran."""
-        if self._observed or self._last_cycle is None:
-            return
-        self._observed = True
-        start, end = self._last_cycle
-        writes = {i.change.path: i.at for i in batch if isinstance(i, Seen) and start <= i.at <= end}
-        newly = self.guard.observe(start, writes)
-        if newly:
-            names = ", ".join(sorted(os.path.relpath(f, self.config.root) for f in newly))
-            self.out.warn(
-                f"paused rebuilds from {names}: rewritten within {self.guard.window:.0f}s of the build starting in "
-                f"{self.guard.limit} cycles in a row (written by the build or a tool reacting to it?)",
-                "add them to .dockerignore or watch.ignore; a save to them while devloop is idle resumes them",
-            )
 
     def _reload(self, todo: Plan) -> Plan | None:
         try:
