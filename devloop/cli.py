@@ -286,8 +286,8 @@ def release(
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "release"):
-            engine = _engine(cfg, out, target=target)
-            rel = wiring.release(engine, version, rollback=not no_rollback)
+            rel = wiring.release(cfg, out, target, version, rollback=not no_rollback)
+            engine = rel.engine
             if dry_run:
                 plans = rel.dry_run()
                 lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]

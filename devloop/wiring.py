@@ -104,8 +104,7 @@ def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker:
     return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)
 
 
-def engine(config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True) -> Engine:
-    """The engine for `up`, `dev`, `down`, `status` and `release` on the named target (None: the local kind cluster)."""
+def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: bool) -> tuple[Engine, Images]:
     spec = resolve(config, target_name)  # an undeclared target is refused before any tool runs
     if fetch_tools:
         tools.ensure_tools(spec.tools, out)
@@ -113,13 +112,19 @@ def engine(config: Config, out: Output, target_name: str | None = None, *, fetch
         tools.add_cache_to_path()
     kube = ApiCluster(spec.context)
     docker = Images()
-    return Engine(config, out, images=docker, builder=DetectedBuilder(docker), kube=kube, target=target(config, spec, out, kube, docker))
+    built = Engine(config, out, images=docker, builder=DetectedBuilder(docker), kube=kube, target=target(config, spec, out, kube, docker))
+    return built, docker
 
 
-def release(e: Engine, version: str, *, rollback: bool) -> Release:
-    docker = e.images
-    assert isinstance(docker, Images)  # built above, by `engine`
-    return Release(e, docker, version, rollback=rollback)
+def engine(config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True) -> Engine:
+    """The engine for `up`, `dev`, `down` and `status` on the named target (None: the local kind cluster)."""
+    return _wire(config, out, target_name, fetch_tools)[0]
+
+
+def release(config: Config, out: Output, target_name: str, version: str, *, rollback: bool) -> Release:
+    """`release VERSION --target NAME`: the engine on that target, and the Docker engine that tags and pushes."""
+    built, docker = _wire(config, out, target_name, True)
+    return Release(built, docker, version, rollback=rollback)
 
 
 def doctor_adapters() -> tuple[Images, Kind, Callable[[str], ApiCluster]]:
