@@ -5,7 +5,7 @@ The CLI catches `DevloopError` once, prints `error:` and `hint:` and exits with 
 
 from __future__ import annotations
 
-# Documented exit codes (README "Exit codes").
+# Documented exit codes (docs/reference.md, "Exit codes").
 EXIT_OK = 0
 EXIT_FAILED = 1  # a build, load or rollout failed (`up`), or `status`/`doctor` found a problem
 EXIT_USAGE = 2  # bad command line or bad configuration
