@@ -367,7 +367,7 @@ def load(explicit: Path | None = None, cwd: Path | None = None, *, check_paths: 
         if root is None:
             raise ConfigError(
                 f"no {CONFIG_FILE} found in {cwd} or any parent directory, and no {DEFAULT_KIND_CONFIG} for the built-in defaults",
-                f"run devloop from your project's directory, or create {CONFIG_FILE} (see the configuration reference in docs/reference.md)",
+                f"run devloop from your project's directory, or create {CONFIG_FILE} (configuration reference: docs/reference.md)",
             )
         return parse({}, root=root, source="defaults", check_paths=check_paths)
     try:
