@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -386,13 +386,3 @@ def collect(
         with _errors(report, f"node {node}"):
             NodeGC(exec_).collect(node, repos, keep, in_use, report)
     return report
-
-
-def run_in_background(target: Callable[[], GCReport], done: Callable[[GCReport], None]) -> None:
-    """A convenience for the engine: run `target` on a daemon thread and hand its report to `done`."""
-    import threading
-
-    def work() -> None:
-        done(target())
-
-    threading.Thread(target=work, name="devloop-gc", daemon=True).start()

@@ -110,7 +110,7 @@ class Project:
         try:
             return self.manifests(svc).namespace
         except DevloopError:
-            return svc.deploy.namespace or self.context_namespace()
+            return self.spec.namespace or svc.deploy.namespace or self.context_namespace()
 
     def layout(self, svc: ServiceConfig) -> ServiceLayout:
         rules = IgnoreRules(tuple(read_dockerignore(svc.image.context)), svc.image.dockerfile, self.config.watch.ignore)
