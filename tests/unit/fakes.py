@@ -21,11 +21,10 @@ from devloop.config import Config, ServiceConfig
 from devloop.engine import Engine, ServiceResult
 from devloop.errors import CommandFailed, StepFailed
 from devloop.ignore import IgnoreRules, parse_dockerignore
-from devloop.model import ServiceState
+from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.model import ImageRef
 from devloop.ports import Cluster, Clusters, ImageStore, Publisher, quiet
 from devloop.proc import Result
 from devloop.project import Deployed

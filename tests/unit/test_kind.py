@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from devloop.kind import Kind
 from tests.unit.fakes import FakeRunner
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
