@@ -25,13 +25,13 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.ports import Cluster, Clusters, ImageStore, Publisher, quiet
+from devloop.ports import Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
 from devloop.proc import Result
 from devloop.project import Deployed
 from devloop.session import SessionEngine
 from devloop.targets import Target, TargetSpec
 from devloop.targets.local import KindTarget, Transport
-from devloop.workload import pod_name, pod_ready
+from devloop.workload import PodEvent, pod_name, pod_ready
 
 
 class _Any:
@@ -274,7 +274,7 @@ class FakeCluster(Cluster):
         d.history.append(image)
         self._roll(d, image)
 
-    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[Any], None]) -> FakeBackground:
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> FakeBackground:
         bg = FakeBackground(["watch", namespace], lambda _line: None)
         self.spawned.append(bg)
         return bg
@@ -287,7 +287,7 @@ class FakeCluster(Cluster):
     def changes(self, namespace: str) -> FakeChanges:
         return FakeChanges()
 
-    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
+    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> ExecStream:
         raise StepFailed("no exec streams in the fake cluster", "")
 
     def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
