@@ -1,7 +1,8 @@
 """Scripted fakes behind the adapters. A call nobody scripted fails the test at once.
 
 Each fake of a port names the Protocol it stands for, and mypy (which checks tests/unit) holds it
-to that Protocol: FakeCluster is a ports.Cluster, FakeKind a ports.Clusters, FakeDocker a
+to that Protocol: FakeRunner is a proc.Runner, FakeBackground a proc.Background, FakeCluster a
+ports.Cluster (FakeChanges its ports.Changes), FakeKind a ports.Clusters, FakeDocker a
 ports.ImageStore and a builder.Builder, FakePublisher a ports.Publisher, RecordingEngine a
 session.SessionEngine."""
 
@@ -25,8 +26,8 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.ports import Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
-from devloop.proc import Result
+from devloop.ports import Changes, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
+from devloop.proc import Background, Result, Runner
 from devloop.project import Deployed
 from devloop.session import SessionEngine
 from devloop.targets import Target, TargetSpec
@@ -54,7 +55,7 @@ class Expect:
     input_contains: str | None = None
 
 
-class FakeBackground:
+class FakeBackground(Background):
     def __init__(self, argv: Sequence[str], on_line: Callable[[str], None]) -> None:
         self.argv = list(argv)
         self.on_line = on_line
@@ -74,7 +75,7 @@ class FakeBackground:
 
 
 @dataclass
-class FakeRunner:
+class FakeRunner(Runner):
     script: list[Expect] = field(default_factory=list)
     calls: list[list[str]] = field(default_factory=list)
     inputs: list[str | bytes | None] = field(default_factory=list)
@@ -133,7 +134,7 @@ class _Deployment:
     applied_docs: int = 0
 
 
-class FakeChanges:
+class FakeChanges(Changes):
     """Every wait is short and reports a change: the fake cluster changes only when called."""
 
     generation = 0
