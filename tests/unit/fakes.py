@@ -1,4 +1,10 @@
-"""Scripted fakes behind the adapters. A call nobody scripted fails the test at once."""
+"""Scripted fakes behind the adapters. A call nobody scripted fails the test at once.
+
+Each fake of a port names the Protocol it stands for, and mypy (which checks tests/unit) holds it
+to that Protocol: FakeRunner is a proc.Runner, FakeBackground a proc.Background, FakeCluster a
+ports.Cluster (FakeChanges its ports.Changes), FakeKind a ports.Clusters, FakeDocker a
+ports.ImageStore and a builder.Builder, FakePublisher a ports.Publisher, RecordingEngine a
+session.SessionEngine."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from devloop import manifests as mf
 from devloop.builder import Builder
@@ -20,12 +26,13 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.ports import Cluster, ImageStore, Publisher
-from devloop.proc import Result
+from devloop.ports import Changes, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
+from devloop.proc import Background, Result, Runner
 from devloop.project import Deployed
+from devloop.session import SessionEngine
 from devloop.targets import Target, TargetSpec
 from devloop.targets.local import KindTarget, Transport
-from devloop.workload import pod_name, pod_ready
+from devloop.workload import PodEvent, pod_name, pod_ready
 
 
 class _Any:
@@ -36,7 +43,7 @@ class _Any:
         return "ANY"
 
 
-ANY: str = _Any()  # type: ignore[assignment]  # matches any single argv element
+ANY = cast(str, _Any())  # equal to any single argv element
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Expect:
     input_contains: str | None = None
 
 
-class FakeBackground:
+class FakeBackground(Background):
     def __init__(self, argv: Sequence[str], on_line: Callable[[str], None]) -> None:
         self.argv = list(argv)
         self.on_line = on_line
@@ -68,7 +75,7 @@ class FakeBackground:
 
 
 @dataclass
-class FakeRunner:
+class FakeRunner(Runner):
     script: list[Expect] = field(default_factory=list)
     calls: list[list[str]] = field(default_factory=list)
     inputs: list[str | bytes | None] = field(default_factory=list)
@@ -127,7 +134,7 @@ class _Deployment:
     applied_docs: int = 0
 
 
-class FakeChanges:
+class FakeChanges(Changes):
     """Every wait is short and reports a change: the fake cluster changes only when called."""
 
     generation = 0
@@ -137,7 +144,7 @@ class FakeChanges:
         return True
 
 
-class FakeCluster:
+class FakeCluster(Cluster):
     """A tiny Kubernetes: Deployments roll out at once to pods that are ready, unless their image
     is in `crashing`. Then, as Kubernetes does, a Deployment with a readiness probe keeps its old
     pods serving and one new pod crash-loops; without a probe every pod is replaced and crash-loops."""
@@ -268,7 +275,7 @@ class FakeCluster:
         d.history.append(image)
         self._roll(d, image)
 
-    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[Any], None]) -> FakeBackground:
+    def watch_pods(self, namespace: str, labels: Mapping[str, str], on_event: Callable[[PodEvent], None]) -> FakeBackground:
         bg = FakeBackground(["watch", namespace], lambda _line: None)
         self.spawned.append(bg)
         return bg
@@ -281,7 +288,7 @@ class FakeCluster:
     def changes(self, namespace: str) -> FakeChanges:
         return FakeChanges()
 
-    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> Any:
+    def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> ExecStream:
         raise StepFailed("no exec streams in the fake cluster", "")
 
     def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
@@ -293,7 +300,7 @@ class FakeCluster:
         return [p["spec"]["containers"][0]["image"] for p in d.pods if p["status"]["conditions"][0]["status"] == "True"]
 
 
-class FakeKind:
+class FakeKind(Clusters):
     def __init__(self, clusters: Sequence[str] = ("devloop",)) -> None:
         self.clusters = list(clusters)
         self.created: list[str] = []
@@ -315,7 +322,7 @@ class FakeKind:
         self.clusters.remove(name)
 
 
-class FakeDocker:
+class FakeDocker(ImageStore, Builder):
     """Images in the local engine, and the builder that makes them."""
 
     def __init__(self) -> None:
@@ -342,7 +349,15 @@ class FakeDocker:
         return "fake"
 
     def build(
-        self, context: Path, dockerfile: str, tag: str, build_args: Mapping[str, str], target: str | None, on_line: Callable[[str], None]
+        self,
+        context: Path,
+        dockerfile: str,
+        tag: str,
+        build_args: Mapping[str, str],
+        target: str | None = None,
+        on_line: Callable[[str], None] = quiet,
+        *,
+        secrets: Mapping[str, Path] | None = None,
     ) -> str:
         error = self.failing.get(tag.rpartition(":")[0])
         if error is not None:
@@ -352,7 +367,7 @@ class FakeDocker:
         return "sha256:fake"
 
 
-class FakePublisher:
+class FakePublisher(Publisher):
     def __init__(self, registry: str = "localhost:5001") -> None:
         self._registry = registry
         self.pushed: list[str] = []
@@ -369,7 +384,7 @@ class FakePublisher:
     def start_early(self) -> bool:
         return True
 
-    def publish(self, ref: Any, note: Callable[[str], None], progress: Callable[[str], None] = lambda _: None) -> str:
+    def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = quiet) -> str:
         if ref.cluster in self.pushed:
             return ""
         self.pushed.append(ref.cluster)
@@ -378,7 +393,7 @@ class FakePublisher:
 
 
 def kind_target(
-    config: Config, out: Output, kube: Cluster, images: ImageStore, publisher: Publisher, kind: FakeKind | None = None
+    config: Config, out: Output, kube: Cluster, images: ImageStore, publisher: Publisher, kind: Clusters | None = None
 ) -> KindTarget:
     """The local kind cluster's behaviour over fakes (no garbage collection: nothing to collect)."""
     return KindTarget(
@@ -400,13 +415,16 @@ def make_engine(
     kube: Cluster,
     publisher: Publisher,
     builder: Builder | None = None,
-    kind: FakeKind | None = None,
+    kind: Clusters | None = None,
     target: Target | None = None,
 ) -> Engine:
-    """An engine over fakes (the integration tests give it the real Docker engine), wired as wiring.py wires the real one."""
-    builds: Any = builder or images  # FakeDocker is both the image store and the builder
+    """An engine over fakes (the integration tests give it the real Docker engine and its builder), wired as
+    wiring.py wires the real one. Without `builder`, `images` must be a FakeDocker: the image store and the builder."""
+    if builder is None:
+        assert isinstance(images, FakeDocker), "a real image store needs its builder"
+        builder = images
     return Engine(
-        config, out, images=images, builder=builds, kube=kube, target=target or kind_target(config, out, kube, images, publisher, kind)
+        config, out, images=images, builder=builder, kube=kube, target=target or kind_target(config, out, kube, images, publisher, kind)
     )
 
 
@@ -513,3 +531,9 @@ class RecordingEngine:
 def _dockerignore(svc: ServiceConfig) -> list[str]:
     path = Path(svc.image.context) / ".dockerignore"
     return parse_dockerignore(path.read_text()) if path.is_file() else []
+
+
+def _is_a_session_engine(engine: RecordingEngine) -> SessionEngine:
+    """mypy's check that RecordingEngine is a session.SessionEngine. It cannot subclass it as the other
+    fakes subclass their Protocols: SessionEngine's members are read-only properties, which it sets."""
+    return engine

@@ -16,7 +16,9 @@ from devloop import doctor as doctor_mod
 from devloop.config import RegistryConfig
 from devloop.doctor import Check, registry_check, tool_check
 from devloop.errors import DockerUnavailable
+from devloop.images import Images
 from devloop.registry import LocalRegistry, Problem
+from tests.unit.fakes import FakeCluster, FakeKind
 
 HOSTS_TOML = "/etc/containerd/certs.d/localhost:5001/hosts.toml"
 WIRED = '[host."http://devloop-registry:5000"]\n'
@@ -64,46 +66,47 @@ class FakeContainers:
 
 
 class FakeClient:
-    def __init__(self, containers: dict[str, FakeContainer]) -> None:
+    """The docker SDK's client, as far as doctor and the registry checks use it: the engine's
+    version and containers; a daemon that is down does not answer its ping."""
+
+    def __init__(self, containers: dict[str, FakeContainer], up: bool) -> None:
         self.containers = FakeContainers(containers)
-
-
-class FakeDocker:
-    def __init__(self, containers: dict[str, FakeContainer] | None = None, *, up: bool = True) -> None:
-        self._client = FakeClient(containers or {})
         self.up = up
 
-    @property
-    def client(self) -> FakeClient:
+    def ping(self) -> bool:
         if not self.up:
-            raise DockerUnavailable("cannot reach the Docker daemon: fake", "start it")
-        return self._client
+            raise docker.errors.DockerException("Error while fetching server API version: fake")
+        return True
 
-    def ping(self) -> str:
-        if not self.up:
-            raise DockerUnavailable("cannot reach the Docker daemon: fake", "start it")
-        return "27.5.1"
+    def version(self) -> dict[str, str]:
+        return {"Version": "27.5.1"}
 
 
-@dataclass
-class FakeKind:
-    clusters: list[str] = field(default_factory=lambda: ["devloop"])
-    node_names: list[str] = field(default_factory=lambda: ["devloop-control-plane"])
+def docker_engine(containers: dict[str, FakeContainer] | None = None, *, up: bool = True) -> Images:
+    """The Images adapter over a fake docker client."""
+    return Images(lambda: FakeClient(containers or {}, up))
+
+
+class KindWithVersion(FakeKind):
+    """kind as doctor asks it: also its version; its clusters have these nodes."""
+
+    def __init__(self, clusters: Sequence[str] = ("devloop",), node_names: Sequence[str] = ("devloop-control-plane",)) -> None:
+        super().__init__(clusters)
+        self.node_names = list(node_names)
 
     def version(self) -> str:
         return "kind v0.30.0 go1.24.6 linux/amd64"
-
-    def exists(self, name: str) -> bool:
-        return name in self.clusters
 
     def nodes(self, name: str) -> list[str]:
         return list(self.node_names)
 
 
-@dataclass
-class FakeKube:
-    context: str
-    up: bool = True
+class KubeWithVersion(FakeCluster):
+    """The cluster as doctor asks it: also kubectl's client version; it answers unless `up` is False."""
+
+    def __init__(self, context: str, up: bool = True) -> None:
+        super().__init__(context)
+        self.up = up
 
     def client_version(self) -> str:
         return "v1.34.4"
@@ -140,7 +143,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def registry(containers: dict[str, FakeContainer], monkeypatch: pytest.MonkeyPatch, *, answers: str | None = None) -> LocalRegistry:
-    reg = LocalRegistry(RegistryConfig(), FakeDocker(containers), FakeKube("kind-devloop"))  # type: ignore[arg-type]
+    reg = LocalRegistry(RegistryConfig(), docker_engine(containers), FakeCluster("kind-devloop"))
     monkeypatch.setattr(reg, "answers", lambda: answers)
     return reg
 
@@ -150,15 +153,15 @@ def run_doctor(
     *,
     which: dict[str, str | None] | None = None,
     probe: FakeProbe | None = None,
-    images: FakeDocker | None = None,
-    kind: FakeKind | None = None,
+    images: Images | None = None,
+    kind: KindWithVersion | None = None,
 ) -> dict[str, Check]:
     checks = doctor_mod.doctor(
         None,
         root,
-        images or FakeDocker(),  # type: ignore[arg-type]
-        kind or FakeKind(),  # type: ignore[arg-type]
-        lambda ctx: FakeKube(ctx),  # type: ignore[arg-type,return-value]
+        images or docker_engine(),
+        kind or KindWithVersion(),  # type: ignore[arg-type]  # doctor takes the concrete Kind, not a Protocol
+        lambda ctx: KubeWithVersion(ctx),  # type: ignore[arg-type,return-value]  # and the concrete ApiCluster
         which=lambda: which if which is not None else {"kind": "/usr/local/bin/kind", "kubectl": "/usr/bin/kubectl"},
         make_registry=lambda cfg, images, kube: probe or FakeProbe(),
     )
@@ -177,7 +180,7 @@ def test_tool_check_names_devloops_copy(private_cache: Path) -> None:
 
 
 def test_tool_check_missing_tool_says_devloop_up_fetches_it(private_cache: Path) -> None:
-    c = tool_check("kind", None, lambda: pytest.fail("must not run a missing tool"))  # type: ignore[arg-type,return-value]
+    c = tool_check("kind", None, lambda: pytest.fail("must not run a missing tool"))
     assert not c.ok
     assert "not on PATH" in c.detail
     assert "`devloop up` downloads kind v0.30.0" in c.fix and str(private_cache) in c.fix
@@ -212,7 +215,7 @@ def test_doctor_reports_missing_tools_and_skips_the_cluster(sample_copy: Path) -
 # -- registry: wiring into doctor ----------------------------------------------------------------
 def test_doctor_checks_the_registry_on_every_node_when_enabled(sample_copy: Path) -> None:
     probe = FakeProbe()
-    checks = run_doctor(sample_copy, probe=probe, kind=FakeKind(node_names=["devloop-control-plane", "devloop-worker"]))
+    checks = run_doctor(sample_copy, probe=probe, kind=KindWithVersion(node_names=["devloop-control-plane", "devloop-worker"]))
     assert probe.asked == [["devloop-control-plane", "devloop-worker"]]
     assert checks["registry"].ok
     assert "devloop-registry" in checks["registry"].detail and "2 node(s)" in checks["registry"].detail
@@ -221,7 +224,7 @@ def test_doctor_checks_the_registry_on_every_node_when_enabled(sample_copy: Path
 
 def test_doctor_registry_check_without_a_cluster_checks_no_nodes(sample_copy: Path) -> None:
     probe = FakeProbe()
-    checks = run_doctor(sample_copy, probe=probe, kind=FakeKind(clusters=[]))
+    checks = run_doctor(sample_copy, probe=probe, kind=KindWithVersion(clusters=[]))
     assert probe.asked == [[]]
     assert checks["registry"].ok and "nodes not checked" in checks["registry"].detail
 
@@ -250,7 +253,7 @@ def test_no_registry_check_when_the_registry_is_disabled(sample_copy: Path) -> N
 
 def test_no_registry_check_when_docker_is_down(sample_copy: Path) -> None:
     probe = FakeProbe()
-    checks = run_doctor(sample_copy, probe=probe, images=FakeDocker(up=False))
+    checks = run_doctor(sample_copy, probe=probe, images=docker_engine(up=False))
     assert not checks["docker"].ok
     assert "registry" not in checks and probe.asked == []
 
@@ -351,11 +354,11 @@ def test_answers_probes_v2_on_the_host_port() -> None:
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
-        up = LocalRegistry(RegistryConfig(host_port=httpd.server_address[1]), FakeDocker(), FakeKube("x"))  # type: ignore[arg-type]
+        up = LocalRegistry(RegistryConfig(host_port=httpd.server_port), docker_engine(), FakeCluster("x"))
         assert up.answers() is None
         assert seen == ["/v2/"]
     finally:
         httpd.shutdown()
         httpd.server_close()
-    down = LocalRegistry(RegistryConfig(host_port=closed_port()), FakeDocker(), FakeKube("x"))  # type: ignore[arg-type]
+    down = LocalRegistry(RegistryConfig(host_port=closed_port()), docker_engine(), FakeCluster("x"))
     assert down.answers() is not None

@@ -35,7 +35,12 @@ def test_an_outage_is_said_once_however_many_notice_it_and_its_end_once(monkeypa
     kube, out = Outage(), Output(json_mode=True, stdout=io.StringIO())
     resumed = threading.Event()
     calls: list[int] = []
-    api = ApiWatch(kube, out, KIND, on_back=lambda: (calls.append(1), resumed.set()))
+
+    def on_back() -> None:
+        calls.append(1)
+        resumed.set()
+
+    api = ApiWatch(kube, out, KIND, on_back=on_back)
     assert not api.answers()
     for _ in range(5):  # the forward, three log streams and the poller all lose the connection
         api.suspect()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from devloop.kind import Kind
 from tests.unit.fakes import FakeRunner
 
@@ -20,7 +22,7 @@ def test_kind_adapter_parses_clusters_and_nodes() -> None:
     runner.done()
 
 
-def test_kind_load_uses_image_archive_not_docker_image(tmp_path) -> None:
+def test_kind_load_uses_image_archive_not_docker_image(tmp_path: Path) -> None:
     tar = tmp_path / "i.tar"
     runner = FakeRunner().expect("kind", "load", "image-archive", str(tar), "--name", "devloop", "--nodes", "n1,n2")
     Kind(runner).load_archive("devloop", tar, ["n1", "n2"])

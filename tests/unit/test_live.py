@@ -146,10 +146,11 @@ class _Flapping(FakeCluster):
         return pods
 
 
-def _live_world(sample_copy: Path) -> World:
-    w = World(sample_copy, "liveUpdate: {enabled: true}\n", cluster=_Flapping())
+def _live_world(sample_copy: Path) -> tuple[World, _Flapping]:
+    cluster = _Flapping()
+    w = World(sample_copy, "liveUpdate: {enabled: true}\n", cluster=cluster)
     w.engine.up()
-    return w
+    return w, cluster
 
 
 def _sync(w: World, sample_copy: Path, text: str) -> ServiceResult:
@@ -160,16 +161,16 @@ def _sync(w: World, sample_copy: Path, text: str) -> ServiceResult:
 
 
 def test_a_replica_devloop_just_restarted_and_not_ready_yet_gets_the_next_sync(sample_copy: Path) -> None:
-    w = _live_world(sample_copy)
+    w, cluster = _live_world(sample_copy)
     assert _sync(w, sample_copy, "v2").synced
-    w.cluster.flaps = 2  # type: ignore[attr-defined]  # one replica fails its readiness probe after that restart
+    cluster.flaps = 2  # one replica fails its readiness probe after that restart
     r = _sync(w, sample_copy, "v3")
     assert r.ok and r.synced and len(w.cluster.execs) == 6, [e["message"] for e in w.events("detail")]
 
 
 def test_a_replica_not_ready_for_another_reason_still_means_a_rebuild(sample_copy: Path) -> None:
-    w = _live_world(sample_copy)
-    w.cluster.flaps = 1  # type: ignore[attr-defined]  # devloop restarted nothing: not its doing
+    w, cluster = _live_world(sample_copy)
+    cluster.flaps = 1  # devloop restarted nothing: not its doing
     r = _sync(w, sample_copy, "v2")
     assert r.ok and not r.synced and not w.cluster.execs
     assert any("live update not possible (2/3 replicas ready)" in e["message"] for e in w.events("detail"))
@@ -182,7 +183,7 @@ def test_after_a_rollout_the_synced_replicas_are_not_taken_for_new_ones(sample_c
     from devloop.session import DevSession, PodChanged
     from devloop.workload import PodEvent
 
-    w = _live_world(sample_copy)
+    w, _ = _live_world(sample_copy)
     session = DevSession(w.engine)
     try:
         session._after([_sync(w, sample_copy, "v2")])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,7 +50,9 @@ def test_rewrite_swaps_only_our_image_and_guards_pull_policy(repo: Path) -> None
     docs = mf.load([repo / "sample-app" / "k8s"])
     before = yaml.safe_dump_all([m.doc for m in docs])
     out = mf.rewrite(docs, "my-web-app", "my-web-app:dl-0123456789abcdef")
-    c = mf.find(out, "Deployment", "web-app").doc["spec"]["template"]["spec"]["containers"][0]  # type: ignore[union-attr]
+    dep = mf.find(out, "Deployment", "web-app")
+    assert dep is not None
+    c = dep.doc["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "my-web-app:dl-0123456789abcdef"
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert yaml.safe_dump_all([m.doc for m in docs]) == before  # the originals are untouched
@@ -103,14 +106,15 @@ def test_dev_rolling_update_override_touches_only_that_deployment(repo: Path) ->
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 2},
     }
-    assert "strategy" not in mf.find(docs, "Deployment", "web-app").doc["spec"]  # type: ignore[union-attr]
+    original = mf.find(docs, "Deployment", "web-app")
+    assert original is not None and "strategy" not in original.doc["spec"]
     assert mf.with_rolling_update(docs, "web-app", "25%", "0")[0].doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
 
 
 def test_rewrite_tells_the_app_its_tag_without_touching_other_env() -> None:
     from devloop import manifests as mf
 
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "web"},

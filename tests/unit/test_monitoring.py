@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,66 +15,39 @@ from devloop import monitoring as mon
 from devloop.config import MonitoringConfig
 from devloop.errors import StepFailed
 from devloop.output import Output
-from devloop.proc import Background, Result
+from tests.unit.fakes import FakeCluster
 
 NS = "shop"
 CFG = MonitoringConfig(enabled=True, config_map="my-scrape-config", image="devloop-test/prometheus:bookworm")
 USER_CM = {"metadata": {"name": "my-scrape-config"}, "data": {"prometheus.yml": "scrape_configs: []\n"}}
 
 
-class FakeRunner:
-    """Answers `kubectl get --raw <service proxy query>` from a PromQL → answer table."""
-
-    def __init__(self, answers: Mapping[str, str] | None = None, fail: str = "") -> None:
-        self.answers = dict(answers or {})
-        self.fail = fail
-        self.calls: list[list[str]] = []
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        input: str | bytes | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> Result:
-        argv = list(argv)
-        self.calls.append(argv)
-        if self.fail:
-            return Result(tuple(argv), 1, "", self.fail)
-        path = argv[argv.index("--raw") + 1]
-        promql = parse_qs(urlsplit(path).query)["query"][0]
-        if promql not in self.answers:
-            raise AssertionError(f"unexpected query {promql!r}")
-        return Result(tuple(argv), 0, self.answers[promql], "")
-
-    def spawn(self, argv: Sequence[str], *, on_line: Callable[[str], None], env: Mapping[str, str] | None = None) -> Background:
-        raise AssertionError("monitoring must not start background processes")
-
-
-class FakeKube:
-    """The part of the Kube adapter monitoring uses. The Deployment becomes ready after `ready_after` polls."""
+class MonitoringCluster(FakeCluster):
+    """The cluster as monitoring uses it: the user's ConfigMap; the Prometheus Deployment becomes
+    ready after `ready_after` polls; its pod; the API server's proxy to Prometheus answers PromQL
+    from `answers` (or fails with `fail`)."""
 
     def __init__(self, configmap: dict[str, Any] | None = USER_CM, ready_after: int = 2, pod: dict[str, Any] | None = None) -> None:
-        self.context = "kind-devloop"
-        self.runner = FakeRunner()
+        super().__init__("kind-devloop")
         self.configmap = configmap
         self.ready_after = ready_after
         self.pod = pod or {"metadata": {"name": "devloop-prometheus-abc"}, "status": {"phase": "Pending"}}
         self.applied: list[tuple[str, list[dict[str, Any]]]] = []
         self.deleted: list[tuple[str, list[dict[str, Any]]]] = []
         self.polls = 0
+        self.answers: dict[str, str] = {}
+        self.fail = ""
+        self.raw_paths: list[str] = []
 
     def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
-        docs = [dict(d) for d in docs]
-        self.applied.append((namespace, docs))
-        return [f"{d['kind'].lower()}/{d['metadata']['name']} configured" for d in docs]
+        applied = [dict(d) for d in docs]
+        self.applied.append((namespace, applied))
+        return [f"{d['kind'].lower()}/{d['metadata']['name']} configured" for d in applied]
 
     def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
-        docs = [dict(d) for d in docs]
-        self.deleted.append((namespace, docs))
-        return [f'{d["kind"].lower()} "{d["metadata"]["name"]}" deleted' for d in docs]
+        deleted = [dict(d) for d in docs]
+        self.deleted.append((namespace, deleted))
+        return [f'{d["kind"].lower()} "{d["metadata"]["name"]}" deleted' for d in deleted]
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
         if resource == "configmap":
@@ -96,10 +69,13 @@ class FakeKube:
         return [self.pod]
 
     def get_raw(self, path: str) -> str:
-        r = self.runner.run(["kubectl", "--context", self.context, "get", "--raw", path], check=False)
-        if not r.ok:
-            raise StepFailed(r.stderr.strip())
-        return r.stdout
+        self.raw_paths.append(path)
+        if self.fail:
+            raise StepFailed(self.fail)
+        promql = parse_qs(urlsplit(path).query)["query"][0]
+        if promql not in self.answers:
+            raise AssertionError(f"unexpected query {promql!r}")
+        return self.answers[promql]
 
     def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
         assert (pod, namespace, previous) == ("devloop-prometheus-xyz", NS, True)
@@ -120,7 +96,7 @@ class Clock:
         self.t += s
 
 
-def make(kube: FakeKube) -> tuple[mon.Monitoring, Output, Clock]:
+def make(kube: MonitoringCluster) -> tuple[mon.Monitoring, Output, Clock]:
     clock = Clock()
     out = Output(json_mode=True, stdout=io.StringIO())
     return mon.Monitoring(CFG, kube, NS, clock=clock.now, sleep=clock.sleep), out, clock
@@ -189,7 +165,7 @@ def test_config_hash_follows_the_users_configmap() -> None:
 
 
 def test_ensure_applies_and_waits_until_ready() -> None:
-    kube = FakeKube(ready_after=3)
+    kube = MonitoringCluster(ready_after=3)
     m, out, clock = make(kube)
     assert m.ensure(out) is True
     ((ns, docs),) = kube.applied
@@ -204,7 +180,7 @@ def test_ensure_applies_and_waits_until_ready() -> None:
 
 
 def test_ensure_without_the_users_configmap_warns_and_deploys_nothing() -> None:
-    kube = FakeKube(configmap=None)
+    kube = MonitoringCluster(configmap=None)
     m, out, _ = make(kube)
     assert m.ensure(out) is False
     assert kube.applied == []
@@ -214,7 +190,7 @@ def test_ensure_without_the_users_configmap_warns_and_deploys_nothing() -> None:
 
 
 def test_ensure_with_a_configmap_lacking_prometheus_yml_warns() -> None:
-    kube = FakeKube(configmap={"data": {"prom.yaml": "x"}})
+    kube = MonitoringCluster(configmap={"data": {"prom.yaml": "x"}})
     m, out, _ = make(kube)
     assert m.ensure(out) is False
     assert kube.applied == []
@@ -227,7 +203,7 @@ def test_ensure_reports_an_image_that_cannot_be_pulled() -> None:
         "metadata": {"name": "devloop-prometheus-xyz"},
         "status": {"containerStatuses": [{"name": "prometheus", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}}]},
     }
-    m, out, _ = make(FakeKube(ready_after=99, pod=pod))
+    m, out, _ = make(MonitoringCluster(ready_after=99, pod=pod))
     with pytest.raises(StepFailed) as e:
         m.ensure(out)
     assert "devloop-prometheus-xyz cannot start: ImagePullBackOff" in e.value.message
@@ -249,7 +225,7 @@ def test_ensure_shows_why_prometheus_crashes() -> None:
             ]
         },
     }
-    m, out, _ = make(FakeKube(ready_after=99, pod=pod))
+    m, out, _ = make(MonitoringCluster(ready_after=99, pod=pod))
     with pytest.raises(StepFailed) as e:
         m.ensure(out)
     assert "devloop-prometheus-xyz cannot start: CrashLoopBackOff" in e.value.message
@@ -261,7 +237,7 @@ def test_ensure_gives_up_after_the_timeout_saying_why() -> None:
         "metadata": {"name": "devloop-prometheus-xyz"},
         "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "Insufficient cpu"}]},
     }
-    m, out, clock = make(FakeKube(ready_after=10_000, pod=pod))
+    m, out, clock = make(MonitoringCluster(ready_after=10_000, pod=pod))
     with pytest.raises(StepFailed) as e:
         m.ensure(out, timeout=30)
     assert "not ready after 30s" in e.value.message and "Unschedulable: Insufficient cpu" in e.value.message
@@ -269,7 +245,7 @@ def test_ensure_gives_up_after_the_timeout_saying_why() -> None:
 
 
 def test_remove_deletes_what_ensure_applied_and_not_the_users_configmap() -> None:
-    kube = FakeKube()
+    kube = MonitoringCluster()
     m, out, _ = make(kube)
     m.ensure(out)
     lines = m.remove()
@@ -290,18 +266,17 @@ def vector(*samples: tuple[dict[str, str], str]) -> str:
 
 
 def test_query_goes_through_the_api_server_proxy() -> None:
-    kube = FakeKube()
-    kube.runner.answers['up{job="kubernetes-pods"}'] = vector(({"pod": "web-1"}, "1"))
+    kube = MonitoringCluster()
+    kube.answers['up{job="kubernetes-pods"}'] = vector(({"pod": "web-1"}, "1"))
     m, _, _ = make(kube)
     assert m.query('up{job="kubernetes-pods"}') == [{"metric": {"pod": "web-1"}, "value": [1700000000.1, "1"]}]
-    (argv,) = kube.runner.calls
-    assert argv[:5] == ["kubectl", "--context", "kind-devloop", "get", "--raw"]
-    assert argv[5].startswith("/api/v1/namespaces/shop/services/devloop-prometheus:9090/proxy/api/v1/query?query=up%7Bjob%3D")
+    (path,) = kube.raw_paths
+    assert path.startswith("/api/v1/namespaces/shop/services/devloop-prometheus:9090/proxy/api/v1/query?query=up%7Bjob%3D")
 
 
 def test_query_failures_are_step_failures_with_the_reason() -> None:
-    kube = FakeKube()
-    kube.runner.fail = 'Error from server (ServiceUnavailable): no endpoints available for service "devloop-prometheus"'
+    kube = MonitoringCluster()
+    kube.fail = 'Error from server (ServiceUnavailable): no endpoints available for service "devloop-prometheus"'
     m, _, _ = make(kube)
     with pytest.raises(StepFailed) as e:
         m.query("up")
@@ -321,8 +296,8 @@ def test_matchers_follow_the_labelmap_convention_and_quote_values() -> None:
 def test_service_stats_from_prometheus_answers() -> None:
     q = mon.queries({"app": "web-app"}, "default")
     assert q["rps"] == 'sum(rate(http_requests_total{app="web-app",namespace="default",path!~"/metrics|/healthz"}[1m]))'
-    kube = FakeKube()
-    kube.runner.answers.update(
+    kube = MonitoringCluster()
+    kube.answers.update(
         {
             q["rps"]: vector(({}, "4")),
             q["errors"]: vector(({}, "1")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_failure_carries_exit_code_and_stderr() -> None:
     assert info.value.returncode == 7 and "boom" in info.value.message
 
 
-def test_arguments_are_never_shell_interpreted(tmp_path) -> None:
+def test_arguments_are_never_shell_interpreted(tmp_path: Path) -> None:
     evil = f"x; touch {tmp_path}/pwned"
     out = proc.DEFAULT.run(["echo", evil]).stdout
     assert out.strip() == evil and not (tmp_path / "pwned").exists()

@@ -19,16 +19,20 @@ from devloop import forward, model
 from devloop.errors import StepFailed
 from devloop.forward import PortForward, free_port
 from devloop.output import Output
+from devloop.proxy import Connector as Connect
 from devloop.proxy import Proxy, Upstreams
 from devloop.workload import PodEvent
 from tests.unit.fakes import FakeBackground, FakeCluster
 
 
 class FakePod:
-    """A pod's app: an HTTP server on 127.0.0.1 answering every request with the pod's name."""
+    """A pod's app: an HTTP server on 127.0.0.1 answering every request with the pod's name (and recording the
+    paths of the POSTs)."""
 
     def __init__(self, name: str, think: float = 0.0) -> None:
         self.name = name
+        self.posts: list[str] = []  # the paths of the POSTs it took
+        posts = self.posts
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -42,6 +46,10 @@ class FakePod:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def do_POST(self) -> None:
+                posts.append(self.path)
+                self.do_GET()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -59,13 +67,13 @@ class Connector:
     """The API server's portforward, for the fakes: pod name → its fake app's port."""
 
     def __init__(self) -> None:
-        self.pods: dict[str, FakePod] = {}
+        self.pods: dict[str, FakePod | Closing] = {}
         self.calls: list[str] = []
         self.threads: list[str] = []  # the thread that asked, per call
 
     def add(self, name: str) -> FakePod:
-        self.pods[name] = FakePod(name)
-        return self.pods[name]
+        pod = self.pods[name] = FakePod(name)
+        return pod
 
     def __call__(self, pod: str) -> socket.socket:
         self.calls.append(pod)
@@ -163,6 +171,9 @@ def test_moving_the_forward_never_refuses_a_connection(pods: Connector, proxy: P
             except (OSError, http.client.HTTPException) as e:
                 failures.append(repr(e))
 
+    def answering(pod: str) -> Callable[[], bool]:
+        return lambda: pod in answered[-3:]
+
     t = threading.Thread(target=client, daemon=True)
     t.start()
     try:
@@ -170,7 +181,7 @@ def test_moving_the_forward_never_refuses_a_connection(pods: Connector, proxy: P
         for i in range(1, 9):
             pods.add(f"pod-{i}")
             up.seen(f"pod-{i}", True, stamp(i))  # the new pod is Ready ...
-            wait_until(f"pod-{i} answering", lambda i=i: f"pod-{i}" in answered[-3:])  # type: ignore[misc]
+            wait_until(f"pod-{i} answering", answering(f"pod-{i}"))
             up.seen(f"pod-{i - 1}", False)  # ... then the old one terminates and goes away
             pods.pods[f"pod-{i - 1}"].close()
         wait_until("requests after the last move", lambda: answered.count("pod-8") >= 20)
@@ -256,7 +267,7 @@ def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Co
     closing = Closing()
     try:
         pods.add("web-1")
-        pods.pods["web-2"] = closing  # type: ignore[assignment]
+        pods.pods["web-2"] = closing
         p.upstreams.seen("web-1", True, stamp(1))
         p.upstreams.seen("web-2", True, stamp(2))
         assert get(p.port) == "web-1"
@@ -267,17 +278,14 @@ def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Co
         closing.close()
 
 
-class Refused:
+class Refused(socket.socket):
     """A port-forward socket whose error channel said the pod's port refused the stream."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        super().__init__(sock.family, sock.type, sock.proto, sock.detach())
 
     def refused(self) -> bool:
         return True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 def post(port: int) -> str:
@@ -293,14 +301,13 @@ def post(port: int) -> str:
 def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool) -> None:
     """A pod that closes a POST unanswered may have taken it (its app died while handling it): it is
     not sent to a second pod, unless the API server said the port refused the stream."""
-    connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
-    p = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)  # type: ignore[arg-type]
+    connect: Connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
+    p = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)
     assert p.listen()
     closing = Closing()
-    seen: list[str] = []
-    pods.add("web-1").server.RequestHandlerClass.do_POST = lambda h: (seen.append(h.path), h.do_GET())  # type: ignore[attr-defined]
+    seen = pods.add("web-1").posts
     try:
-        pods.pods["web-2"] = closing  # type: ignore[assignment]
+        pods.pods["web-2"] = closing
         p.upstreams.seen("web-1", True, stamp(1))
         p.upstreams.seen("web-2", True, stamp(2))
         if refused:
@@ -323,7 +330,7 @@ def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead
     restarting = [Closing(), Closing()]
     try:
         for i, c in enumerate(restarting, 1):
-            pods.pods[f"web-{i}"] = c  # type: ignore[assignment]
+            pods.pods[f"web-{i}"] = c
             p.upstreams.seen(f"web-{i}", True, stamp(i))
         answer: list[str] = []
         client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=10)))
@@ -369,7 +376,7 @@ def test_a_new_connection_takes_the_one_being_opened_to_a_pod_that_just_got_read
     pods.add("web-2")
     slow = threading.Event()
     fast = proxy.connect
-    proxy.connect = lambda pod: (slow.wait(10), fast(pod))[1]  # type: ignore[method-assign]
+    proxy.connect = lambda pod: (slow.wait(10), fast(pod))[1]
     up.seen("web-2", True, stamp(2))
     wait_until("the one to web-2 being opened", lambda: proxy._opening == "web-2")
     result: list[str] = []
@@ -382,28 +389,25 @@ def test_a_new_connection_takes_the_one_being_opened_to_a_pod_that_just_got_read
     assert set(pods.threads) == {"test-proxy-spare"}
 
 
-class EndsOnHalfClose:
+class EndsOnHalfClose(socket.socket):
     """The client library's port-forward socket: shutting its sending side ends the whole stream."""
 
     ends_on_half_close = True
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        super().__init__(sock.family, sock.type, sock.proto, sock.detach())
 
     def shutdown(self, how: int) -> None:
-        self._sock.shutdown(socket.SHUT_RDWR if how == socket.SHUT_WR else how)
-        self._sock.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+        super().shutdown(socket.SHUT_RDWR if how == socket.SHUT_WR else how)
+        self.close()
 
 
 @pytest.mark.parametrize("upstream", ["tcp", "port-forward"])
 def test_half_close_the_answer_still_arrives(pods: Connector, upstream: str) -> None:
     """A client that shuts its sending side after the request still gets the whole answer, also
     through a port-forward stream that a half-close would end."""
-    connect = (lambda pod: EndsOnHalfClose(pods(pod))) if upstream == "port-forward" else pods
-    proxy = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)  # type: ignore[arg-type]
+    connect: Connect = (lambda pod: EndsOnHalfClose(pods(pod))) if upstream == "port-forward" else pods
+    proxy = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)
     assert proxy.listen()
     pods.pods["web-1"] = FakePod("web-1", think=0.3)  # the client's half-close comes before the answer
     proxy.upstreams.seen("web-1", True, stamp(1))
@@ -422,7 +426,7 @@ def test_half_close_the_answer_still_arrives(pods: Connector, upstream: str) -> 
 def test_a_connection_closed_before_it_sent_anything_is_closed_upstream_at_once(pods: Connector) -> None:
     """A browser's unused preconnect: nothing to answer, so its port-forward stream is not kept
     open waiting for the app (which may wait a minute for a request that never comes)."""
-    proxy = Proxy(0, Upstreams(), lambda pod: EndsOnHalfClose(pods(pod)), name="test-proxy", spare=False)  # type: ignore[arg-type]
+    proxy = Proxy(0, Upstreams(), lambda pod: EndsOnHalfClose(pods(pod)), name="test-proxy", spare=False)
     assert proxy.listen()
     pods.add("web-1")
     proxy.upstreams.seen("web-1", True, stamp(1))

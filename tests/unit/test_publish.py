@@ -4,35 +4,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from devloop.config import RegistryConfig
 from devloop.errors import StepFailed
 from devloop.images import Images, Pushed
 from devloop.model import ImageRef
 from devloop.publish import RegistryPublisher
-from tests.unit.fakes import FakeKind
+from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind
 
 RUNNING = "localhost:5001/my-web-app:dl-old"
 
 
-@dataclass
-class FakeImages:
-    local: set[str] = field(default_factory=lambda: {"my-web-app:dl-old", "my-web-app:dl-new"})
-    pushed: list[str] = field(default_factory=list)
+class PushingDocker(FakeDocker):
+    """The local engine with both versions of the app, as the registry uses it: it also tags and pushes."""
 
-    def exists(self, ref: str) -> bool:
-        return ref in self.local
+    def __init__(self) -> None:
+        super().__init__()
+        self.present = {"my-web-app:dl-old", "my-web-app:dl-new"}
+        self.pushed: list[str] = []
 
     def tag(self, ref: str, new: str) -> None:
-        self.local.add(new)
+        self.present.add(new)
 
     def push(self, ref: str) -> Pushed:
         self.pushed.append(ref)
         return Pushed(ref, "sha256:old", 0, 0, 10)
+
+
+class RunningCluster(FakeCluster):
+    """A cluster whose pod runs RUNNING (from the local registry) beside kind's pause image."""
+
+    def get_raw(self, path: str) -> str:
+        pods = {"items": [{"spec": {"containers": [{"image": RUNNING}, {"image": "registry.k8s.io/pause:3.10"}]}}]}
+        return json.dumps(pods if "pods" in path else {"items": []})
 
 
 class FakeRegistry:
@@ -40,11 +48,10 @@ class FakeRegistry:
 
     def __init__(self, how: str) -> None:
         self.how = how  # "stopped" | "removed"
-        self.cfg = SimpleNamespace(name="devloop-registry")
+        self.cfg = RegistryConfig()
         self.host = "localhost:5001"
-        self.images = FakeImages()
-        pods = {"items": [{"spec": {"containers": [{"image": RUNNING}, {"image": "registry.k8s.io/pause:3.10"}]}}]}
-        self.kube = SimpleNamespace(get_raw=lambda path: json.dumps(pods if "pods" in path else {"items": []}))
+        self.images = PushingDocker()
+        self.kube = RunningCluster()
         self.container: tuple[str, str] = ("removing", "c1") if how == "removed" else ("exited", "c1")
         self.up = False
 
@@ -72,7 +79,7 @@ class FakeRegistry:
 def publish(how: str) -> tuple[FakeRegistry, list[str]]:
     registry = FakeRegistry(how)
     notes: list[str] = []
-    publisher = RegistryPublisher(registry, FakeKind(), "devloop")  # type: ignore[arg-type]
+    publisher = RegistryPublisher(registry, FakeKind(), "devloop")  # type: ignore[arg-type]  # it takes the concrete LocalRegistry
     moved = publisher.publish(ImageRef("my-web-app", "dl-new", "localhost:5001"), notes.append)
     assert moved == "pushed 67.0 kB in 1 new layer, 9 already there"
     return registry, notes
@@ -95,7 +102,7 @@ def stream(*chunks: dict[str, Any]) -> Images:
     """An Images whose docker client answers a push with these progress messages (the daemon's own shape)."""
     api = SimpleNamespace(push=lambda ref, stream, decode: iter(chunks))
     client = SimpleNamespace(api=api, ping=lambda: True)
-    return Images(lambda: client)  # type: ignore[arg-type,return-value]
+    return Images(lambda: client)
 
 
 def test_a_push_counts_the_bytes_of_the_layers_that_travel_and_reports_each_mb() -> None:

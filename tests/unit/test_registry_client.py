@@ -16,12 +16,22 @@ import pytest
 
 from devloop.config import RegistryConfig
 from devloop.gc import GCError, HttpRegistry
+from devloop.images import Images
 from devloop.registry import LocalRegistry
 from devloop.registry_client import MANIFEST_TYPES, challenge
+from tests.unit.fakes import FakeCluster
 
 CONFIG = {"created": "2024-01-01T00:00:02Z"}
 CONFIG_DIGEST = "sha256:" + hashlib.sha256(json.dumps(CONFIG).encode()).hexdigest()
+NO_DOCKER = Images(lambda: pytest.fail("the registry's API needs no Docker"))
 IMAGE = {"config": {"digest": CONFIG_DIGEST, "size": 7}, "layers": [{"digest": "sha256:l1", "size": 100}]}
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    broken = False  # /v2/ answers 500
+
+
+Served = tuple[int, list[tuple[str, str, str]], _Server]  # the port, the requests seen, the server
 
 
 class _Registry(http.server.BaseHTTPRequestHandler):
@@ -47,7 +57,8 @@ class _Registry(http.server.BaseHTTPRequestHandler):
     def _route(self) -> None:
         self.seen.append((self.command, self.path, self.headers.get("Accept", "")))
         if self.path == "/v2/":
-            self._send(500 if self.server.broken else 200, {})  # type: ignore[attr-defined]
+            assert isinstance(self.server, _Server)
+            self._send(500 if self.server.broken else 200, {})
         elif self.path == "/v2/app/tags/list":
             self._send(200, {"name": "app", "tags": ["dl-1", "dl-2"]})
         elif self.path in ("/v2/app/manifests/dl-1", "/v2/app/manifests/sha256:image"):
@@ -67,7 +78,7 @@ class _Registry(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, list[tuple[str, str, str]], Any]]:
+def registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     # a proxy in the environment (as on a corporate network) must not take the local registry's requests
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
@@ -75,8 +86,7 @@ def registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("NO_PROXY", raising=False)
     seen: list[tuple[str, str, str]] = []
     handler = type("Handler", (_Registry,), {"seen": seen, "delete_status": getattr(request, "param", 202)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.broken = False  # type: ignore[attr-defined]
+    server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1], seen, server
     server.shutdown()
@@ -89,7 +99,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])  # nothing listens there once closed
 
 
-def test_the_garbage_collector_lists_tags_and_reads_manifests_with_their_blobs_and_age(registry: tuple[int, list[Any], Any]) -> None:
+def test_the_garbage_collector_lists_tags_and_reads_manifests_with_their_blobs_and_age(registry: Served) -> None:
     port, seen, _ = registry
     api = HttpRegistry(f"localhost:{port}")
     assert api.tags("app") == ["dl-1", "dl-2"]
@@ -105,7 +115,7 @@ def test_the_garbage_collector_lists_tags_and_reads_manifests_with_their_blobs_a
 
 
 @pytest.mark.parametrize("registry", [405], indirect=True)
-def test_a_registry_without_deletes_says_how_to_allow_them(registry: tuple[int, list[Any], Any]) -> None:
+def test_a_registry_without_deletes_says_how_to_allow_them(registry: Served) -> None:
     port, seen, _ = registry
     with pytest.raises(GCError) as e:
         HttpRegistry(f"localhost:{port}").delete("app", "sha256:image")
@@ -114,7 +124,7 @@ def test_a_registry_without_deletes_says_how_to_allow_them(registry: tuple[int, 
     assert seen == [("DELETE", "/v2/app/manifests/sha256:image", "")]
 
 
-def test_a_delete_the_registry_accepts_is_done(registry: tuple[int, list[Any], Any]) -> None:
+def test_a_delete_the_registry_accepts_is_done(registry: Served) -> None:
     port, seen, _ = registry
     HttpRegistry(f"localhost:{port}").delete("app", "sha256:image")
     assert seen == [("DELETE", "/v2/app/manifests/sha256:image", "")]
@@ -126,9 +136,9 @@ def test_a_registry_that_does_not_answer_is_a_gc_error_naming_the_request() -> N
         HttpRegistry(f"localhost:{port}").tags("app")
 
 
-def test_the_local_registry_knows_what_it_holds_and_whether_it_answers(registry: tuple[int, list[Any], Any]) -> None:
+def test_the_local_registry_knows_what_it_holds_and_whether_it_answers(registry: Served) -> None:
     port, seen, server = registry
-    local = LocalRegistry(RegistryConfig(host_port=port), None, None)  # type: ignore[arg-type]
+    local = LocalRegistry(RegistryConfig(host_port=port), NO_DOCKER, FakeCluster())
     assert local.has("app:dl-1") is True
     assert local.has("app:dl-9") is False
     assert seen[0] == ("HEAD", "/v2/app/manifests/dl-1", MANIFEST_TYPES)
@@ -138,7 +148,7 @@ def test_the_local_registry_knows_what_it_holds_and_whether_it_answers(registry:
 
 
 def test_a_local_registry_that_is_not_there_holds_nothing() -> None:
-    local = LocalRegistry(RegistryConfig(host_port=_closed_port()), None, None)  # type: ignore[arg-type]
+    local = LocalRegistry(RegistryConfig(host_port=_closed_port()), NO_DOCKER, FakeCluster())
     assert local.has("app:dl-1") is False
     assert "Connection refused" in (local.answers() or "")
 

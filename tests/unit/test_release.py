@@ -185,10 +185,11 @@ class _Registry(http.server.BaseHTTPRequestHandler):
             self._send(200 if ok else 401, {"token": self.token} if ok else {})
             return
         if not self._authorized():
+            assert isinstance(self.server, http.server.HTTPServer)
             realm = (
                 'Basic realm="registry"'
                 if self.scheme == "basic"
-                else f'Bearer realm="http://127.0.0.1:{self.server.server_address[1]}/token",service="reg"'
+                else f'Bearer realm="http://127.0.0.1:{self.server.server_port}/token",service="reg"'
             )
             self._send(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {"WWW-Authenticate": realm})
             return

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from devloop.workload import PodEvent, pod_failure, pod_settled, rollout_progress
 
 
-def dep(gen: int = 2, observed: int = 2, replicas: int = 3, updated: int = 3, total: int = 3, available: int = 3) -> dict:
+def dep(gen: int = 2, observed: int = 2, replicas: int = 3, updated: int = 3, total: int = 3, available: int = 3) -> dict[str, Any]:
     return {
         "metadata": {"generation": gen},
         "spec": {"replicas": replicas},
@@ -25,13 +27,13 @@ def dep(gen: int = 2, observed: int = 2, replicas: int = 3, updated: int = 3, to
         (dep(available=2), False, "2 of 3 updated replicas available"),
     ],
 )
-def test_rollout_progress(d: dict, done: bool, text: str) -> None:
+def test_rollout_progress(d: dict[str, Any], done: bool, text: str) -> None:
     ok, msg = rollout_progress(d)
     assert ok is done and text in msg
 
 
-def pod(waiting: str | None = None, restarts: int = 0, exit_code: int = 0) -> dict:
-    cs: dict = {"name": "web-app", "restartCount": restarts, "state": {}}
+def pod(waiting: str | None = None, restarts: int = 0, exit_code: int = 0) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "web-app", "restartCount": restarts, "state": {}}
     if waiting:
         cs["state"] = {"waiting": {"reason": waiting, "message": "back-off 10s restarting failed container"}}
     if exit_code:
@@ -51,13 +53,13 @@ def pod(waiting: str | None = None, restarts: int = 0, exit_code: int = 0) -> di
         ({**pod(waiting="CrashLoopBackOff", restarts=2, exit_code=1), "metadata": {"deletionTimestamp": "2026-11-28T16:00:00Z"}}, None),
     ],
 )
-def test_pod_failure(p: dict, expect: str | None) -> None:
+def test_pod_failure(p: dict[str, Any], expect: str | None) -> None:
     got = pod_failure(p)
     assert (got is None) if expect is None else (got is not None and expect in got)
 
 
 def test_a_pod_without_probes_is_settled_only_after_it_stayed_up() -> None:
-    def pod(started: str, restarts: int = 0) -> dict:
+    def pod(started: str, restarts: int = 0) -> dict[str, Any]:
         return {"status": {"containerStatuses": [{"restartCount": restarts, "state": {"running": {"startedAt": started}}}]}}
 
     now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
