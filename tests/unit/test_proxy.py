@@ -170,16 +170,18 @@ def test_moving_the_forward_never_refuses_a_connection(pods: Connector, proxy: P
         for i in range(1, 9):
             pods.add(f"pod-{i}")
             up.seen(f"pod-{i}", True, stamp(i))  # the new pod is Ready ...
-            wait_until(f"pod-{i} answering", lambda i=i: f"pod-{i}" in answered[-3:])  # type: ignore[misc]
+            wait_until(f"pod-{i} answering", lambda i=i: f"pod-{i}" in answered)  # type: ignore[misc]
             up.seen(f"pod-{i - 1}", False)  # ... then the old one terminates and goes away
             pods.pods[f"pod-{i - 1}"].close()
-        wait_until("requests after the last move", lambda: answered.count("pod-8") >= 20)
+            gone = len(answered)
+            wait_until(f"pod-{i} answering after pod-{i - 1} went away", lambda i=i, gone=gone: answered[gone:].count(f"pod-{i}") >= 3)  # type: ignore[misc]
     finally:
         stop.set()
         t.join(10)
     assert failures == []
-    assert set(answered) == {f"pod-{i}" for i in range(9)}
-    assert len(answered) > 50
+    # one client, one request after the other: each pod answered, the old one until the new one did, then never again
+    order = [int(name.removeprefix("pod-")) for name in answered]
+    assert set(order) == set(range(9)) and order == sorted(order)
 
 
 def test_a_connection_is_held_until_a_pod_is_ready(pods: Connector, proxy: Proxy) -> None:
@@ -209,7 +211,8 @@ def test_a_held_connection_is_closed_after_the_hold(pods: Connector) -> None:
 
 def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
+    stopped_clock = Upstreams(clock=lambda: 0.0)  # "for a while" (DEMOTE) has not passed, however slow the machine
+    p = Proxy(0, stopped_clock, pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     try:
         pods.add("web-1")
@@ -226,9 +229,11 @@ def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
 
 class Closing:
     """A pod whose app does not listen, as the API server's port-forward shows it: the stream opens,
-    then closes without a byte."""
+    then closes without a byte. `takes_the_request`: an app that dies while handling one: the
+    stream closes, without a byte, once the request's first bytes came in."""
 
-    def __init__(self) -> None:
+    def __init__(self, takes_the_request: bool = False) -> None:
+        self.takes_the_request = takes_the_request
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen()
@@ -243,6 +248,10 @@ class Closing:
             except OSError:
                 return
             self.accepted += 1
+            if self.takes_the_request:
+                with contextlib.suppress(OSError):
+                    conn.settimeout(10)
+                    conn.recv(65536)
             conn.close()
 
     def close(self) -> None:
@@ -251,7 +260,8 @@ class Closing:
 
 def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
+    stopped_clock = Upstreams(clock=lambda: 0.0)  # "for a while" (DEMOTE) has not passed, however slow the machine
+    p = Proxy(0, stopped_clock, pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     closing = Closing()
     try:
@@ -296,7 +306,7 @@ def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refuse
     connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
     p = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)  # type: ignore[arg-type]
     assert p.listen()
-    closing = Closing()
+    closing = Closing(takes_the_request=not refused)
     seen: list[str] = []
     pods.add("web-1").server.RequestHandlerClass.do_POST = lambda h: (seen.append(h.path), h.do_GET())  # type: ignore[attr-defined]
     try:
