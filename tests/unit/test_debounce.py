@@ -75,7 +75,7 @@ def test_close_wakes_a_waiting_worker() -> None:
     t = threading.Thread(target=lambda: got.append(q.get_batch()))
     t.start()
     q.close()
-    t.join(timeout=5)
+    t.join(timeout=30)
     assert not t.is_alive() and got == [None]
 
 

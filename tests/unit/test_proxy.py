@@ -92,7 +92,7 @@ def get(port: int, timeout: float = 5.0) -> str:
         conn.close()
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
     """Polling with a deadline (the fakes run in other threads)."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -114,6 +114,14 @@ def pods() -> Iterator[Connector]:
     c = Connector()
     yield c
     c.close()
+
+
+@pytest.fixture
+def wide_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay's and the restart's windows (seconds after a pod closed a connection unanswered)
+    wider than any stall of a loaded machine: the tests say what happens inside them, whatever the speed."""
+    monkeypatch.setattr("devloop.proxy.REPLAY_WINDOW", 600.0)
+    monkeypatch.setattr("devloop.proxy.RESTART_GRACE", 600.0)
 
 
 @pytest.fixture
@@ -258,7 +266,7 @@ class Closing:
         self.server.close()
 
 
-def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector) -> None:
+def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector, wide_windows: None) -> None:
     failed: list[str] = []
     stopped_clock = Upstreams(clock=lambda: 0.0)  # "for a while" (DEMOTE) has not passed, however slow the machine
     p = Proxy(0, stopped_clock, pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
@@ -300,7 +308,7 @@ def post(port: int) -> str:
 
 
 @pytest.mark.parametrize("refused", [False, True])
-def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool) -> None:
+def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool, wide_windows: None) -> None:
     """A pod that closes a POST unanswered may have taken it (its app died while handling it): it is
     not sent to a second pod, unless the API server said the port refused the stream."""
     connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
@@ -325,7 +333,7 @@ def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refuse
         closing.close()
 
 
-def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector) -> None:
+def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector, wide_windows: None) -> None:
     """A live update restarts the app in every replica at once: for a moment each pod's port refuses
     (the stream closes unanswered). The connection is asked of them again until one answers."""
     p = Proxy(0, Upstreams(), pods, name="test-proxy", spare=False)
@@ -336,7 +344,7 @@ def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead
             pods.pods[f"web-{i}"] = c  # type: ignore[assignment]
             p.upstreams.seen(f"web-{i}", True, stamp(i))
         answer: list[str] = []
-        client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=10)))
+        client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=30)))
         client.start()
         wait_until("both restarting pods refused it", lambda: all(c.accepted >= 1 for c in restarting))
         pods.add("web-2")  # web-2's app listens again
