@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import docker.errors
 
 from devloop import proc
 from devloop.errors import ConfigError, CycleFailed, DevloopError, DockerUnavailable
 from devloop.images import DOCKER_HINT, Images, docker_errors
+from devloop.ports import Builder
 
 DETAILS = 6  # log lines a failure carries
 PROBE_TIMEOUT = 60.0
@@ -39,27 +39,6 @@ PROBE_TIMEOUT = 60.0
 
 def _noop(_: str) -> None:
     pass
-
-
-class Builder(Protocol):
-    """Builds `context` with `dockerfile` (relative to it), tags the result `tag`, returns the image ID.
-
-    Every output line goes to `on_line`; a failure raises CycleFailed("build", "<step> failed: …")."""
-
-    @property
-    def name(self) -> str: ...
-
-    def build(
-        self,
-        context: Path,
-        dockerfile: str,
-        tag: str,
-        build_args: Mapping[str, str],
-        target: str | None = None,
-        on_line: Callable[[str], None] = _noop,
-        *,
-        secrets: Mapping[str, Path] | None = None,
-    ) -> str: ...
 
 
 def build_hint(message: str) -> str:

@@ -278,8 +278,6 @@ def release(
     """Build every service, push <registry>/<image>:VERSION and roll it out on a target, pinned by digest."""
 
     def body(out: Output) -> int:
-        from rich.markup import escape
-
         from devloop import wiring
         from devloop.images import fmt_bytes
         from devloop.lock import ProjectLock
@@ -308,10 +306,10 @@ def release(
                 lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
                 lines.append(f"    [dim]{timing}[/dim]")
             else:
-                lines.append(f"  [red]{r.service} failed[/red]: {escape(r.error or '')}")
-                lines += [f"    │ {escape(line)}" for line in r.details]
+                lines.append(f"  [red]{r.service} failed[/red]: {out.plain(r.error or '')}")
+                lines += [f"    │ {out.plain(line)}" for line in r.details]
                 if r.outcome:
-                    lines.append(f"  [bold]{escape(r.outcome)}[/bold]")
+                    lines.append(f"  [bold]{out.plain(r.outcome)}[/bold]")
         if failed:
             lines.append(f"[red]{len(failed)} of {len(results)} services failed[/red]")
         out.result(

@@ -30,7 +30,6 @@ from typing import Any
 
 from devloop import bringup, live
 from devloop import manifests as mf
-from devloop.builder import Builder
 from devloop.config import Config, ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
 from devloop.hasher import ContextHasher, content_tag
@@ -38,7 +37,7 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, ServiceLayout, needing_images
-from devloop.ports import Cluster, ImageStore
+from devloop.ports import Builder, Cluster, ImageStore
 from devloop.proc import SIGNAL_CHECK
 from devloop.project import Deployed, Project
 from devloop.rollout import Rollout

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from devloop import manifests as mf
 from devloop.errors import DevloopError
 from devloop.proc import SIGNAL_CHECK
 from devloop.workload import pod_images, pod_name, pod_ready
@@ -427,7 +426,7 @@ class LiveSync:
             raise NoSync("no healthy version deployed yet")
         ns = deployed.namespace
         names = self._replicas(deployed, st)
-        containers = mf.containers_of(deployed.deployment, svc.image.name)
+        containers = deployed.containers(svc.image.name)
         payload = tar_files(svc.image.context, files)
         ports = [port for c in containers for port in port_args(c)]
         budget = restart_budget(containers)

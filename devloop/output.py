@@ -97,6 +97,11 @@ class Output:
     def info(self, message: str, **fields: Any) -> None:
         self._emit("info", escape(message), message=message, **fields)
 
+    @staticmethod
+    def plain(text: str) -> str:
+        """`text` shown as it is inside a result line that uses markup (a log line with brackets)."""
+        return escape(text)
+
     def info_for(self, service: str, message: str) -> None:
         """What a person must read about one service ("web: the local registry was stopped; …")."""
         self.info(f"{service}: {message}", service=service)

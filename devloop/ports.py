@@ -101,3 +101,24 @@ class Publisher(Protocol):
         already there"), or "" when the cluster has it already. `note` is for what a person must
         read (a registry created again); `progress` for the bytes of a long move."""
         ...
+
+
+class Builder(Protocol):
+    """Builds `context` with `dockerfile` (relative to it), tags the result `tag`, returns the image ID.
+
+    Every output line goes to `on_line`; a failure raises CycleFailed("build", "<step> failed: …")."""
+
+    @property
+    def name(self) -> str: ...
+
+    def build(
+        self,
+        context: Path,
+        dockerfile: str,
+        tag: str,
+        build_args: Mapping[str, str],
+        target: str | None = None,
+        on_line: Callable[[str], None] = quiet,
+        *,
+        secrets: Mapping[str, Path] | None = None,
+    ) -> str: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
@@ -40,6 +41,10 @@ class Deployed:
         """Every container of the Deployment has a readiness probe."""
         containers = self.deployment.doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
         return all(c.get("readinessProbe") for c in containers)
+
+    def containers(self, image_name: str) -> list[dict[str, Any]]:
+        """The Deployment's containers that run this image."""
+        return mf.containers_of(self.deployment, image_name)
 
     @property
     def replicas(self) -> int:

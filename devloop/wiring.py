@@ -12,13 +12,13 @@ from pathlib import Path
 
 from devloop import gc, tools
 from devloop.api import ApiCluster
-from devloop.builder import Builder, detect_builder
+from devloop.builder import detect_builder
 from devloop.config import Config
 from devloop.engine import Engine
 from devloop.images import Images
 from devloop.kind import Kind
 from devloop.output import Output
-from devloop.ports import Cluster, quiet
+from devloop.ports import Builder, Cluster, quiet
 from devloop.publish import KindLoadPublisher, RegistryPublisher
 from devloop.registry import LocalRegistry
 from devloop.registry_client import RegistryClient

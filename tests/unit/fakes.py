@@ -3,7 +3,7 @@
 Each fake of a port names the Protocol it stands for, and mypy (which checks tests/unit) holds it
 to that Protocol: FakeRunner is a proc.Runner, FakeBackground a proc.Background, FakeCluster a
 ports.Cluster (FakeChanges its ports.Changes), FakeKind a ports.Clusters, FakeDocker a
-ports.ImageStore and a builder.Builder, FakePublisher a ports.Publisher, RecordingEngine a
+ports.ImageStore and a ports.Builder, FakePublisher a ports.Publisher, RecordingEngine a
 session.SessionEngine."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from devloop import manifests as mf
-from devloop.builder import Builder
 from devloop.config import Config, ServiceConfig
 from devloop.engine import Engine, ServiceResult
 from devloop.errors import CommandFailed, StepFailed
@@ -26,7 +25,7 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.ports import Changes, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
+from devloop.ports import Builder, Changes, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
 from devloop.proc import Background, Result, Runner
 from devloop.project import Deployed
 from devloop.session import SessionEngine

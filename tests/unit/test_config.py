@@ -105,7 +105,7 @@ yaml_values = st.recursive(
 keys = st.sampled_from(["apiVersion", "cluster", "image", "deploy", "portForward", "watch", "registry", "name", "context", "x"])
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)  # any speed
 @given(doc=st.dictionaries(keys, yaml_values | st.dictionaries(keys, yaml_values, max_size=4), max_size=5))
 def test_fuzz_structured_config_never_tracebacks(sample_copy: Path, doc: dict[str, object]) -> None:
     try:
@@ -114,7 +114,7 @@ def test_fuzz_structured_config_never_tracebacks(sample_copy: Path, doc: dict[st
         assert e.message.startswith("devloop.yaml")
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)  # any speed
 @given(text=st.text(max_size=200))
 def test_fuzz_raw_text_never_tracebacks(sample_copy: Path, text: str) -> None:
     try:

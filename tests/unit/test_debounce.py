@@ -77,7 +77,7 @@ def test_close_wakes_a_waiting_worker() -> None:
     t = threading.Thread(target=lambda: got.append(q.get_batch()))
     t.start()
     q.close()
-    t.join(timeout=5)
+    t.join(timeout=30)
     assert not t.is_alive() and got == [None]
 
 
@@ -220,6 +220,8 @@ def test_ctrl_c_taken_by_another_thread_still_stops_the_waiting_main_thread(tmp_
             import signal, threading
             from devloop.debounce import ChangeQueue
 
+            # as devloop's CLI does: a test run started as a background job inherits SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             q = ChangeQueue(0.2)
 
             def other_thread_takes_the_signal():

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, plan_digests
@@ -29,6 +29,7 @@ def test_keep_plan_fewer_than_keep_deletes_nothing() -> None:
     assert keep_plan([("dl-a", 1.0), ("dl-b", 2.0)], 3, set()) == []
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # the properties hold at any speed: no time limit
 @given(
     st.dictionaries(st.from_regex(r"(dl-)?[a-f0-9]{1,4}", fullmatch=True), st.floats(0, 1e9), max_size=20),
     st.integers(0, 6),

@@ -8,6 +8,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,9 +60,9 @@ def pod(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes], str]]:
     app.mkdir()
     proc = subprocess.Popen(["sh", "-c", supervisor, live.SUPERVISOR_NAME, "sleep", "600"])
     pid_file = Path(state) / ".devloop-child"
-    for _ in range(200):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
+    deadline = time.monotonic() + 30  # a bound on a hang, not a speed figure
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the supervisor never started the app"
         threading.Event().wait(0.01)
     yield app, proc, state
     proc.terminate()

@@ -100,7 +100,7 @@ def get(port: int, timeout: float = 5.0) -> str:
         conn.close()
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
     """Polling with a deadline (the fakes run in other threads)."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -122,6 +122,14 @@ def pods() -> Iterator[Connector]:
     c = Connector()
     yield c
     c.close()
+
+
+@pytest.fixture
+def wide_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay's and the restart's windows (seconds after a pod closed a connection unanswered)
+    wider than any stall of a loaded machine: the tests say what happens inside them, whatever the speed."""
+    monkeypatch.setattr("devloop.proxy.REPLAY_WINDOW", 600.0)
+    monkeypatch.setattr("devloop.proxy.RESTART_GRACE", 600.0)
 
 
 @pytest.fixture
@@ -184,13 +192,15 @@ def test_moving_the_forward_never_refuses_a_connection(pods: Connector, proxy: P
             wait_until(f"pod-{i} answering", answering(f"pod-{i}"))
             up.seen(f"pod-{i - 1}", False)  # ... then the old one terminates and goes away
             pods.pods[f"pod-{i - 1}"].close()
-        wait_until("requests after the last move", lambda: answered.count("pod-8") >= 20)
+            gone = len(answered)
+            wait_until(f"pod-{i} answering after pod-{i - 1} went away", lambda i=i, gone=gone: answered[gone:].count(f"pod-{i}") >= 3)  # type: ignore[misc]
     finally:
         stop.set()
         t.join(10)
     assert failures == []
-    assert set(answered) == {f"pod-{i}" for i in range(9)}
-    assert len(answered) > 50
+    # one client, one request after the other: each pod answered, the old one until the new one did, then never again
+    order = [int(name.removeprefix("pod-")) for name in answered]
+    assert set(order) == set(range(9)) and order == sorted(order)
 
 
 def test_a_connection_is_held_until_a_pod_is_ready(pods: Connector, proxy: Proxy) -> None:
@@ -220,7 +230,8 @@ def test_a_held_connection_is_closed_after_the_hold(pods: Connector) -> None:
 
 def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
+    stopped_clock = Upstreams(clock=lambda: 0.0)  # "for a while" (DEMOTE) has not passed, however slow the machine
+    p = Proxy(0, stopped_clock, pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     try:
         pods.add("web-1")
@@ -237,9 +248,11 @@ def test_a_dead_pod_fails_over_to_the_next_ready_one(pods: Connector) -> None:
 
 class Closing:
     """A pod whose app does not listen, as the API server's port-forward shows it: the stream opens,
-    then closes without a byte."""
+    then closes without a byte. `takes_the_request`: an app that dies while handling one: the
+    stream closes, without a byte, once the request's first bytes came in."""
 
-    def __init__(self) -> None:
+    def __init__(self, takes_the_request: bool = False) -> None:
+        self.takes_the_request = takes_the_request
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen()
@@ -254,15 +267,20 @@ class Closing:
             except OSError:
                 return
             self.accepted += 1
+            if self.takes_the_request:
+                with contextlib.suppress(OSError):
+                    conn.settimeout(10)
+                    conn.recv(65536)
             conn.close()
 
     def close(self) -> None:
         self.server.close()
 
 
-def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector) -> None:
+def test_a_pod_that_closes_at_once_has_the_request_replayed_to_the_next(pods: Connector, wide_windows: None) -> None:
     failed: list[str] = []
-    p = Proxy(0, Upstreams(), pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
+    stopped_clock = Upstreams(clock=lambda: 0.0)  # "for a while" (DEMOTE) has not passed, however slow the machine
+    p = Proxy(0, stopped_clock, pods, on_fail=lambda pod, e: failed.append(pod), name="test-proxy", spare=False)
     assert p.listen()
     closing = Closing()
     try:
@@ -298,13 +316,13 @@ def post(port: int) -> str:
 
 
 @pytest.mark.parametrize("refused", [False, True])
-def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool) -> None:
+def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refused: bool, wide_windows: None) -> None:
     """A pod that closes a POST unanswered may have taken it (its app died while handling it): it is
     not sent to a second pod, unless the API server said the port refused the stream."""
     connect: Connect = (lambda pod: Refused(pods(pod)) if pod == "web-2" else pods(pod)) if refused else pods
     p = Proxy(0, Upstreams(), connect, name="test-proxy", spare=False)
     assert p.listen()
-    closing = Closing()
+    closing = Closing(takes_the_request=not refused)
     seen = pods.add("web-1").posts
     try:
         pods.pods["web-2"] = closing
@@ -322,7 +340,7 @@ def test_a_post_is_replayed_only_when_the_pod_refused_it(pods: Connector, refuse
         closing.close()
 
 
-def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector) -> None:
+def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead_of_failing(pods: Connector, wide_windows: None) -> None:
     """A live update restarts the app in every replica at once: for a moment each pod's port refuses
     (the stream closes unanswered). The connection is asked of them again until one answers."""
     p = Proxy(0, Upstreams(), pods, name="test-proxy", spare=False)
@@ -333,7 +351,7 @@ def test_while_every_pod_restarts_its_app_a_new_connection_waits_for_one_instead
             pods.pods[f"web-{i}"] = c
             p.upstreams.seen(f"web-{i}", True, stamp(i))
         answer: list[str] = []
-        client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=10)))
+        client = threading.Thread(target=lambda: answer.append(get(p.port, timeout=30)))
         client.start()
         wait_until("both restarting pods refused it", lambda: all(c.accepted >= 1 for c in restarting))
         pods.add("web-2")  # web-2's app listens again
