@@ -56,7 +56,8 @@ done"""
 # Run in the app container with the tar on stdin ($1: target dir, $2...: container ports as the
 # 4-digit hex /proc/net/tcp uses): unpack, ask for a restart, wait until the supervisor has started
 # the new process (its pid changes) and, when the container declares ports, until one listens
-# again; at most 30 s each (a restart under a CPU limit on a busy node is slow); exit 3 when it
+# again; at most 30 s each (a restart under a CPU limit on a busy node is slow; the TERM is sent
+# again every second meanwhile, as one sent right after a restart can be lost); exit 3 when it
 # never listens; any failure says why on stderr (devloop shows it). The supervisor rewrites the pid
 # file in place: a read that finds it empty (torn; under the old `set -e` that ended the sync with
 # exit 1) means "not yet". Shell builtins only (read, case) besides `sleep`: under a CPU limit,
@@ -68,7 +69,11 @@ read -r old < {CHILD_PID} || fail "no app process started by the devloop supervi
 : > {RESTART_FLAG} || fail "cannot write {RESTART_FLAG}"
 kill -TERM "$old" || fail "the app process $old was already gone"
 i=0; new=$old
-while [ "$new" = "$old" ] && [ $i -lt 600 ]; do sleep 0.05; read -r new < {CHILD_PID} || new=$old; i=$((i+1)); done
+while [ "$new" = "$old" ] && [ $i -lt 600 ]; do
+  sleep 0.05; read -r new < {CHILD_PID} || new=$old; i=$((i+1))
+  # a TERM that reaches a process just forked by the supervisor (before its exec) can be lost: say it again each second
+  if [ "$new" = "$old" ] && [ $((i % 20)) -eq 0 ]; then kill -TERM "$old" 2>/dev/null; fi
+done
 [ "$new" != "$old" ] || fail "the app process $old did not exit within 30s of SIGTERM"
 [ $# -eq 0 ] && exit 0
 listening() {{
