@@ -39,35 +39,67 @@ def up(engine: Engine) -> list[ServiceResult]:
 def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
     """No cluster yet (onboarding, a demo): create it while every image is built and, when the
     way allows (the local registry), pushed; the cycle after it then only wires and rolls out.
-    A failure here is left for that cycle to report in its phase."""
+    A failure here is left for that cycle to report in its phase; the summary says which images
+    were made ready meanwhile and which the first cycle tries again."""
     start = engine.clock()
     done: dict[str, tuple[bool, bool]] = {}
+    said: dict[str, str] = {}  # service → what happened to its image meanwhile
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devloop-cluster") as pool:
         creating = pool.submit(engine.target.ensure)
-        images = 0.0
+        early = False
         try:
             early = engine.target.publisher.start_early()
-            for svc in engine.services:
+        except DevloopError as e:
+            engine.out.detail(f"starting the image transport beside the cluster's creation: {e.message} (the first cycle tries again)")
+        for svc in engine.services:
+            built: bool | None = None
+            try:
                 ref = engine.image_ref(svc)
                 built = engine.build(svc, ref)
                 moved = early and engine.target.publisher.publish(
                     ref, functools.partial(engine.out.info_for, svc.name), functools.partial(engine.out.progress, svc.name)
                 )
                 done[svc.name] = (built, bool(moved))
-            images = engine.clock() - start
-        except DevloopError as e:
-            engine.out.detail(f"building beside the cluster's creation: {e.message} (the first cycle tries again)")
+                said[svc.name] = _image_said(built, bool(moved), early)
+            except DevloopError as e:
+                said[svc.name] = "failed to build" if built is None else "built, its push failed"
+                engine.out.detail(f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name)
+        images = engine.clock() - start
         while not creating.done():
             wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
         creating.result()
     cluster = engine.clock() - start
-    what = "built and pushed" if engine.target.publisher.registry else "built"
     engine.out.info(
-        f"cluster created in {cluster:.1f}s; meanwhile every image {what} in {images:.1f}s",
+        f"cluster created in {cluster:.1f}s; meanwhile {_images_said(said, early, images)}",
         cluster_seconds=round(cluster, 3),
         images_seconds=round(images, 3),
+        images={name: what for name, what in said.items()},
     )
     return done
+
+
+def _image_said(built: bool, moved: bool, early: bool) -> str:
+    if not early:
+        return "built" if built else "already built"
+    if built:
+        return "built and pushed" if moved else "built (the registry had it)"
+    return "already built, pushed" if moved else "already built and pushed"
+
+
+def _images_said(said: dict[str, str], early: bool, seconds: float) -> str:
+    """What happened to the images beside the cluster's creation: "every image built and pushed"
+    only when it is so; otherwise each group named, a failure with what happens next."""
+    whole = "built and pushed" if early else "built"
+    if said and all(what == whole for what in said.values()):
+        return f"every image {whole} in {seconds:.1f}s"
+    groups: dict[str, list[str]] = {}
+    for name, what in said.items():
+        groups.setdefault(what, []).append(name)
+    parts = [f"{', '.join(names)} {what}" for what, names in groups.items()]
+    failed = [n for n, what in said.items() if "fail" in what]
+    if failed:
+        parts.append("the first cycle tries " + ("it" if len(failed) == 1 else "them") + " again")
+    return f"({seconds:.1f}s): " + ("; ".join(parts) or "no image to build")
 
 
 def ensure_monitoring(engine: Engine) -> None:

@@ -238,3 +238,17 @@ def test_a_crash_excerpt_starts_at_the_thrown_error_not_the_stack_tail() -> None
     excerpt = log_excerpt(node)
     assert "Error: release 1.0.1 cannot start" in excerpt and excerpt[0] == "/app/server.js:1"
     assert log_excerpt(["listening", "TypeError: x is not a function", "  at y"])[1] == "TypeError: x is not a function"
+
+
+def test_up_from_nothing_says_which_images_failed_beside_the_creation_and_not_every_image_built(shop: Path) -> None:
+    kind = FakeKind(clusters=())
+    w = World(shop, kind=kind)
+    w.docker.failing["shop-worker"] = CycleFailed("build", "RUN npm ci failed", "fix it")
+    results = by_service(w.engine.up())
+    (said,) = [e for e in w.events("info") if e["message"].startswith("cluster created in")]
+    assert "every image" not in said["message"]
+    assert "web, api built and pushed" in said["message"] or "api, web built and pushed" in said["message"]
+    assert "worker failed to build; the first cycle tries it again" in said["message"]
+    assert said["images"]["worker"] == "failed to build" and said["images"]["web"] == "built and pushed"
+    assert len(w.publisher.pushed) == 2  # the images after the failing one were still built and pushed beside the creation
+    assert not results["worker"].ok and results["worker"].error is not None and results["worker"].error.phase == "build"
