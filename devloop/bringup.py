@@ -63,7 +63,9 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
                 said[svc.name] = _image_said(built, bool(moved), early)
             except DevloopError as e:
                 said[svc.name] = "failed to build" if built is None else "built, its push failed"
-                engine.out.detail(f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name)
+                engine.out.detail(
+                    f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name
+                )
         images = engine.clock() - start
         while not creating.done():
             wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
