@@ -41,8 +41,19 @@ def _noop(_: str) -> None:
     pass
 
 
+_FRONTEND = re.compile(r"resolve image config for (?:docker-image://)?(\S+?):?(?:\s|$)|\b(docker\.io/docker/dockerfile(?::[\w.-]+)?)")
+
+
 def build_hint(message: str) -> str:
     m = message.lower()
+    frontend = _FRONTEND.search(message)
+    if frontend:  # the `# syntax=` line: BuildKit pulls that frontend image before it reads the Dockerfile
+        image = frontend.group(1) or frontend.group(2)
+        return (
+            f"the Dockerfile's first line `# syntax=…` makes BuildKit pull the frontend image {image}, which it could not: "
+            "remove that line (BuildKit's built-in frontend reads the Dockerfile), or make the image pullable from this machine "
+            "(network, proxy or a registry mirror); see docs/troubleshooting.md#offline"
+        )
     if "pull access denied" in m or "manifest unknown" in m or "no such host" in m or "dial tcp" in m or "not found: manifest" in m:
         return "the base image could not be pulled: build it locally or point image.buildArgs (e.g. NODE_IMAGE) at an image you have"
     if "no space left" in m:
@@ -232,7 +243,7 @@ class PlainProgress:
             message = final or f"docker build exited with code {returncode}"
             details = [line for line in self.trailer if line.strip() != "------"]
             step = "docker build"
-        return CycleFailed("build", f"{step} failed: {message}", build_hint(f"{message} {final}"), details=details[-DETAILS:])
+        return CycleFailed("build", f"{step} failed: {message}", build_hint(f"{step}: {message} {final}"), details=details[-DETAILS:])
 
 
 def _unwrap(message: str) -> str:

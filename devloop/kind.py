@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,10 +31,7 @@ class Kind:
         try:
             self.runner.run(argv, timeout=900)
         except CommandFailed as e:
-            raise ClusterUnavailable(
-                f"kind could not create cluster {name!r}: {_tail(e.stderr)}",
-                "run `devloop doctor`; `kind create cluster` output above says which step failed",
-            ) from e
+            raise creation_failed(name, image, e.stderr, " ".join(argv[:7])) from e
 
     def nodes(self, name: str) -> list[str]:
         out = self.runner.run(["kind", "get", "nodes", "--name", name], timeout=60).stdout
@@ -52,6 +50,31 @@ class Kind:
 
     def delete(self, name: str) -> None:
         self.runner.run(["kind", "delete", "cluster", "--name", name], timeout=300)
+
+
+NODE_IMAGE_DOC = "docs/troubleshooting.md#kinds-node-image-offline"
+_PULLING = re.compile(r'failed to pull image "?([^"\s]+?)"?(?::\s|\s|$)|Ensuring node image \(([^)\s]+)\)')
+
+
+def creation_failed(name: str, image: str, stderr: str, command: str) -> ClusterUnavailable:
+    """What `kind create cluster` failed at, from its output (which devloop captures, so it is not
+    shown above): its own ERROR line and the cause under it; a node image it could not pull is named
+    with `cluster.nodeImage` and how to have one offline."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(("ERROR:", "Command Output:"))] or lines[-1:] or ["no output"]
+    cause = "; ".join(dict.fromkeys(said))
+    if "failed to pull image" in stderr or "✗ Ensuring node image" in stderr:
+        found = [m.group(1) or m.group(2) for m in _PULLING.finditer(stderr)]
+        node = image or (found[0] if found else "kind's default node image")
+        return ClusterUnavailable(
+            f"kind could not create cluster {name!r}: it could not pull the node image {node}: {cause}",
+            f"set cluster.nodeImage in devloop.yaml to a kind node image this machine has (`docker images` lists them), or make "
+            f"{node} available here (`docker pull` it where the network allows, then `docker save` / `docker load`); see {NODE_IMAGE_DOC}",
+        )
+    return ClusterUnavailable(
+        f"kind could not create cluster {name!r}: {cause}",
+        f"run `devloop doctor`; `{command}` run by hand shows every step kind took",
+    )
 
 
 def _tail(text: str) -> str:

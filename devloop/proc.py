@@ -26,7 +26,11 @@ SIGNAL_CHECK = 0.5
 
 INSTALL_HINTS = {
     "kind": "install kind: `go install sigs.k8s.io/kind@v0.30.0` (https://kind.sigs.k8s.io) and put it on PATH",
-    "kubectl": "install kubectl: https://kubernetes.io/docs/tasks/tools/ (or `apt-get install kubectl`) and make sure it is on PATH",
+    "kubectl": (
+        "devloop downloads kubectl itself when it can reach https://dl.k8s.io; otherwise install it yourself: the binary "
+        "(https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) or the Kubernetes apt repository pkgs.k8s.io "
+        "(Debian has no kubectl package), and put it on PATH"
+    ),
 }
 
 
