@@ -6,6 +6,7 @@ API returns them; and `PodEvent`, the typed event a pod watch delivers."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,11 +102,34 @@ def pod_failure(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+_NO_ROOM = re.compile(r"\bInsufficient [\w./-]+|\bToo many pods\b")
+
+
+def pod_unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when it said no node has room for this pod (PodScheduled False,
+    reason Unschedulable, "0/1 nodes are available: 1 Insufficient cpu"), else None.
+
+    Only a lack of room counts (CPU, memory, any other requested resource, the node's pod limit):
+    a pod the scheduler has not looked at yet, or refused for another reason, is waited for."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            message = " ".join(str(cond.get("message", "")).split())
+            return message[:300] if _NO_ROOM.search(message) else None
+    return None
+
+
+def pod_terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
 def pod_pending_reason(pod: Mapping[str, Any]) -> str:
     """Why a pod is not ready yet, for the message of a rollout that hit its deadline.
 
     Unschedulable is not a failure by itself: during a rolling update a surge pod waits for the
-    old pods' CPU requests to be released."""
+    old pods' CPU requests to be released (the rollout fails early only when nothing is being
+    released: rollout.py, `pod_unschedulable`)."""
     for cond in pod.get("status", {}).get("conditions") or []:
         if cond.get("status") == "False" and cond.get("reason"):
             return f"{cond['reason']}: {str(cond.get('message', '')).strip()[:160]}"

@@ -153,6 +153,7 @@ class FakeCluster(Cluster):
         self.deployments: dict[tuple[str, str], _Deployment] = {}
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (ns, kind, name) → doc
         self.crashing: set[str] = set()
+        self.unschedulable: dict[str, str] = {}  # image → what the scheduler says of its new pod (it stays Pending)
         self.applies: list[tuple[str, list[str]]] = []  # (namespace, ["Kind/name", ...]) per apply
         self.undos: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
@@ -224,7 +225,20 @@ class FakeCluster(Cluster):
 
     def _roll(self, d: _Deployment, image: str) -> None:
         d.image = image
-        if image not in self.crashing:
+        if image in self.unschedulable:  # a surge pod no node has room for; the old pods keep serving
+            self._pod_seq += 1
+            pending = {
+                "metadata": {"name": f"{d.name}-{self._pod_seq}", "labels": dict(d.labels)},
+                "spec": {"containers": [{"image": image}]},
+                "status": {
+                    "phase": "Pending",
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": self.unschedulable[image]}
+                    ],
+                },
+            }
+            d.pods = [p for p in d.pods if p["spec"]["containers"][0]["image"] != image] + [pending]
+        elif image not in self.crashing:
             d.pods = self._new_pods(d, image, d.replicas, crash=False)
         elif d.probes and d.pods:
             d.pods = [p for p in d.pods if p["spec"]["containers"][0]["image"] != image] + self._new_pods(d, image, 1, crash=True)
@@ -258,7 +272,9 @@ class FakeCluster(Cluster):
         raise AssertionError("no API server paths in the fake cluster")
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        return [p for d in self.deployments.values() if d.namespace == namespace and d.labels == dict(labels) for p in d.pods]
+        return [
+            p for d in self.deployments.values() if d.namespace == namespace and (not labels or d.labels == dict(labels)) for p in d.pods
+        ]
 
     def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
         return ["/app/server.js:3", "  const x = ;", "SyntaxError: Unexpected token ';'"] if previous else []

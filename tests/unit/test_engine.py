@@ -252,3 +252,59 @@ def test_up_from_nothing_says_which_images_failed_beside_the_creation_and_not_ev
     assert said["images"]["worker"] == "failed to build" and said["images"]["web"] == "built and pushed"
     assert len(w.publisher.pushed) == 2  # the images after the failing one were still built and pushed beside the creation
     assert not results["worker"].ok and results["worker"].error is not None and results["worker"].error.phase == "build"
+
+
+class Ticks:
+    """A clock that moves one second each time it is read: a rollout's waits cost no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def unschedulable_edit(sample_copy: Path, scheduler: str) -> tuple[World, Ticks, ServiceResult]:
+    w = World(sample_copy)
+    good = str(by_service(w.engine.up())["web-app"].image)
+    clock = w.engine.rollout.clock = Ticks()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\n// v2\n")
+    w.cluster.unschedulable[w.engine.image_ref(w.engine.config.service("web-app")).cluster] = scheduler
+    result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert not result.ok and result.error is not None and result.error.phase == "rollout"
+    assert w.cluster.serving("web-app") == [good] * 3  # the old pods keep serving
+    return w, clock, result
+
+
+def test_a_pod_no_node_has_room_for_fails_the_rollout_at_once_with_the_fix(sample_copy: Path) -> None:
+    scheduler = "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found."
+    w, clock, result = unschedulable_edit(sample_copy, scheduler)
+    assert result.error is not None
+    assert "cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu" in result.error.message
+    assert "lower resources.requests in the manifest" in result.error.hint and "fewer replicas" in result.error.hint
+    assert "rolloutTimeout" not in result.error.hint
+    timeout = w.engine.config.service("web-app").deploy.rollout_timeout
+    assert clock.now < timeout / 3  # named long before the rollout timeout, not at its end
+
+
+def test_a_pod_the_scheduler_refused_for_another_reason_is_waited_for_until_the_timeout(sample_copy: Path) -> None:
+    w, clock, result = unschedulable_edit(sample_copy, "0/1 nodes are available: 1 node(s) had untolerated taint {x: y}.")
+    assert result.error is not None and "not ready after" in result.error.message and "rolloutTimeout" in result.error.hint
+    assert clock.now >= w.engine.config.service("web-app").deploy.rollout_timeout
+
+
+def test_an_unschedulable_pod_is_waited_for_while_an_old_pod_is_terminating(sample_copy: Path) -> None:
+    w = World(sample_copy)
+    w.engine.up()
+    old = w.cluster.deployments[("default", "web-app")].pods[0]
+    old["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"  # its CPU request is being released
+    w.engine.rollout.clock = clock = Ticks()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\n// v2\n")
+    image = w.engine.image_ref(w.engine.config.service("web-app")).cluster
+    w.cluster.unschedulable[image] = "0/1 nodes are available: 1 Insufficient cpu."
+    result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
+    assert result.error is not None and "not ready after" in result.error.message  # never called unschedulable meanwhile
+    assert clock.now >= w.engine.config.service("web-app").deploy.rollout_timeout

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from devloop.workload import PodEvent, pod_failure, pod_settled, rollout_progress
+from devloop.workload import PodEvent, pod_failure, pod_settled, pod_terminating, pod_unschedulable, rollout_progress
 
 
 def dep(gen: int = 2, observed: int = 2, replicas: int = 3, updated: int = 3, total: int = 3, available: int = 3) -> dict[str, Any]:
@@ -81,3 +81,19 @@ def test_pod_events_from_api_objects() -> None:
     gone = PodEvent.of(pod, deleted=True)
     assert gone is not None and gone.deleting and not gone.ready
     assert PodEvent.of({"metadata": {}}) is None
+
+
+def _scheduled(status: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": status, "reason": reason, "message": message}]}
+    }
+
+
+def test_only_a_lack_of_room_the_scheduler_reported_makes_a_pod_unschedulable() -> None:
+    said = "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory."
+    assert pod_unschedulable(_scheduled("False", "Unschedulable", said)) == said
+    assert pod_unschedulable(_scheduled("False", "Unschedulable", "0/1 nodes are available: 1 Too many pods.")) is not None
+    assert pod_unschedulable(_scheduled("False", "Unschedulable", "0/1 nodes are available: 1 node(s) had untolerated taint.")) is None
+    assert pod_unschedulable(_scheduled("True")) is None and pod_unschedulable({"status": {"phase": "Pending"}}) is None
+    leaving = _scheduled("False", "Unschedulable", said) | {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert pod_unschedulable(leaving) is None and pod_terminating(leaving)
