@@ -178,7 +178,7 @@ class Engine:
             return skipped
         self.cycles += 1
         number = self.cycles
-        files = [f for c in changes for f in c.trigger_files]
+        files = list(dict.fromkeys(f for c in changes for f in c.trigger_files))
         self.out.cycle_start(
             number, "; ".join(sorted({c.reason for c in changes if c.reason})), files, services=[c.service for c in changes]
         )

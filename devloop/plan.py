@@ -45,13 +45,16 @@ class ServiceChange:
     rebuild: bool = False  # build (when the content tag is new), publish, apply, wait
     sync: tuple[str, ...] = ()  # context-relative files to copy into the running containers
     reapply: bool = False  # apply the manifests even when the image is unchanged
-    image_files: tuple[str, ...] = ()  # context-relative
-    manifest_files: tuple[str, ...] = ()
+    image_files: tuple[str, ...] = ()  # context-relative (as the Dockerfile and .dockerignore see them)
+    manifest_files: tuple[str, ...] = ()  # project-relative (as devloop.yaml names them)
     reason: str = ""
+    config_files: tuple[str, ...] = ()  # project-relative: the configuration whose reload this cycle applies
 
     @property
     def trigger_files(self) -> tuple[str, ...]:
-        return self.image_files + self.manifest_files
+        """What triggered the change, each file once: image files relative to the service's build
+        context, every other file (manifests, the configuration) relative to the project root."""
+        return tuple(dict.fromkeys(self.image_files + self.manifest_files + self.config_files))
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,11 @@ class Plan:
         return not self.services and not self.reload
 
 
-def everything(layouts: Sequence[ServiceLayout], reason: str) -> Plan:
-    """Every service rebuilt and applied (`up`, a reloaded configuration)."""
-    return Plan(services=tuple(ServiceChange(s.name, rebuild=True, reapply=True, reason=reason) for s in layouts))
+def everything(layouts: Sequence[ServiceLayout], reason: str, config_files: Sequence[str] = ()) -> Plan:
+    """Every service rebuilt and applied (`up`; a reloaded configuration, naming its files)."""
+    return Plan(
+        services=tuple(ServiceChange(s.name, rebuild=True, reapply=True, reason=reason, config_files=tuple(config_files)) for s in layouts)
+    )
 
 
 def needing_images(p: Plan, stale: set[str]) -> Plan:
@@ -121,9 +126,15 @@ def _reason(sync: bool, image: bool, manifests: bool) -> str:
     return " and ".join(parts)
 
 
-def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_files: Sequence[str] = ()) -> Plan:
+def relative(path: str, root: str) -> str:
+    """A file as devloop names it to people and in --json: relative to `root` (absolute without one)."""
+    return os.path.relpath(path, root) if root else path
+
+
+def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_files: Sequence[str] = (), root: str = "") -> Plan:
+    """`root`: the project's directory; manifests, configuration and ignored files are named relative to it."""
     settled = settle(changes)
-    configs = sorted({os.path.basename(ch.path) for ch in settled if ch.path in config_files})
+    configs = sorted({relative(ch.path, root) if root else os.path.basename(ch.path) for ch in settled if ch.path in config_files})
     if configs:
         return Plan(reload=True, config_files=tuple(configs))
     matched: set[str] = set()
@@ -131,17 +142,21 @@ def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_fil
     for layout in layouts:
         image: set[str] = set()
         manifests: set[str] = set()
+        both: set[str] = set()  # manifests that also reach the image: named once, as manifests
         deleted = False
         for ch in settled:
             # A manifest inside the build context (sample-app/k8s) is a manifest first; it also
             # reaches the image only if .dockerignore lets it.
-            if is_manifest(ch.path, layout):
-                manifests.add(ch.path)
+            manifest = is_manifest(ch.path, layout)
+            if manifest:
+                manifests.add(relative(ch.path, root))
                 matched.add(ch.path)
             if _under(ch.path, layout.context):
                 rel = os.path.relpath(ch.path, layout.context)
                 if layout.rules.reaches_image(rel):
                     image.add(rel)
+                    if manifest:
+                        both.add(rel)
                     deleted |= ch.deleted
                     matched.add(ch.path)
         if not image and not manifests:
@@ -156,10 +171,10 @@ def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_fil
                     layout.name,
                     rebuild=bool(image),
                     reapply=bool(manifests),
-                    image_files=files,
+                    image_files=tuple(f for f in files if f not in both),
                     manifest_files=tuple(sorted(manifests)),
                     reason=_reason(False, bool(image), bool(manifests)),
                 )
             )
-    ignored = tuple(sorted(ch.path for ch in settled if ch.path not in matched))
+    ignored = tuple(sorted({relative(ch.path, root) for ch in settled if ch.path not in matched}))
     return Plan(services=tuple(out), ignored=ignored)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ from devloop.manifests import KUSTOMIZATION_FILES
 from devloop.model import ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
-from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan
+from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan, relative
 from devloop.ports import Cluster
 from devloop.proc import Background
 from devloop.project import Deployed
@@ -372,10 +372,11 @@ class DevSession:
                     self.out.detail(f"resuming log streams: {e.message}")
             elif self.guard.admit(item.change.path, item.at, self.guard.build_started(item.at)):
                 changes.append(item.change)
-        todo = plan(changes, self._layouts(changes), self.engine.config_files())
+        root = str(self.config.root)
+        todo = plan(changes, self._layouts(changes), self.engine.config_files(), root)
         if rebuild:
             forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
-            todo = Plan(services=forced + tuple(c for c in todo.services if c.service not in rebuild), reload=todo.reload)
+            todo = replace(todo, services=forced + tuple(c for c in todo.services if c.service not in rebuild))
         if todo.reload:
             reloaded = self._reload(todo)
             if reloaded is None:
@@ -383,7 +384,8 @@ class DevSession:
             todo = reloaded
         if todo.nothing:
             if changes:
-                self.out.skipped("not part of any image or manifests", [c.path for c in changes])
+                said = todo.ignored or tuple(dict.fromkeys(relative(c.path, root) for c in changes))
+                self.out.skipped("not part of any image or manifests", list(said))
             return
         start = self.clock()
         results = self.engine.run(todo)
@@ -415,7 +417,7 @@ class DevSession:
             self.engine.hasher.follow(p for p, _ in roots)
         self._publish()
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
-        return everything(self._layouts(), "configuration changed")
+        return everything(self._layouts(), "configuration changed", todo.config_files)
 
     def _after(self, results: list[ServiceResult], first: bool = False) -> None:
         """After a cycle: publish what the cluster runs now, then follow the new pods (logs,

@@ -308,3 +308,13 @@ def test_an_unschedulable_pod_is_waited_for_while_an_old_pod_is_terminating(samp
     result = run(w.engine, [ServiceChange("web-app", rebuild=True, image_files=("server.js",))])[0]
     assert result.error is not None and "not ready after" in result.error.message  # never called unschedulable meanwhile
     assert clock.now >= w.engine.config.service("web-app").deploy.rollout_timeout
+
+
+def test_a_reload_cycle_names_the_configuration_once_in_its_json_events(shop: Path) -> None:
+    w = World(shop)
+    w.engine.up()
+    w.engine.run(everything(w.engine.layouts(), "configuration changed", ("devloop.yaml",)))
+    start = w.events("cycle_start")[-1]
+    assert start["files"] == ["devloop.yaml"] and sorted(start["services"]) == ["api", "web", "worker"]
+    done = [e for e in w.events("cycle_done") if e["cycle"] == start["cycle"]]
+    assert len(done) == 3 and all(e["files"] == ["devloop.yaml"] for e in done)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from devloop.ignore import IgnoreRules, parse_dockerignore
-from devloop.plan import Change, Plan, ServiceChange, ServiceLayout, plan
+from devloop.plan import Change, Plan, ServiceChange, ServiceLayout, everything, plan
 
 CTX = "/p/sample-app"
 CONFIGS = ("/p/devloop.yaml", "/p/kind-config.yaml")
@@ -140,3 +140,25 @@ def test_a_change_reaches_exactly_the_services_it_touches(layouts: list[ServiceL
 def test_a_config_change_is_a_reload_and_nothing_else() -> None:
     p = plan([Change("/p/devloop.yaml"), Change(f"{CTX}/server.js")], [LAYOUT], CONFIGS)
     assert p.reload and p.config_files == ("devloop.yaml",) and p.services == ()
+
+
+def test_files_are_named_relative_to_the_project_each_once_and_image_files_as_the_context_sees_them() -> None:
+    changes = [Change(f"{CTX}/server.js"), Change(f"{CTX}/k8s/deployment.yaml"), Change(f"{CTX}/server.js"), Change("/p/notes.txt")]
+    p = plan(changes, [LAYOUT], CONFIGS, root="/p")
+    c = one(p)
+    assert c is not None and c.trigger_files == ("server.js", "sample-app/k8s/deployment.yaml")
+    assert p.ignored == ("notes.txt",)
+    assert not any(os.path.isabs(f) for f in (*c.trigger_files, *p.ignored))
+
+
+def test_a_manifest_that_also_reaches_the_image_is_named_once() -> None:
+    layout = ServiceLayout("web", context=CTX, rules=IgnoreRules((), "Dockerfile", ()), manifests=(f"{CTX}/k8s",))
+    c = one(plan([Change(f"{CTX}/k8s/deployment.yaml")], [layout], root="/p"))
+    assert c is not None and c.rebuild and c.reapply and c.trigger_files == ("sample-app/k8s/deployment.yaml",)
+
+
+def test_a_reload_names_its_configuration_files_relative_to_the_project() -> None:
+    p = plan([Change("/p/devloop.yaml"), Change("/kind-config.yaml")], [LAYOUT], ("/p/devloop.yaml", "/kind-config.yaml"), root="/p")
+    assert p.reload and p.config_files == ("../kind-config.yaml", "devloop.yaml")
+    (c, *_) = everything([LAYOUT], "configuration changed", p.config_files).services
+    assert c.trigger_files == ("../kind-config.yaml", "devloop.yaml")
