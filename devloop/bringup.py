@@ -62,17 +62,18 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
                 done[svc.name] = (built, bool(moved))
                 said[svc.name] = _image_said(built, bool(moved), early)
             except DevloopError as e:
-                said[svc.name] = "failed to build" if built is None else "built, its push failed"
+                said[svc.name] = "failed to build" if built is None else ("built" if built else "already built") + ", its push failed"
                 engine.out.detail(
                     f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name
                 )
         images = engine.clock() - start
         while not creating.done():
             wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
-        creating.result()
+        created = creating.result()
     cluster = engine.clock() - start
     engine.out.info(
-        f"cluster created in {cluster:.1f}s; meanwhile {_images_said(said, early, images)}",
+        (f"cluster created in {cluster:.1f}s" if created else f"the cluster existed already (checked in {cluster:.1f}s)")
+        + f"; meanwhile {_images_said(said, early, images)}",
         cluster_seconds=round(cluster, 3),
         images_seconds=round(images, 3),
         images={name: what for name, what in said.items()},

@@ -66,10 +66,11 @@ def creation_failed(name: str, image: str, stderr: str, command: str) -> Cluster
     if "failed to pull image" in stderr or "✗ Ensuring node image" in stderr:
         found = [m.group(1) or m.group(2) for m in _PULLING.finditer(stderr)]
         node = image or (found[0] if found else "kind's default node image")
+        where = f"cluster.nodeImage in devloop.yaml names {node}" if image else f"{node} is kind's default (cluster.nodeImage is empty)"
         return ClusterUnavailable(
             f"kind could not create cluster {name!r}: it could not pull the node image {node}: {cause}",
-            f"set cluster.nodeImage in devloop.yaml to a kind node image this machine has (`docker images` lists them), or make "
-            f"{node} available here (`docker pull` it where the network allows, then `docker save` / `docker load`); see {NODE_IMAGE_DOC}",
+            f"{where}: make it available here (`docker pull` it where the network allows, then `docker save` / `docker load`), "
+            f"or set cluster.nodeImage to a kind node image this machine has (`docker images` lists them); see {NODE_IMAGE_DOC}",
         )
     return ClusterUnavailable(
         f"kind could not create cluster {name!r}: {cause}",

@@ -318,3 +318,26 @@ def test_a_reload_cycle_names_the_configuration_once_in_its_json_events(shop: Pa
     assert start["files"] == ["devloop.yaml"] and sorted(start["services"]) == ["api", "web", "worker"]
     done = [e for e in w.events("cycle_done") if e["cycle"] == start["cycle"]]
     assert len(done) == 3 and all(e["files"] == ["devloop.yaml"] for e in done)
+
+
+class CreatedMeanwhile(FakeKind):
+    """No cluster when `up` looks; one there when it goes to create it (another terminal's `up`)."""
+
+    def __init__(self) -> None:
+        super().__init__(clusters=())
+        self.asked = 0
+
+    def exists(self, name: str) -> bool:
+        self.asked += 1
+        if self.asked > 1 and name not in self.clusters:
+            self.clusters.append(name)
+        return super().exists(name)
+
+
+def test_up_does_not_say_it_created_a_cluster_that_was_there_when_it_went_to_create_it(shop: Path) -> None:
+    kind = CreatedMeanwhile()
+    w = World(shop, kind=kind)
+    w.engine.up()
+    assert kind.created == []
+    (said,) = [e for e in w.events("info") if "meanwhile" in e["message"]]
+    assert said["message"].startswith("the cluster existed already") and "every image built and pushed" in said["message"]

@@ -58,3 +58,16 @@ def test_the_kubectl_install_hint_names_a_way_that_works_on_debian_12() -> None:
     hint = INSTALL_HINTS["kubectl"]
     assert "apt-get install kubectl" not in hint  # Debian 12 has no kubectl package
     assert "devloop downloads kubectl" in hint and "pkgs.k8s.io" in hint
+
+
+def test_a_declared_node_image_kind_cannot_pull_is_named_as_cluster_node_image(tmp_path: Path) -> None:
+    cfg = tmp_path / "kind-config.yaml"
+    argv = ["kind", "create", "cluster", "--name", "devloop", "--config", str(cfg), "--wait", "120s", "--image", "mine/node:v1"]
+    stderr = NODE_PULL_FAILED.replace("kindest/node:v1.34.0@sha256:7416a61b", "mine/node:v1").replace(
+        "kindest/node:v1.34.0", "mine/node:v1"
+    )
+    runner = FakeRunner().expect(*argv, stderr=stderr, returncode=1)
+    with pytest.raises(ClusterUnavailable) as e:
+        Kind(runner).create("devloop", cfg, "mine/node:v1")
+    assert "could not pull the node image mine/node:v1" in e.value.message
+    assert e.value.hint.startswith("cluster.nodeImage in devloop.yaml names mine/node:v1")
