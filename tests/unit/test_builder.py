@@ -49,3 +49,13 @@ def test_an_unpullable_base_image_still_gets_the_base_image_hint() -> None:
     message, hint = failure_of(BASE_OFFLINE)
     assert "node:20-slim" in message and "base image could not be pulled" in hint
     assert "syntax" not in build_hint("RUN npm ci failed: exit code: 1 docker/dockerfile")  # a path is not the frontend
+
+
+def test_a_frontend_failure_told_only_in_the_final_error_line_still_names_the_syntax_line() -> None:
+    final = (
+        "ERROR: failed to solve: docker/dockerfile:1.7: failed to resolve source metadata for docker.io/docker/dockerfile:1.7: "
+        'failed to do request: Head "https://registry-1.docker.io/v2/docker/dockerfile/manifests/1.7": dial tcp: no such host'
+    )
+    message, hint = failure_of(final + "\n")
+    assert message.startswith("docker build failed: ") and "no such host" in message
+    assert "frontend image docker.io/docker/dockerfile:1.7" in hint and "base image" not in hint
