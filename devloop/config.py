@@ -42,6 +42,7 @@ DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REGISTRY = rf"^[a-zA-Z0-9.-]+(?::[0-9]+)?(?:/{_COMPONENT})*$"
+_TOKEN_HOST = r"^[a-zA-Z0-9.-]+(?::[0-9]+)?$"  # host[:port], as a Bearer realm's URL names it
 _IMAGE_NAME = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$"
 
 
@@ -126,6 +127,8 @@ class TargetConfig(_Model):
     namespace: NonEmpty | None = None  # default: the manifests' metadata.namespace, else the context's
     pull_secret: NonEmpty | None = None  # an imagePullSecret in that namespace (created by you; devloop only names it)
     insecure: bool = False  # the registry speaks plain HTTP (no TLS): must be said explicitly
+    # hosts besides the registry's own whose token service (a Bearer realm) may receive your Docker login
+    token_hosts: tuple[Annotated[str, Field(pattern=_TOKEN_HOST, strict=True)], ...] = ()
 
 
 def _unique_targets(targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
