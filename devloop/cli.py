@@ -6,9 +6,9 @@ import faulthandler
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
