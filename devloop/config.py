@@ -187,7 +187,8 @@ class LiveUpdateConfig(_Model):
     Off by default: devloop then wraps the container's command in a small restart loop (dev only)."""
 
     enabled: bool = False
-    target: Annotated[str, Field(pattern=r"^/")] = "/app"  # where the Dockerfile copies the context
+    # where the Dockerfile copies the context: an absolute path of plain characters (the sync's shell reads it unquoted)
+    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = "/app"
     fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
@@ -518,7 +519,9 @@ def _message(err: ErrorDetails, keys: tuple[int | str, ...]) -> str:
         if keys[-1:] == ("name",):
             return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
         if keys[-1:] == ("target",):
-            return f"{got!r}: must be an absolute path in the container"
+            return f"{got!r}: must be an absolute path in the container, of letters, digits and . _ @ + / - (no spaces or wildcards)"
+        if "tokenHosts" in keys:
+            return f"{got!r}: must be a host or host:port (no scheme, no path)"
         return f"{got!r} is not valid here"
     if kind == "too_short":
         return "must list at least one entry"

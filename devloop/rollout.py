@@ -16,26 +16,12 @@ from devloop.model import ImageRef, ServiceState
 from devloop.output import Output
 from devloop.ports import Changes, Cluster
 from devloop.project import Deployed
-from devloop.workload import (
-    pod_failure,
-    pod_images,
-    pod_name,
-    pod_pending_reason,
-    pod_ready,
-    pod_settled,
-    pod_terminating,
-    pod_unschedulable,
-    rollout_progress,
-)
+from devloop.workload import pod_failure, pod_images, pod_name, pod_pending_reason, pod_ready, pod_settled, rollout_progress
 
 POLL_INTERVAL = 0.5
 WATCH_FALLBACK = 2.0  # at most this long between reads of a rollout's state when no watch event comes
 SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
 REVISION = "deployment.kubernetes.io/revision"
-# A new pod the scheduler found no room for fails the rollout once nothing could make room for this
-# long: no pod of the namespace terminating, the same pods there (an old pod just gone is retried by
-# the scheduler within its backoff, at most 10 s).
-NO_ROOM_GRACE = 12.0
 
 _ERROR_LINE = re.compile(r"\b(?:[A-Z]\w*)?(?:Error|Exception)\b|\bERR!|\bpanic:|\bFATAL\b")
 
@@ -48,19 +34,6 @@ def log_excerpt(lines: list[str], size: int = 8) -> list[str]:
             start = max(0, i - 4)
             return lines[start : start + size]
     return lines[-size:]
-
-
-def no_room_failure(pod: str, scheduler: str) -> CycleFailed:
-    """A new pod no node has room for: the scheduler's words and the fix that fits."""
-    lacking = sorted(set(re.findall(r"Insufficient ([\w./-]+)", scheduler)))
-    if lacking:
-        fix = (
-            f"the pod requests more {' and '.join(lacking)} than a node has free: lower resources.requests in the manifest, "
-            "or give the cluster a bigger node (more CPU/memory for Docker) or run fewer replicas"
-        )
-    else:
-        fix = "the node runs as many pods as it may: run fewer replicas, or add a node"
-    return CycleFailed("rollout", f"pod {pod} cannot be scheduled: {scheduler}", fix)
 
 
 class Rollout:
@@ -80,7 +53,6 @@ class Rollout:
         feed = self.kube.changes(ns)
         with self.out.activity(f"rolling out {name}"):
             last = ""
-            no_room: tuple[float, frozenset[str]] | None = None  # since when, and the namespace's pods then
             while True:
                 seen = feed.generation
                 dep = self.kube.get("deployment", name, ns)
@@ -106,16 +78,6 @@ class Rollout:
                     reason = pod_failure(p)
                     if reason:
                         raise self.pod_failed(pod_name(p), ns, reason)
-                stuck = [(pod_name(p), why) for p in pods if image in pod_images(p) and (why := pod_unschedulable(p))]
-                if not stuck:
-                    no_room = None
-                else:
-                    everyone = self.kube.pods(ns, {})
-                    names = frozenset(pod_name(p) for p in everyone)
-                    if no_room is None or names != no_room[1] or any(pod_terminating(p) for p in everyone):
-                        no_room = (self.clock(), names)  # room may still be made: the normal wait
-                    elif self.clock() - no_room[0] >= NO_ROOM_GRACE:
-                        raise no_room_failure(*stuck[0])
                 if self.clock() >= deadline:
                     waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if image in pod_images(p) and not pod_ready(p)]
                     raise CycleFailed(

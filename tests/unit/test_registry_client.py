@@ -190,11 +190,12 @@ class _TokenRegistry(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         assert isinstance(self.server, http.server.HTTPServer)
+        headers: dict[str, str] = {}
         if self.path.startswith("/token"):
             self.sent.append(self.headers.get("Authorization", ""))
-            body, code, headers = {"token": "tok"}, 200, {}
+            body, code = {"token": "tok"}, 200
         elif self.headers.get("Authorization") == "Bearer tok":
-            body, code, headers = {}, 200, {}
+            body, code = {}, 200
         else:
             realm = self.realm.format(port=self.server.server_port)
             body, code, headers = {}, 401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}
