@@ -142,16 +142,47 @@ def _unique_targets(targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ..
 Targets = Annotated[tuple[TargetConfig, ...], AfterValidator(_unique_targets)]
 
 
+class BuildSecret(_Model):
+    """A BuildKit build secret (`RUN --mount=type=secret,id=…`): where its value is, never the value."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$", strict=True)]
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", strict=True)] | None = None  # an environment variable's name
+    file: PathText | None = None  # a file (relative to devloop.yaml's directory)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSecret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(f"build secret {self.id!r}: give either `env` (a variable's name) or `file` (a path), not both")
+        return self
+
+
+def _unique_secrets(secrets: tuple[BuildSecret, ...]) -> tuple[BuildSecret, ...]:
+    ids = [s.id for s in secrets]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise ValueError(f"two build secrets have the id {i!r}")
+    return secrets
+
+
 class ImageConfig(_Model):
     name: Annotated[str, Field(pattern=_IMAGE_NAME, strict=True)]
     context: PathText = Path(".")
     dockerfile: NonEmpty = "Dockerfile"
     build_args: dict[str, Annotated[str, BeforeValidator(_text)]] = Field(default_factory=dict)
     target: NonEmpty | None = None  # a build stage
+    secrets: Annotated[tuple[BuildSecret, ...], AfterValidator(_unique_secrets)] = ()  # BuildKit --secret
 
     @property
     def dockerfile_path(self) -> Path:
         return self.context / self.dockerfile
+
+    @property
+    def secret_files(self) -> dict[str, Path]:
+        return {s.id: s.file for s in self.secrets if s.file is not None}
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        return {s.id: s.env for s in self.secrets if s.env is not None}
 
 
 class RollingUpdate(_Model):
@@ -553,7 +584,12 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
         s = s.model_copy(
             update={
-                "image": s.image.model_copy(update={"context": context}),
+                "image": s.image.model_copy(
+                    update={
+                        "context": context,
+                        "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
+                    }
+                ),
                 "deploy": s.deploy.model_copy(update={"manifests": manifests}),
             }
         )

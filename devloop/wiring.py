@@ -57,8 +57,9 @@ class DetectedBuilder:
         on_line: Callable[[str], None] = quiet,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str:
-        return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets)
+        return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets, secret_env=secret_env)
 
 
 def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> Callable[[Config], Transport]:
