@@ -47,7 +47,7 @@ class _CarelessBuild(FakeRunner):
             "#5 [2/2] RUN npm ci",
             f"#5 0.512 npm ERR! 401 Unauthorized with token {TOKEN}",
             f"#5 0.513 {CERT}",
-            "#5 ERROR: process \"/bin/sh -c npm ci\" did not complete successfully: exit code: 1",
+            '#5 ERROR: process "/bin/sh -c npm ci" did not complete successfully: exit code: 1',
             "------",
             " > [2/2] RUN npm ci:",
             f"#5 0.512 npm ERR! 401 Unauthorized with token {TOKEN}",
