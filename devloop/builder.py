@@ -347,7 +347,9 @@ def _secret_values(files: Mapping[str, Path], env: Mapping[str, str]) -> list[st
                 f"export {var} in the shell that runs devloop",
             )
         values.append(os.environ[var])
-    return sorted({v.strip() for v in values if len(v.strip()) >= 4} | {v for v in values if len(v) >= 4}, key=len, reverse=True)
+    # the whole value, and each line of a value of several (a build line holds one line); the longest first
+    pieces = {v.strip() for v in values} | {line.strip() for v in values for line in v.splitlines()}
+    return sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True)  # shorter: too common to hide
 
 
 def _redact(line: str, values: Sequence[str]) -> str:

@@ -20,7 +20,8 @@ from tests.unit.fakes import FakeRunner
 from tests.unit.test_engine import World, run
 
 TOKEN = "npm_Zq8r-s3cret-token-value"  # what the environment variable holds
-CERT = "-----cert s3cret body-----"  # what the file holds
+CERT = "-----cert s3cret body-----"  # what the file holds (its first line)
+CERT_2 = "second-line-of-the-s3cret"
 SECRETS = "image: {secrets: [{id: npm, env: NPM_TOKEN}, {id: cert, file: certs/ca.pem}]}\n"
 
 
@@ -47,6 +48,7 @@ class _CarelessBuild(FakeRunner):
             "#5 [2/2] RUN npm ci",
             f"#5 0.512 npm ERR! 401 Unauthorized with token {TOKEN}",
             f"#5 0.513 {CERT}",
+            f"#5 0.513 {CERT_2}",
             '#5 ERROR: process "/bin/sh -c npm ci" did not complete successfully: exit code: 1',
             "------",
             " > [2/2] RUN npm ci:",
@@ -62,7 +64,7 @@ class _CarelessBuild(FakeRunner):
 def secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Path], dict[str, str]]:
     monkeypatch.setenv("NPM_TOKEN", TOKEN)
     cert = tmp_path / "ca.pem"
-    cert.write_text(CERT + "\n")
+    cert.write_text(f"{CERT}\n{CERT_2}\n")
     return {"cert": cert}, {"npm": "NPM_TOKEN"}
 
 
@@ -83,7 +85,7 @@ def test_buildkit_gets_each_secret_by_reference_and_no_output_shows_a_value(
     assert "id=npm,env=NPM_TOKEN" in argv and f"id=cert,src={files['cert']}" in argv  # by reference
     said = "\n".join([" ".join(argv), e.value.message, e.value.hint, *e.value.details, out_buf.getvalue()])
     assert "401 Unauthorized with token ***" in said  # the build's words stay, the value does not
-    assert TOKEN not in said and CERT not in said
+    assert TOKEN not in said and CERT not in said and CERT_2 not in said
 
 
 def test_a_secret_whose_variable_or_file_is_missing_is_named_without_a_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
