@@ -105,9 +105,10 @@ class ClassicSDK:
         on_line: Callable[[str], None] = _noop,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str:
         _check_dockerfile(context, dockerfile)
-        if secrets:
+        if secrets or secret_env:
             raise ConfigError(
                 "build secrets need BuildKit, and this machine's docker has none devloop can use",
                 "install the docker buildx plugin (or a docker CLI whose `DOCKER_BUILDKIT=1 docker build` works)",
@@ -285,6 +286,7 @@ class BuildKitCLI:
         target: str | None,
         iidfile: Path,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> list[str]:
         argv = [*self.command, "--progress=plain", "--iidfile", str(iidfile), "-t", tag, "-f", str(context / dockerfile)]
         for k in sorted(build_args):
@@ -294,6 +296,8 @@ class BuildKitCLI:
         given = secrets or {}
         for sid in sorted(given):
             argv += ["--secret", f"id={sid},src={Path(given[sid]).resolve()}"]
+        for sid, var in sorted((secret_env or {}).items()):  # the CLI reads the variable itself: the value is never on argv
+            argv += ["--secret", f"id={sid},env={var}"]
         return [*argv, str(context)]
 
     def build(
@@ -306,16 +310,17 @@ class BuildKitCLI:
         on_line: Callable[[str], None] = _noop,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str:
         _check_dockerfile(context, dockerfile)
-        for sid, src in (secrets or {}).items():
-            if not Path(src).is_file():
-                raise ConfigError(f"build secret {sid!r}: {src} is not a file", "point the secret at an existing file")
+        hide = _secret_values(secrets or {}, secret_env or {})
         progress = PlainProgress(on_line)
         with tempfile.TemporaryDirectory(prefix="devloop-build-") as tmp:
             iidfile = Path(tmp) / "iid"
             child = self._runner.spawn(
-                self.argv(context, dockerfile, tag, build_args, target, iidfile, secrets), on_line=progress.feed, env=self.env
+                self.argv(context, dockerfile, tag, build_args, target, iidfile, secrets, secret_env),
+                on_line=lambda line: progress.feed(_redact(line, hide)),  # a step that prints a secret shows ***
+                env=self.env,
             )
             try:
                 code = child.wait()
@@ -336,6 +341,32 @@ class BuildKitCLI:
                 "build", f"docker build of {tag} reported success but wrote no image ID", "run `docker build` by hand to see why"
             )
         return image_id
+
+
+def _secret_values(files: Mapping[str, Path], env: Mapping[str, str]) -> list[str]:
+    """The secrets' values (to hide them in the build's output), checking each is there; an error
+    names the secret and where it should be, never its value."""
+    values: list[str] = []
+    for sid, src in files.items():
+        if not Path(src).is_file():
+            raise ConfigError(f"build secret {sid!r}: {src} is not a file", "point the secret at an existing file")
+        values.append(Path(src).read_text(errors="replace"))
+    for sid, var in env.items():
+        if not os.environ.get(var):
+            raise ConfigError(
+                f"build secret {sid!r}: the environment variable {var} is not set (or empty)",
+                f"export {var} in the shell that runs devloop",
+            )
+        values.append(os.environ[var])
+    # the whole value, and each line of a value of several (a build line holds one line); the longest first
+    pieces = {v.strip() for v in values} | {line.strip() for v in values for line in v.splitlines()}
+    return sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True)  # shorter: too common to hide
+
+
+def _redact(line: str, values: Sequence[str]) -> str:
+    for v in values:
+        line = line.replace(v, "***")
+    return line
 
 
 # --- detection ----------------------------------------------------------------------------------------------

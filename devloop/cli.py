@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import signal
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import typer
 from devloop import __version__, proc
 from devloop import config as config_mod
 from devloop import manifests as mf
-from devloop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DevloopError
+from devloop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DevloopBug, DevloopError
 from devloop.output import Output
 
 if TYPE_CHECKING:  # the engine is imported lazily to keep `devloop --help` fast
@@ -94,9 +97,37 @@ def _run(ctx: typer.Context, body: Callable[[Output], int]) -> NoReturn:
     except KeyboardInterrupt:
         out.info("interrupted; stopping everything devloop started")
         code = EXIT_INTERRUPTED
+    except Exception as e:  # a devloop bug: its own exit code, one line, the traceback in a file
+        bug = DevloopBug(f"devloop bug ({type(e).__name__}: {_first_line(e)}); the full traceback is in {_crash_file()}")
+        out.error(bug)
+        if opts.debug:
+            traceback.print_exc()
+        code = bug.exit_code
     finally:
         proc.terminate_all()
     raise typer.Exit(code)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _crash_file() -> Path:
+    """Writes the exception being handled, with its traceback, to a new file in devloop's state
+    directory ($XDG_STATE_HOME/devloop, else ~/.local/state/devloop; the temp directory if neither
+    is writable) and says where."""
+    text = f"devloop {__version__}: {' '.join(sys.argv)}\n{traceback.format_exc()}"
+    name = f"crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    xdg = os.environ.get("XDG_STATE_HOME")
+    state = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    for directory in (state / "devloop", Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(text)
+            return directory / name
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir()) / name  # not written: the name still says when it happened
 
 
 def _load(opts: Options) -> config_mod.Config:

@@ -42,6 +42,7 @@ DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REGISTRY = rf"^[a-zA-Z0-9.-]+(?::[0-9]+)?(?:/{_COMPONENT})*$"
+_TOKEN_HOST = r"^[a-zA-Z0-9.-]+(?::[0-9]+)?$"  # host[:port], as a Bearer realm's URL names it
 _IMAGE_NAME = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$"
 
 
@@ -126,6 +127,8 @@ class TargetConfig(_Model):
     namespace: NonEmpty | None = None  # default: the manifests' metadata.namespace, else the context's
     pull_secret: NonEmpty | None = None  # an imagePullSecret in that namespace (created by you; devloop only names it)
     insecure: bool = False  # the registry speaks plain HTTP (no TLS): must be said explicitly
+    # hosts besides the registry's own whose token service (a Bearer realm) may receive your Docker login
+    token_hosts: tuple[Annotated[str, Field(pattern=_TOKEN_HOST, strict=True)], ...] = ()
 
 
 def _unique_targets(targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ...]:
@@ -139,16 +142,47 @@ def _unique_targets(targets: tuple[TargetConfig, ...]) -> tuple[TargetConfig, ..
 Targets = Annotated[tuple[TargetConfig, ...], AfterValidator(_unique_targets)]
 
 
+class BuildSecret(_Model):
+    """A BuildKit build secret (`RUN --mount=type=secret,id=…`): where its value is, never the value."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$", strict=True)]
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", strict=True)] | None = None  # an environment variable's name
+    file: PathText | None = None  # a file (relative to devloop.yaml's directory)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSecret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(f"build secret {self.id!r}: give either `env` (a variable's name) or `file` (a path), not both")
+        return self
+
+
+def _unique_secrets(secrets: tuple[BuildSecret, ...]) -> tuple[BuildSecret, ...]:
+    ids = [s.id for s in secrets]
+    for i in ids:
+        if ids.count(i) > 1:
+            raise ValueError(f"two build secrets have the id {i!r}")
+    return secrets
+
+
 class ImageConfig(_Model):
     name: Annotated[str, Field(pattern=_IMAGE_NAME, strict=True)]
     context: PathText = Path(".")
     dockerfile: NonEmpty = "Dockerfile"
     build_args: dict[str, Annotated[str, BeforeValidator(_text)]] = Field(default_factory=dict)
     target: NonEmpty | None = None  # a build stage
+    secrets: Annotated[tuple[BuildSecret, ...], AfterValidator(_unique_secrets)] = ()  # BuildKit --secret
 
     @property
     def dockerfile_path(self) -> Path:
         return self.context / self.dockerfile
+
+    @property
+    def secret_files(self) -> dict[str, Path]:
+        return {s.id: s.file for s in self.secrets if s.file is not None}
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        return {s.id: s.env for s in self.secrets if s.env is not None}
 
 
 class RollingUpdate(_Model):
@@ -184,7 +218,8 @@ class LiveUpdateConfig(_Model):
     Off by default: devloop then wraps the container's command in a small restart loop (dev only)."""
 
     enabled: bool = False
-    target: Annotated[str, Field(pattern=r"^/")] = "/app"  # where the Dockerfile copies the context
+    # where the Dockerfile copies the context: an absolute path of plain characters (the sync's shell reads it unquoted)
+    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = "/app"
     fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
@@ -515,7 +550,9 @@ def _message(err: ErrorDetails, keys: tuple[int | str, ...]) -> str:
         if keys[-1:] == ("name",):
             return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
         if keys[-1:] == ("target",):
-            return f"{got!r}: must be an absolute path in the container"
+            return f"{got!r}: must be an absolute path in the container, of letters, digits and . _ @ + / - (no spaces or wildcards)"
+        if "tokenHosts" in keys:
+            return f"{got!r}: must be a host or host:port (no scheme, no path)"
         return f"{got!r} is not valid here"
     if kind == "too_short":
         return "must list at least one entry"
@@ -547,7 +584,12 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
         s = s.model_copy(
             update={
-                "image": s.image.model_copy(update={"context": context}),
+                "image": s.image.model_copy(
+                    update={
+                        "context": context,
+                        "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
+                    }
+                ),
                 "deploy": s.deploy.model_copy(update={"manifests": manifests}),
             }
         )

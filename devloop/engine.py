@@ -307,7 +307,14 @@ class Engine:
         img = svc.image
         with self._build_slots, self.out.activity(f"building {ref.local}"):
             self.builder.build(
-                img.context, img.dockerfile, ref.local, img.build_args, img.target, lambda line: self.out.detail(line, service=svc.name)
+                img.context,
+                img.dockerfile,
+                ref.local,
+                img.build_args,
+                img.target,
+                lambda line: self.out.detail(line, service=svc.name),
+                secrets=img.secret_files,
+                secret_env=img.secret_env,
             )
         return True
 

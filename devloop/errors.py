@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a build, load or rollout failed (`up`), or `status`/`doctor` found a problem
 EXIT_USAGE = 2  # bad command line or bad configuration
 EXIT_ENVIRONMENT = 3  # a tool or service devloop needs is missing or stopped
+EXIT_BUG = 4  # a devloop bug (an unexpected exception); its traceback is written to a crash file
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -47,6 +48,12 @@ class DockerUnavailable(EnvironmentMissing):
 
 class ClusterUnavailable(EnvironmentMissing):
     """The kind cluster is missing or its API server does not answer."""
+
+
+class DevloopBug(DevloopError):
+    """An exception devloop did not expect: a bug in devloop, never "a service failed"."""
+
+    exit_code = EXIT_BUG
 
 
 class CommandFailed(DevloopError):

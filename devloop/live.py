@@ -254,7 +254,7 @@ READY = "@@devloop-agent"
 AGENT = f"""command -v base64 >/dev/null 2>&1 || {{ echo "{READY} no-base64"; exit 0; }}
 echo "{READY} ok"
 while IFS= read -r hdr && IFS= read -r data; do
-  printf '%s' "$data" | base64 -d | (set -- $hdr; {SYNC}
+  printf '%s' "$data" | base64 -d | (set -f; set -- $hdr; {SYNC}
 ) 2>&1
   echo "{DONE} $?"
 done"""
@@ -432,7 +432,10 @@ class LiveSync:
         ns = deployed.namespace
         names = self._replicas(deployed, st)
         containers = deployed.containers(svc.image.name)
-        payload = tar_files(svc.image.context, files)
+        try:
+            payload = tar_files(svc.image.context, files)
+        except OSError as e:  # a file deleted (or unreadable) between the plan and the sync: the image has the truth
+            raise NoSync(f"{Path(e.filename or '?').name}: {e.strerror or e} since the change was seen") from None
         ports = [port for c in containers for port in port_args(c)]
         budget = restart_budget(containers)
         self.restarts.forget_except(names)

@@ -106,7 +106,9 @@ class Publisher(Protocol):
 class Builder(Protocol):
     """Builds `context` with `dockerfile` (relative to it), tags the result `tag`, returns the image ID.
 
-    Every output line goes to `on_line`; a failure raises CycleFailed("build", "<step> failed: …")."""
+    Every output line goes to `on_line`; a failure raises CycleFailed("build", "<step> failed: …").
+    Build secrets (BuildKit only): `secrets` id → a file, `secret_env` id → an environment variable's
+    name; their values never appear on a command line, in an output line or in an error."""
 
     @property
     def name(self) -> str: ...
@@ -121,4 +123,5 @@ class Builder(Protocol):
         on_line: Callable[[str], None] = quiet,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str: ...

@@ -25,7 +25,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -113,9 +113,11 @@ class RegistryClient:
         certs_dir: Path = CERTS_DIR,
         timeout: float = TIMEOUT,
         proxies: bool = True,
+        token_hosts: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.insecure = insecure
+        self._token_hosts = frozenset(h.lower() for h in token_hosts)  # besides the registry's own host
         self._credentials = credentials
         self._certs_dir = certs_dir
         self._timeout = timeout
@@ -231,6 +233,7 @@ class RegistryClient:
             raise RegistryUnavailable(
                 f"registry {self.host}: unsupported authentication {scheme!r}", "use a registry with basic or token auth"
             )
+        self._trust_realm(params["realm"])
         query = {"service": params.get("service", "")}
         if scope or params.get("scope"):
             query["scope"] = scope or params["scope"]
@@ -247,6 +250,23 @@ class RegistryClient:
         if not token:
             raise RegistryUnavailable(f"registry {self.host}: token service gave no token", "check the registry")
         return f"Bearer {token}"
+
+    def _trust_realm(self, realm: str) -> None:
+        """A token service gets the user's Docker credentials only over TLS (unless the target says
+        `insecure: true`), and only on the registry's own host or one its target declares in `tokenHosts`."""
+        url = urllib.parse.urlsplit(realm)
+        if url.scheme != "https" and not (self.insecure and url.scheme == "http"):
+            raise RegistryAuthFailed(
+                f"registry {self.host}: its token service {realm} is not https; devloop sends your credentials only over TLS",
+                "use a registry whose token service speaks https (or set `insecure: true` on a target you trust)",
+            )
+        own = urllib.parse.urlsplit(f"//{self.host}").hostname or self.host
+        host = (url.hostname or "").lower()
+        if host != own.lower() and host not in self._token_hosts and url.netloc.lower() not in self._token_hosts:
+            raise RegistryAuthFailed(
+                f"registry {self.host}: its token service is on another host ({url.netloc}); devloop did not send your credentials there",
+                f"if you trust {host} with your Docker login for {self.host}, add it to the target's `tokenHosts`",
+            )
 
     # -- the calls ----------------------------------------------------------------------------------
     def ping(self) -> int:

@@ -57,8 +57,9 @@ class DetectedBuilder:
         on_line: Callable[[str], None] = quiet,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str:
-        return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets)
+        return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets, secret_env=secret_env)
 
 
 def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> Callable[[Config], Transport]:
@@ -98,7 +99,7 @@ def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> C
 def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker: Images) -> Target:
     if spec.remote:
         address = Address.parse(spec.registry)
-        publisher = RemotePublisher(docker, RegistryClient(address.host, insecure=spec.insecure), address)
+        publisher = RemotePublisher(docker, RegistryClient(address.host, insecure=spec.insecure, token_hosts=spec.token_hosts), address)
         return RemoteTarget(spec, kube=kube, publisher=publisher, registry_host=address.host, out=out)
     kind = Kind()
     return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)

@@ -34,6 +34,7 @@ class TargetSpec:
     pull_secret: str | None = None
     insecure: bool = False
     remote: bool = False
+    token_hosts: tuple[str, ...] = ()  # hosts besides the registry's own that may receive the Docker login (a token service)
 
     def describe(self) -> str:
         return f"target {self.name} (context {self.context})" if self.remote else f"kind cluster (context {self.context})"
@@ -49,7 +50,7 @@ def resolve(config: Config, name: str | None) -> TargetSpec:
     if name is None:
         return TargetSpec("kind", config.cluster.context)
     t = config.target(name)
-    return TargetSpec(t.name, t.context, t.registry, t.namespace, t.pull_secret, t.insecure, remote=True)
+    return TargetSpec(t.name, t.context, t.registry, t.namespace, t.pull_secret, t.insecure, remote=True, token_hosts=t.token_hosts)
 
 
 def require_context(spec: TargetSpec, contexts: Sequence[str]) -> None:

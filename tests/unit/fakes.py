@@ -343,6 +343,7 @@ class FakeDocker(ImageStore, Builder):
     def __init__(self) -> None:
         self.present: set[str] = set()
         self.builds: list[str] = []
+        self.secrets_seen: list[dict[str, object]] = []  # per build: secret id → its file or variable name
         self.failing: dict[str, Exception] = {}  # image repository → the error its build raises
 
     # ImageStore
@@ -373,11 +374,13 @@ class FakeDocker(ImageStore, Builder):
         on_line: Callable[[str], None] = quiet,
         *,
         secrets: Mapping[str, Path] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> str:
         error = self.failing.get(tag.rpartition(":")[0])
         if error is not None:
             raise error
         self.builds.append(tag)
+        self.secrets_seen.append({**(secrets or {}), **(secret_env or {})})
         self.present.add(tag)
         return "sha256:fake"
 

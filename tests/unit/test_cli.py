@@ -67,3 +67,40 @@ def test_doctor_gives_a_fix_for_each_failed_check(sample_copy: Path, monkeypatch
         assert checks[name]["ok"] is False and checks[name]["fix"], name
     assert "inotify" in checks
     assert os.environ["PATH"].endswith("empty-bin")
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_devloop_bug_exits_4_with_one_line_and_the_traceback_in_a_crash_file(
+    sample_copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, json_mode: bool
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug deep inside")
+
+    monkeypatch.chdir(sample_copy)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr("devloop.config.load", broken)
+    result = runner.invoke(app, ["--json", "status"] if json_mode else ["status"])
+    assert result.exit_code == 4  # not 1: nothing says a service failed
+    assert "Traceback" not in result.output
+    if json_mode:
+        record = json.loads(result.stdout.strip().splitlines()[-1])
+        assert record["event"] == "error" and record["exit_code"] == 4 and record["kind"] == "DevloopBug"
+        message = record["message"]
+    else:
+        (message,) = result.output.strip().splitlines()  # one line
+    assert "devloop bug (ZeroDivisionError: a bug deep inside)" in message
+    (crash,) = (tmp_path / "state" / "devloop").glob("crash-*.log")
+    assert str(crash) in message
+    assert "Traceback" in crash.read_text() and "a bug deep inside" in crash.read_text()
+
+
+def test_a_devloop_bug_shows_its_traceback_with_debug(sample_copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug deep inside")
+
+    monkeypatch.chdir(sample_copy)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr("devloop.config.load", broken)
+    result = runner.invoke(app, ["--debug", "status"])
+    assert result.exit_code == 4
+    assert "Traceback" in result.output and "ZeroDivisionError: a bug deep inside" in result.output

@@ -73,6 +73,11 @@ def test_file_values_and_relative_paths(sample_copy: Path) -> None:
         ("image: {buildArgs: {A: [1]}}\n", "image.buildArgs.A: must be a non-empty string, got a list"),
         ("- just\n- a list\n", "(top level): must be a mapping"),
         ("image: {context: [unclosed\n", "not valid YAML (line 2"),
+        # the live sync's shell reads the target unquoted: plain characters only
+        ("liveUpdate: {target: '/app/*'}\n", "liveUpdate.target: '/app/*': must be an absolute path in the container, of letters"),
+        ("liveUpdate: {target: '/app dir'}\n", "liveUpdate.target: '/app dir': must be an absolute path"),
+        ("liveUpdate: {target: '/app;rm -rf x'}\n", "liveUpdate.target: '/app;rm -rf x': must be an absolute path"),
+        ("liveUpdate: {target: '/app/$(id)'}\n", "liveUpdate.target: '/app/$(id)': must be an absolute path"),
     ],
 )
 def test_bad_config_names_file_and_key(sample_copy: Path, text: str, message: str) -> None:

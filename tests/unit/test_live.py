@@ -214,3 +214,17 @@ def test_the_pacer_remembers_only_recent_pods() -> None:
         pacer.restart(f"web-{i}", None, lambda: None)
     assert len(pacer._pods) == live.KEEP_PODS
     assert "web-0" not in pacer._pods and f"web-{live.KEEP_PODS + 49}" in pacer._pods
+
+
+def test_a_file_deleted_between_the_plan_and_the_sync_means_a_rebuild(sample_copy: Path) -> None:
+    w = World(sample_copy, "liveUpdate: {enabled: true}\n")
+    w.engine.up()
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text().replace("sample-app v1", "sample-app v2"))
+    # the plan saw helper.js change too; it is gone by the time the sync reads it
+    r = run(w.engine, [ServiceChange("web-app", sync=("server.js", "helper.js"), image_files=("server.js",))])[0]
+    assert r.ok and not r.synced and not w.cluster.execs  # rebuilt and rolled out, nothing half-synced
+    assert any(
+        "live update not possible (helper.js: No such file or directory since the change was seen); rebuilding" in e["message"]
+        for e in w.events("detail")
+    )

@@ -116,6 +116,17 @@ def test_a_failing_sync_says_why_and_the_channel_stays_usable(pod: tuple[Path, s
     chans.close()
 
 
+def test_the_agent_never_expands_a_wildcard_in_the_target(pod: tuple[Path, subprocess.Popen[bytes], str], tmp_path: Path) -> None:
+    app, _, state = pod
+    chans = channels(state)
+    ch = chans.get("web-1", "default")
+    with pytest.raises(live.SyncFailed) as e:  # `ap?` is a name, not a pattern that finds `app`
+        ch.sync(str(app.parent / "ap?"), [], source(tmp_path, "v2"))
+    assert any("cannot unpack" in line for line in e.value.lines)
+    assert not (app / "server.js").exists()
+    chans.close()
+
+
 def test_an_image_without_base64_has_no_channel(pod: tuple[Path, subprocess.Popen[bytes], str], tmp_path: Path) -> None:
     _, _, state = pod
     bin_dir = tmp_path / "bin"

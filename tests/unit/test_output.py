@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 from devloop.errors import CycleFailed
 from devloop.output import Output
@@ -68,3 +69,29 @@ def test_on_a_terminal_the_spinner_follows_the_progress_of_a_long_step() -> None
         assert str(spinner.status) == "web-app: pushing localhost:5001/my-web-app:dl-1: 120.0 / 298.0 MB"
     assert not out._spinners
     out.progress("web-app", "rollout 2/3")  # no spinner left: nothing to update, no error
+
+
+def test_two_services_building_at_once_each_show_a_spinner_on_a_terminal() -> None:
+    """The engine builds services in parallel threads, each inside `activity`: two spinners at once.
+    rich before 14.1 refuses the second (LiveError: only one live display); pyproject's floor is 14.1."""
+    stdout = io.StringIO()
+    out = Output(stdout=stdout, stderr=io.StringIO(), force_terminal=True)
+    both_open = threading.Barrier(2, timeout=30)  # a bound on a hang, not a speed figure
+    errors: list[BaseException] = []
+
+    def build(service: str) -> None:
+        try:
+            with out.activity(f"building {service}"):
+                both_open.wait()  # the two spinners are open together
+                both_open.wait()
+        except BaseException as e:
+            errors.append(e)
+            both_open.abort()
+
+    threads = [threading.Thread(target=build, args=(s,)) for s in ("web", "api")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []  # not LiveError('Only one live display may be active at once')
+    assert "building " in stdout.getvalue()  # a spinner was drawn (a terminal view, not the plain one)

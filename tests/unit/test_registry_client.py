@@ -4,25 +4,32 @@ remote side (TLS, Basic and token login) is tested in test_release.py."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from devloop.config import RegistryConfig
+from devloop.config import Config, RegistryConfig, parse_text
+from devloop.errors import EXIT_ENVIRONMENT, ConfigError
 from devloop.gc import GCError, HttpRegistry
 from devloop.images import Images
 from devloop.registry import LocalRegistry
-from devloop.registry_client import MANIFEST_TYPES, challenge
+from devloop.registry_client import MANIFEST_TYPES, RegistryAuthFailed, RegistryClient, challenge
+from devloop.targets import resolve
 from tests.unit.fakes import FakeCluster
 
 CONFIG = {"created": "2024-01-01T00:00:02Z"}
 CONFIG_DIGEST = "sha256:" + hashlib.sha256(json.dumps(CONFIG).encode()).hexdigest()
+REPO = Path(__file__).resolve().parents[2]
 NO_DOCKER = Images(lambda: pytest.fail("the registry's API needs no Docker"))
 IMAGE = {"config": {"digest": CONFIG_DIGEST, "size": 7}, "layers": [{"digest": "sha256:l1", "size": 100}]}
 
@@ -166,3 +173,105 @@ def test_a_local_registry_that_is_not_there_holds_nothing() -> None:
 )
 def test_www_authenticate_challenges(header: str, want: tuple[str, dict[str, str]]) -> None:
     assert challenge(header) == want
+
+
+# -- where the Docker login may go (a Bearer realm) ------------------------------------------------
+
+
+class _TokenRegistry(http.server.BaseHTTPRequestHandler):
+    """/v2/ behind a Bearer challenge whose realm is `realm` (formatted with the server's port);
+    /token hands a token to a Basic login and records every Authorization it is sent."""
+
+    realm = "https://127.0.0.1:{port}/token"
+    sent: list[str]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        assert isinstance(self.server, http.server.HTTPServer)
+        headers: dict[str, str] = {}
+        if self.path.startswith("/token"):
+            self.sent.append(self.headers.get("Authorization", ""))
+            body, code = {"token": "tok"}, 200
+        elif self.headers.get("Authorization") == "Bearer tok":
+            body, code = {}, 200
+        else:
+            realm = self.realm.format(port=self.server.server_port)
+            body, code, headers = {}, 401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _token_registry(tmp_path: Path, realm: str, tls: bool) -> tuple[http.server.HTTPServer, list[str], Path]:
+    sent: list[str] = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_TokenRegistry,), {"realm": realm, "sent": sent}))
+    certs = tmp_path / "certs.d"
+    if tls:
+        ca = trustme.CA()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        (certs / f"127.0.0.1:{server.server_port}").mkdir(parents=True)
+        ca.cert_pem.write_to_path(str(certs / f"127.0.0.1:{server.server_port}" / "ca.crt"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, sent, certs
+
+
+@pytest.mark.parametrize(
+    ("realm", "tls", "insecure", "token_hosts", "refused"),
+    [
+        ("https://127.0.0.1:{port}/token", True, False, (), ""),  # TLS, the registry's own host
+        ("http://127.0.0.1:{port}/token", True, False, (), "is not https"),  # a TLS registry naming a plain-HTTP realm
+        ("http://127.0.0.1:{port}/token", False, True, (), ""),  # plain HTTP, as the target said (insecure: true)
+        ("https://localhost:{port}/token", True, False, (), "on another host (localhost:"),  # not the registry's host
+        ("https://localhost:{port}/token", True, False, ("localhost",), ""),  # ... unless the target declares it
+        ("http://localhost:{port}/token", False, True, ("auth.example",), "on another host"),
+    ],
+)
+def test_the_docker_login_goes_to_a_token_service_only_over_tls_and_on_a_declared_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, realm: str, tls: bool, insecure: bool, token_hosts: tuple[str, ...], refused: str
+) -> None:
+    monkeypatch.setenv("no_proxy", "*")
+    server, sent, certs = _token_registry(tmp_path, realm, tls)
+    try:
+        host = f"127.0.0.1:{server.server_port}"
+        client = RegistryClient(
+            host,
+            insecure=insecure,
+            credentials=lambda _: {"username": "dev", "password": "s3cret"},
+            certs_dir=certs,
+            token_hosts=token_hosts,
+        )
+        if not refused:
+            client.check()
+            assert sent == ["Basic " + base64.b64encode(b"dev:s3cret").decode()]
+            return
+        with pytest.raises(RegistryAuthFailed) as e:
+            client.check()
+        assert refused in e.value.message and "\n" not in e.value.message and e.value.hint
+        assert e.value.exit_code == EXIT_ENVIRONMENT
+        assert sent == []  # the token service never saw the login
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _targets(target: str) -> Config:
+    return parse_text(
+        f"apiVersion: devloop/v1\ntargets:\n- {{name: prod, context: c, registry: reg.example.com/team, {target}}}\n",
+        root=REPO,
+        source="devloop.yaml",
+    )
+
+
+def test_declared_token_hosts_are_a_targets_setting() -> None:
+    cfg = _targets("tokenHosts: [auth.example.com, 'auth2.example.com:8443']")
+    assert resolve(cfg, "prod").token_hosts == ("auth.example.com", "auth2.example.com:8443")
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.tokenHosts\[0\]"):
+        _targets("tokenHosts: ['https://auth.example.com/x']")
