@@ -3,7 +3,8 @@
 //   GET /         -> MESSAGE + "\n" (header X-Pod-Name: $HOSTNAME)
 //   GET /healthz  -> 200 ok
 //   GET /metrics  -> Prometheus text format: http_requests_total{path,status},
-//                    http_request_duration_seconds{path,status} (histogram), app_info{version,revision,image_tag}
+//                    http_request_duration_seconds{path,status} (histogram), app_info{version,revision,image_tag};
+//                    the request series exist from the start, at 0
 // Tests change the response by editing the MESSAGE line below (plain text replacement).
 const MESSAGE = 'Hello from devloop sample-app v1';
 
@@ -48,12 +49,27 @@ const requestCounts = new Map();
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const durations = new Map(); // key -> { counts: per bucket (not cumulative), sum, count }
 
+const emptyHistogram = () => ({ counts: new Array(BUCKETS.length).fill(0), sum: 0, count: 0 });
+
+function seriesKey(path, status) {
+  return `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+}
+
+// Every series this app answers with exists from the start, at 0 (as Prometheus' client guidance asks):
+// a counter that appears only with its first request hides that request from rate()/increase(), so a
+// burst between two scrapes would read as no traffic. The app answers each route 200 (GET) or 405, and 404 elsewhere.
+const KNOWN_SERIES = [...[...ROUTES].flatMap((path) => [seriesKey(path, 200), seriesKey(path, 405)]), seriesKey('other', 404)];
+for (const key of KNOWN_SERIES) {
+  requestCounts.set(key, 0);
+  durations.set(key, emptyHistogram());
+}
+
 function countRequest(path, status, seconds) {
-  const key = `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+  const key = seriesKey(path, status);
   requestCounts.set(key, (requestCounts.get(key) || 0) + 1);
   let h = durations.get(key);
   if (!h) {
-    h = { counts: new Array(BUCKETS.length).fill(0), sum: 0, count: 0 };
+    h = emptyHistogram();
     durations.set(key, h);
   }
   const i = BUCKETS.findIndex((le) => seconds <= le);

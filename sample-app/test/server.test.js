@@ -55,6 +55,16 @@ after(() => {
   if (child && child.exitCode === null) child.kill('SIGKILL');
 });
 
+// First in this file: it scrapes before the server has answered any request.
+test('the request series exist from the start, at 0 (a burst before the second scrape is not lost)', async () => {
+  const res = await get('/metrics');
+  for (const labels of ['path="/",status="200"', 'path="/",status="405"', 'path="/healthz",status="200"', 'path="other",status="404"']) {
+    assert.strictEqual(sample(res.body, 'http_requests_total', labels), 0, `${labels}\n${res.body}`);
+    assert.strictEqual(sample(res.body, 'http_request_duration_seconds_count', labels), 0, `${labels}\n${res.body}`);
+    assert.strictEqual(sample(res.body, 'http_request_duration_seconds_bucket', `${labels},le="+Inf"`), 0, res.body);
+  }
+});
+
 test('GET / returns the message and the pod name header', async () => {
   const res = await get('/');
   assert.strictEqual(res.status, 200);

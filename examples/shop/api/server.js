@@ -23,8 +23,17 @@ const ITEMS = [
 // http_requests_total{path,status}; unknown paths share one label value to bound cardinality
 const requestCounts = new Map();
 
+function seriesKey(path, status) {
+  return `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+}
+
+// The series this app answers with exist from the start, at 0: a counter that appears only with its first
+// request hides that request from rate()/increase() (a burst between two scrapes would read as no traffic).
+for (const path of ROUTES) requestCounts.set(seriesKey(path, 200), 0);
+requestCounts.set(seriesKey('other', 404), 0);
+
 function countRequest(path, status) {
-  const key = `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+  const key = seriesKey(path, status);
   requestCounts.set(key, (requestCounts.get(key) || 0) + 1);
 }
 

@@ -23,11 +23,23 @@ const ROUTES = new Set(['/', '/healthz', '/metrics']);
 
 // http_requests_total{path,status}; unknown paths share one label value to bound cardinality
 const requestCounts = new Map();
-// api_calls_total{outcome}: ok or error
-const apiCalls = new Map();
+// api_calls_total{outcome}: ok or error, both from the start at 0
+const apiCalls = new Map([
+  ['ok', 0],
+  ['error', 0],
+]);
+
+function seriesKey(path, status) {
+  return `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+}
+
+// The series this app answers with exist from the start, at 0: a counter that appears only with its first
+// request hides that request from rate()/increase() (a burst between two scrapes would read as no traffic).
+for (const path of ROUTES) requestCounts.set(seriesKey(path, 200), 0);
+requestCounts.set(seriesKey('other', 404), 0);
 
 function countRequest(path, status) {
-  const key = `${ROUTES.has(path) ? path : 'other'}\u0000${status}`;
+  const key = seriesKey(path, status);
   requestCounts.set(key, (requestCounts.get(key) || 0) + 1);
 }
 
