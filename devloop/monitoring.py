@@ -47,6 +47,8 @@ DISCOVERY_RULES: list[dict[str, Any]] = [
 ]
 # Traffic a person makes, not the kubelet's probes or Prometheus' own scrapes.
 NOT_TRAFFIC = 'path!~"/metrics|/healthz"'
+# Why the last minute cannot tell (rate() needs two scrapes of a series, and sees no rise before its first).
+UNSURE_WHY = "fewer than 2 scrapes of the request counter in the last minute, or it was first scraped already counting"
 
 
 class KubeAPI(Protocol):
@@ -197,8 +199,15 @@ def matchers(selector: Mapping[str, str], namespace: str | None = None) -> str:
 
 def queries(selector: Mapping[str, str], namespace: str | None = None) -> dict[str, str]:
     m = matchers(selector, namespace)
+    requests = f"http_requests_total{{{m},{NOT_TRAFFIC}}}"
     return {
-        "rps": f"sum(rate(http_requests_total{{{m},{NOT_TRAFFIC}}}[1m]))",
+        "rps": f"sum(rate({requests}[1m]))",
+        # The window cannot tell for a series still scraped (an instant selector drops the stale ones of
+        # gone pods) with fewer than 2 samples in it (rate() skips it: a new pod, a first scrape), nor for
+        # one first scraped in it above 0 (an app that creates its counter with its first request: those
+        # requests are no rise rate() sees). How many such series; no answer when there are none.
+        "unsure": f"count((count_over_time({requests}[1m]) < 2 and {requests})"
+        f" or (min_over_time({requests}[1m]) > 0 unless {requests} offset 1m))",
         "errors": f'sum(rate(http_requests_total{{{m},{NOT_TRAFFIC},status=~"5.."}}[1m]))',
         "p95": f"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{m},{NOT_TRAFFIC}}}[1m])))",
         "versions": f"count by (version, revision, image_tag) (app_info{{{m}}})",
@@ -253,10 +262,18 @@ class ServiceStats:
     error_ratio: float | None  # 5xx / all; None without traffic
     p95_seconds: float | None
     versions: list[Version] = field(default_factory=list)
+    # request counter series the last minute cannot tell about (see queries()["unsure"]): rps leaves their
+    # requests out, so 0 is not "no traffic" then, and a rate is a lower bound
+    unsure_series: int = 0
+
+    @property
+    def traffic_known(self) -> bool:
+        return self.unsure_series == 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "rps": None if self.rps is None else round(self.rps, 3),
+            "trafficKnown": self.traffic_known,
             "errorRatio": None if self.error_ratio is None else round(self.error_ratio, 4),
             "p95Seconds": None if self.p95_seconds is None else round(self.p95_seconds, 4),
             "versions": [{**v.labels, "pods": v.pods} for v in self.versions],
@@ -264,12 +281,15 @@ class ServiceStats:
 
     def human(self) -> str:
         """`2.40 req/s, 0.0% errors, p95 12ms; serving dl-1a2b3c 1.0.0 (3 pods)` (last minute)."""
-        if self.rps is None:
+        if not self.traffic_known and not self.rps:
+            traffic = f"traffic: not known yet ({UNSURE_WHY})"
+        elif self.rps is None:
             traffic = "no request metrics yet"
         else:
             errors = "no traffic" if self.error_ratio is None else f"{self.error_ratio * 100:.1f}% errors"
             p95 = "" if self.p95_seconds is None else f", p95 {self.p95_seconds * 1000:.0f}ms"
-            traffic = f"{self.rps:.2f} req/s, {errors}{p95}"
+            at_least = "" if self.traffic_known else "at least "
+            traffic = f"{at_least}{self.rps:.2f} req/s, {errors}{p95}"
         serving = ", ".join(f"{v.text()} ({v.pods} pod{'s' if v.pods != 1 else ''})" for v in self.versions) or "no app_info"
         return f"{traffic}; serving {serving}"
 
@@ -285,7 +305,8 @@ def stats_from(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> ServiceSta
         n = _number(s)
         versions.append(Version(labels, int(n) if n is not None else 0))
     versions.sort(key=lambda v: (-v.pods, v.text()))
-    return ServiceStats(rps=rps, error_ratio=ratio, p95_seconds=scalar(results.get("p95", [])), versions=versions)
+    unsure = int(scalar(results.get("unsure", [])) or 0)
+    return ServiceStats(rps=rps, error_ratio=ratio, p95_seconds=scalar(results.get("p95", [])), versions=versions, unsure_series=unsure)
 
 
 # -- the adapter-facing part ------------------------------------------------------------------------

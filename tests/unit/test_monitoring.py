@@ -302,6 +302,7 @@ def test_service_stats_from_prometheus_answers() -> None:
             q["rps"]: vector(({}, "4")),
             q["errors"]: vector(({}, "1")),
             q["p95"]: vector(({}, "0.0125")),
+            q["unsure"]: vector(),  # every series scraped twice in the window, none new
             q["versions"]: vector(
                 ({"version": "1.0.0", "revision": "aaa", "image_tag": "dl-old"}, "1"),
                 ({"version": "1.0.0", "revision": "bbb", "image_tag": "dl-new"}, "2"),
@@ -322,7 +323,36 @@ def test_service_stats_without_traffic_or_metrics() -> None:
     assert idle.rps == 0 and idle.error_ratio is None and idle.p95_seconds is None
     assert idle.human() == "0.00 req/s, no traffic; serving no app_info"
     unscraped = mon.stats_from({"rps": [], "errors": [], "p95": [], "versions": []})
-    assert unscraped.rps is None and unscraped.as_dict() == {"rps": None, "errorRatio": None, "p95Seconds": None, "versions": []}
+    assert unscraped.rps is None
+    assert unscraped.as_dict() == {"rps": None, "trafficKnown": True, "errorRatio": None, "p95Seconds": None, "versions": []}
     assert unscraped.human().startswith("no request metrics yet")
     no_errors = mon.stats_from({"rps": [{"metric": {}, "value": [1, "2.5"]}], "errors": []})
     assert no_errors.error_ratio == 0.0
+
+
+def test_the_window_that_cannot_tell_is_not_no_traffic() -> None:
+    """Issue 23: 100 requests in 2 s read "0.00 req/s, no traffic" for minutes. rate() needs two scrapes of a
+    series in the window and sees no rise before its first: status says it cannot tell instead."""
+    q = mon.queries({"app": "web-app"}, "default")
+    requests = 'http_requests_total{app="web-app",namespace="default",path!~"/metrics|/healthz"}'
+    # series still scraped (not a gone pod's) with fewer than 2 samples in the minute, or first scraped in it above 0
+    assert q["unsure"] == (
+        f"count((count_over_time({requests}[1m]) < 2 and {requests}) or (min_over_time({requests}[1m]) > 0 unless {requests} offset 1m))"
+    )
+    zero = [{"metric": {}, "value": [1, "0"]}]
+    burst = mon.stats_from({"rps": zero, "errors": [], "p95": [], "unsure": [{"metric": {}, "value": [1, "1"]}]})
+    assert burst.rps == 0 and not burst.traffic_known and burst.as_dict()["trafficKnown"] is False
+    assert "no traffic" not in burst.human() and "0.00 req/s" not in burst.human()
+    assert burst.human() == (
+        "traffic: not known yet (fewer than 2 scrapes of the request counter in the last minute, or it was first scraped already counting); "
+        "serving no app_info"
+    )
+    # a new pod whose counter has no second scrape yet: no rate at all, still not "no request metrics"
+    first_scrape = mon.stats_from({"rps": [], "errors": [], "p95": [], "unsure": [{"metric": {}, "value": [1, "3"]}]})
+    assert first_scrape.human().startswith("traffic: not known yet (")
+    # the pods that can tell have traffic: a rate, but only a lower bound
+    partly = mon.stats_from({"rps": [{"metric": {}, "value": [1, "2.5"]}], "errors": [], "unsure": [{"metric": {}, "value": [1, "1"]}]})
+    assert partly.human() == "at least 2.50 req/s, 0.0% errors; serving no app_info"
+    # the window can tell: no traffic is no traffic
+    idle = mon.stats_from({"rps": zero, "errors": [], "p95": [], "unsure": []})
+    assert idle.traffic_known and idle.human() == "0.00 req/s, no traffic; serving no app_info"
