@@ -6,9 +6,9 @@ that appears with its first request hides that request, so a burst between two s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
