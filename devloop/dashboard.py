@@ -18,7 +18,7 @@ EventSource cannot send headers. It is compared in constant time, never printed 
 server keeps no access log), and changes with every `devloop dev`. A page of an earlier session
 takes the new page's token to read again, by itself; its actions stay refused until it is reloaded.
 
-The page's script runs under a per-response CSP nonce: `script-src` allows nothing inline else.
+The page's script runs under a per-response CSP nonce (`script-src` has no `'unsafe-inline'`).
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class Dashboard:
         self._closing = False
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self.token = secrets.token_urlsafe(32)  # what the page sends back to act: never printed
+        self.token = secrets.token_urlsafe(32)  # what the page sends back to read and act: never printed
         page = resources.files("devloop").joinpath("data/dashboard.html").read_text(encoding="utf-8")
         for placeholder in (TOKEN_PLACEHOLDER, NONCE_PLACEHOLDER):
             if placeholder not in page:
