@@ -9,11 +9,16 @@ keep up is disconnected (its browser reconnects and gets the recent history agai
 slowing devloop down.
 
 The server binds 127.0.0.1 only and refuses requests whose Host or Origin is not this page
-(DNS rebinding, cross-site requests). The one action it offers, "rebuild now", also needs a
-per-session token that only the served page knows (embedded in it, sent back as the
-`X-Devloop-Token` header; a custom header a cross-site request cannot carry without a CORS preflight
-that is never granted): another site the developer has open cannot trigger it. The token is never
-printed or logged; it changes with every `devloop dev`.
+(DNS rebinding, cross-site requests). Everything but the page itself also needs a per-session token
+that only the served page knows (embedded in it as `<meta name="devloop-token">`): the state, the
+event stream (pod logs, cycle details) and the one action, "rebuild now". The page sends it as the
+`X-Devloop-Token` header (a custom header a cross-site request cannot carry without a CORS preflight
+that is never granted); the event stream alone takes it as `?token=` too, because a browser's
+EventSource cannot send headers. It is compared in constant time, never printed or logged (the
+server keeps no access log), and changes with every `devloop dev`. A page of an earlier session
+takes the new page's token to read again, by itself; its actions stay refused until it is reloaded.
+
+The page's script runs under a per-response CSP nonce (`script-src` has no `'unsafe-inline'`).
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ GLOBAL_EVENTS = 200  # events of no service (info, warnings, errors)
 CLIENT_QUEUE = 2000  # events waiting for one page before it counts as too slow
 KEEPALIVE_SECONDS = 15.0
 TOKEN_HEADER = "X-Devloop-Token"
+TOKEN_QUERY = "token"  # the event stream's query parameter: EventSource cannot send a header
 TOKEN_PLACEHOLDER = "__DEVLOOP_TOKEN__"  # in data/dashboard.html, replaced when the page is served
+NONCE_PLACEHOLDER = "__DEVLOOP_NONCE__"  # in data/dashboard.html, a new nonce for every response
 
 
 class DashboardError(DevloopError):
@@ -207,10 +214,11 @@ class Dashboard:
         self._closing = False
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self.token = secrets.token_urlsafe(32)  # what the page sends back to act: never printed
+        self.token = secrets.token_urlsafe(32)  # what the page sends back to read and act: never printed
         page = resources.files("devloop").joinpath("data/dashboard.html").read_text(encoding="utf-8")
-        if TOKEN_PLACEHOLDER not in page:
-            raise DashboardError("the dashboard page has no place for its token (devloop/data/dashboard.html)")
+        for placeholder in (TOKEN_PLACEHOLDER, NONCE_PLACEHOLDER):
+            if placeholder not in page:
+                raise DashboardError(f"the dashboard page has no {placeholder} (devloop/data/dashboard.html)")
         self._page = page.replace(TOKEN_PLACEHOLDER, self.token)
         self.app = self._make_app()
         out.subscribe(self._on_event, replay=True)  # what happened before the dashboard existed, then everything after
@@ -315,36 +323,47 @@ class Dashboard:
             return "refused a cross-site request"
         return ""
 
-    def token_refused(self, headers: Mapping[str, str]) -> str:
-        """Why an action is refused for its token ("" when it carries this session's token)."""
+    def token_refused(self, headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> str:
+        """Why an API request is refused for its token ("" when it carries this session's token): the
+        `X-Devloop-Token` header, or (`query` given: the event stream only) the `token` query parameter."""
         given = headers.get(TOKEN_HEADER.lower())
+        if given is None and query is not None:
+            given = query.get(TOKEN_QUERY)
         if not given:
-            return f"refused: no {TOKEN_HEADER} header (use the rebuild button on the page at {self.url})"
+            how = f"{TOKEN_HEADER} header" if query is None else f"{TOKEN_HEADER} header nor ?{TOKEN_QUERY}="
+            return f"refused: no {how} (only the page at {self.url} may call this API; it sends its token)"
         if not secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode()):
             return f"refused: wrong {TOKEN_HEADER} (a page of an earlier devloop session? reload {self.url})"
         return ""
 
     def _make_app(self) -> ASGIApp:
         async def page(request: Request) -> Response:
+            nonce = secrets.token_urlsafe(18)
             return HTMLResponse(
-                self._page,
+                self._page.replace(NONCE_PLACEHOLDER, nonce),
                 headers={
                     "Cache-Control": "no-store",
                     "X-Frame-Options": "DENY",
                     "Content-Security-Policy": (
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+                        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
                         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
                     ),
                 },
             )
 
+        def refused(why: str) -> Response:
+            return JSONResponse({"error": why}, status_code=403, headers={"Cache-Control": "no-store"})
+
         async def state(request: Request) -> Response:  # the snapshot is cheap (no kubectl): no worker thread
+            why = self.token_refused(request.headers)
+            if why:
+                return refused(why)
             return JSONResponse(json.loads(json.dumps(self.state(), default=str)), headers={"Cache-Control": "no-store"})
 
         async def rebuild(request: Request) -> Response:
             why = self.token_refused(request.headers)
             if why:
-                return JSONResponse({"error": why}, status_code=403)
+                return refused(why)
             name = str(request.path_params["name"])
             known = self.services()
             if name not in known:
@@ -353,6 +372,9 @@ class Dashboard:
             return JSONResponse({"service": name, "rebuild": "queued"}, status_code=202)
 
         async def events(request: Request) -> Response:
+            why = self.token_refused(request.headers, request.query_params)
+            if why:
+                return refused(why)
             return StreamingResponse(
                 self._stream(),
                 media_type="text/event-stream",

@@ -77,6 +77,14 @@ def request(url: str, method: str = "GET", path: str = "/", headers: dict[str, s
         conn.close()
 
 
+def page_token(url: str) -> str:
+    """The session's token, as the browser gets it: from the page's `<meta name="devloop-token">`."""
+    status, page_html = request(url)
+    token = re.search(r'<meta name="devloop-token" content="([^"]+)">', page_html)
+    assert status == 200 and token is not None, page_html
+    return token.group(1)
+
+
 @dataclasses.dataclass
 class Session:
     d: Devloop
@@ -97,7 +105,7 @@ class Session:
         return dict(entry)
 
     def state(self) -> dict[str, Any]:
-        status, body = request(self.url, path="/api/state")
+        status, body = request(self.url, path="/api/state", headers={"X-Devloop-Token": page_token(self.url)})
         assert status == 200, body
         return dict(next(s for s in json.loads(body)["services"] if s["name"] == SERVICE))
 
@@ -353,6 +361,12 @@ def test_another_origin_and_a_request_without_the_token_are_refused(dev: Session
     assert status == 403
     status, body = request(dev.url, "POST", rebuild, {"Origin": dev.url})  # right origin, not the page: no token
     assert status == 403 and "X-Devloop-Token" in body
+    # Reading needs the token too: the state and the event stream (pod logs, cycle details).
+    for path in ("/api/state", "/api/events"):
+        status, body = request(dev.url, "GET", path)
+        assert status == 403 and "X-Devloop-Token" in body, (path, status, body)
+        status, body = request(dev.url, "GET", path, {"X-Devloop-Token": "not-the-token"})
+        assert status == 403 and "wrong X-Devloop-Token" in body, (path, status, body)
     # The token is not printed anywhere devloop writes.
     status, page_html = request(dev.url)
     token = re.search(r'<meta name="devloop-token" content="([^"]+)">', page_html)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -45,7 +48,7 @@ class Harness:
             conn.close()
 
     def state(self) -> dict[str, Any]:
-        status, body = self.request("GET", "/api/state")
+        status, body = self.request("GET", "/api/state", {"X-Devloop-Token": self.d.token})
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
@@ -56,11 +59,12 @@ class Harness:
 
 
 class Stream:
-    """A reader of the server-sent event stream."""
+    """A reader of the server-sent event stream, opened as the page opens it: its token in the query string."""
 
-    def __init__(self, port: int, headers: Mapping[str, str] | None = None) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        self.conn.request("GET", "/api/events", headers=dict(headers or {}))
+    def __init__(self, d: Dashboard, headers: Mapping[str, str] | None = None, token: str | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=TIMEOUT)
+        query = urlencode({"token": d.token if token is None else token})
+        self.conn.request("GET", f"/api/events?{query}", headers=dict(headers or {}))
         self.resp = self.conn.getresponse()
 
     def next(self) -> tuple[str, dict[str, Any]]:
@@ -317,7 +321,7 @@ def test_event_stream_sends_history_then_live_events_as_json_lines_do() -> None:
     harness.d.start()
     try:
         publish_good_cycle(out, 1, "web")
-        stream = Stream(harness.d.port)
+        stream = Stream(harness.d)
         try:
             assert stream.resp.status == 200
             assert stream.resp.getheader("Content-Type", "").startswith("text/event-stream")
@@ -340,7 +344,7 @@ def test_a_slow_page_never_blocks_devloop(monkeypatch: pytest.MonkeyPatch) -> No
     out = Output(json_mode=True, stdout=io.StringIO(), stderr=io.StringIO())
     h = Harness(out)
     h.d.start()
-    slow = Stream(h.d.port)  # connected, never read while devloop emits
+    slow = Stream(h.d)  # connected, never read while devloop emits
     line = "x" * 20_000
     done = threading.Event()
 
@@ -359,7 +363,7 @@ def test_a_slow_page_never_blocks_devloop(monkeypatch: pytest.MonkeyPatch) -> No
             while True:
                 slow.next()
         # ... and a new page gets the recent history and live events.
-        fresh = Stream(h.d.port)
+        fresh = Stream(h.d)
         try:
             name, hello = fresh.next()
             assert name == "hello" and hello["history"] == dash.LOG_LINES_PER_SERVICE
@@ -376,10 +380,9 @@ def test_stop_ends_open_streams_and_leaves_no_threads(out: Output) -> None:
     before = set(threading.enumerate())
     harness = Harness(out)
     harness.d.start()
-    stream = Stream(harness.d.port)
+    stream = Stream(harness.d)
     assert stream.next()[0] == "hello"
-    status, _ = harness.request("GET", "/api/state")
-    assert status == 200
+    harness.state()
     harness.d.stop()
     with pytest.raises(EOFError):
         while True:
@@ -445,36 +448,123 @@ def test_another_sessions_token_is_refused(h: Harness, out: Output) -> None:
 
 
 def test_the_page_carries_the_token_and_sends_it(h: Harness) -> None:
-    status, body = h.request("GET", "/")
+    status, body = h.request("GET", "/")  # the page needs no token: it is how the browser gets it
     assert status == 200
     page = body.decode()
     assert f'<meta name="devloop-token" content="{h.d.token}">' in page
     assert "__DEVLOOP_TOKEN__" not in page
-    assert '"X-Devloop-Token": TOKEN' in page
+    assert '"X-Devloop-Token": TOKEN' in page  # the action
+    assert '"X-Devloop-Token": readToken' in page  # the state
+    assert "new EventSource(`/api/events?token=${encodeURIComponent(readToken)}`)" in page  # the stream
 
 
 @pytest.mark.parametrize("json_mode", [False, True])
-def test_the_token_is_never_printed_nor_in_the_state(json_mode: bool) -> None:
+def test_the_token_is_never_printed_logged_nor_in_the_state(json_mode: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     stdout, stderr = io.StringIO(), io.StringIO()
     out = Output(json_mode=json_mode, stdout=stdout, stderr=stderr)
     harness = Harness(out)
     url = harness.d.start()
+    token = harness.d.token
     try:
         out.info(f"dashboard: {url}", url=url)
         publish_good_cycle(out)
-        status, body = harness.request("GET", "/api/state")
-        assert status == 200 and harness.d.token not in body.decode()
-        stream = Stream(harness.d.port)
+        assert token not in json.dumps(harness.state())
+        stream = Stream(harness.d)  # the token in the query string, as the page sends it
         try:
             stream.until(lambda d: d.get("event") == "cycle_done")
         finally:
             stream.close()
+        # A refusal never echoes what it was given.
+        status, body = harness.request("GET", f"/api/events?token={token}x")
+        assert status == 403 and token.encode() not in body
     finally:
         harness.d.stop()
     printed = stdout.getvalue() + stderr.getvalue()
     assert f"dashboard: {url}" in printed
-    assert harness.d.token not in printed
-    assert harness.d.token not in url
+    assert token not in printed and token not in caplog.text
+    assert token not in url
+
+
+# -- reading needs the page's token ----------------------------------------------------------------
+
+# How the page reads: the state with the header, the event stream with the query string (EventSource
+# cannot send a header); a client that can send the header may use it for the stream too.
+READS = [("/api/state", "header"), ("/api/events", "query"), ("/api/events", "header")]
+
+
+def read(h: Harness, path: str, how: str, token: str | None) -> tuple[int, bytes]:
+    """GET an API path with `token` sent `how` (None: no token at all): the status and the body (of a
+    stream, its first event)."""
+    headers = {"X-Devloop-Token": token} if how == "header" and token is not None else {}
+    target = f"{path}?{urlencode({'token': token})}" if how == "query" and token is not None else path
+    conn = http.client.HTTPConnection("127.0.0.1", h.d.port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200 or path != "/api/events":
+            return resp.status, resp.read()
+        lines = [resp.readline()]
+        while lines[-1] not in (b"\n", b""):
+            lines.append(resp.readline())
+        return resp.status, b"".join(lines)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("path", "how"), READS)
+def test_reading_needs_the_pages_token(h: Harness, out: Output, path: str, how: str) -> None:
+    h.out.pod_log("web-abc", "a line only the page may read", service="web")
+    status, body = read(h, path, how, None)
+    assert status == 403, body
+    assert "refused: no X-Devloop-Token" in json.loads(body)["error"]
+    assert b"a line only the page may read" not in body
+    another_session = Dashboard(out, port=0, on_rebuild=lambda s: None).token
+    for wrong in ("", "guess", h.d.token[:-1], h.d.token + "x", another_session, "ä-not-ascii"):
+        status, body = read(h, path, how, wrong)
+        assert status == 403, (wrong, body)
+        if wrong:
+            assert "wrong X-Devloop-Token" in json.loads(body)["error"]
+        assert b"a line only the page may read" not in body
+    status, body = read(h, path, how, h.d.token)
+    assert status == 200, body
+    if path == "/api/state":
+        [web] = [s for s in json.loads(body)["services"] if s["name"] == "web"]
+        assert [entry["line"] for entry in web["logs"]] == ["a line only the page may read"]
+    else:
+        assert body.startswith(b"retry: 1000\nevent: hello\n")
+
+
+def test_the_token_in_a_url_is_for_the_event_stream_only(h: Harness) -> None:
+    # A URL lands in more places than a header (proxies, history): only the stream, which must, takes one.
+    for path in ("/api/state", "/api/services/web/rebuild"):
+        method = "POST" if path.endswith("rebuild") else "GET"
+        status, _ = h.request(method, f"{path}?token={quote(h.d.token)}", {"Origin": h.d.url})
+        assert status == 403, path
+    assert h.rebuilds == []
+
+
+def test_the_pages_script_runs_under_a_nonce_not_unsafe_inline(h: Harness) -> None:
+    seen = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", h.d.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            page, csp = resp.read().decode(), resp.getheader("Content-Security-Policy", "")
+        finally:
+            conn.close()
+        directives = {d.split()[0]: d.split()[1:] for d in (part.strip() for part in csp.split(";")) if d}
+        assert directives["default-src"] == ["'none'"] and directives["frame-ancestors"] == ["'none'"]
+        [source] = directives["script-src"]
+        assert "'unsafe-inline'" not in directives["script-src"] and re.fullmatch(r"'nonce-[A-Za-z0-9_-]{20,}'", source), csp
+        nonce = source[len("'nonce-") : -1]
+        scripts = re.findall(r"<script\b[^>]*>", page)
+        assert scripts == [f'<script nonce="{nonce}">'], scripts  # the page's one script carries it
+        assert "__DEVLOOP_NONCE__" not in page
+        assert not re.search(r"<[^>]*\son[a-z]+\s*=", page)  # no inline handler, which no nonce could allow
+        seen.append(nonce)
+    assert seen[0] != seen[1]  # a new nonce with every response
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1", "https://127.0.0.1"])
@@ -493,12 +583,12 @@ def test_cross_site_form_post_without_origin_is_refused(h: Harness) -> None:
 
 
 def test_foreign_origin_cannot_read_the_stream_or_state(h: Harness) -> None:
-    stream = Stream(h.d.port, {"Origin": "http://evil.example"})
+    stream = Stream(h.d, {"Origin": "http://evil.example"})
     try:
         assert stream.resp.status == 403
     finally:
         stream.close()
-    status, _ = h.request("GET", "/api/state", {"Origin": "http://evil.example"})
+    status, _ = h.request("GET", "/api/state", {"Origin": "http://evil.example", "X-Devloop-Token": h.d.token})
     assert status == 403
 
 
