@@ -236,13 +236,15 @@ class DevSession:
         return LogStreams(self.engine.kube, namespace, functools.partial(self.out.pod_log, service=svc.name), on_end=self.api.suspect)
 
     def _fit(self, svc: ServiceConfig, a: _Access, make: bool = True) -> None:
-        """The service's access as configured now (after a reload, and at each `_ready`: a reload
-        while its manifests did not load may have resolved another namespace). Log streams in a
-        namespace that changed stop (`_ready` follows the new pods). A forward whose settings
-        (namespace, Service, port, local port) are unchanged is kept: its listener stays bound; the
-        others are stopped; with `make`, a new one (for `_ready` to start) for each declared
-        forward without one."""
-        namespace = self.engine.namespace(svc)
+        """The service's access as configured now (after a reload, and at each `_ready`). Log
+        streams in a namespace that changed stop (`_ready` follows the new pods). A forward whose
+        settings (namespace, Service, port, local port) are unchanged is kept: its listener stays
+        bound; the others are stopped; with `make`, a new one (for `_ready` to start) for each
+        declared forward without one."""
+        try:
+            namespace = self.engine.manifests(svc).namespace
+        except DevloopError:  # manifests that do not load now (saved half-way): the namespace stays until the next `_ready`
+            namespace = a.namespace
         if namespace != a.namespace:
             a.logs.stop()
             a.namespace, a.logs = namespace, self._logs(svc, namespace)
