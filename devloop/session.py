@@ -135,17 +135,21 @@ RESUME_WAIT = 90.0  # seconds to wait for a service's pods to be ready again aft
 
 @dataclass
 class _Access:
-    """What the developer reaches of one service: its forwards and its pods' logs."""
+    """What the developer reaches of one service: its forwards and its pods' logs, in `namespace`."""
 
+    namespace: str
+    logs: LogStreams
     forwards: list[PortForward] = field(default_factory=list)
-    logs: LogStreams | None = None
     pod_watch: Background | None = None
     restarts: dict[str, int] = field(default_factory=dict)
 
 
 class DevSession:
-    def __init__(self, engine: SessionEngine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, engine: SessionEngine, clock: Callable[[], float] = time.monotonic, forward: Callable[..., PortForward] = PortForward
+    ) -> None:
         self.engine = engine
+        self.forward = forward  # what makes a forward (PortForward's arguments; the unit tests record what is made)
         self.out = engine.out
         self.clock = clock
         self.queue: ChangeQueue[Event] = ChangeQueue(quiet=engine.config.watch.debounce_ms / 1000)
@@ -224,24 +228,48 @@ class DevSession:
     def _access(self, svc: ServiceConfig) -> _Access:
         a = self.access.get(svc.name)
         if a is None:
-            ns = self.engine.namespace(svc)
-            a = _Access(
-                logs=LogStreams(self.engine.kube, ns, functools.partial(self.out.pod_log, service=svc.name), on_end=self.api.suspect)
-            )
-            for f in svc.port_forward:
-                a.forwards.append(
-                    PortForward(self.engine.kube, self.out, ns, f.service, f.port, f.local_port, label=svc.name, api=self.api)
-                )
-            self.access[svc.name] = a
+            namespace = self.engine.namespace(svc)
+            a = self.access[svc.name] = _Access(namespace, self._logs(svc, namespace))
         return a
 
+    def _logs(self, svc: ServiceConfig, namespace: str) -> LogStreams:
+        return LogStreams(self.engine.kube, namespace, functools.partial(self.out.pod_log, service=svc.name), on_end=self.api.suspect)
+
+    def _fit(self, svc: ServiceConfig, a: _Access, make: bool = True) -> None:
+        """The service's access as configured now (after a reload, and at each `_ready`). Log
+        streams in a namespace that changed stop (`_ready` follows the new pods). A forward whose
+        settings (namespace, Service, port, local port) are unchanged is kept: its listener stays
+        bound; the others are stopped; with `make`, a new one (for `_ready` to start) for each
+        declared forward without one."""
+        try:
+            namespace = self.engine.manifests(svc).namespace
+        except DevloopError:  # manifests that do not load now (saved half-way): the namespace stays until the next `_ready`
+            namespace = a.namespace
+        if namespace != a.namespace:
+            a.logs.stop()
+            a.namespace, a.logs = namespace, self._logs(svc, namespace)
+        spare = list(a.forwards)
+        a.forwards = []
+        for f in svc.port_forward:
+            want = (namespace, f.service, f.port, f.local_port)
+            kept = next((old for old in spare if (old.namespace, old.service, old.port, old.local_port) == want), None)
+            if kept is not None:
+                spare.remove(kept)
+            elif make:
+                kept = self.forward(self.engine.kube, self.out, namespace, f.service, f.port, f.local_port, label=svc.name, api=self.api)
+            if kept is not None:
+                a.forwards.append(kept)
+        for old in spare:
+            old.stop()
+
     def _ready(self, svc: ServiceConfig, pods: list[str]) -> None:
-        """After a rollout (or at start): follow the new pods' logs, (re)start the forwards."""
+        """After a rollout (or at start): follow the new pods' logs, (re)start the forwards (made
+        here the first time, or when a reload changed or added them)."""
         a = self._access(svc)
-        if a.logs is not None:
-            a.logs.follow(pods)
-        if svc.live_update.enabled and a.logs is not None:  # the next save is a write on an open exec channel
-            self.engine.channels.prepare(pods, a.logs.namespace)  # the service's namespace, as resolved once
+        self._fit(svc, a)
+        a.logs.follow(pods)
+        if svc.live_update.enabled:  # the next save is a write on an open exec channel
+            self.engine.channels.prepare(pods, a.namespace)  # the service's namespace, as resolved at start (or reload)
         for f in a.forwards:
             f.start()
 
@@ -284,8 +312,7 @@ class DevSession:
                     want = 1
                 if len(pods) >= want or self.clock() >= deadline or self._stopping.wait(1.0):
                     break  # polling a real cluster with a deadline
-            if a.logs is not None:
-                a.logs.follow(pods, since=since)
+            a.logs.follow(pods, since=since)
             if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
                 d = self.engine.manifests(svc)
                 a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
@@ -408,8 +435,13 @@ class DevSession:
         for name in gone:
             self._close_access(name)
             self.out.info(f"service {name} removed from the configuration; its objects stay until `devloop down`")
-        for svc in new.services:  # forwards and log namespace follow the new configuration
-            self._close_access(svc.name)
+        for svc in new.services:  # forwards and log namespace follow the new configuration; unchanged forwards stay bound
+            a = self.access.get(svc.name)
+            if a is not None:
+                self._fit(svc, a, make=False)  # a changed or added forward is made and started when the service is ready
+                if a.pod_watch is not None:  # its selector or live update may have changed: the next sync watches again
+                    a.pod_watch.stop()
+                a.pod_watch, a.restarts = None, {}
         self.queue.set_quiet(new.watch.debounce_ms / 1000)
         if self.watcher is not None:
             roots, extra = self._watch_inputs()
@@ -439,8 +471,7 @@ class DevSession:
             return
         for f in a.forwards:
             f.stop()
-        if a.logs is not None:
-            a.logs.stop()
+        a.logs.stop()
         if a.pod_watch is not None:
             a.pod_watch.stop()
 

@@ -296,7 +296,7 @@ class FakeCluster(Cluster):
         return bg
 
     def stream_logs(self, pod: str, namespace: str, on_line: Callable[[str], None], since: str = "") -> FakeBackground:
-        bg = FakeBackground(["logs", pod], on_line)
+        bg = FakeBackground(["logs", namespace, pod], on_line)
         self.spawned.append(bg)
         return bg
 
@@ -528,10 +528,10 @@ class RecordingEngine:
         docs = mf.load(svc.manifests)
         deployment = mf.find(docs, "Deployment", svc.deployment)
         assert deployment is not None, svc.deployment
-        return Deployed(docs, deployment, "default")
+        return Deployed(docs, deployment, self.namespace(svc))
 
     def namespace(self, svc: ServiceConfig) -> str:
-        return "default"
+        return svc.deploy.namespace or "default"
 
     def monitoring(self) -> Monitoring | None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from devloop import config
+from devloop.forward import PortForward
 from devloop.model import ImageRef
 from devloop.output import Output
 from devloop.plan import Change, Plan, ServiceChange, everything
@@ -61,7 +63,14 @@ class Bench:
         self.clock = Clock()
         self.cluster = FakeCluster()
         self.engine = RecordingEngine(config.load(None, root), Output(json_mode=True, stdout=self.buf), self.cluster)
-        self.session = DevSession(self.engine, clock=self.clock)
+        self.made: list[PortForward] = []  # every forward the session made, in order
+        self.session = DevSession(self.engine, clock=self.clock, forward=self.forward)
+
+    def forward(self, *args: Any, **kwargs: Any) -> PortForward:
+        """A real forward (its listener on 127.0.0.1) to the fake cluster, whose Services it does not find: it listens and waits."""
+        made = PortForward(*args, **kwargs)
+        self.made.append(made)
+        return made
 
     def path(self, service: str, rel: str) -> str:
         return str(Path(self.engine.config.service(service).image.context) / rel)
@@ -77,18 +86,25 @@ class Bench:
         self.session._handle(batch)
         return self.engine.plans[before:]
 
+    def reload(self, text: str) -> list[Plan]:
+        """devloop.yaml saved with `text`: the reload and its cycle; the plans the engine got."""
+        devloop_yaml = self.root / "devloop.yaml"
+        devloop_yaml.write_text(text)
+        self.save(str(devloop_yaml.resolve()))
+        return self.step()
+
     def events(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in map(json.loads, self.buf.getvalue().splitlines()) if e["event"] == kind]
 
-    def deploy(self, service: str, ref: ImageRef) -> list[str]:
+    def deploy(self, service: str, ref: ImageRef, namespace: str = "default") -> list[str]:
         """The fake cluster runs `ref` for the service (its Deployment applied); its pods."""
         svc = self.engine.config.service(service)
         docs = list(yaml.safe_load_all(svc.manifests[0].read_text()))
         for doc in docs:
             if doc and doc["kind"] == "Deployment":
                 doc["spec"]["template"]["spec"]["containers"][0]["image"] = ref.cluster
-        self.cluster.apply(docs, "default")
-        return [p["metadata"]["name"] for p in self.cluster.pods("default", {"app": svc.deployment})]
+        self.cluster.apply(docs, namespace)
+        return [p["metadata"]["name"] for p in self.cluster.pods(namespace, {"app": svc.deployment})]
 
 
 @pytest.fixture
@@ -100,6 +116,33 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     b = Bench(root)
     yield b
     b.session.stop()
+
+
+def forwarded(*local_ports: int, namespace: str = "") -> str:
+    """DEVLOOP_YAML with api's port 80 forwarded to each of these local ports (and api in `namespace`)."""
+    text = DEVLOOP_YAML.replace("deployment: api}", f"deployment: api, namespace: {namespace}}}") if namespace else DEVLOOP_YAML
+    return text + "    portForward:\n" + "".join(f"      - {{service: api, port: 80, localPort: {p}}}\n" for p in local_ports)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def accepts(port: int) -> bool:
+    """Does something listen on 127.0.0.1:port (a TCP connect, as a browser's)?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
 
 
 def rebuild(service: str, reason: str) -> ServiceChange:
@@ -221,3 +264,63 @@ def test_the_loop_guard_pauses_a_file_the_build_rewrites(bench: Bench) -> None:
     bench.engine.during = lambda plan: None
     bench.save(generated)
     assert len(bench.step()) == 1
+
+
+def test_a_devloop_yaml_save_keeps_an_unchanged_forward_bound_through_the_reload_cycle(bench: Bench) -> None:
+    (port,) = free_ports(1)
+    bench.reload(forwarded(port))  # a forward added: made and started when the reload's cycle has api ready
+    (forward,) = bench.made
+    assert accepts(port)
+    during: list[bool] = []
+    bench.engine.during = lambda plan: during.append(accepts(port))  # the old version still serves while the cycle runs
+    bench.reload(forwarded(port).replace("watch:\n", "watch:\n  ignore: ['*.log']\n"))  # nothing about the forward changed
+    assert during == [True]
+    assert bench.made == [forward] and accepts(port)  # the very same listener, never closed
+    assert [f.url for f in bench.session.board.view.service("api").forwards] == [f"http://127.0.0.1:{port}"]
+
+
+def test_a_reload_rebinds_a_changed_local_port_and_keeps_the_other_forward(bench: Bench) -> None:
+    kept, old, new = free_ports(3)
+    bench.reload(forwarded(kept, old))
+    during: list[tuple[bool, bool]] = []
+    bench.engine.during = lambda plan: during.append((accepts(kept), accepts(old)))
+    bench.reload(forwarded(kept, new))
+    assert during == [(True, False)]  # the changed forward's old port is released at once, the other one stays
+    assert [f.local_port for f in bench.made] == [kept, old, new]  # only the changed forward was made again
+    assert accepts(kept) and accepts(new) and not accepts(old)
+    shown = {f.url for f in bench.session.board.view.service("api").forwards}
+    assert {f"http://127.0.0.1:{kept}", f"http://127.0.0.1:{new}"} <= shown  # (the view still lists the old URL too: view.py)
+
+
+def test_a_reload_closes_a_removed_forward_and_the_forwards_of_a_removed_service(bench: Bench) -> None:
+    kept, removed = free_ports(2)
+    bench.reload(forwarded(kept, removed))
+    during: list[tuple[bool, bool]] = []
+    bench.engine.during = lambda plan: during.append((accepts(kept), accepts(removed)))
+    bench.reload(forwarded(kept))
+    assert during == [(True, False)]
+    assert len(bench.made) == 2 and accepts(kept) and not accepts(removed)
+
+    bench.engine.during = lambda plan: None
+    bench.reload(DEVLOOP_YAML[: DEVLOOP_YAML.index("  - name: api")])  # api removed from the configuration: its URL goes too
+    assert not accepts(kept)
+    assert any(e["message"].startswith("service api removed from the configuration") for e in bench.events("info"))
+
+
+def test_log_streams_outlive_a_reload_and_follow_a_namespace_change(bench: Bench) -> None:
+    (port,) = free_ports(1)
+    pods = bench.deploy("api", ImageRef("shop-api", "dl-0", "localhost:5001"))
+    bench.reload(forwarded(port))
+
+    def streams() -> list[tuple[str, str, bool]]:
+        return [(bg.argv[1], bg.argv[2], bg.alive()) for bg in bench.cluster.spawned if bg.argv[0] == "logs"]
+
+    assert streams() == [("default", pod, True) for pod in pods]
+    bench.reload(forwarded(port).replace("watch:\n", "watch:\n  ignore: ['*.log']\n"))
+    assert streams() == [("default", pod, True) for pod in pods]  # the same streams: no line lost, none printed twice
+
+    moved = bench.deploy("api", ImageRef("shop-api", "dl-0", "localhost:5001"), namespace="dev")
+    bench.reload(forwarded(port, namespace="dev"))
+    assert streams() == [("default", pod, False) for pod in pods] + [("dev", pod, True) for pod in moved]
+    assert [(f.namespace, f.local_port) for f in bench.made] == [("default", port), ("dev", port)]  # rebound in the new namespace
+    assert accepts(port)
