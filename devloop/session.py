@@ -125,6 +125,12 @@ class ApiBack:
 Event = Seen | PodChanged | RebuildNow | ApiBack
 
 
+def _ready_pods(engine: SessionEngine, svc: ServiceConfig) -> list[str]:
+    """The service's ready pods now (asked, not assumed)."""
+    d = engine.manifests(svc)
+    return [pod_name(p) for p in engine.kube.pods(d.namespace, d.selector) if pod_ready(p)]
+
+
 def _pod_events(queue: ChangeQueue[Event], service: str) -> Callable[[PodEvent], None]:
     """A pod watch's callback: each event of the service's pods, queued for the worker."""
     return lambda event: queue.put(PodChanged(service, event))
@@ -273,10 +279,6 @@ class DevSession:
         for f in a.forwards:
             f.start()
 
-    def _current_pods(self, svc: ServiceConfig) -> list[str]:
-        d = self.engine.manifests(svc)
-        return [pod_name(p) for p in self.engine.kube.pods(d.namespace, d.selector) if pod_ready(p)]
-
     def _watch_pods(self, svc: ServiceConfig, synced: list[str]) -> None:
         """Live update on: watch the service's pods; a replica that restarts comes back from its
         image without the synced files, and the worker then rolls out a fresh image. The restart
@@ -307,7 +309,7 @@ class DevSession:
             while True:
                 try:
                     want = self.engine.manifests(svc).replicas
-                    pods = self._current_pods(svc)
+                    pods = _ready_pods(self.engine, svc)
                 except DevloopError:
                     want = 1
                 if len(pods) >= want or self.clock() >= deadline or self._stopping.wait(1.0):
@@ -462,7 +464,7 @@ class DevSession:
             elif (r.ok and not r.skipped) or r.rolled_back:
                 self._ready(svc, r.ready_pods)
             elif first and r.ok:
-                self._ready(svc, self._current_pods(svc))
+                self._ready(svc, _ready_pods(self.engine, svc))
         self._publish()
 
     def _close_access(self, name: str) -> None:
