@@ -157,7 +157,8 @@ class Engine:
     # -- one cycle ------------------------------------------------------------------------------
     def run(self, plan: Plan) -> list[ServiceResult]:
         """Execute the plan's service changes concurrently; one result per service."""
-        plan = needing_images(plan, {s for s in self.state if self._stale(s)})
+        reapplied = {c.service for c in plan.services if c.reapply and not c.rebuild and not c.sync and c.service in self.state}
+        plan = needing_images(plan, {s for s in reapplied if self._stale(s)})  # content tags only where a re-apply may need one
         changes = []
         skipped = []
         for c in plan.services:

@@ -6,6 +6,7 @@ starts from the local node base."""
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +37,8 @@ def _detected() -> BuildKitCLI:
 
 
 def _debian() -> BuildKitCLI:
-    if not DEBIAN_CLI.exists():
-        pytest.skip("no Debian docker CLI at /usr/bin/docker")
+    if not DEBIAN_CLI.exists():  # CI installs Debian's docker.io: never green by skipping there
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("no Debian docker CLI at /usr/bin/docker")
     return BuildKitCLI([str(DEBIAN_CLI), "build"], {"DOCKER_BUILDKIT": "1"}, proc.DEFAULT)
 
 
