@@ -5,10 +5,15 @@ The user's own binaries always win. devloop's copies live only in its cache dir
 are used only for a name that is not on PATH: `ensure_tools` APPENDS that dir to this process's
 PATH, so every PATH entry of the user's still comes first. Nothing is ever written anywhere else.
 
-A download is checked against the SHA-256 its publisher puts next to it, written to a temp file
-in the cache dir and renamed into place only when the checksum matches. When nothing can be
-downloaded and `go` is on PATH, kind falls back to `go install` (kind's own documented install).
-The download bases can be pointed at a mirror: `DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`.
+A download is checked against the SHA-256 pinned in this file next to its version
+(`PINNED_SHA256`: one entry per tool, then per (version, os, arch)), never against a checksum file
+fetched from the same place as the binary: a mirror that serves a tampered binary can serve a
+matching checksum too. The download is written to a temp file in the cache dir and renamed into
+place only when it matches. A platform with no pinned digest gets no download at all (install the
+tool yourself). When nothing can be downloaded and `go` is on PATH, kind falls back to
+`go install` (kind's own documented install), after checking the module's Go checksum (`h1:`)
+against the one pinned here (`KIND_GO_SUM`). The download bases can be pointed at a mirror:
+`DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`; the pinned digests still decide.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import platform
 import shutil
@@ -28,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devloop.errors import CommandFailed, EnvironmentMissing, ToolMissing
+from devloop.errors import CommandFailed, DevloopError, EnvironmentMissing, ToolMissing
 from devloop.output import Output
 from devloop.proc import DEFAULT, INSTALL_HINTS, Runner
 
@@ -36,6 +42,33 @@ KIND_VERSION = "v0.30.0"
 KUBECTL_VERSION = "v1.34.4"
 KIND_BASE_URL = "https://kind.sigs.k8s.io/dl"  # env DEVLOOP_KIND_URL
 KUBECTL_BASE_URL = "https://dl.k8s.io/release"  # env DEVLOOP_KUBECTL_URL
+# The SHA-256 of every release binary devloop downloads, keyed by tool, then (version, os, arch).
+# A version bump without its digests makes the download refuse (no pinned digest), never trust the
+# mirror. Each digest was found in two independent public sources, named beside it; the publishers'
+# own files are https://kind.sigs.k8s.io/dl/<version>/kind-<os>-<arch>.sha256sum and
+# https://dl.k8s.io/release/<version>/bin/<os>/<arch>/kubectl.sha256.
+# A new tool is one more entry here (and one in `download_for`).
+PINNED_SHA256: dict[str, dict[tuple[str, str, str], str]] = {
+    # kind v0.30.0: cert-manager/makefile-modules modules/tools/00_mod.mk (commit 99b162ac, kind_<os>_<arch>_SHA256SUM)
+    # and f110/mono build/private/kind/assets.bzl (commit 119c87a3, KIND_ASSETS["0.30.0"]): the same four digests.
+    "kind": {
+        ("v0.30.0", "linux", "amd64"): "517ab7fc89ddeed5fa65abf71530d90648d9638ef0c4cde22c2c11f8097b8889",
+        ("v0.30.0", "linux", "arm64"): "7ea2de9d2d190022ed4a8a4e3ac0636c8a455e460b9a13ccf19f15d07f4f00eb",
+        ("v0.30.0", "darwin", "amd64"): "4f0b6e3b88bdc66d922c08469f05ef507d4903dd236e6319199bb9c868eed274",
+        ("v0.30.0", "darwin", "arm64"): "ceaf40df1d1551c481fb50e3deb5c3deecad5fd599df5469626b70ddf52a1518",
+    },
+    # kubectl v1.34.4: kubernetes/kops pkg/assets/assetdata/k8s-1.34.yaml (commit 268927e2, generated from dl.k8s.io's
+    # .sha256 files) and loopingz/rules_k8s_cd lib/private/kubectl_toolchain.bzl (commit 11a88d5b): the same four digests.
+    "kubectl": {
+        ("v1.34.4", "linux", "amd64"): "d50c359d95e0841eaad08ddc27c7be37cba8fdccfba5c8e2ded65e121ff112db",
+        ("v1.34.4", "linux", "arm64"): "5b982c0644ab1e27780246b9085a5886651b4a7ed86243acbb2bacc1bea01dda",
+        ("v1.34.4", "darwin", "amd64"): "9861e775578651d903a779f840ff8e4c0013ae29a1ffc67f05d967262fcf734c",
+        ("v1.34.4", "darwin", "arm64"): "d9b239414a5fdf624835bfb62eef28a0885f1645d579f98056a9ab3293f51f87",
+    },
+}
+# The Go checksum database's hash of the kind module (`go mod download -json` prints it as Sum); `go install`
+# then builds kind with the dependencies its own go.sum pins. From sum.golang.org (lookup sigs.k8s.io/kind@v0.30.0).
+KIND_GO_SUM = {"v0.30.0": "h1:2Xi1KFEfSMm0XDcvKnUt15ZfgRPCT0OnCBbpgh8DztY="}
 TIMEOUT = 30.0  # seconds without progress before a download is given up
 _CHUNK = 1 << 16
 _PROGRESS_EVERY = 1.0  # seconds between progress lines
@@ -49,12 +82,16 @@ class DownloadFailed(EnvironmentMissing):
     """A download could not be made (network, HTTP error, timeout)."""
 
 
+class NoPinnedDigest(ToolMissing):
+    """devloop has no SHA-256 pinned for this tool, version and platform: it downloads nothing."""
+
+
 @dataclass(frozen=True)
 class Download:
     name: str
     version: str
     url: str
-    checksum_url: str
+    checksum_url: str  # where the publisher puts its checksum: shown to the user, never trusted (PINNED_SHA256 is)
 
 
 def cache_dir() -> Path:
@@ -96,6 +133,19 @@ def download_for(name: str) -> Download:
         url = f"{base.rstrip('/')}/{KUBECTL_VERSION}/bin/{system}/{arch}/kubectl"
         return Download(name, KUBECTL_VERSION, url, url + ".sha256")
     raise ValueError(f"devloop does not provide {name!r}")
+
+
+def pinned_sha256(dl: Download) -> str:
+    """The SHA-256 pinned for this download on this machine; NoPinnedDigest when there is none."""
+    system, arch = host_platform()
+    digest = PINNED_SHA256.get(dl.name, {}).get((dl.version, system, arch))
+    if digest is None:
+        raise NoPinnedDigest(
+            f"devloop has no pinned SHA-256 for {dl.name} {dl.version} on {system}/{arch}, "
+            f"so it will not download it (a checksum served beside the binary proves nothing)",
+            f"install {dl.name} {dl.version} yourself and put it on PATH ({dl.url}; its publisher's checksum: {dl.checksum_url})",
+        )
+    return digest
 
 
 def _stamp(name: str) -> Path:
@@ -172,17 +222,19 @@ def _fetch(name: str, out: Output, runner: Runner, timeout: float) -> Path:
     dl = download_for(name)
     dest = bin_dir()
     try:
-        path = _download(dl, dest, out, timeout)
-        how = "downloaded and sha256-verified"
-    except DownloadFailed as e:
+        path = _download(dl, pinned_sha256(dl), dest, out, timeout)
+        how = "downloaded, SHA-256 as pinned"
+    except (DownloadFailed, NoPinnedDigest) as e:
         if name != "kind" or shutil.which("go") is None:
+            if isinstance(e, NoPinnedDigest):
+                raise
             raise ToolMissing(
                 f"`{name}` is not on PATH and devloop could not download {name} {dl.version}: {e.message}",
                 f"{INSTALL_HINTS[name]}; or point DEVLOOP_{name.upper()}_URL at a mirror",
             ) from None
         out.info(f"cannot download kind ({e.message}); building it with `go install sigs.k8s.io/kind@{dl.version}` instead")
         path = _go_install_kind(dest, runner, e)
-        how = "built with go install"
+        how = "built with go install, module checksum as pinned"
     _stamp(name).write_text(dl.version + "\n")
     out.info(f"fetched {name} {dl.version} ({how}): {path} (devloop's own copy, used because {name} is not on your PATH)")
     return path
@@ -200,25 +252,9 @@ def _get(url: str, timeout: float) -> http.client.HTTPResponse:
     return resp  # type: ignore[no-any-return]
 
 
-def _published_sha256(dl: Download, timeout: float) -> str:
-    with _get(dl.checksum_url, timeout) as resp:
-        try:
-            text = resp.read(4096).decode("ascii", errors="replace")
-        except (OSError, http.client.HTTPException) as e:
-            raise DownloadFailed(f"GET {dl.checksum_url}: {e}") from None
-    # kind: "<hex>  kind-linux-amd64"; kubectl: "<hex>"
-    token = text.split()[0].lower() if text.split() else ""
-    if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
-        raise ChecksumMismatch(
-            f"{dl.checksum_url} does not hold a SHA-256 (got {text[:80]!r}); {dl.name} was not installed",
-            f"check DEVLOOP_{dl.name.upper()}_URL, or install {dl.name} yourself and put it on PATH",
-        )
-    return token
-
-
-def _download(dl: Download, dest: Path, out: Output, timeout: float) -> Path:
-    """Download, verify, chmod +x and rename into dest/<name>. Nothing is left behind on failure."""
-    want = _published_sha256(dl, timeout)
+def _download(dl: Download, want: str, dest: Path, out: Output, timeout: float) -> Path:
+    """Download, check against the pinned SHA-256 `want`, chmod +x and rename into dest/<name>.
+    Nothing is left behind on failure."""
     dest.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{dl.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -248,9 +284,10 @@ def _download(dl: Download, dest: Path, out: Output, timeout: float) -> Path:
         have = digest.hexdigest()
         if have != want:
             raise ChecksumMismatch(
-                f"the download of {dl.name} {dl.version} does not match its published SHA-256 "
+                f"the download of {dl.name} {dl.version} from {dl.url} does not match the SHA-256 pinned in devloop "
                 f"(expected {want}, got {have}); nothing was installed",
-                f"retry later; if it persists, check DEVLOOP_{dl.name.upper()}_URL or install {dl.name} yourself",
+                f"the server sent something else than {dl.name}'s release: check DEVLOOP_{dl.name.upper()}_URL (a mirror "
+                f"must serve the official binary), or install {dl.name} {dl.version} yourself and put it on PATH",
             )
         tmp.chmod(0o755)
         final = dest / dl.name
@@ -266,20 +303,34 @@ def _progress(done: int, total: int) -> str:
     return f"{mb:.1f} of {total / 1e6:.1f} MB" if total else f"{mb:.1f} MB"
 
 
-def _go_install_kind(dest: Path, runner: Runner, cause: DownloadFailed) -> Path:
+def _go_install_kind(dest: Path, runner: Runner, cause: DevloopError) -> Path:
+    """`go install sigs.k8s.io/kind@VERSION`, once the module Go fetched has the pinned checksum."""
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        runner.run(
-            ["go", "install", f"sigs.k8s.io/kind@{KIND_VERSION}"],
-            env={"GOBIN": str(dest), "GOFLAGS": "-buildvcs=false"},
-            timeout=1800,
+    module = f"sigs.k8s.io/kind@{KIND_VERSION}"
+    want = KIND_GO_SUM.get(KIND_VERSION)
+    if want is None:
+        raise NoPinnedDigest(
+            f"`kind` is not on PATH; the download failed ({cause.message}) and devloop has no pinned Go checksum for {module}",
+            INSTALL_HINTS["kind"],
         )
-    except CommandFailed as e:
+    env = {"GOBIN": str(dest), "GOFLAGS": "-buildvcs=false"}
+    try:
+        fetched = runner.run(["go", "mod", "download", "-json", module], env=env, timeout=1800)
+        have = str(json.loads(fetched.stdout or "{}").get("Sum", ""))
+        if have != want:
+            raise ChecksumMismatch(
+                f"the Go module {module} has checksum {have or '(none)'}, not the one pinned in devloop ({want}); kind was not built",
+                "check GOPROXY / GOFLAGS / GONOSUMDB (the module proxy must serve the official module), "
+                "or install kind yourself and put it on PATH",
+            )
+        runner.run(["go", "install", module], env=env, timeout=1800)
+    except (CommandFailed, ValueError) as e:
+        why = e.message if isinstance(e, CommandFailed) else f"`go mod download -json` printed no JSON ({e})"
         raise ToolMissing(
-            f"`kind` is not on PATH; the download failed ({cause.message}) and so did `go install`: {e.message}",
+            f"`kind` is not on PATH; the download failed ({cause.message}) and so did `go install`: {why}",
             INSTALL_HINTS["kind"],
         ) from None
     path = _cached("kind")
     if path is None:
-        raise ToolMissing(f"`go install sigs.k8s.io/kind@{KIND_VERSION}` ran but left no kind in {dest}", INSTALL_HINTS["kind"])
+        raise ToolMissing(f"`go install {module}` ran but left no kind in {dest}", INSTALL_HINTS["kind"])
     return path

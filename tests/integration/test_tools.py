@@ -1,7 +1,10 @@
 """devloop.tools against a real HTTP server on 127.0.0.1 (no Docker, no internet).
 
-The server plays kind's and Kubernetes' download sites: a fake `kind`/`kubectl` shell script and
-the checksum file published next to it. The cache dir and PATH are private to each test.
+The server plays kind's and Kubernetes' download sites (or a mirror of them): a fake `kind`/`kubectl`
+shell script and the checksum file published next to it. devloop trusts only the SHA-256 pinned in
+devloop/tools.py; each test pins its fake binary's digest there for this machine's platform
+(`publish`), or pins another one (`pinned_as`) to play a mirror serving something else. The cache
+dir and PATH are private to each test.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +40,13 @@ class FakeDownloads:
     requests: list[str] = field(default_factory=list)
     delay: float = 0.0
 
-    def publish(self, name: str, body: bytes, *, checksum_of: bytes | None = None) -> None:
-        """Serve `body` where devloop looks for `name`, with the checksum file next to it."""
+    pinned: dict[str, dict[tuple[str, str, str], str]] = field(default_factory=dict)
+
+    def publish(self, name: str, body: bytes, *, checksum_of: bytes | None = None, pinned_as: bytes | None = None) -> None:
+        """Serve `body` where devloop looks for `name`, with the checksum of `checksum_of` (default:
+        `body`) next to it, and pin the digest of `pinned_as` (default: `body`) in devloop."""
         dl = tools.download_for(name)
+        self.pinned[name][(dl.version, *tools.host_platform())] = hashlib.sha256(body if pinned_as is None else pinned_as).hexdigest()
         path = urllib.parse.urlparse(dl.url).path
         digest = hashlib.sha256(body if checksum_of is None else checksum_of).hexdigest()
         self.files[path] = body
@@ -50,7 +58,8 @@ class FakeDownloads:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDownloads]:
-    state = FakeDownloads(base="")
+    state = FakeDownloads(base="", pinned=deepcopy(tools.PINNED_SHA256))
+    monkeypatch.setattr(tools, "PINNED_SHA256", state.pinned)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -149,19 +158,47 @@ def test_a_copy_of_an_older_pinned_version_is_replaced(server: FakeDownloads, en
     assert (env / "bin" / ".kind.version").read_text().strip() == tools.KIND_VERSION
 
 
-def test_a_checksum_mismatch_is_refused_and_nothing_is_installed(server: FakeDownloads, env: Path) -> None:
-    server.publish("kind", script("evil kind"), checksum_of=script("the real kind"))
+def test_a_binary_other_than_the_pinned_one_is_refused_even_when_the_mirror_vouches_for_it(server: FakeDownloads, env: Path) -> None:
+    # a compromised mirror: its .sha256sum matches the binary it serves, which is not kind's release
+    server.publish("kind", script("evil kind"), pinned_as=script("the real kind"))
     path_before = os.environ["PATH"]
 
     with pytest.raises(tools.ChecksumMismatch) as err:
         tools.ensure_tools(["kind"], Output(json_mode=True))
 
     assert err.value.exit_code == EXIT_ENVIRONMENT
-    assert "does not match its published SHA-256" in err.value.message
+    assert "does not match the SHA-256 pinned in devloop" in err.value.message
+    assert hashlib.sha256(script("the real kind")).hexdigest() in err.value.message
     assert "nothing was installed" in err.value.message
+    assert "DEVLOOP_KIND_URL" in err.value.hint and "PATH" in err.value.hint
     assert files_under(env) == []
     assert os.environ["PATH"] == path_before
     assert tools.which_tools(["kind"]) == {"kind": None}
+
+
+def test_the_pinned_digest_decides_not_the_checksum_file_beside_the_binary(server: FakeDownloads, env: Path) -> None:
+    # the release binary, with a checksum file that says otherwise (a stale or broken mirror): installed
+    server.publish("kubectl", script("kubectl v1.34.4 release"), checksum_of=b"something else")
+
+    used = tools.ensure_tools(["kubectl"], Output(json_mode=True))
+
+    assert subprocess.run([used["kubectl"]], capture_output=True, text=True, check=True).stdout.strip() == "kubectl v1.34.4 release"
+    assert not any(r.endswith((".sha256", ".sha256sum")) for r in server.requests), server.requests
+
+
+def test_a_platform_without_a_pinned_digest_downloads_nothing(server: FakeDownloads, env: Path) -> None:
+    server.publish("kubectl", script("kubectl"))
+    server.pinned["kubectl"].clear()  # as for a platform (or a version bump) nobody pinned
+
+    with pytest.raises(tools.NoPinnedDigest) as err:
+        tools.ensure_tools(["kubectl"], Output(json_mode=True))
+
+    system, arch = tools.host_platform()
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+    assert f"no pinned SHA-256 for kubectl v1.34.4 on {system}/{arch}" in err.value.message
+    assert "yourself and put it on PATH" in err.value.hint
+    assert server.requests == []
+    assert files_under(env) == []
 
 
 def test_a_tool_on_path_is_used_and_never_downloaded(
@@ -240,12 +277,7 @@ def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
     go_bin = tmp_path / "go-bin"
     go_bin.mkdir()
     calls = tmp_path / "go-calls"
-    (go_bin / "go").write_text(
-        "#!/bin/sh\n"
-        f'echo "$* GOBIN=$GOBIN" >> {calls}\n'
-        "printf '#!/bin/sh\\necho kind built by go\\n' > \"$GOBIN/kind\"\n"
-        '/bin/chmod +x "$GOBIN/kind"\n'
-    )
+    (go_bin / "go").write_text(fake_go(calls, tools.KIND_GO_SUM["v0.30.0"]))
     (go_bin / "go").chmod(0o755)
     monkeypatch.setenv("PATH", str(go_bin))
     out = Output(json_mode=True)
@@ -253,14 +285,47 @@ def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
     used = tools.ensure_tools(["kind"], out)  # nothing published: the download 404s
 
     assert used == {"kind": str(env / "bin" / "kind")}
-    assert calls.read_text().strip() == f"install sigs.k8s.io/kind@v0.30.0 GOBIN={env / 'bin'}"
+    assert calls.read_text().splitlines() == [
+        f"mod download -json sigs.k8s.io/kind@v0.30.0 GOBIN={env / 'bin'}",
+        f"install sigs.k8s.io/kind@v0.30.0 GOBIN={env / 'bin'}",
+    ]
     assert subprocess.run([used["kind"]], capture_output=True, text=True, check=True).stdout.strip() == "kind built by go"
     assert any("go install" in e["message"] for e in out.events if e["event"] == "info")
     assert os.environ["PATH"].split(os.pathsep) == [str(go_bin), str(env / "bin")]
 
 
+def fake_go(calls: Path, module_sum: str) -> str:
+    """A `go` that records its calls, answers `go mod download -json` with `module_sum` and
+    "builds" a kind that says so."""
+    return (
+        "#!/bin/sh\n"
+        f'echo "$* GOBIN=$GOBIN" >> {calls}\n'
+        f'if [ "$1" = mod ]; then echo \'{{"Path": "sigs.k8s.io/kind", "Sum": "{module_sum}"}}\'; exit 0; fi\n'
+        "printf '#!/bin/sh\\necho kind built by go\\n' > \"$GOBIN/kind\"\n"
+        '/bin/chmod +x "$GOBIN/kind"\n'
+    )
+
+
+def test_go_install_is_refused_when_the_module_is_not_the_pinned_one(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go_bin = tmp_path / "go-bin"
+    go_bin.mkdir()
+    calls = tmp_path / "go-calls"
+    (go_bin / "go").write_text(fake_go(calls, "h1:SomethingElseEntirely0000000000000000000000="))
+    (go_bin / "go").chmod(0o755)
+    monkeypatch.setenv("PATH", str(go_bin))
+
+    with pytest.raises(tools.ChecksumMismatch) as err:
+        tools.ensure_tools(["kind"], Output(json_mode=True))  # nothing published: the download 404s
+
+    assert tools.KIND_GO_SUM["v0.30.0"] in err.value.message and "kind was not built" in err.value.message
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["mod"]  # never `go install`
+    assert files_under(env / "bin") == []
+
+
 def test_cache_dir_defaults_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("DEVLOOP_CACHE_DIR", raising=False)
+    monkeypatch.delenv("DEVLOOP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert tools.bin_dir() == tmp_path / "xdg" / "devloop" / "bin"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -269,8 +334,8 @@ def test_cache_dir_defaults_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_published_url_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DEVLOOP_KIND_URL", raising=False)
-    monkeypatch.delenv("DEVLOOP_KUBECTL_URL", raising=False)
+    monkeypatch.delenv("DEVLOOP_KIND_URL")
+    monkeypatch.delenv("DEVLOOP_KUBECTL_URL")
     monkeypatch.setattr(tools, "host_platform", lambda: ("darwin", "arm64"))
     kind = tools.download_for("kind")
     assert kind.url == "https://kind.sigs.k8s.io/dl/v0.30.0/kind-darwin-arm64"
