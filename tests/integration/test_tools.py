@@ -271,15 +271,28 @@ def test_a_stalled_download_times_out(server: FakeDownloads, env: Path) -> None:
     assert files_under(env) == []
 
 
-def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
-    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def go_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module_sum: str) -> tuple[Path, Path]:
+    """PATH holds only a `go` that records its calls (returned: its dir and the calls file), answers
+    `go mod download -json` with `module_sum` and "builds" a kind that says so."""
     go_bin = tmp_path / "go-bin"
     go_bin.mkdir()
     calls = tmp_path / "go-calls"
-    (go_bin / "go").write_text(fake_go(calls, tools.KIND_GO_SUM["v0.30.0"]))
+    (go_bin / "go").write_text(
+        "#!/bin/sh\n"
+        f'echo "$* GOBIN=$GOBIN" >> {calls}\n'
+        f'if [ "$1" = mod ]; then echo \'{{"Path": "sigs.k8s.io/kind", "Sum": "{module_sum}"}}\'; exit 0; fi\n'
+        "printf '#!/bin/sh\\necho kind built by go\\n' > \"$GOBIN/kind\"\n"
+        '/bin/chmod +x "$GOBIN/kind"\n'
+    )
     (go_bin / "go").chmod(0o755)
     monkeypatch.setenv("PATH", str(go_bin))
+    return go_bin, calls
+
+
+def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
+    server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go_bin, calls = go_on_path(tmp_path, monkeypatch, tools.KIND_GO_SUM["v0.30.0"])
     out = Output(json_mode=True)
 
     used = tools.ensure_tools(["kind"], out)  # nothing published: the download 404s
@@ -294,27 +307,10 @@ def test_kind_falls_back_to_go_install_when_it_cannot_be_downloaded(
     assert os.environ["PATH"].split(os.pathsep) == [str(go_bin), str(env / "bin")]
 
 
-def fake_go(calls: Path, module_sum: str) -> str:
-    """A `go` that records its calls, answers `go mod download -json` with `module_sum` and
-    "builds" a kind that says so."""
-    return (
-        "#!/bin/sh\n"
-        f'echo "$* GOBIN=$GOBIN" >> {calls}\n'
-        f'if [ "$1" = mod ]; then echo \'{{"Path": "sigs.k8s.io/kind", "Sum": "{module_sum}"}}\'; exit 0; fi\n'
-        "printf '#!/bin/sh\\necho kind built by go\\n' > \"$GOBIN/kind\"\n"
-        '/bin/chmod +x "$GOBIN/kind"\n'
-    )
-
-
 def test_go_install_is_refused_when_the_module_is_not_the_pinned_one(
     server: FakeDownloads, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    go_bin = tmp_path / "go-bin"
-    go_bin.mkdir()
-    calls = tmp_path / "go-calls"
-    (go_bin / "go").write_text(fake_go(calls, "h1:SomethingElseEntirely0000000000000000000000="))
-    (go_bin / "go").chmod(0o755)
-    monkeypatch.setenv("PATH", str(go_bin))
+    _go_bin, calls = go_on_path(tmp_path, monkeypatch, "h1:SomethingElseEntirely0000000000000000000000=")
 
     with pytest.raises(tools.ChecksumMismatch) as err:
         tools.ensure_tools(["kind"], Output(json_mode=True))  # nothing published: the download 404s
@@ -325,7 +321,7 @@ def test_go_install_is_refused_when_the_module_is_not_the_pinned_one(
 
 
 def test_cache_dir_defaults_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("DEVLOOP_CACHE_DIR")
+    monkeypatch.delenv("DEVLOOP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert tools.bin_dir() == tmp_path / "xdg" / "devloop" / "bin"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -334,8 +330,8 @@ def test_cache_dir_defaults_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_published_url_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DEVLOOP_KIND_URL")
-    monkeypatch.delenv("DEVLOOP_KUBECTL_URL")
+    monkeypatch.delenv("DEVLOOP_KIND_URL", raising=False)
+    monkeypatch.delenv("DEVLOOP_KUBECTL_URL", raising=False)
     monkeypatch.setattr(tools, "host_platform", lambda: ("darwin", "arm64"))
     kind = tools.download_for("kind")
     assert kind.url == "https://kind.sigs.k8s.io/dl/v0.30.0/kind-darwin-arm64"
