@@ -9,13 +9,14 @@ Used by `devloop up` and at the start of `devloop dev`; the cycle itself is the 
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING
 
 from devloop.errors import DevloopError
 from devloop.plan import everything
-from devloop.proc import SIGNAL_CHECK
+from devloop.proc import SIGNAL_CHECK, terminate_all
 
 if TYPE_CHECKING:
     from devloop.engine import Engine, ServiceResult
@@ -44,31 +45,18 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
     start = engine.clock()
     done: dict[str, tuple[bool, bool]] = {}
     said: dict[str, str] = {}  # service → what happened to its image meanwhile
+    creating: Future[bool] = Future()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devloop-cluster") as pool:
-        creating = pool.submit(engine.target.ensure)
-        early = False
         try:
-            early = engine.target.publisher.start_early()
-        except DevloopError as e:
-            engine.out.detail(f"starting the image transport beside the cluster's creation: {e.message} (the first cycle tries again)")
-        for svc in engine.services:
-            built: bool | None = None
-            try:
-                ref = engine.image_ref(svc)
-                built = engine.build(svc, ref)
-                moved = early and engine.target.publisher.publish(
-                    ref, functools.partial(engine.out.info_for, svc.name), functools.partial(engine.out.progress, svc.name)
-                )
-                done[svc.name] = (built, bool(moved))
-                said[svc.name] = _image_said(built, bool(moved), early)
-            except DevloopError as e:
-                said[svc.name] = "failed to build" if built is None else ("built" if built else "already built") + ", its push failed"
-                engine.out.detail(
-                    f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name
-                )
-        images = engine.clock() - start
-        while not creating.done():
-            wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+            pool.submit(_run_into, creating, engine.target.ensure)  # inside the try: a Ctrl-C may come while it starts
+            early = _build_beside(engine, done, said)
+            images = engine.clock() - start
+            while not creating.done():
+                wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+        except BaseException:  # Ctrl-C: never wait for kind to finish a cluster nobody wants now
+            if not creating.cancel() and not creating.done():  # cancelled: the creation never started
+                _abandon(engine, creating)
+            raise
         created = creating.result()
     cluster = engine.clock() - start
     engine.out.info(
@@ -79,6 +67,52 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
         images={name: what for name, what in said.items()},
     )
     return done
+
+
+def _run_into(future: Future[bool], fn: Callable[[], bool]) -> None:
+    """Run `fn` for `future`, unless the future was cancelled first."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as e:  # handed to whoever reads the future
+        future.set_exception(e)
+
+
+def _abandon(engine: Engine, creating: Future[bool]) -> None:
+    """Stop `kind create cluster` now (it has no signal handling of its own: SIGTERM ends it, and the
+    docker commands it started go with its process group), let the creating thread return, and have
+    the target remove what kind had made. The caller raises the interrupt again."""
+    while not creating.done():
+        terminate_all()  # again each round: the creating thread may have been between two commands
+        wait_futures([creating], SIGNAL_CHECK)
+    engine.target.abandon_creation()
+
+
+def _build_beside(engine: Engine, done: dict[str, tuple[bool, bool]], said: dict[str, str]) -> bool:
+    """Every image built and, when the way allows, pushed (then True: the transport started early),
+    while the cluster is created. Records each image's fate in `done` and `said`."""
+    early = False
+    try:
+        early = engine.target.publisher.start_early()
+    except DevloopError as e:
+        engine.out.detail(f"starting the image transport beside the cluster's creation: {e.message} (the first cycle tries again)")
+    for svc in engine.services:
+        built: bool | None = None
+        try:
+            ref = engine.image_ref(svc)
+            built = engine.build(svc, ref)
+            moved = early and engine.target.publisher.publish(
+                ref, functools.partial(engine.out.info_for, svc.name), functools.partial(engine.out.progress, svc.name)
+            )
+            done[svc.name] = (built, bool(moved))
+            said[svc.name] = _image_said(built, bool(moved), early)
+        except DevloopError as e:
+            said[svc.name] = "failed to build" if built is None else ("built" if built else "already built") + ", its push failed"
+            engine.out.detail(
+                f"{svc.name}: building beside the cluster's creation: {e.message} (the first cycle tries again)", service=svc.name
+            )
+    return early
 
 
 def _image_said(built: bool, moved: bool, early: bool) -> str:

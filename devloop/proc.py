@@ -103,8 +103,10 @@ def _stop(p: subprocess.Popen[bytes], grace: float = 3.0) -> None:
         try:
             p.wait(grace)
         except subprocess.TimeoutExpired:
-            _kill_group(p, signal.SIGKILL)
+            p.kill()
             p.wait()
+        # whatever it started and left behind in its group (kind's `docker exec`s holding its output open) goes too
+        _kill_group(p, signal.SIGKILL)
     else:
         # The leader is gone; make sure nothing it started lives on in its group.
         _kill_group(p, signal.SIGKILL)

@@ -123,6 +123,11 @@ class Target(Protocol):
         """Make sure the cluster exists and answers; True when it was created."""
         ...
 
+    def abandon_creation(self) -> None:
+        """Ctrl-C while `ensure` was creating the cluster (its processes already stopped): remove the
+        half-made cluster, and say so, or say how to remove it."""
+        ...
+
     def require_pull_secret(self, namespaces: set[str]) -> None: ...
     def prepared(self, namespaces: set[str]) -> None:
         """After the image transport is ready: the last checks, and what to say."""

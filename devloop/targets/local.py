@@ -109,9 +109,33 @@ class KindTarget:
                 )
             return False
         self.out.info(f"creating kind cluster {name!r} from {cluster.kind_config.name} (this takes a minute)")
-        with self.out.activity(f"creating kind cluster {name}"):
-            self.kind.create(name, cluster.kind_config, cluster.node_image)
+        try:
+            with self.out.activity(f"creating kind cluster {name}"):
+                self.kind.create(name, cluster.kind_config, cluster.node_image)
+        except KeyboardInterrupt:  # on the main thread (a retry after `up`'s own attempt failed): the runner stopped kind
+            self.abandon_creation()
+            raise
         return True
+
+    def abandon_creation(self) -> None:
+        """A cluster kind did not finish is of no use (no working API server), and the next `up` would
+        stop at it: delete it, as `kind delete cluster` does. A second Ctrl-C leaves it, and says how."""
+        name = self.name
+        left = f"kind cluster {name!r} is left half-created"
+        how = f"`kind delete cluster --name {name}` (or `devloop down --cluster`) removes it; the next `devloop up` then creates it"
+        try:
+            if not self.kind.exists(name):
+                self.out.info(f"interrupted before kind made anything of cluster {name!r}")
+                return
+            self.out.info(f"interrupted while kind was creating cluster {name!r}: deleting what it made")
+            self.kind.delete(name)
+        except DevloopError as e:
+            self.out.warn(f"{left}: deleting it failed: {e.message}", how)
+            return
+        except KeyboardInterrupt:
+            self.out.warn(f"{left} (interrupted again while deleting it)", how)
+            raise
+        self.out.info(f"deleted the half-created kind cluster {name!r}")
 
     def require_pull_secret(self, namespaces: set[str]) -> None:
         return None  # the nodes pull from devloop's own registry (or hold the image): no credentials

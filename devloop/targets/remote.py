@@ -64,6 +64,9 @@ class RemoteTarget:
             )
         return False
 
+    def abandon_creation(self) -> None:
+        return None  # never created by devloop
+
     def require_pull_secret(self, namespaces: set[str]) -> None:
         """The target's imagePullSecret exists where the pods run (devloop names it, never reads it)."""
         secret = self.spec.pull_secret

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,10 @@ import pytest
 
 from devloop import config
 from devloop.engine import Engine, ServiceResult
-from devloop.errors import CycleFailed
+from devloop.errors import CommandFailed, CycleFailed
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, everything
+from devloop.proc import DEFAULT, live_children
 from tests.unit.fakes import FakeCluster, FakeDocker, FakeKind, FakePublisher, make_engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -252,6 +255,57 @@ def test_up_from_nothing_says_which_images_failed_beside_the_creation_and_not_ev
     assert said["images"]["worker"] == "failed to build" and said["images"]["web"] == "built and pushed"
     assert len(w.publisher.pushed) == 2  # the images after the failing one were still built and pushed beside the creation
     assert not results["worker"].ok and results["worker"].error is not None and results["worker"].error.phase == "build"
+
+
+class SlowKind(FakeKind):
+    """kind as `kind create cluster` behaves: its node container exists at once (the cluster is listed,
+    half made), then a real child process runs for a while. Records whether that child finished or was stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(clusters=())
+        self.running = threading.Event()
+        self.outcome = ""
+        self.deleted: list[str] = []
+
+    def create(self, name: str, config: Path, image: str = "", wait: str = "120s") -> None:
+        self.clusters.append(name)
+        self.running.set()
+        try:
+            DEFAULT.run(["sleep", "20"])  # kind's creation: devloop's own runner, as the real adapter's
+        except CommandFailed:
+            self.outcome = "stopped"
+            raise
+        self.outcome = "finished"
+        self.created.append(name)
+
+    def delete(self, name: str) -> None:
+        self.deleted.append(name)
+        super().delete(name)
+
+
+def test_ctrl_c_while_up_creates_the_cluster_stops_kind_at_once_and_deletes_the_half_made_cluster(shop: Path) -> None:
+    kind = SlowKind()
+    w = World(shop, kind=kind)
+    main = threading.get_ident()
+
+    def ctrl_c_once_kind_runs() -> None:
+        kind.running.wait(60)
+        signal.pthread_kill(main, signal.SIGINT)  # the terminal's Ctrl-C, taken by the main thread
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_kind_runs, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            w.engine.up()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    assert kind.outcome == "stopped"  # devloop did not wait for kind to finish the cluster
+    assert live_children() == 0
+    assert kind.deleted == ["devloop"] and kind.clusters == []
+    said = [e["message"] for e in w.events("info")]
+    assert "deleted the half-created kind cluster 'devloop'" in said
+    assert not any(m.startswith("cluster created in") for m in said)
 
 
 class Ticks:
