@@ -275,6 +275,12 @@ def run_cli(harness: Harness, project: Path, *args: str, timeout: float = 900) -
 
 def children_of_cluster() -> list[str]:
     """Processes still running that devloop would have started for the e2e cluster."""
+    # kubectl names the context; kind (`kind load ... --name devloop-e2e`) the cluster
+    return running_processes(lambda cmd: ("kubectl" in cmd and CONTEXT in cmd) or ("kind " in cmd and f"--name {CLUSTER}" in cmd))
+
+
+def running_processes(match: Callable[[str], bool]) -> list[str]:
+    """ "pid: command line" of every running (not zombie) process whose command line `match`es."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -284,7 +290,6 @@ def children_of_cluster() -> list[str]:
             state = (Path("/proc") / pid / "stat").read_text().split()[2]
         except OSError:
             continue
-        # kubectl names the context; kind (`kind load ... --name devloop-e2e`) the cluster
-        if state != "Z" and (("kubectl" in cmd and CONTEXT in cmd) or ("kind " in cmd and f"--name {CLUSTER}" in cmd)):
+        if state != "Z" and match(cmd):
             found.append(f"{pid}: {cmd.strip()}")
     return found

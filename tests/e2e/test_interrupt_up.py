@@ -9,7 +9,6 @@ with the other e2e modules. The time from Ctrl-C to exit is printed (a figure, n
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.e2e.conftest import Devloop, Harness, devloops, poll
+from tests.e2e.conftest import Devloop, Harness, devloops, poll, running_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -28,18 +27,7 @@ NODE = f"{CLUSTER}-control-plane"
 
 def kind_processes() -> list[str]:
     """Running `kind ... --name CLUSTER` processes and the docker CLI processes kind started for its node."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (Path("/proc") / pid / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if state != "Z" and (("kind " in cmd and f"--name {CLUSTER}" in cmd) or (cmd.startswith("docker ") and NODE in cmd)):
-            found.append(f"{pid}: {cmd.strip()}")
-    return found
+    return running_processes(lambda cmd: ("kind " in cmd and f"--name {CLUSTER}" in cmd) or (cmd.startswith("docker ") and NODE in cmd))
 
 
 def node_containers() -> list[str]:
