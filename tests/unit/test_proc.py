@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,30 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_grandchild_that_outlives_its_stopped_parent_is_killed_too() -> None:
+    """kind dies on SIGTERM at once, but a docker command it started may not: it would hold kind's
+    output open (the runner then waits on it) and live on as an orphan."""
+    lines: list[str] = []
+    got = threading.Event()
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        got.set()
+
+    # the grandchild ignores SIGTERM; its parent (the group's leader) exits on it
+    bg = proc.DEFAULT.spawn(["sh", "-c", "(trap '' TERM; exec sleep 60) & echo $!; wait"], on_line=on_line)
+    assert got.wait(30)  # a bound on a hang, not a speed figure
+    grandchild = int(lines[0])
+    exited = os.pidfd_open(grandchild)
+    try:
+        bg.stop()
+        readable, _, _ = select.select([exited], [], [], 30)  # the pidfd turns readable when the process ends
+    finally:
+        os.close(exited)
+    assert readable and not _alive(grandchild)
+    assert proc.live_children() == 0
 
 
 def test_terminate_all_leaves_no_orphans_including_grandchildren() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devloop import config as config_mod
-from devloop.errors import ClusterUnavailable, ConfigError
+from devloop.errors import ClusterUnavailable, CommandFailed, ConfigError
 from devloop.forward import ApiWatch
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, needing_images
@@ -99,11 +99,38 @@ def test_down_cluster_deletes_the_kind_cluster_and_what_devloop_created_beside_i
     assert not kind.exists("devloop")
 
 
+def test_an_interrupted_creation_whose_deletion_fails_says_the_cluster_is_left_and_how_to_remove_it(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    buf = io.StringIO()
+
+    class Stuck(FakeKind):
+        def delete(self, name: str) -> None:
+            raise CommandFailed(["kind", "delete", "cluster"], 1, "ERROR: failed to delete cluster: docker is stopping")
+
+    _local(cfg, Output(json_mode=True, stdout=buf), Stuck(clusters=("devloop",))).abandon_creation()
+
+    (warning,) = _events(buf, "warning")
+    assert warning["message"].startswith("kind cluster 'devloop' is left half-created: deleting it failed: `kind delete cluster` failed")
+    assert "`kind delete cluster --name devloop`" in warning["hint"]
+
+
+def test_an_interrupted_creation_that_made_nothing_deletes_nothing(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    buf = io.StringIO()
+    kind = FakeKind(clusters=())
+
+    _local(cfg, Output(json_mode=True, stdout=buf), kind).abandon_creation()
+
+    assert [e["message"] for e in _events(buf, "info")] == ["interrupted before kind made anything of cluster 'devloop'"]
+    assert not _events(buf, "warning")
+
+
 def test_a_remote_target_is_never_created_deleted_or_pruned() -> None:
     cluster = FakeCluster("prod-admin")
     target = _remote(cluster, Output(json_mode=True, stdout=io.StringIO()))
     assert not target.owns_cluster and target.pull_policy is None and target.label == "prod"
     assert target.will_create() is False and target.ensure() is False and target.vanished() is None
+    target.abandon_creation()  # nothing created: nothing to remove, nothing raised
     target.collect_garbage("web", "my-web-app", set())  # nothing to do, nothing raised
     with pytest.raises(ConfigError, match="never deletes a remote cluster"):
         target.remove_cluster()
