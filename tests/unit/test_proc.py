@@ -54,9 +54,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_grandchild_that_outlives_its_stopped_parent_is_killed_too() -> None:
-    """kind dies on SIGTERM at once, but a docker command it started may not: it would hold kind's
-    output open (the runner then waits on it) and live on as an orphan."""
+def spawn_with_grandchild(script: str) -> tuple[proc.Background, int]:
+    """A child running `script`, which starts a grandchild and prints its pid: the child and that pid."""
     lines: list[str] = []
     got = threading.Event()
 
@@ -64,10 +63,16 @@ def test_a_grandchild_that_outlives_its_stopped_parent_is_killed_too() -> None:
         lines.append(line)
         got.set()
 
-    # the grandchild ignores SIGTERM; its parent (the group's leader) exits on it
-    bg = proc.DEFAULT.spawn(["sh", "-c", "(trap '' TERM; exec sleep 60) & echo $!; wait"], on_line=on_line)
+    bg = proc.DEFAULT.spawn(["sh", "-c", script], on_line=on_line)
     assert got.wait(30)  # a bound on a hang, not a speed figure
-    grandchild = int(lines[0])
+    return bg, int(lines[0])
+
+
+def test_a_grandchild_that_outlives_its_stopped_parent_is_killed_too() -> None:
+    """kind dies on SIGTERM at once, but a docker command it started may not: it would hold kind's
+    output open (the runner then waits on it) and live on as an orphan."""
+    # the grandchild ignores SIGTERM; its parent (the group's leader) exits on it
+    bg, grandchild = spawn_with_grandchild("(trap '' TERM; exec sleep 60) & echo $!; wait")
     exited = os.pidfd_open(grandchild)
     try:
         bg.stop()
@@ -79,17 +84,7 @@ def test_a_grandchild_that_outlives_its_stopped_parent_is_killed_too() -> None:
 
 
 def test_terminate_all_leaves_no_orphans_including_grandchildren() -> None:
-    lines: list[str] = []
-    got = threading.Event()
-
-    def on_line(line: str) -> None:
-        lines.append(line)
-        got.set()
-
-    # a child that starts a grandchild and prints its pid
-    bg = proc.DEFAULT.spawn(["sh", "-c", "sleep 60 & echo $!; wait"], on_line=on_line)
-    assert got.wait(30)  # a bound on a hang, not a speed figure
-    grandchild = int(lines[0])
+    bg, grandchild = spawn_with_grandchild("sleep 60 & echo $!; wait")
     assert bg.alive() and _alive(grandchild)
     proc.terminate_all()
     deadline = time.monotonic() + 30
