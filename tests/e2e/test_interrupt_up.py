@@ -73,6 +73,9 @@ def test_ctrl_c_while_up_creates_the_cluster_stops_kind_and_deletes_the_half_mad
     assert kind_processes() == []
     # devloop said what became of the half-made cluster (its last lines, read as the reader gets them)
     poll("devloop's word on the half-made cluster", 30, lambda: said(d, f"deleted the half-created kind cluster {CLUSTER!r}"))
+    ts = {m: e["ts"] for e in d.seen if e["event"] == "info" for m in ("deleting what it made", "deleted the half") if m in e["message"]}
+    if len(ts) == 2:
+        print(f"of which deleting the half-created cluster: {ts['deleted the half'] - ts['deleting what it made']:.2f}s")
     # kind did not finish: devloop did not wait for it, and deleted what it had made
     assert not said(d, "cluster created in")
     assert CLUSTER not in harness.kind_clusters()
