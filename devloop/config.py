@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, InitErrorDetails
 
+from devloop import dockerfile
 from devloop.errors import ConfigError
 
 API_V1 = "devloop/v1"
@@ -37,6 +38,8 @@ API_V2 = "devloop/v2"
 API_VERSION = API_V2
 CONFIG_FILE = "devloop.yaml"
 DEFAULT_KIND_CONFIG = "kind-config.yaml"
+# without cluster.kindConfig and no kind-config.yaml beside devloop.yaml: one node, wired for the local registry
+BUILTIN_KIND_CONFIG = Path(__file__).parent / "data" / "kind-config.yaml"
 DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "Dockerfile", ".dockerignore")
 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
@@ -219,13 +222,14 @@ class LiveUpdateConfig(_Model):
 
     enabled: bool = False
     # where the Dockerfile copies the context: an absolute path of plain characters (the sync's shell reads it unquoted)
-    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = "/app"
+    # empty: the WORKDIR of the Dockerfile's build stage, else /app (resolved when the file is loaded)
+    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = ""
     fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
 
 class ServiceConfig(_Model):
-    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
+    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] = ""  # empty: deploy.deployment, else the image's last name part
     image: ImageConfig
     deploy: DeployConfig = DeployConfig()
     port_forward: tuple[PortForwardConfig, ...] = ()
@@ -235,6 +239,25 @@ class ServiceConfig(_Model):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        """No `name`: the Deployment's (deploy.deployment), else the image name's last part when it is a DNS label."""
+        if not isinstance(data, dict) or "name" in data:
+            return data
+        deploy, image = data.get("deploy"), data.get("image")
+        derived = deploy.get("deployment") if isinstance(deploy, dict) else None
+        if derived is None and isinstance(image, dict) and isinstance(image.get("name"), str):
+            last = image["name"].rsplit("/", 1)[-1]
+            derived = last if re.fullmatch(_DNS_LABEL, last) else None
+        return {"name": derived, **data} if isinstance(derived, str) else data
+
+    @model_validator(mode="after")
+    def _named(self) -> ServiceConfig:
+        if not self.name:
+            raise ValueError(f"needs a `name` (lowercase letters, digits and '-'): image {self.image.name!r} gives none")
+        return self
 
     @property
     def deployment(self) -> str:
@@ -256,6 +279,8 @@ class ConfigV2(_Model):
     dashboard: DashboardConfig = DashboardConfig()
     keep_versions: KeepVersions = 3  # content-tagged versions kept per service (host, local registry, nodes)
     targets: Targets = ()
+    # project-wide manifests: where a service without deploy.manifests finds its Deployment
+    manifests: Annotated[tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -571,6 +596,8 @@ def _path(root: Path, value: Path | str) -> Path:
 
 def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, check_paths: bool, legacy: bool) -> Config:
     kind_config = _path(root, model.cluster.kind_config)
+    if "kind_config" not in model.cluster.model_fields_set and not kind_config.is_file():
+        kind_config = BUILTIN_KIND_CONFIG  # nothing said, no file: the built-in one
     kind_doc = _read_kind_config(kind_config)
     name = model.cluster.name or str(kind_doc.get("name") or "devloop")
     if re.fullmatch(_DNS_LABEL, name) is None:
@@ -579,9 +606,13 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
     if registry.enabled == "auto":
         registry = registry.model_copy(update={"enabled": _kind_config_wants_registry(kind_doc)})
     services = []
+    shared = tuple(_path(root, m) for m in model.manifests)
+    for n, m in enumerate(shared):
+        if check_paths and not m.exists():
+            raise ConfigError(f"{source}: manifests[{n}]: no such file or directory: {m}", "list your manifests' files or directories")
     for n, s in enumerate(model.services):
         context = _path(root, s.image.context)
-        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
+        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or shared or (context / "k8s",)
         s = s.model_copy(
             update={
                 "image": s.image.model_copy(
@@ -591,6 +622,7 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
                     }
                 ),
                 "deploy": s.deploy.model_copy(update={"manifests": manifests}),
+                "live_update": s.live_update.model_copy(update={"target": _live_target(source, n, s, context, legacy)}),
             }
         )
         if check_paths:
@@ -604,6 +636,27 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         "services": tuple(services),
     }
     return Config.model_validate({**dict(model), **resolved, "root": root, "source": source, "file": file})
+
+
+def _live_target(source: str, n: int, s: ServiceConfig, context: Path, legacy: bool) -> str:
+    """liveUpdate.target as written, else the WORKDIR of the Dockerfile's build stage, else /app."""
+    if s.live_update.target:
+        return s.live_update.target
+    try:
+        text = (context / s.image.dockerfile).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "/app"  # no Dockerfile (yet): its absence is reported on its own
+    found, hidden = dockerfile.workdir(text, s.image.target)
+    if found and re.fullmatch(r"/[A-Za-z0-9._@+/-]*", found):
+        return found
+    if s.live_update.enabled and (hidden or found):
+        at = "" if legacy else f"services[{n}]."
+        what = "a variable" if hidden else f"{found!r}, which has characters the sync cannot use"
+        raise ConfigError(
+            f"{source}: {at}liveUpdate.target: the Dockerfile's WORKDIR is {what}",
+            "set liveUpdate.target to the absolute path the Dockerfile copies the app to",
+        )
+    return "/app"
 
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
