@@ -387,9 +387,113 @@ def _v1_forwards(value: Any) -> tuple[list[Any], list[ErrorDetails]]:
     return ([forward] if on and not errors else []), errors
 
 
+# What each key means, for `devloop schema` (an editor shows it beside the key it completes). Keyed by
+# model and key as written in the file; a key without one fails tests/unit/test_config.py.
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "ConfigV2": {
+        "apiVersion": "The format of this file: devloop/v2 (the older devloop/v1 is the single-service form).",
+        "cluster": "The local kind cluster devloop creates and deploys to.",
+        "registry": "A local registry beside the kind cluster: only changed layers travel to the nodes.",
+        "watch": "How file changes are picked up.",
+        "monitoring": "A Prometheus in the cluster that reads your scrape ConfigMap (off by default).",
+        "dashboard": "The local web page `devloop dev` serves (127.0.0.1 only).",
+        "keepVersions": "Content-tagged versions kept per service (host, local registry, nodes); 1-100.",
+        "targets": "Remote clusters for `release` and `--target`: only these kube contexts are ever used.",
+        "manifests": "Project-wide manifests (files, directories or kustomize directories): where a service without "
+        "deploy.manifests finds its Deployment.",
+        "services": "One entry per image and the Deployment that runs it.",
+    },
+    "ClusterConfig": {
+        "name": "The kind cluster's name; default: the `name:` in the kind config, else devloop.",
+        "kindConfig": "The kind config the cluster is created from, relative to devloop.yaml. Default kind-config.yaml "
+        "beside it; when that file does not exist, devloop's built-in one (one node, wired for the local registry).",
+        "nodeImage": "The kind node image; empty: kind's default.",
+    },
+    "RegistryConfig": {
+        "enabled": "true, false or auto: on when the kind config points containerd at /etc/containerd/certs.d.",
+        "name": "The registry container devloop starts (and starts again when stopped).",
+        "hostPort": "The host port images are pushed to (localhost:<hostPort>/<image.name>:<tag>).",
+        "image": "The registry's image.",
+    },
+    "WatchConfig": {
+        "debounceMs": "Quiet period (ms) before a batch of changes starts a cycle.",
+        "ignore": "Extra glob patterns the watcher ignores (besides .dockerignore).",
+    },
+    "MonitoringConfig": {
+        "enabled": "A Prometheus in the cluster that reads your scrape ConfigMap.",
+        "configMap": "Your ConfigMap holding prometheus.yml, by name; read as it is.",
+        "namespace": "Where Prometheus runs; default: the first service's namespace.",
+        "image": "The Prometheus image.",
+        "localPort": "Accepted, not used: status reads Prometheus through the API server.",
+    },
+    "DashboardConfig": {
+        "enabled": "Serve the dashboard during `devloop dev` (--no-ui turns it off).",
+        "port": "Its port on 127.0.0.1; 0: any free port.",
+    },
+    "TargetConfig": {
+        "name": "The target's name, as --target NAME says it.",
+        "context": "The kube context, by name (kubectl config get-contexts).",
+        "registry": "host[:port][/path] the cluster pulls from; images are pushed as <registry>/<image.name>:<tag>.",
+        "namespace": "Default: the manifest's metadata.namespace, else the context's.",
+        "pullSecret": "An imagePullSecret in that namespace (created by you; devloop only names it in the pod spec).",
+        "insecure": "The registry speaks plain HTTP (no TLS): must be said explicitly.",
+        "tokenHosts": "Hosts besides the registry's own whose token service may receive your Docker login.",
+    },
+    "BuildSecret": {
+        "id": "The secret's id, as `RUN --mount=type=secret,id=<id>` names it.",
+        "env": "The name of an environment variable holding the value (never the value itself).",
+        "file": "A file holding the value, relative to devloop.yaml.",
+    },
+    "ImageConfig": {
+        "name": "The image your manifests reference (any tag: devloop swaps in its own content tag).",
+        "context": "The build context, relative to devloop.yaml.",
+        "dockerfile": "The Dockerfile, relative to the context.",
+        "buildArgs": "Build arguments, e.g. {NODE_IMAGE: node:24-alpine}.",
+        "target": "A build stage of a multi-stage Dockerfile.",
+        "secrets": "BuildKit build secrets: each an id and either env or file.",
+    },
+    "RollingUpdate": {
+        "maxSurge": 'Extra pods during a rollout: a number or a percentage ("25%").',
+        "maxUnavailable": "Pods that may be unavailable during a rollout: a number or a percentage.",
+    },
+    "DeployConfig": {
+        "manifests": "Files, directories or kustomize directories; empty: the project-wide manifests, else <context>/k8s.",
+        "deployment": "The Deployment devloop rolls out; default: the service's name.",
+        "namespace": "Default: the manifest's metadata.namespace, else the kube context's.",
+        "rolloutTimeout": "Seconds before a rollout that never becomes ready fails (5-3600).",
+        "rollingUpdate": "Dev only: override the Deployment's rolling-update strategy when applying.",
+        "onFailure": "rollback or keep: what to do when a rollout fails and the old version no longer serves.",
+    },
+    "PortForwardConfig": {
+        "service": "The Kubernetes Service to forward to.",
+        "port": "Its port.",
+        "localPort": "The local port, bound on 127.0.0.1 only; 0: any free port.",
+    },
+    "LiveUpdateConfig": {
+        "enabled": "Sync changed files into the running pods and restart the process, instead of rebuilding.",
+        "target": "Where the Dockerfile copies the build context; default: the WORKDIR of its build stage, else /app.",
+        "fallback": "Globs that always mean a full rebuild.",
+        "command": "What the restart loop runs; empty: the container's own command.",
+    },
+    "ServiceConfig": {
+        "name": "A lowercase DNS label naming the service in events, logs and status; default: deploy.deployment, "
+        "else the image name's last part.",
+        "image": "The image devloop builds.",
+        "deploy": "How the image is rolled out.",
+        "portForward": "Local forwards to Services, kept alive across rollouts.",
+        "liveUpdate": "Sync saves into the running pods instead of rebuilding (off by default).",
+    },
+}
+
+
 def schema() -> dict[str, Any]:
-    """The JSON Schema of devloop.yaml (v2), for editors."""
+    """The JSON Schema of devloop.yaml (v2), for editors: every key with its description (DESCRIPTIONS)."""
     s = ConfigV2.model_json_schema(by_alias=True)
+    for model, node in [("ConfigV2", s), *s.get("$defs", {}).items()]:
+        for key, prop in node.get("properties", {}).items():
+            text = DESCRIPTIONS.get(model, {}).get(key)
+            if text:
+                prop["description"] = text
     s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     s["title"] = "devloop.yaml"
     return s

@@ -359,7 +359,9 @@ def _match(
             questions.append(
                 Question(
                     f"{len(tied)} Dockerfiles could build image {image}: {listed}; keep the one devloop should build",
-                    ProposedService(first.name if first.kind == "Deployment" else image, image, tied[0].context, tied[0].path.name, Path(first.source)),
+                    ProposedService(
+                        first.name if first.kind == "Deployment" else image, image, tied[0].context, tied[0].path.name, Path(first.source)
+                    ),
                     tuple(str(d.path) for d in tied),
                 )
             )
@@ -418,7 +420,7 @@ def _units(root: Path, scan: _Scan) -> tuple[dict[Path, Path], set[Path], list[s
     """Where each manifest file is applied from (the top kustomization rendering it, its directory, or the file
     itself when that directory holds other YAML), the patch files, and notes on choices made."""
     rendered: dict[Path, tuple[set[Path], set[Path], set[Path]]] = {k: _rendered(k) for k in scan.kustomizations}
-    bases = {b for _, b, _ in rendered.values() for b in b}
+    bases = {base for _, below, _ in rendered.values() for base in below}
     tops = [k for k in scan.kustomizations if k not in bases]
     patches = {p for _, _, ps in rendered.values() for p in ps}
     units: dict[Path, Path] = {}

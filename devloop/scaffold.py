@@ -69,7 +69,7 @@ def _service(s: ProposedService, base: Path, alternatives: tuple[str, ...] = (),
 def _question(q: Question, base: Path) -> list[str]:
     lines = [f"{QUESTION} {q.text}"]
     if q.draft is not None:
-        lines.append("#   Then delete the `#` at the start of each line below (and this question):")
+        lines.append("# Then delete the `#` at the start of each line below (and these two lines):")
         lines += ["#  " + line for line in _service(q.draft, base, q.alternatives)]
     return lines
 
@@ -84,7 +84,7 @@ def render(p: Proposal, file: Path) -> str:
     ]
     if p.questions:
         n = len(p.questions)
-        head.append(f"# {n} question{'s' * (n != 1)} below start with `{QUESTION}`: answer {'them' if n > 1 else 'it'}, init did not guess.")
+        head.append(f"# {n} question{'s' * (n != 1)} below start with `{QUESTION}`: init did not guess, you decide.")
     head += [f"# NOTE: {n}" for n in p.notes if not any(s.note == n for s in p.services)]
     if p.not_built:
         head.append(f"# Pulled as the manifests say (no Dockerfile here builds them): {', '.join(p.not_built)}")
