@@ -398,7 +398,9 @@ def init(
         names = [s.name for s in proposal.services]
         said = f"{len(names)} service{'s' * (len(names) != 1)} ({', '.join(names) or 'none yet'})"
         asked = f", {len(proposal.questions)} question{'s' * (len(proposal.questions) != 1)} to answer" if proposal.questions else ""
-        human = out.plain(text.rstrip("\n")) if dry_run else f"wrote {file}: {said}{asked}; next: `devloop up`"
+        up = f"`devloop{f' -f {ctx.obj.config}' if ctx.obj.config else ''} up`"
+        then = f"answer the questions in it, then {up}" if not names else f"next: {up}"
+        human = out.plain(text.rstrip("\n")) if dry_run else f"wrote {file}: {said}{asked}; {then}"
         out.result(
             "init",
             human,

@@ -314,3 +314,11 @@ def test_init_json_reports_questions(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert done["event"] == "init" and done["written"] is False and done["services"] == ["currencyservice"]
     assert len(done["questions"]) == 1 and "QUESTION" in done["yaml"]
     assert any(e["event"] == "warning" and "paymentservice" in e["message"] for e in events)
+
+
+def test_the_readme_shows_what_init_writes(tmp_path: Path) -> None:
+    root = microservices(tmp_path / "ms")
+    (root / "kubernetes-manifests" / "paymentservice.yaml").write_text(deployment("paymentservice", "paymentservice"))  # no Service
+    readme = (REPO / "README.md").read_text().split("### Quick start in an existing repository", 1)[1]
+    shown = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert yaml.safe_load(scaffold.render(discover.discover(root), root / "devloop.yaml")) == shown
