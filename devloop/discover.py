@@ -276,7 +276,7 @@ def discover(root: Path) -> Proposal:
                         users.setdefault(repo, []).append((o, str(c.get("name", ""))))
                         refs.setdefault(repo, set()).add(c["image"])
 
-    claims = _match(root, scan.dockerfiles, users, questions)
+    claims = _match(root, scan.dockerfiles, users, refs, questions)
     matched_files = {d.path for d in claims.values()} | {Path(a) for q in questions for a in q.alternatives}
     unmatched = [d for d in scan.dockerfiles if d.path not in matched_files]
     free_images = [i for i in users if i not in claims and _local_looking(i, refs[i])]
@@ -315,6 +315,8 @@ def discover(root: Path) -> Proposal:
                 f"(`helm template {_rel(chart, root)} --output-dir k8s-rendered`) and list that directory under `manifests`"
             )
         )
+    services, chosen = _one_per_name(root, services, units)
+    notes += chosen
     services = _with_forwards(services, objects)
     services, shared = _place_manifests(root, services, units)
     not_built = tuple(sorted(r for i in users if i not in claims for r in refs[i]))
@@ -343,9 +345,15 @@ def _found(root: Path, scan: _Scan) -> str:
 
 
 def _match(
-    root: Path, dockerfiles: list[_Dockerfile], users: dict[str, list[tuple[mf.Manifest, str]]], questions: list[Question]
+    root: Path,
+    dockerfiles: list[_Dockerfile],
+    users: dict[str, list[tuple[mf.Manifest, str]]],
+    refs: dict[str, set[str]],
+    questions: list[Question],
 ) -> dict[str, _Dockerfile]:
-    """Each image's Dockerfile: the best match by name, when exactly one is best (else a question)."""
+    """Each image's Dockerfile: the best match by name, when exactly one is best (else a question). Of two
+    images named alike (`emailservice`, `registry.example/app/emailservice:v1` in released manifests), the
+    one without a registry or tag is the one built here."""
     best: dict[str, tuple[int, _Dockerfile]] = {}
     for image, used in users.items():
         scores = [(_score(image, used, d.names(root)), d) for d in dockerfiles]
@@ -374,6 +382,8 @@ def _match(
     for path, wanted in by_file.items():
         top = max(s for s, _ in wanted)
         winners = [i for s, i in wanted if s == top]
+        local = [i for i in winners if _local_looking(i, refs[i])]
+        winners = local if len(local) == 1 else winners
         d = best[winners[0]][1]
         if len(winners) > 1:  # two images both named like one Dockerfile: not this one's to guess
             questions.append(
@@ -386,6 +396,27 @@ def _match(
             continue
         claims[winners[0]] = d
     return claims
+
+
+def _one_per_name(root: Path, services: list[ProposedService], units: dict[Path, Path]) -> tuple[list[ProposedService], list[str]]:
+    """A Deployment declared in several places (a kustomize base and a plain copy): the place most services are found in."""
+    count: dict[Path, int] = {}
+    for s in services:
+        unit = units.get(s.source, s.source)
+        count[unit] = count.get(unit, 0) + 1
+    out: dict[str, ProposedService] = {}
+    notes = []
+    for s in services:
+        kept = out.get(s.name)
+        if kept is None:
+            out[s.name] = s
+            continue
+        mine, theirs = units.get(s.source, s.source), units.get(kept.source, kept.source)
+        if count[mine] > count[theirs]:
+            out[s.name] = s
+        place = _rel(units.get(out[s.name].source, out[s.name].source), root)
+        notes.append(f"Deployment {s.name} is declared in {_rel(s.source, root)} and {_rel(kept.source, root)}; init uses {place}")
+    return list(out.values()), notes
 
 
 def _selects(service: mf.Manifest, deployment: mf.Manifest) -> bool:

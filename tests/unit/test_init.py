@@ -322,3 +322,25 @@ def test_the_readme_shows_what_init_writes(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text().split("### Quick start in an existing repository", 1)[1]
     shown = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
     assert yaml.safe_load(scaffold.render(discover.discover(root), root / "devloop.yaml")) == shown
+
+
+def test_released_manifests_and_a_second_kustomization_beside_the_dev_ones(tmp_path: Path) -> None:
+    """As upstream microservices repositories ship them: release/ names published images, kustomize/base/ copies the manifests."""
+    root = microservices(tmp_path / "ms")
+    (root / "release").mkdir()
+    (root / "release" / "all.yaml").write_text(
+        deployment("currencyservice", "registry.example.com/demo/currencyservice:v0.10.1")
+        + "---\n"
+        + deployment("paymentservice", "registry.example.com/demo/paymentservice:v0.10.1")
+    )
+    base = root / "kustomize" / "base"
+    base.mkdir(parents=True)
+    shutil.copy(root / "kubernetes-manifests" / "currencyservice.yaml", base / "currencyservice.yaml")
+    (base / "kustomization.yaml").write_text("resources: [currencyservice.yaml]\n")
+    (root / "kustomize" / "kustomization.yaml").write_text("resources: [base]\n")
+    p = discover.discover(root)
+    assert p.questions == ()
+    assert [(s.name, s.image) for s in p.services] == [("currencyservice", "currencyservice"), ("paymentservice", "paymentservice")]
+    assert p.manifests == (root / "kubernetes-manifests",)  # where both are
+    assert "registry.example.com/demo/currencyservice:v0.10.1" in p.not_built
+    assert any("Deployment currencyservice is declared in" in n and "init uses kubernetes-manifests" in n for n in p.notes)
