@@ -117,9 +117,15 @@ def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
         yield here, sorted(filenames)
 
 
+_SOURCE_SUFFIXES = frozenset({"py", "pyc", "go", "js", "ts", "rs", "java", "rb", "sh", "md", "txt", "json", "yaml", "yml", "orig", "bak"})
+
+
 def _is_dockerfile(name: str) -> bool:
+    """Dockerfile, Dockerfile.<name>, <name>.Dockerfile; not a module named dockerfile.py."""
     low = name.lower()
-    return low == "dockerfile" or low.startswith("dockerfile.") or low.endswith(".dockerfile")
+    if low.startswith("dockerfile."):
+        return low.partition(".")[2] not in _SOURCE_SUFFIXES
+    return low == "dockerfile" or low.endswith(".dockerfile")
 
 
 def _scan(root: Path) -> _Scan:
@@ -213,17 +219,32 @@ def _tokens(name: str) -> set[str]:
     return {t for t in re.split(r"[-_.]", name) if t}
 
 
-def _score(image: str, users: list[tuple[mf.Manifest, str]], names: set[str]) -> int:
-    """3: the image's last name part is the Dockerfile's name; 2: one part of it is (shop-web ~ web/);
-    1: the workload's or container's name is; 0: no match."""
+def _score(image: str, users: list[tuple[mf.Manifest, str]], d: _Dockerfile, root: Path) -> tuple[int, int]:
+    """How well a Dockerfile fits an image, by name: 4 the image's last name part is the Dockerfile's name;
+    3 one part of it is (shop-web ~ web/); 2 the workload's or container's name is; 1 no name in common
+    but the workload's manifest is inside the Dockerfile's directory (its k8s/); 0 no match. Then, to
+    break a tie: how many directories the Dockerfile and the manifest share (the nearer one)."""
+    names = d.names(root)
     last = image.rsplit("/", 1)[-1].lower()
+    near = max(_shared(d.context, Path(w.source).parent, root) for w, _ in users)
     if last in names:
-        return 3
+        return 4, near
     if any(n in _tokens(last) or last in _tokens(n) for n in names):
-        return 2
+        return 3, near
     if any(w.name.lower() in names or c.lower() in names for w, c in users):
-        return 1
-    return 0
+        return 2, near
+    if d.context != root and any(d.context in Path(w.source).parents for w, _ in users):
+        return 1, near
+    return 0, 0
+
+
+def _shared(a: Path, b: Path, root: Path) -> int:
+    n = 0
+    for x, y in zip(a.relative_to(root).parts, b.relative_to(root).parts, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -351,50 +372,46 @@ def _match(
     refs: dict[str, set[str]],
     questions: list[Question],
 ) -> dict[str, _Dockerfile]:
-    """Each image's Dockerfile: the best match by name, when exactly one is best (else a question). Of two
-    images named alike (`emailservice`, `registry.example/app/emailservice:v1` in released manifests), the
-    one without a registry or tag is the one built here."""
-    best: dict[str, tuple[int, _Dockerfile]] = {}
+    """Each image's Dockerfile, best fits first (`_score`): a fit no better fit took is taken; two equal
+    fits for one image, or for one Dockerfile, are a question. Of two images named alike for one Dockerfile
+    (`emailservice`, and `registry.example/app/emailservice:v1` in released manifests), the one without
+    a registry or tag is the one built here."""
+    fits: dict[tuple[int, int], list[tuple[str, _Dockerfile]]] = {}
     for image, used in users.items():
-        scores = [(_score(image, used, d.names(root)), d) for d in dockerfiles]
-        top = max((s for s, _ in scores), default=0)
-        if top == 0:
-            continue
-        tied = [d for s, d in scores if s == top]
-        if len(tied) > 1:
-            listed = ", ".join(_rel(d.path, root) for d in tied)
-            first = used[0][0]
-            questions.append(
-                Question(
-                    f"{len(tied)} Dockerfiles could build image {image}: {listed}; keep the one devloop should build",
-                    ProposedService(
-                        first.name if first.kind == "Deployment" else image, image, tied[0].context, tied[0].path.name, Path(first.source)
-                    ),
-                    tuple(str(d.path) for d in tied),
-                )
-            )
-            continue
-        best[image] = (top, tied[0])
+        for d in dockerfiles:
+            score = _score(image, used, d, root)
+            if score[0] > 0:
+                fits.setdefault(score, []).append((image, d))
     claims: dict[str, _Dockerfile] = {}
-    by_file: dict[Path, list[tuple[int, str]]] = {}
-    for image, (s, d) in best.items():
-        by_file.setdefault(d.path, []).append((s, image))
-    for path, wanted in by_file.items():
-        top = max(s for s, _ in wanted)
-        winners = [i for s, i in wanted if s == top]
-        local = [i for i in winners if _local_looking(i, refs[i])]
-        winners = local if len(local) == 1 else winners
-        d = best[winners[0]][1]
-        if len(winners) > 1:  # two images both named like one Dockerfile: not this one's to guess
-            questions.append(
-                Question(
-                    f"{_rel(path, root)} could build image {' or '.join(winners)}; say which (or add a Dockerfile for the other)",
-                    ProposedService(winners[0], winners[0], d.context, d.path.name, Path(users[winners[0]][0][0].source)),
-                    (str(path),),
-                )
+    done_images: set[str] = set()
+    done_files: set[Path] = set()
+    for score in sorted(fits, reverse=True):
+        level = fits[score]
+        for image in dict.fromkeys(i for i, _ in level):
+            tied = [d for i, d in level if i == image and d.path not in done_files]
+            if image in done_images or not tied:
+                continue
+            rivals = [i for i, d in level if d.path == tied[0].path and i not in done_images]
+            local = [i for i in rivals if _local_looking(i, refs[i])]
+            rivals = local if len(tied) == 1 and len(local) == 1 else rivals
+            if image not in rivals:
+                continue  # another image is the one this Dockerfile builds: it takes it in its turn
+            first = users[image][0][0]
+            draft = ProposedService(
+                first.name if first.kind == "Deployment" else image, image, tied[0].context, tied[0].path.name, Path(first.source)
             )
-            continue
-        claims[winners[0]] = d
+            if len(tied) > 1:
+                listed = ", ".join(_rel(d.path, root) for d in tied)
+                text = f"{len(tied)} Dockerfiles could build image {image}: {listed}; keep the one devloop should build"
+                questions.append(Question(text, draft, tuple(str(d.path) for d in tied)))
+            elif len(rivals) > 1:  # two images both named like one Dockerfile: not this one's to guess
+                text = f"{_rel(tied[0].path, root)} could build image {' or '.join(rivals)}; say which (or add a Dockerfile for the other)"
+                questions.append(Question(text, draft, (str(tied[0].path),)))
+                done_images.update(rivals)
+            else:
+                claims[image] = tied[0]
+            done_images.add(image)
+            done_files.update(d.path for d in tied)
     return claims
 
 
@@ -478,14 +495,18 @@ def _units(root: Path, scan: _Scan) -> tuple[dict[Path, Path], set[Path], list[s
 def _place_manifests(
     root: Path, services: list[ProposedService], units: dict[Path, Path]
 ) -> tuple[list[ProposedService], tuple[Path, ...]]:
-    """One project-wide manifests entry when every Deployment is found in the same place; else each
-    service's own (none where it is the default, <context>/k8s)."""
-    wanted = {units.get(s.source, s.source) for s in services}
-    if len(wanted) == 1 and not (len(services) == 1 and next(iter(wanted)) == services[0].context / "k8s"):
-        return services, tuple(wanted)
+    """The place most Deployments are found in (two at least) is the project-wide `manifests`; every
+    other service lists its own (none where it is the default, <context>/k8s, and nothing is project-wide)."""
+    count: dict[Path, int] = {}
+    for s in services:
+        unit = units.get(s.source, s.source)
+        count[unit] = count.get(unit, 0) + 1
+    shared = max(count, key=lambda u: count[u], default=None)
+    if shared is not None and count[shared] < 2 and not (len(services) == 1 and shared != services[0].context / "k8s"):
+        shared = None  # one service each: nothing is shared (one service outside its default: listed as project-wide)
     out = []
     for s in services:
         unit = units.get(s.source, s.source)
-        own = () if unit == s.context / "k8s" else (unit,)
+        own: tuple[Path, ...] = () if unit == shared or (shared is None and unit == s.context / "k8s") else (unit,)
         out.append(ProposedService(**{**s.__dict__, "manifests": own}))
-    return out, ()
+    return out, (shared,) if shared is not None else ()

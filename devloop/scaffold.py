@@ -93,7 +93,7 @@ def render(p: Proposal, file: Path) -> str:
         body += ["cluster:", f"  kindConfig: {_q(_rel(p.kind_config, base))}  # the kind config found here"]
     if p.manifests:
         listed = ", ".join(_q(_rel(m, base)) for m in p.manifests)
-        body.append(f"manifests: [{listed}]  # project-wide: every service's Deployment is found here")
+        body.append(f"manifests: [{listed}]  # project-wide: where a service without deploy.manifests finds its Deployment")
     if p.services:
         body.append("services:")
         for n, s in enumerate(p.services):

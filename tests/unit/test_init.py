@@ -344,3 +344,24 @@ def test_released_manifests_and_a_second_kustomization_beside_the_dev_ones(tmp_p
     assert p.manifests == (root / "kubernetes-manifests",)  # where both are
     assert "registry.example.com/demo/currencyservice:v0.10.1" in p.not_built
     assert any("Deployment currencyservice is declared in" in n and "init uses kubernetes-manifests" in n for n in p.notes)
+
+
+def test_a_repository_holding_both_examples(tmp_path: Path) -> None:
+    """This repository's shape: examples/shop (shared k8s/) and sample-app (its own k8s/), a Python module named dockerfile.py."""
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "examples" / "shop", root / "examples" / "shop")
+    (root / "examples" / "shop" / "devloop.yaml").unlink()
+    shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    (root / "devloop").mkdir()
+    (root / "devloop" / "dockerfile.py").write_text("")
+    p = discover.discover(root)
+    assert p.questions == ()  # my-web-app (web, app) does not take web/'s Dockerfile from shop-web: shop-web's manifests are nearer
+    assert p.manifests == (root / "examples" / "shop" / "k8s",)
+    by = {s.name: s for s in p.services}
+    assert set(by) == {"web", "api", "worker", "web-app"}
+    assert by["web"].image == "shop-web" and by["web-app"].context == root / "sample-app"
+    file = root / "devloop.yaml"
+    scaffold.write(file, scaffold.render(p, file))
+    cfg = load_written(root)
+    assert cfg.service("web-app").manifests == (root / "sample-app" / "k8s",)  # listed: not the project-wide ones
+    assert cfg.service("api").manifests == (root / "examples" / "shop" / "k8s",)
