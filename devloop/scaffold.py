@@ -37,8 +37,9 @@ def _rel(path: Path, base: Path) -> str:
 def _service(s: ProposedService, base: Path, alternatives: tuple[str, ...] = (), *, explain: bool = False) -> list[str]:
     lines = []
     last = s.image.rsplit("/", 1)[-1]
+    where = "the Deployment that runs it" if s.source == s.context / s.dockerfile else f"the Deployment in {_rel(s.source, base)}"
     if s.name != last or not s.image:
-        lines.append(f"- name: {_q(s.name)}  # the Deployment in {_rel(s.source, base)}")
+        lines.append(f"- name: {_q(s.name)}  # {where}")
         lines.append("  image:")
     else:
         lines.append(f"- image:  # the Deployment {s.name} in {_rel(s.source, base)} (also the service's name)")
@@ -84,7 +85,7 @@ def render(p: Proposal, file: Path) -> str:
     ]
     if p.questions:
         n = len(p.questions)
-        head.append(f"# {n} question{'s' * (n != 1)} below start with `{QUESTION}`: init did not guess, you decide.")
+        head.append(f"# {n} question{'s start' if n != 1 else ' starts'} with `{QUESTION}` below: init did not guess, you decide.")
     head += [f"# NOTE: {n}" for n in p.notes if not any(s.note == n for s in p.services)]
     if p.not_built:
         head.append(f"# Pulled as the manifests say (no Dockerfile here builds them): {', '.join(p.not_built)}")
