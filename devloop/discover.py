@@ -329,13 +329,13 @@ def discover(root: Path) -> Proposal:
                 ProposedService(d.context.name.lower(), "", d.context, d.path.name, d.path),
             )
         )
-    for chart in scan.charts:
-        questions.append(
-            Question(
-                f"Helm chart {_rel(chart, root)}: devloop applies plain manifests and kustomizations; render it "
-                f"(`helm template {_rel(chart, root)} --output-dir k8s-rendered`) and list that directory under `manifests`"
-            )
-        )
+    for chart in scan.charts:  # a question when nothing else deploys the services; beside manifests that do, a note
+        said = f"Helm chart {_rel(chart, root)}: devloop applies plain manifests and kustomizations"
+        if services:
+            notes.append(f"{said}; init used those")
+        else:
+            render = f"`helm template {_rel(chart, root)} --output-dir k8s-rendered`"
+            questions.append(Question(f"{said}; render it ({render}) and list that directory under `manifests`"))
     services, chosen = _one_per_name(root, services, units)
     notes += chosen
     services = _with_forwards(services, objects)

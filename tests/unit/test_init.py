@@ -180,14 +180,18 @@ def test_an_image_only_a_statefulset_runs_is_a_question(tmp_path: Path) -> None:
     assert "StatefulSet db" in p.questions[0].text and "Deployments only" in p.questions[0].text
 
 
-def test_a_helm_chart_is_said_not_rendered(tmp_path: Path) -> None:
+def test_a_helm_chart_is_a_question_when_nothing_else_deploys(tmp_path: Path) -> None:
     root = microservices(tmp_path / "ms")
     (root / "chart" / "templates").mkdir(parents=True)
     (root / "chart" / "Chart.yaml").write_text("apiVersion: v2\nname: app\nversion: 0.1.0\n")
     (root / "chart" / "templates" / "d.yaml").write_text("kind: Deployment\nmetadata: {name: {{ .Values.name }}}\n")
     p = discover.discover(root)
-    assert len(p.services) == 2
-    assert any(q.text.startswith("Helm chart chart:") and "helm template" in q.text for q in p.questions)
+    assert len(p.services) == 2 and p.questions == ()  # the kustomization deploys them: the chart is an alternative
+    assert any(n.startswith("Helm chart chart:") for n in p.notes)
+    shutil.rmtree(root / "kubernetes-manifests")
+    p = discover.discover(root)
+    assert p.services == ()
+    assert any(q.text.startswith("Helm chart chart:") and "helm template chart" in q.text for q in p.questions)
 
 
 def test_the_only_dockerfile_and_the_only_local_image_are_matched_and_said(tmp_path: Path) -> None:
@@ -365,3 +369,8 @@ def test_a_repository_holding_both_examples(tmp_path: Path) -> None:
     cfg = load_written(root)
     assert cfg.service("web-app").manifests == (root / "sample-app" / "k8s",)  # listed: not the project-wide ones
     assert cfg.service("api").manifests == (root / "examples" / "shop" / "k8s",)
+
+
+@pytest.mark.parametrize("value", ["web", "true", "1.0", "null", "a #b", "x: y", "*star", "plain/path-1"])
+def test_written_scalars_read_back_as_the_same_string(value: str) -> None:
+    assert yaml.safe_load(f"key: {scaffold._q(value)}  # comment\n") == {"key": value}
