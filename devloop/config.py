@@ -388,7 +388,7 @@ def _v1_forwards(value: Any) -> tuple[list[Any], list[ErrorDetails]]:
 
 
 # What each key means, for `devloop schema` (an editor shows it beside the key it completes). Keyed by
-# model and key as written in the file; a key without one fails tests/unit/test_config.py.
+# model and key as written in the file; a key without one fails tests/unit/test_config_defaults.py.
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "ConfigV2": {
         "apiVersion": "The format of this file: devloop/v2 (the older devloop/v1 is the single-service form).",
@@ -738,6 +738,7 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         "cluster": model.cluster.model_copy(update={"name": name, "kind_config": kind_config}),
         "registry": registry,
         "services": tuple(services),
+        "manifests": shared,
     }
     return Config.model_validate({**dict(model), **resolved, "root": root, "source": source, "file": file})
 

@@ -63,6 +63,7 @@ def test_project_wide_manifests_serve_every_service_without_its_own(project: Pat
     (project / "api" / "k8s").mkdir()
     cfg = load(project, TWO.replace("deploy: {deployment: api}", "deploy: {deployment: api, manifests: [api/k8s]}"))
     assert [s.manifests for s in cfg.services] == [(project / "k8s",), (project / "api" / "k8s",)]
+    assert cfg.manifests == (project / "k8s",)  # resolved, as every other path
     (project / "k8s").rmdir()
     with pytest.raises(ConfigError, match=r"^devloop.yaml: manifests\[0\]: no such file or directory"):
         load(project, TWO)
