@@ -374,3 +374,17 @@ def test_a_repository_holding_both_examples(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["web", "true", "1.0", "null", "a #b", "x: y", "*star", "plain/path-1"])
 def test_written_scalars_read_back_as_the_same_string(value: str) -> None:
     assert yaml.safe_load(f"key: {scaffold._q(value)}  # comment\n") == {"key": value}
+
+
+def test_each_service_of_the_written_shop_file_finds_its_own_objects_in_the_shared_directory(shop: Path) -> None:
+    from devloop.output import Output
+    from devloop.project import Project
+    from devloop.targets import TargetSpec
+    from tests.unit.fakes import FakeCluster
+
+    file = shop / "devloop.yaml"
+    scaffold.write(file, scaffold.render(discover.discover(shop), file))
+    cfg = load_written(shop)
+    project = Project(cfg, FakeCluster(), TargetSpec("local", "kind-devloop"), Output(json_mode=True))
+    found = {s.name: sorted(f"{m.kind}/{m.name}" for m in project.manifests(s).docs) for s in cfg.services}
+    assert found == {"web": ["Deployment/web", "Service/web"], "api": ["Deployment/api", "Service/api"], "worker": ["Deployment/worker"]}
