@@ -340,6 +340,7 @@ def discover(root: Path) -> Proposal:
     notes += chosen
     services = _with_forwards(services, objects)
     services, shared = _place_manifests(root, services, units)
+    questions += _renames(root, {units.get(s.source, s.source) for s in services})
     not_built = tuple(sorted(r for i in users if i not in claims for r in refs[i]))
     kind_config = None
     if len(scan.kind_configs) == 1 and scan.kind_configs[0] != root / DEFAULT_KIND_CONFIG:
@@ -490,6 +491,22 @@ def _units(root: Path, scan: _Scan) -> tuple[dict[Path, Path], set[Path], list[s
         else:
             units[source] = source.parent
     return units, patches, notes
+
+
+def _renames(root: Path, places: set[Path]) -> list[Question]:
+    """A kustomization that renames objects or images: what init read from its files is not what it renders."""
+    out = []
+    for place in sorted(p for p in places if mf.is_kustomization(p)):
+        chain = [place, *sorted(_rendered(place)[1])]
+        said = sorted({key for k in chain for key in ("namePrefix", "nameSuffix", "images") if _kustomization(k).get(key)})
+        if said:
+            out.append(
+                Question(
+                    f"{_rel(place, root)} renames objects or images ({', '.join(said)}): init read the names before that; check each "
+                    f"service's deploy.deployment and image.name against `kubectl kustomize {_rel(place, root)}`"
+                )
+            )
+    return out
 
 
 def _place_manifests(

@@ -388,3 +388,13 @@ def test_each_service_of_the_written_shop_file_finds_its_own_objects_in_the_shar
     project = Project(cfg, FakeCluster(), TargetSpec("local", "kind-devloop"), Output(json_mode=True))
     found = {s.name: sorted(f"{m.kind}/{m.name}" for m in project.manifests(s).docs) for s in cfg.services}
     assert found == {"web": ["Deployment/web", "Service/web"], "api": ["Deployment/api", "Service/api"], "worker": ["Deployment/worker"]}
+
+
+def test_a_kustomization_that_renames_is_a_question(tmp_path: Path) -> None:
+    root = microservices(tmp_path / "ms")
+    k = root / "kubernetes-manifests" / "kustomization.yaml"
+    k.write_text(k.read_text() + "namePrefix: dev-\n")
+    p = discover.discover(root)
+    assert len(p.services) == 2  # still proposed, and the renaming asked about
+    (q,) = p.questions
+    assert q.text.startswith("kubernetes-manifests renames objects or images (namePrefix)") and "kubectl kustomize" in q.text
