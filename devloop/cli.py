@@ -376,6 +376,46 @@ def doctor(ctx: typer.Context) -> None:
 
 
 @app.command()
+def init(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="the project to look at (default: here)")] = Path("."),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the devloop.yaml init would write; write nothing")] = False,
+) -> None:
+    """Write a devloop.yaml for an existing project: its Dockerfiles, manifests and Services, found. Never overwrites."""
+
+    def body(out: Output) -> int:
+        from devloop import discover, scaffold
+
+        file = scaffold.target_file(directory, ctx.obj.config)
+        if not dry_run:
+            scaffold.refuse_existing(file)
+        proposal = discover.discover(directory)
+        text = scaffold.render(proposal, file)
+        for q in proposal.questions:
+            out.warn(q.text, f"answer it in {file.name} (the lines starting `{scaffold.QUESTION}`)")
+        if not dry_run:
+            scaffold.write(file, text)
+        names = [s.name for s in proposal.services]
+        said = f"{len(names)} service{'s' * (len(names) != 1)} ({', '.join(names) or 'none yet'})"
+        asked = f", {len(proposal.questions)} question{'s' * (len(proposal.questions) != 1)} to answer" if proposal.questions else ""
+        up = f"`devloop{f' -f {ctx.obj.config}' if ctx.obj.config else ''} up`"
+        then = f"answer the questions in it, then {up}" if not names else f"next: {up}"
+        human = out.plain(text.rstrip("\n")) if dry_run else f"wrote {file}: {said}{asked}; {then}"
+        out.result(
+            "init",
+            human,
+            file=str(file),
+            written=not dry_run,
+            services=names,
+            questions=[q.text for q in proposal.questions],
+            yaml=text,
+        )
+        return EXIT_OK
+
+    _run(ctx, body)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of devloop.yaml (for editors: the YAML language server's $schema)."""
     typer.echo(json.dumps(config_mod.schema(), indent=2))

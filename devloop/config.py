@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, InitErrorDetails
 
+from devloop import dockerfile
 from devloop.errors import ConfigError
 
 API_V1 = "devloop/v1"
@@ -37,6 +38,8 @@ API_V2 = "devloop/v2"
 API_VERSION = API_V2
 CONFIG_FILE = "devloop.yaml"
 DEFAULT_KIND_CONFIG = "kind-config.yaml"
+# without cluster.kindConfig and no kind-config.yaml beside devloop.yaml: one node, wired for the local registry
+BUILTIN_KIND_CONFIG = Path(__file__).parent / "data" / "kind-config.yaml"
 DEFAULT_FALLBACK = ("package.json", "package-lock.json", "npm-shrinkwrap.json", "Dockerfile", ".dockerignore")
 
 _DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
@@ -219,13 +222,14 @@ class LiveUpdateConfig(_Model):
 
     enabled: bool = False
     # where the Dockerfile copies the context: an absolute path of plain characters (the sync's shell reads it unquoted)
-    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = "/app"
+    # empty: the WORKDIR of the Dockerfile's build stage, else /app (resolved when the file is loaded)
+    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = ""
     fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
 
 class ServiceConfig(_Model):
-    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
+    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] = ""  # empty: deploy.deployment, else the image's last name part
     image: ImageConfig
     deploy: DeployConfig = DeployConfig()
     port_forward: tuple[PortForwardConfig, ...] = ()
@@ -235,6 +239,25 @@ class ServiceConfig(_Model):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any) -> Any:
+        """No `name`: the Deployment's (deploy.deployment), else the image name's last part when it is a DNS label."""
+        if not isinstance(data, dict) or "name" in data:
+            return data
+        deploy, image = data.get("deploy"), data.get("image")
+        derived = deploy.get("deployment") if isinstance(deploy, dict) else None
+        if derived is None and isinstance(image, dict) and isinstance(image.get("name"), str):
+            last = image["name"].rsplit("/", 1)[-1]
+            derived = last if re.fullmatch(_DNS_LABEL, last) else None
+        return {"name": derived, **data} if isinstance(derived, str) else data
+
+    @model_validator(mode="after")
+    def _named(self) -> ServiceConfig:
+        if not self.name:
+            raise ValueError(f"needs a `name` (lowercase letters, digits and '-'): image {self.image.name!r} gives none")
+        return self
 
     @property
     def deployment(self) -> str:
@@ -256,6 +279,8 @@ class ConfigV2(_Model):
     dashboard: DashboardConfig = DashboardConfig()
     keep_versions: KeepVersions = 3  # content-tagged versions kept per service (host, local registry, nodes)
     targets: Targets = ()
+    # project-wide manifests: where a service without deploy.manifests finds its Deployment
+    manifests: Annotated[tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -362,9 +387,113 @@ def _v1_forwards(value: Any) -> tuple[list[Any], list[ErrorDetails]]:
     return ([forward] if on and not errors else []), errors
 
 
+# What each key means, for `devloop schema` (an editor shows it beside the key it completes). Keyed by
+# model and key as written in the file; a key without one fails tests/unit/test_config_defaults.py.
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "ConfigV2": {
+        "apiVersion": "The format of this file: devloop/v2 (the older devloop/v1 is the single-service form).",
+        "cluster": "The local kind cluster devloop creates and deploys to.",
+        "registry": "A local registry beside the kind cluster: only changed layers travel to the nodes.",
+        "watch": "How file changes are picked up.",
+        "monitoring": "A Prometheus in the cluster that reads your scrape ConfigMap (off by default).",
+        "dashboard": "The local web page `devloop dev` serves (127.0.0.1 only).",
+        "keepVersions": "Content-tagged versions kept per service (host, local registry, nodes); 1-100.",
+        "targets": "Remote clusters for `release` and `--target`: only these kube contexts are ever used.",
+        "manifests": "Project-wide manifests (files, directories or kustomize directories): where a service without "
+        "deploy.manifests finds its Deployment.",
+        "services": "One entry per image and the Deployment that runs it.",
+    },
+    "ClusterConfig": {
+        "name": "The kind cluster's name; default: the `name:` in the kind config, else devloop.",
+        "kindConfig": "The kind config the cluster is created from, relative to devloop.yaml. Default kind-config.yaml "
+        "beside it; when that file does not exist, devloop's built-in one (one node, wired for the local registry).",
+        "nodeImage": "The kind node image; empty: kind's default.",
+    },
+    "RegistryConfig": {
+        "enabled": "true, false or auto: on when the kind config points containerd at /etc/containerd/certs.d.",
+        "name": "The registry container devloop starts (and starts again when stopped).",
+        "hostPort": "The host port images are pushed to (localhost:<hostPort>/<image.name>:<tag>).",
+        "image": "The registry's image.",
+    },
+    "WatchConfig": {
+        "debounceMs": "Quiet period (ms) before a batch of changes starts a cycle.",
+        "ignore": "Extra glob patterns the watcher ignores (besides .dockerignore).",
+    },
+    "MonitoringConfig": {
+        "enabled": "A Prometheus in the cluster that reads your scrape ConfigMap.",
+        "configMap": "Your ConfigMap holding prometheus.yml, by name; read as it is.",
+        "namespace": "Where Prometheus runs; default: the first service's namespace.",
+        "image": "The Prometheus image.",
+        "localPort": "Accepted, not used: status reads Prometheus through the API server.",
+    },
+    "DashboardConfig": {
+        "enabled": "Serve the dashboard during `devloop dev` (--no-ui turns it off).",
+        "port": "Its port on 127.0.0.1; 0: any free port.",
+    },
+    "TargetConfig": {
+        "name": "The target's name, as --target NAME says it.",
+        "context": "The kube context, by name (kubectl config get-contexts).",
+        "registry": "host[:port][/path] the cluster pulls from; images are pushed as <registry>/<image.name>:<tag>.",
+        "namespace": "Default: the manifest's metadata.namespace, else the context's.",
+        "pullSecret": "An imagePullSecret in that namespace (created by you; devloop only names it in the pod spec).",
+        "insecure": "The registry speaks plain HTTP (no TLS): must be said explicitly.",
+        "tokenHosts": "Hosts besides the registry's own whose token service may receive your Docker login.",
+    },
+    "BuildSecret": {
+        "id": "The secret's id, as `RUN --mount=type=secret,id=<id>` names it.",
+        "env": "The name of an environment variable holding the value (never the value itself).",
+        "file": "A file holding the value, relative to devloop.yaml.",
+    },
+    "ImageConfig": {
+        "name": "The image your manifests reference (any tag: devloop swaps in its own content tag).",
+        "context": "The build context, relative to devloop.yaml.",
+        "dockerfile": "The Dockerfile, relative to the context.",
+        "buildArgs": "Build arguments, e.g. {NODE_IMAGE: node:24-alpine}.",
+        "target": "A build stage of a multi-stage Dockerfile.",
+        "secrets": "BuildKit build secrets: each an id and either env or file.",
+    },
+    "RollingUpdate": {
+        "maxSurge": 'Extra pods during a rollout: a number or a percentage ("25%").',
+        "maxUnavailable": "Pods that may be unavailable during a rollout: a number or a percentage.",
+    },
+    "DeployConfig": {
+        "manifests": "Files, directories or kustomize directories; empty: the project-wide manifests, else <context>/k8s.",
+        "deployment": "The Deployment devloop rolls out; default: the service's name.",
+        "namespace": "Default: the manifest's metadata.namespace, else the kube context's.",
+        "rolloutTimeout": "Seconds before a rollout that never becomes ready fails (5-3600).",
+        "rollingUpdate": "Dev only: override the Deployment's rolling-update strategy when applying.",
+        "onFailure": "rollback or keep: what to do when a rollout fails and the old version no longer serves.",
+    },
+    "PortForwardConfig": {
+        "service": "The Kubernetes Service to forward to.",
+        "port": "Its port.",
+        "localPort": "The local port, bound on 127.0.0.1 only; 0: any free port.",
+    },
+    "LiveUpdateConfig": {
+        "enabled": "Sync changed files into the running pods and restart the process, instead of rebuilding.",
+        "target": "Where the Dockerfile copies the build context; default: the WORKDIR of its build stage, else /app.",
+        "fallback": "Globs that always mean a full rebuild.",
+        "command": "What the restart loop runs; empty: the container's own command.",
+    },
+    "ServiceConfig": {
+        "name": "A lowercase DNS label naming the service in events, logs and status; default: deploy.deployment, "
+        "else the image name's last part.",
+        "image": "The image devloop builds.",
+        "deploy": "How the image is rolled out.",
+        "portForward": "Local forwards to Services, kept alive across rollouts.",
+        "liveUpdate": "Sync saves into the running pods instead of rebuilding (off by default).",
+    },
+}
+
+
 def schema() -> dict[str, Any]:
-    """The JSON Schema of devloop.yaml (v2), for editors."""
+    """The JSON Schema of devloop.yaml (v2), for editors: every key with its description (DESCRIPTIONS)."""
     s = ConfigV2.model_json_schema(by_alias=True)
+    for model, node in [("ConfigV2", s), *s.get("$defs", {}).items()]:
+        for key, prop in node.get("properties", {}).items():
+            text = DESCRIPTIONS.get(model, {}).get(key)
+            if text:
+                prop["description"] = text
     s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     s["title"] = "devloop.yaml"
     return s
@@ -571,6 +700,8 @@ def _path(root: Path, value: Path | str) -> Path:
 
 def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, check_paths: bool, legacy: bool) -> Config:
     kind_config = _path(root, model.cluster.kind_config)
+    if "kind_config" not in model.cluster.model_fields_set and not kind_config.is_file():
+        kind_config = BUILTIN_KIND_CONFIG  # nothing said, no file: the built-in one
     kind_doc = _read_kind_config(kind_config)
     name = model.cluster.name or str(kind_doc.get("name") or "devloop")
     if re.fullmatch(_DNS_LABEL, name) is None:
@@ -579,9 +710,13 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
     if registry.enabled == "auto":
         registry = registry.model_copy(update={"enabled": _kind_config_wants_registry(kind_doc)})
     services = []
+    shared = tuple(_path(root, m) for m in model.manifests)
+    for n, m in enumerate(shared):
+        if check_paths and not m.exists():
+            raise ConfigError(f"{source}: manifests[{n}]: no such file or directory: {m}", "list your manifests' files or directories")
     for n, s in enumerate(model.services):
         context = _path(root, s.image.context)
-        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
+        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or shared or (context / "k8s",)
         s = s.model_copy(
             update={
                 "image": s.image.model_copy(
@@ -591,6 +726,7 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
                     }
                 ),
                 "deploy": s.deploy.model_copy(update={"manifests": manifests}),
+                "live_update": s.live_update.model_copy(update={"target": _live_target(source, n, s, context, legacy)}),
             }
         )
         if check_paths:
@@ -602,8 +738,30 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         "cluster": model.cluster.model_copy(update={"name": name, "kind_config": kind_config}),
         "registry": registry,
         "services": tuple(services),
+        "manifests": shared,
     }
     return Config.model_validate({**dict(model), **resolved, "root": root, "source": source, "file": file})
+
+
+def _live_target(source: str, n: int, s: ServiceConfig, context: Path, legacy: bool) -> str:
+    """liveUpdate.target as written, else the WORKDIR of the Dockerfile's build stage, else /app."""
+    if s.live_update.target:
+        return s.live_update.target
+    try:
+        text = (context / s.image.dockerfile).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "/app"  # no Dockerfile (yet): its absence is reported on its own
+    found, hidden = dockerfile.workdir(text, s.image.target)
+    if found and re.fullmatch(r"/[A-Za-z0-9._@+/-]*", found):
+        return found
+    if s.live_update.enabled and (hidden or found):
+        at = "" if legacy else f"services[{n}]."
+        what = "a variable" if hidden else f"{found!r}, which has characters the sync cannot use"
+        raise ConfigError(
+            f"{source}: {at}liveUpdate.target: the Dockerfile's WORKDIR is {what}",
+            "set liveUpdate.target to the absolute path the Dockerfile copies the app to",
+        )
+    return "/app"
 
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from devloop.config import Config
+from devloop.config import BUILTIN_KIND_CONFIG, Config
 from devloop.errors import ClusterUnavailable, DevloopError
 from devloop.model import Outage
 from devloop.output import Output
@@ -108,7 +108,9 @@ class KindTarget:
                     "`devloop up` creates or repairs it; `kind get clusters` lists what exists",
                 )
             return False
-        self.out.info(f"creating kind cluster {name!r} from {cluster.kind_config.name} (this takes a minute)")
+        built_in = cluster.kind_config == BUILTIN_KIND_CONFIG
+        source = "devloop's built-in kind config (no kind-config.yaml here)" if built_in else cluster.kind_config.name
+        self.out.info(f"creating kind cluster {name!r} from {source} (this takes a minute)")
         try:
             with self.out.activity(f"creating kind cluster {name}"):
                 self.kind.create(name, cluster.kind_config, cluster.node_image)
