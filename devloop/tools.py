@@ -1,14 +1,16 @@
-"""kind and kubectl on a fresh machine: devloop fetches pinned copies when they are not on PATH.
+"""kind, kubectl and helm on a fresh machine: devloop fetches pinned copies when they are not on PATH.
 
 The user's own binaries always win. devloop's copies live only in its cache dir
 (`$DEVLOOP_CACHE_DIR/bin`, else `$XDG_CACHE_HOME/devloop/bin`, else `~/.cache/devloop/bin`) and
 are used only for a name that is not on PATH: `ensure_tools` APPENDS that dir to this process's
 PATH, so every PATH entry of the user's still comes first. Nothing is ever written anywhere else.
 
-A download is checked against the SHA-256 its publisher puts next to it, written to a temp file
-in the cache dir and renamed into place only when the checksum matches. When nothing can be
-downloaded and `go` is on PATH, kind falls back to `go install` (kind's own documented install).
-The download bases can be pointed at a mirror: `DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`.
+A download is checked against the SHA-256 its publisher puts next to it (helm's: pinned here, in
+the code), written to a temp file in the cache dir and renamed into place only when the checksum
+matches; helm's tarball is checked first, then its `<os>-<arch>/helm` taken out of it. When nothing
+can be downloaded and `go` is on PATH, kind falls back to `go install` (kind's own documented install).
+The download bases can be pointed at a mirror: `DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`, `DEVLOOP_HELM_URL`.
+helm is fetched only for a project with a chart (deploy.helm).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import platform
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -36,6 +39,16 @@ KIND_VERSION = "v0.30.0"
 KUBECTL_VERSION = "v1.34.4"
 KIND_BASE_URL = "https://kind.sigs.k8s.io/dl"  # env DEVLOOP_KIND_URL
 KUBECTL_BASE_URL = "https://dl.k8s.io/release"  # env DEVLOOP_KUBECTL_URL
+HELM_VERSION = "v3.19.0"  # tests/e2e/kind/install-helm.sh builds the same version
+HELM_BASE_URL = "https://get.helm.sh"  # env DEVLOOP_HELM_URL
+# SHA-256 of helm-v3.19.0-<os>-<arch>.tar.gz, as published in the v3.19.0 release notes
+# (https://github.com/helm/helm/releases/tag/v3.19.0; linux-amd64 also matches a public CI script that pins it).
+HELM_SHA256 = {
+    ("linux", "amd64"): "a7f81ce08007091b86d8bd696eb4d86b8d0f2e1b9f6c714be62f82f96a594496",
+    ("linux", "arm64"): "440cf7add0aee27ebc93fada965523c1dc2e0ab340d4348da2215737fc0d76ad",
+    ("darwin", "amd64"): "09a108c0abda42e45af172be65c49125354bf7cd178dbe10435e94540e49c7b9",
+    ("darwin", "arm64"): "31513e1193da4eb4ae042eb5f98ef9aca7890cfa136f4707c8d4f70e2115bef6",
+}
 TIMEOUT = 30.0  # seconds without progress before a download is given up
 _CHUNK = 1 << 16
 _PROGRESS_EVERY = 1.0  # seconds between progress lines
@@ -55,6 +68,8 @@ class Download:
     version: str
     url: str
     checksum_url: str
+    sha256: str = ""  # pinned in the code: checksum_url is not consulted
+    member: str = ""  # the binary's path inside a .tar.gz download ("" : the download is the binary)
 
 
 def cache_dir() -> Path:
@@ -95,6 +110,10 @@ def download_for(name: str) -> Download:
         base = os.environ.get("DEVLOOP_KUBECTL_URL") or KUBECTL_BASE_URL
         url = f"{base.rstrip('/')}/{KUBECTL_VERSION}/bin/{system}/{arch}/kubectl"
         return Download(name, KUBECTL_VERSION, url, url + ".sha256")
+    if name == "helm":
+        base = os.environ.get("DEVLOOP_HELM_URL") or HELM_BASE_URL
+        url = f"{base.rstrip('/')}/helm-{HELM_VERSION}-{system}-{arch}.tar.gz"
+        return Download(name, HELM_VERSION, url, url + ".sha256sum", sha256=HELM_SHA256[system, arch], member=f"{system}-{arch}/helm")
     raise ValueError(f"devloop does not provide {name!r}")
 
 
@@ -218,7 +237,7 @@ def _published_sha256(dl: Download, timeout: float) -> str:
 
 def _download(dl: Download, dest: Path, out: Output, timeout: float) -> Path:
     """Download, verify, chmod +x and rename into dest/<name>. Nothing is left behind on failure."""
-    want = _published_sha256(dl, timeout)
+    want = dl.sha256 or _published_sha256(dl, timeout)
     dest.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{dl.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -252,6 +271,8 @@ def _download(dl: Download, dest: Path, out: Output, timeout: float) -> Path:
                 f"(expected {want}, got {have}); nothing was installed",
                 f"retry later; if it persists, check DEVLOOP_{dl.name.upper()}_URL or install {dl.name} yourself",
             )
+        if dl.member:
+            _extract(tmp, dl)
         tmp.chmod(0o755)
         final = dest / dl.name
         os.replace(tmp, final)
@@ -259,6 +280,20 @@ def _download(dl: Download, dest: Path, out: Output, timeout: float) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _extract(tmp: Path, dl: Download) -> None:
+    """Replace the verified tarball at `tmp` with its member `dl.member` (the binary)."""
+    try:
+        with tarfile.open(tmp, "r:gz") as tar:
+            member = tar.getmember(dl.member)
+            f = tar.extractfile(member) if member.isfile() else None
+            if f is None:
+                raise KeyError(dl.member)
+            data = f.read()
+    except (KeyError, OSError, tarfile.TarError) as e:
+        raise DownloadFailed(f"{dl.url}: no {dl.member} in the archive ({e})") from None
+    tmp.write_bytes(data)
 
 
 def _progress(done: int, total: int) -> str:
