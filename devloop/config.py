@@ -587,10 +587,12 @@ def _message(err: ErrorDetails, keys: tuple[int | str, ...]) -> str:
     if kind == "string_pattern_mismatch":
         if keys[-2:] == ("image", "name"):
             return f"{got!r} is not a valid image repository name (lowercase, no tag)"
-        if keys[-1:] == ("name",):
+        if keys[-1:] in (("name",), ("release",)):
             return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
         if keys[-1:] == ("target",):
             return f"{got!r}: must be an absolute path in the container, of letters, digits and . _ @ + / - (no spaces or wildcards)"
+        if keys[-2:-1] in (("imageValues",), ("set",)):  # a key of deploy.helm's mappings
+            return f"{got!r} is not a value key (like image.tag or env[0].value)"
         if "tokenHosts" in keys:
             return f"{got!r}: must be a host or host:port (no scheme, no path)"
         return f"{got!r} is not valid here"
