@@ -41,13 +41,15 @@ KIND_BASE_URL = "https://kind.sigs.k8s.io/dl"  # env DEVLOOP_KIND_URL
 KUBECTL_BASE_URL = "https://dl.k8s.io/release"  # env DEVLOOP_KUBECTL_URL
 HELM_VERSION = "v3.19.0"  # tests/e2e/kind/install-helm.sh builds the same version
 HELM_BASE_URL = "https://get.helm.sh"  # env DEVLOOP_HELM_URL
-# SHA-256 of helm-v3.19.0-<os>-<arch>.tar.gz, as published in the v3.19.0 release notes
-# (https://github.com/helm/helm/releases/tag/v3.19.0; linux-amd64 also matches a public CI script that pins it).
+# SHA-256 of helm-<version>-<os>-<arch>.tar.gz, keyed by (version, os, arch), as published in helm's v3.19.0
+# release notes (https://github.com/helm/helm/releases/tag/v3.19.0, a copy of them found in public code); linux-amd64
+# also matches a second, independent public source (a CI install script that pins it). A version without its
+# digests here is not downloaded.
 HELM_SHA256 = {
-    ("linux", "amd64"): "a7f81ce08007091b86d8bd696eb4d86b8d0f2e1b9f6c714be62f82f96a594496",
-    ("linux", "arm64"): "440cf7add0aee27ebc93fada965523c1dc2e0ab340d4348da2215737fc0d76ad",
-    ("darwin", "amd64"): "09a108c0abda42e45af172be65c49125354bf7cd178dbe10435e94540e49c7b9",
-    ("darwin", "arm64"): "31513e1193da4eb4ae042eb5f98ef9aca7890cfa136f4707c8d4f70e2115bef6",
+    ("v3.19.0", "linux", "amd64"): "a7f81ce08007091b86d8bd696eb4d86b8d0f2e1b9f6c714be62f82f96a594496",
+    ("v3.19.0", "linux", "arm64"): "440cf7add0aee27ebc93fada965523c1dc2e0ab340d4348da2215737fc0d76ad",
+    ("v3.19.0", "darwin", "amd64"): "09a108c0abda42e45af172be65c49125354bf7cd178dbe10435e94540e49c7b9",
+    ("v3.19.0", "darwin", "arm64"): "31513e1193da4eb4ae042eb5f98ef9aca7890cfa136f4707c8d4f70e2115bef6",
 }
 TIMEOUT = 30.0  # seconds without progress before a download is given up
 _CHUNK = 1 << 16
@@ -113,7 +115,9 @@ def download_for(name: str) -> Download:
     if name == "helm":
         base = os.environ.get("DEVLOOP_HELM_URL") or HELM_BASE_URL
         url = f"{base.rstrip('/')}/helm-{HELM_VERSION}-{system}-{arch}.tar.gz"
-        return Download(name, HELM_VERSION, url, url + ".sha256sum", sha256=HELM_SHA256[system, arch], member=f"{system}-{arch}/helm")
+        return Download(
+            name, HELM_VERSION, url, url + ".sha256sum", sha256=HELM_SHA256[HELM_VERSION, system, arch], member=f"{system}-{arch}/helm"
+        )
     raise ValueError(f"devloop does not provide {name!r}")
 
 

@@ -306,7 +306,7 @@ def publish_helm(server: FakeDownloads, monkeypatch: pytest.MonkeyPatch, tarball
     dl = tools.download_for("helm")
     server.files[urllib.parse.urlparse(dl.url).path] = tarball
     digest = hashlib.sha256(tarball if pinned_for is None else pinned_for).hexdigest()
-    monkeypatch.setitem(tools.HELM_SHA256, tools.host_platform(), digest)
+    monkeypatch.setitem(tools.HELM_SHA256, (tools.HELM_VERSION, *tools.host_platform()), digest)
 
 
 def test_helm_is_downloaded_checked_against_its_pinned_digest_and_taken_out_of_its_tarball(

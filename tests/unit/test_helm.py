@@ -330,5 +330,6 @@ def test_helm_is_a_pinned_tarball_with_a_pinned_digest_per_platform(monkeypatch:
     assert dl.url == f"https://get.helm.sh/helm-{tools.HELM_VERSION}-linux-amd64.tar.gz"
     assert dl.member == "linux-amd64/helm"
     assert dl.sha256 == "a7f81ce08007091b86d8bd696eb4d86b8d0f2e1b9f6c714be62f82f96a594496"
+    assert {v for v, _os, _arch in tools.HELM_SHA256} == {tools.HELM_VERSION}
     for digest in tools.HELM_SHA256.values():
         assert len(digest) == 64 and int(digest, 16) >= 0
