@@ -118,14 +118,14 @@ def test_a_chart_is_read_with_its_paths_resolved_and_no_default_manifests(projec
         (("image.tag: tag}", "image.tag: digest}"), "services[0].deploy.helm.imageValues.image.tag: must be one of"),
         (("helm:\n", "manifests: [sample-app/k8s]\n      helm:\n"), "give either deploy.manifests or deploy.helm (a chart), not both"),
         (("image.tag: tag}", "'image tag': tag}"), "helm.imageValues.image tag: 'image tag' is not a value key (like image.tag"),
-        (("release", "release"), None),
+        (
+            ("chart: chart\n", "chart: chart\n        release: Web_1\n"),
+            "services[0].deploy.helm.release: 'Web_1': must be lowercase letters, digits and '-'",
+        ),
     ],
 )
-def test_a_bad_helm_section_is_one_line_naming_the_key_and_exit_2(project: Path, edit: tuple[str, str], message: str | None) -> None:
+def test_a_bad_helm_section_is_one_line_naming_the_key_and_exit_2(project: Path, edit: tuple[str, str], message: str) -> None:
     text = HELM_SERVICE.replace(*edit)
-    if message is None:  # a release name that is not a DNS label
-        text = text.replace("chart: chart\n", "chart: chart\n        release: Web_1\n")
-        message = "services[0].deploy.helm.release: 'Web_1': must be lowercase letters, digits and '-'"
     assert text != HELM_SERVICE
     (project / "devloop.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
