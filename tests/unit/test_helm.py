@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devloop import charts, config, tools
-from devloop.errors import EXIT_USAGE, ConfigError
+from devloop.errors import EXIT_ENVIRONMENT, EXIT_USAGE, ConfigError, ToolMissing
 from devloop.helm import Helm, argv, helm_error, missing_dependencies
 from devloop.model import ChartRequest
 from devloop.output import Output
@@ -333,3 +333,12 @@ def test_helm_is_a_pinned_tarball_with_a_pinned_digest_per_platform(monkeypatch:
     assert {v for v, _os, _arch in tools.HELM_SHA256} == {tools.HELM_VERSION}
     for digest in tools.HELM_SHA256.values():
         assert len(digest) == 64 and int(digest, 16) >= 0
+
+
+def test_helm_missing_when_a_chart_renders_is_exit_3_with_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = chart(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no helm anywhere (a reload added the chart after start)
+    with pytest.raises(ToolMissing) as e:
+        Helm().render(request(d))
+    assert e.value.message == "`helm` was not found on PATH" and e.value.exit_code == EXIT_ENVIRONMENT == 3
+    assert "https://get.helm.sh" in e.value.hint and "go install helm.sh/helm/v3/cmd/helm@" in e.value.hint
