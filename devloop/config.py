@@ -199,6 +199,30 @@ class RollingUpdate(_Model):
         return self
 
 
+# -- deploy.helm: a Helm chart as the service's manifests (docs/reference.md, "Helm charts") ----------------
+
+_VALUE_KEY = r"^[A-Za-z0-9_-]+(?:\[[0-9]+\])*(?:\.[A-Za-z0-9_-]+(?:\[[0-9]+\])*)*$"  # helm's --set key: a.b[0].c
+ValueKey = Annotated[str, Field(pattern=_VALUE_KEY, strict=True)]
+PathList = Annotated[tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+
+
+class HelmValues(_Model):
+    """Values on top of the chart's values.yaml: files (later wins), then single values (`--set-json`)."""
+
+    values_files: PathList = ()  # relative to devloop.yaml's directory
+    set_values: dict[ValueKey, Any] = Field(default_factory=dict, alias="set")
+
+
+class HelmConfig(HelmValues):
+    """The chart devloop renders with `helm template` instead of reading manifest files."""
+
+    chart: PathText  # the chart's directory (holding Chart.yaml), relative to devloop.yaml's directory
+    release: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] | None = None  # default: the service's name
+    # which values take devloop's image: value key -> `repository` (the image's name), `tag`, or `ref` (name:tag)
+    image_values: dict[ValueKey, Literal["repository", "tag", "ref"]] = Field(default_factory=dict)
+    targets: dict[str, HelmValues] = Field(default_factory=dict)  # a declared target's values, added on top there
+
+
 class DeployConfig(_Model):
     manifests: Annotated[
         tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
@@ -208,6 +232,13 @@ class DeployConfig(_Model):
     rollout_timeout: Annotated[float, Field(ge=5, le=3600)] = 180.0
     rolling_update: RollingUpdate | None = None  # dev-only override of the Deployment's strategy
     on_failure: Literal["rollback", "keep"] = "rollback"
+    helm: HelmConfig | None = None  # a Helm chart instead of manifest files
+
+    @model_validator(mode="after")
+    def _chart_or_manifests(self) -> DeployConfig:
+        if self.helm is not None and self.manifests:
+            raise ValueError("give either deploy.manifests or deploy.helm (a chart), not both")
+        return self
 
 
 class PortForwardConfig(_Model):
@@ -296,6 +327,15 @@ class ConfigV2(_Model):
             if port in taken:
                 raise ValueError(f"localPort {port} is used by two port-forwards ({taken[port]} and {name})")
             taken[port] = name
+        return self
+
+    @model_validator(mode="after")
+    def _helm_targets(self) -> ConfigV2:
+        declared = {t.name for t in self.targets}
+        for s in self.services:
+            for name in s.deploy.helm.targets if s.deploy.helm else ():
+                if name not in declared:
+                    raise ValueError(f"service {s.name}: deploy.helm.targets names {name!r}, which is not a declared target")
         return self
 
 
@@ -463,6 +503,19 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "rolloutTimeout": "Seconds before a rollout that never becomes ready fails (5-3600).",
         "rollingUpdate": "Dev only: override the Deployment's rolling-update strategy when applying.",
         "onFailure": "rollback or keep: what to do when a rollout fails and the old version no longer serves.",
+        "helm": "A Helm chart, rendered with `helm template`, instead of manifest files (not with deploy.manifests).",
+    },
+    "HelmConfig": {
+        "chart": "The chart's directory (holding Chart.yaml), relative to devloop.yaml; its dependencies must be in charts/.",
+        "release": "The release name the templates see (.Release.Name); default: the service's name.",
+        "valuesFiles": "Values files on top of the chart's values.yaml, in order (later wins), relative to devloop.yaml.",
+        "set": "Single values on top of the files (any YAML value; helm's --set-json).",
+        "imageValues": "Which values take devloop's image: value key -> repository, tag or ref (repository:tag).",
+        "targets": "A declared target's values, added after the ones above for `release` and `--target`.",
+    },
+    "HelmValues": {
+        "valuesFiles": "Values files for this target, after the service's, relative to devloop.yaml.",
+        "set": "Single values for this target, after the service's (helm's --set-json).",
     },
     "PortForwardConfig": {
         "service": "The Kubernetes Service to forward to.",
@@ -676,10 +729,12 @@ def _message(err: ErrorDetails, keys: tuple[int | str, ...]) -> str:
     if kind == "string_pattern_mismatch":
         if keys[-2:] == ("image", "name"):
             return f"{got!r} is not a valid image repository name (lowercase, no tag)"
-        if keys[-1:] == ("name",):
+        if keys[-1:] in (("name",), ("release",)):
             return f"{got!r}: must be lowercase letters, digits and '-' (a DNS label)"
         if keys[-1:] == ("target",):
             return f"{got!r}: must be an absolute path in the container, of letters, digits and . _ @ + / - (no spaces or wildcards)"
+        if keys[-2:-1] in (("imageValues",), ("set",)):  # a key of deploy.helm's mappings
+            return f"{got!r} is not a value key (like image.tag or env[0].value)"
         if "tokenHosts" in keys:
             return f"{got!r}: must be a host or host:port (no scheme, no path)"
         return f"{got!r} is not valid here"
@@ -716,7 +771,8 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
             raise ConfigError(f"{source}: manifests[{n}]: no such file or directory: {m}", "list your manifests' files or directories")
     for n, s in enumerate(model.services):
         context = _path(root, s.image.context)
-        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or shared or (context / "k8s",)
+        helm = _resolve_helm(root, s.deploy.helm) if s.deploy.helm else None
+        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (() if helm else (shared or (context / "k8s",)))
         s = s.model_copy(
             update={
                 "image": s.image.model_copy(
@@ -725,7 +781,7 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
                         "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
                     }
                 ),
-                "deploy": s.deploy.model_copy(update={"manifests": manifests}),
+                "deploy": s.deploy.model_copy(update={"manifests": manifests, "helm": helm}),
                 "live_update": s.live_update.model_copy(update={"target": _live_target(source, n, s, context, legacy)}),
             }
         )
@@ -764,6 +820,31 @@ def _live_target(source: str, n: int, s: ServiceConfig, context: Path, legacy: b
     return "/app"
 
 
+def _resolve_helm(root: Path, helm: HelmConfig) -> HelmConfig:
+    def files(v: HelmValues) -> dict[str, Any]:
+        return {"values_files": tuple(_path(root, f) for f in v.values_files)}
+
+    targets = {name: t.model_copy(update=files(t)) for name, t in helm.targets.items()}
+    return helm.model_copy(update={"chart": _path(root, helm.chart), "targets": targets, **files(helm)})
+
+
+def _check_helm(source: str, at: str, helm: HelmConfig) -> None:
+    if not (helm.chart / "Chart.yaml").is_file():
+        what = "no such directory" if not helm.chart.exists() else "not a chart (no Chart.yaml in it)"
+        raise ConfigError(
+            f"{source}: {at}deploy.helm.chart: {what}: {helm.chart}",
+            "point deploy.helm.chart at the chart's directory (the one holding Chart.yaml), relative to devloop.yaml",
+        )
+    named = [("", helm)] + [(f"targets.{t}.", v) for t, v in helm.targets.items()]
+    for prefix, values in named:
+        for n, f in enumerate(values.values_files):
+            if not f.is_file():
+                raise ConfigError(
+                    f"{source}: {at}deploy.helm.{prefix}valuesFiles[{n}]: no such file: {f}",
+                    "values files are relative to devloop.yaml's directory",
+                )
+
+
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
     at = f"{where}." if where else ""
     if not s.image.context.is_dir():
@@ -775,6 +856,8 @@ def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
         raise ConfigError(
             f"{source}: {at}image.dockerfile: no such file: {s.image.dockerfile_path}", "image.dockerfile is relative to image.context"
         )
+    if s.deploy.helm is not None:
+        _check_helm(source, at, s.deploy.helm)
     for n, m in enumerate(s.manifests):
         if not m.exists():
             raise ConfigError(f"{source}: {at}deploy.manifests[{n}]: no such file or directory: {m}", "set deploy.manifests")

@@ -37,7 +37,7 @@ from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, ServiceLayout, needing_images
-from devloop.ports import Builder, Cluster, ImageStore
+from devloop.ports import Builder, Charts, Cluster, ImageStore
 from devloop.proc import SIGNAL_CHECK
 from devloop.project import Deployed, Project
 from devloop.rollout import Rollout
@@ -70,6 +70,7 @@ class Engine:
         builder: Builder,
         kube: Cluster,
         target: Target,
+        charts: Charts | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -80,7 +81,7 @@ class Engine:
         self.target = target
         self.clock = clock
         self.hasher = ContextHasher()
-        self.project = Project(config, kube, target.spec, out)
+        self.project = Project(config, kube, target.spec, out, charts)
         self._stop = threading.Event()
         self.rollout = Rollout(kube, out, clock, self._stop)
         self.live = live.LiveSync(kube, out, self.rollout, clock, self._stop)

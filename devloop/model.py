@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # the OCI image spec's grammar
 DOCKER_HUB = "docker.io"  # the registry of a reference that names none
@@ -148,3 +149,15 @@ class ServiceState:
         self.good_revision = ""
         self.healthy = self.failed = False
         self.synced.clear()
+
+
+@dataclass(frozen=True)
+class ChartRequest:
+    """One `helm template` (charts.py computes it, helm.py runs it): values files in order, then
+    single values (later wins)."""
+
+    chart: Path  # the chart's directory
+    release: str
+    namespace: str
+    values_files: tuple[Path, ...] = ()
+    values: tuple[tuple[str, str], ...] = ()  # (key, value as JSON): `--set-json key=value`

@@ -32,7 +32,7 @@ class ServiceLayout:
     context: str
     rules: IgnoreRules
     manifests: tuple[str, ...]  # files, or directories whose top-level *.yaml files are manifests
-    kustomize: tuple[str, ...] = ()  # kustomize directories (and what they refer to): any file below counts
+    kustomize: tuple[str, ...] = ()  # kustomize dirs (and what they refer to), Helm charts and values files: any file below counts
     foreign: tuple[str, ...] = ()  # files in a shared manifests directory that hold only other services' objects
     live_fallback: tuple[str, ...] | None = None  # live update on: globs that still need a rebuild
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from devloop.model import ImageRef
+from devloop.model import ChartRequest, ImageRef
 from devloop.proc import Background
 from devloop.workload import PodEvent
 
@@ -60,6 +60,12 @@ class Cluster(Protocol):
     def changes(self, namespace: str) -> Changes: ...
     def exec_stream(self, pod: str, namespace: str, argv: list[str], container: str = "") -> ExecStream: ...
     def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket: ...
+
+
+class Charts(Protocol):
+    """Helm: a chart rendered (`helm template`; helm.py): the manifests as YAML text."""
+
+    def render(self, req: ChartRequest) -> str: ...
 
 
 class Clusters(Protocol):

@@ -31,6 +31,10 @@ INSTALL_HINTS = {
         "(https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) or the Kubernetes apt repository pkgs.k8s.io "
         "(Debian has no kubectl package), and put it on PATH"
     ),
+    "helm": (
+        "devloop downloads helm itself when it can reach https://get.helm.sh; otherwise install it yourself "
+        "(https://helm.sh/docs/intro/install/, or `go install helm.sh/helm/v3/cmd/helm@v3.19.0`) and put it on PATH"
+    ),
 }
 
 

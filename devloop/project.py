@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from devloop import charts
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
 from devloop.errors import ConfigError, DevloopError
@@ -20,7 +21,7 @@ from devloop.hasher import read_dockerignore
 from devloop.ignore import IgnoreRules
 from devloop.output import Output
 from devloop.plan import ServiceLayout
-from devloop.ports import Cluster
+from devloop.ports import Charts, Cluster
 from devloop.targets import TargetSpec
 
 
@@ -52,9 +53,10 @@ class Deployed:
 
 
 class Project:
-    def __init__(self, config: Config, kube: Cluster, spec: TargetSpec, out: Output) -> None:
+    def __init__(self, config: Config, kube: Cluster, spec: TargetSpec, out: Output, charts: Charts | None = None) -> None:
         self.config = config
         self.kube = kube
+        self.charts = charts  # helm, for services whose manifests are a chart
         self.spec = spec
         self.out = out
         self._cache: dict[str, Deployed] = {}
@@ -90,15 +92,37 @@ class Project:
             self._cache[svc.name] = deployed
         return deployed
 
+    def _load(self, svc: ServiceConfig) -> list[mf.Manifest]:
+        """The service's objects as written: its manifest files (kustomize rendered), or its chart rendered."""
+        helm = svc.deploy.helm
+        if helm is None:
+            return mf.load(svc.manifests, self.kube.kustomize)
+        if self.charts is None:
+            raise ConfigError(f"service {svc.name}: a Helm chart, and no renderer was given", "this is a bug in devloop")
+        namespace = self.spec.namespace or svc.deploy.namespace or self.context_namespace()
+        req = charts.request(helm, svc.name, svc.image.name, namespace, self._target)
+        return charts.parse(self.charts.render(req), req.chart)
+
+    @property
+    def _target(self) -> str | None:
+        """The declared target whose chart values apply (None on the local kind cluster)."""
+        return self.spec.name if self.spec.remote else None
+
     def _read(self, svc: ServiceConfig) -> Deployed:
-        docs = mf.load(svc.manifests, self.kube.kustomize)
+        docs = self._load(svc)
         others = {s.deployment for s in self.config.services if s.name != svc.name}
         docs = mf.select(docs, svc.deployment, others)
         deployment = mf.find(docs, "Deployment", svc.deployment)
         if deployment is None:
+            where = [svc.deploy.helm.chart] if svc.deploy.helm else svc.manifests
             raise ConfigError(
-                f"service {svc.name}: no Deployment named {svc.deployment!r} in {', '.join(map(str, svc.manifests))}",
+                f"service {svc.name}: no Deployment named {svc.deployment!r} in {', '.join(map(str, where))}",
                 "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
+            )
+        if svc.deploy.helm is not None and not any(mf.containers_of(d, svc.image.name) for d in docs):
+            raise ConfigError(
+                f"service {svc.name}: no container in the chart's output uses the image {svc.image.name!r}",
+                "name the chart's image values in deploy.helm.imageValues (e.g. image.repository: repository, image.tag: tag)",
             )
         mf.require_image_user(docs, svc.image.name)
         declared = mf.namespace_of(deployment, "")
@@ -120,6 +144,8 @@ class Project:
     def layout(self, svc: ServiceConfig) -> ServiceLayout:
         rules = IgnoreRules(tuple(read_dockerignore(svc.image.context)), svc.image.dockerfile, self.config.watch.ignore)
         files, dirs, kustomize = mf.inputs(svc.manifests)
+        if svc.deploy.helm is not None:  # any file below the chart, and its values files, count (as kustomize's inputs)
+            kustomize += charts.inputs(svc.deploy.helm, self._target)
         fallback = svc.live_update.fallback if svc.live_update.enabled else None
         owned = self._owned_files(svc)
         mine = {str(f) for f in files if owned is None or str(f) in owned}

@@ -1,4 +1,4 @@
-"""kind and kubectl on a fresh machine: devloop fetches pinned copies when they are not on PATH.
+"""kind, kubectl and helm on a fresh machine: devloop fetches pinned copies when they are not on PATH.
 
 The user's own binaries always win. devloop's copies live only in its cache dir
 (`$DEVLOOP_CACHE_DIR/bin`, else `$XDG_CACHE_HOME/devloop/bin`, else `~/.cache/devloop/bin`) and
@@ -13,7 +13,9 @@ place only when it matches. A platform with no pinned digest gets no download at
 tool yourself). When nothing can be downloaded and `go` is on PATH, kind falls back to
 `go install` (kind's own documented install), after checking the module's Go checksum (`h1:`)
 against the one pinned here (`KIND_GO_SUM`). The download bases can be pointed at a mirror:
-`DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`; the pinned digests still decide.
+`DEVLOOP_KIND_URL`, `DEVLOOP_KUBECTL_URL`,
+`DEVLOOP_HELM_URL`; the pinned digests still decide. helm is fetched only for a project with a chart
+(deploy.helm): its release tarball is checked, then its `<os>-<arch>/helm` taken out of it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import platform
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -42,6 +45,8 @@ KIND_VERSION = "v0.30.0"
 KUBECTL_VERSION = "v1.34.4"
 KIND_BASE_URL = "https://kind.sigs.k8s.io/dl"  # env DEVLOOP_KIND_URL
 KUBECTL_BASE_URL = "https://dl.k8s.io/release"  # env DEVLOOP_KUBECTL_URL
+HELM_VERSION = "v3.19.0"  # tests/e2e/kind/install-helm.sh builds the same version
+HELM_BASE_URL = "https://get.helm.sh"  # env DEVLOOP_HELM_URL
 # The SHA-256 of every release binary devloop downloads, keyed by tool, then (version, os, arch).
 # A version bump without its digests makes the download refuse (no pinned digest), never trust the
 # mirror. Each digest was found in two independent public sources, named beside it; the publishers'
@@ -64,6 +69,15 @@ PINNED_SHA256: dict[str, dict[tuple[str, str, str], str]] = {
         ("v1.34.4", "linux", "arm64"): "5b982c0644ab1e27780246b9085a5886651b4a7ed86243acbb2bacc1bea01dda",
         ("v1.34.4", "darwin", "amd64"): "9861e775578651d903a779f840ff8e4c0013ae29a1ffc67f05d967262fcf734c",
         ("v1.34.4", "darwin", "arm64"): "d9b239414a5fdf624835bfb62eef28a0885f1645d579f98056a9ab3293f51f87",
+    },
+    # helm v3.19.0, SHA-256 of helm-<version>-<os>-<arch>.tar.gz: helm's v3.19.0 release notes
+    # (https://github.com/helm/helm/releases/tag/v3.19.0, a copy of them found in public code); linux-amd64 also
+    # matches a second, independent public source (a CI install script that pins it).
+    "helm": {
+        ("v3.19.0", "linux", "amd64"): "a7f81ce08007091b86d8bd696eb4d86b8d0f2e1b9f6c714be62f82f96a594496",
+        ("v3.19.0", "linux", "arm64"): "440cf7add0aee27ebc93fada965523c1dc2e0ab340d4348da2215737fc0d76ad",
+        ("v3.19.0", "darwin", "amd64"): "09a108c0abda42e45af172be65c49125354bf7cd178dbe10435e94540e49c7b9",
+        ("v3.19.0", "darwin", "arm64"): "31513e1193da4eb4ae042eb5f98ef9aca7890cfa136f4707c8d4f70e2115bef6",
     },
 }
 # The Go checksum database's hash of the kind module (`go mod download -json` prints it as Sum); `go install`
@@ -92,6 +106,7 @@ class Download:
     version: str
     url: str
     checksum_url: str  # where the publisher puts its checksum: shown to the user, never trusted (PINNED_SHA256 is)
+    member: str = ""  # the binary's path inside a .tar.gz download ("" : the download is the binary)
 
 
 def cache_dir() -> Path:
@@ -132,6 +147,10 @@ def download_for(name: str) -> Download:
         base = os.environ.get("DEVLOOP_KUBECTL_URL") or KUBECTL_BASE_URL
         url = f"{base.rstrip('/')}/{KUBECTL_VERSION}/bin/{system}/{arch}/kubectl"
         return Download(name, KUBECTL_VERSION, url, url + ".sha256")
+    if name == "helm":
+        base = os.environ.get("DEVLOOP_HELM_URL") or HELM_BASE_URL
+        url = f"{base.rstrip('/')}/helm-{HELM_VERSION}-{system}-{arch}.tar.gz"
+        return Download(name, HELM_VERSION, url, url + ".sha256sum", member=f"{system}-{arch}/helm")
     raise ValueError(f"devloop does not provide {name!r}")
 
 
@@ -289,6 +308,8 @@ def _download(dl: Download, want: str, dest: Path, out: Output, timeout: float) 
                 f"the server sent something else than {dl.name}'s release: check DEVLOOP_{dl.name.upper()}_URL (a mirror "
                 f"must serve the official binary), or install {dl.name} {dl.version} yourself and put it on PATH",
             )
+        if dl.member:
+            _extract(tmp, dl)
         tmp.chmod(0o755)
         final = dest / dl.name
         os.replace(tmp, final)
@@ -296,6 +317,20 @@ def _download(dl: Download, want: str, dest: Path, out: Output, timeout: float) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _extract(tmp: Path, dl: Download) -> None:
+    """Replace the verified tarball at `tmp` with its member `dl.member` (the binary)."""
+    try:
+        with tarfile.open(tmp, "r:gz") as tar:
+            member = tar.getmember(dl.member)
+            f = tar.extractfile(member) if member.isfile() else None
+            if f is None:
+                raise KeyError(dl.member)
+            data = f.read()
+    except (KeyError, OSError, tarfile.TarError) as e:
+        raise DownloadFailed(f"{dl.url}: no {dl.member} in the archive ({e})") from None
+    tmp.write_bytes(data)
 
 
 def _progress(done: int, total: int) -> str:

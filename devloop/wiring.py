@@ -15,6 +15,7 @@ from devloop.api import ApiCluster
 from devloop.builder import detect_builder
 from devloop.config import Config
 from devloop.engine import Engine
+from devloop.helm import Helm
 from devloop.images import Images
 from devloop.kind import Kind
 from devloop.output import Output
@@ -107,13 +108,22 @@ def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker:
 
 def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: bool) -> tuple[Engine, Images]:
     spec = resolve(config, target_name)  # an undeclared target is refused before any tool runs
+    charted = any(s.deploy.helm for s in config.services)
     if fetch_tools:
-        tools.ensure_tools(spec.tools, out)
+        tools.ensure_tools([*spec.tools, *(["helm"] if charted else [])], out)
     else:
         tools.add_cache_to_path()
     kube = ApiCluster(spec.context)
     docker = Images()
-    built = Engine(config, out, images=docker, builder=DetectedBuilder(docker), kube=kube, target=target(config, spec, out, kube, docker))
+    built = Engine(
+        config,
+        out,
+        images=docker,
+        builder=DetectedBuilder(docker),
+        kube=kube,
+        target=target(config, spec, out, kube, docker),
+        charts=Helm(),
+    )
     return built, docker
 
 

@@ -2,6 +2,7 @@
 
 What it needs, and where it comes from:
 - kind: on PATH, else the pinned one tests/e2e/kind/install-kind.sh puts in ~/.cache/devloop-e2e/bin.
+- helm (test_helm.py only): on PATH, else the pinned one tests/e2e/kind/install-helm.sh builds there.
 - the kind node image: DEVLOOP_E2E_KIND_IMAGE (e.g. kindest/node:v1.34.0 on a laptop), else the
   offline image tests/e2e/kind/build-node-image.sh builds from Debian packages and Go modules.
 - the Node.js base for the sample: DEVLOOP_TEST_NODE_BASE (e.g. node:24-alpine on a laptop),

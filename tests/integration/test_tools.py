@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import os
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.parse
@@ -339,3 +341,68 @@ def test_published_url_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     kubectl = tools.download_for("kubectl")
     assert kubectl.url == "https://dl.k8s.io/release/v1.34.4/bin/darwin/arm64/kubectl"
     assert kubectl.checksum_url == "https://dl.k8s.io/release/v1.34.4/bin/darwin/arm64/kubectl.sha256"
+
+
+def helm_tarball(body: bytes, member: str) -> bytes:
+    """A release tarball as get.helm.sh publishes it: `<os>-<arch>/helm` (and a README) inside a .tar.gz."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in ((f"{member.split('/')[0]}/README.md", b"helm\n"), (member, body)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def helm_server(server: FakeDownloads, monkeypatch: pytest.MonkeyPatch) -> FakeDownloads:
+    monkeypatch.setenv("DEVLOOP_HELM_URL", server.base + "/helm-dl")
+    return server
+
+
+def publish_helm(server: FakeDownloads, monkeypatch: pytest.MonkeyPatch, tarball: bytes, *, pinned_for: bytes | None = None) -> None:
+    """Serve helm's tarball; the digest pinned in the code is the tarball's (or `pinned_for`'s). No checksum file
+    is published: helm's digest is devloop's own, never fetched."""
+    dl = tools.download_for("helm")
+    server.files[urllib.parse.urlparse(dl.url).path] = tarball
+    digest = hashlib.sha256(tarball if pinned_for is None else pinned_for).hexdigest()
+    monkeypatch.setitem(tools.PINNED_SHA256["helm"], (tools.HELM_VERSION, *tools.host_platform()), digest)
+
+
+def test_helm_is_downloaded_checked_against_its_pinned_digest_and_taken_out_of_its_tarball(
+    helm_server: FakeDownloads, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    member = tools.download_for("helm").member
+    publish_helm(helm_server, monkeypatch, helm_tarball(script("helm v3.19.0 fake"), member))
+
+    used = tools.ensure_tools(["helm"], Output(json_mode=True))
+
+    assert used == {"helm": str(env / "bin" / "helm")}
+    assert DEFAULT.run(["helm"]).stdout.strip() == "helm v3.19.0 fake"  # the binary, not the tarball
+    assert [urllib.parse.urlparse(tools.download_for("helm").url).path] == helm_server.requests  # no checksum file asked for
+    assert (env / "bin" / ".helm.version").read_text().strip() == tools.HELM_VERSION
+    assert sorted(p.name for p in files_under(env)) == [".helm.version", "helm"]
+
+
+def test_a_helm_tarball_that_is_not_the_pinned_one_is_refused(
+    helm_server: FakeDownloads, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    member = tools.download_for("helm").member
+    publish_helm(helm_server, monkeypatch, helm_tarball(script("evil helm"), member), pinned_for=b"the real tarball")
+
+    with pytest.raises(tools.ChecksumMismatch) as err:
+        tools.ensure_tools(["helm"], Output(json_mode=True))
+
+    assert err.value.exit_code == EXIT_ENVIRONMENT and "nothing was installed" in err.value.message
+    assert files_under(env) == []
+
+
+def test_helm_missing_and_not_downloadable_is_one_error_with_a_hint(helm_server: FakeDownloads, env: Path) -> None:
+    with pytest.raises(ToolMissing) as err:
+        tools.ensure_tools(["helm"], Output(json_mode=True))  # nothing published: a 404
+
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+    assert err.value.message.startswith(f"`helm` is not on PATH and devloop could not download helm {tools.HELM_VERSION}: ")
+    assert "go install helm.sh/helm/v3/cmd/helm@" in err.value.hint and "DEVLOOP_HELM_URL" in err.value.hint
+    assert files_under(env) == []

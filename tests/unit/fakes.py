@@ -3,11 +3,12 @@
 Each fake of a port names the Protocol it stands for, and mypy (which checks tests/unit) holds it
 to that Protocol: FakeRunner is a proc.Runner, FakeBackground a proc.Background, FakeCluster a
 ports.Cluster (FakeChanges its ports.Changes), FakeKind a ports.Clusters, FakeDocker a
-ports.ImageStore and a ports.Builder, FakePublisher a ports.Publisher, RecordingEngine a
+ports.ImageStore and a ports.Builder, FakePublisher a ports.Publisher, FakeCharts a ports.Charts, RecordingEngine a
 session.SessionEngine."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -21,11 +22,11 @@ from devloop.config import Config, ServiceConfig
 from devloop.engine import Engine, ServiceResult
 from devloop.errors import CommandFailed, StepFailed
 from devloop.ignore import IgnoreRules, parse_dockerignore
-from devloop.model import ImageRef, ServiceState
+from devloop.model import ChartRequest, ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import Plan, ServiceLayout
-from devloop.ports import Builder, Changes, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
+from devloop.ports import Builder, Changes, Charts, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
 from devloop.proc import Background, Result, Runner
 from devloop.project import Deployed
 from devloop.session import SessionEngine
@@ -425,6 +426,24 @@ def kind_target(
     )
 
 
+class FakeCharts(Charts):
+    """helm template, played: `output` with `{key}` replaced by the request's value for that key
+    (its JSON decoded), e.g. `{image.repository}`; every request is recorded."""
+
+    def __init__(self, output: str, defaults: Mapping[str, str] | None = None) -> None:
+        self.output = output
+        self.defaults = dict(defaults or {})  # what the chart's values.yaml says
+        self.requests: list[ChartRequest] = []
+
+    def render(self, req: ChartRequest) -> str:
+        self.requests.append(req)
+        text = self.output
+        values = {**self.defaults, **{k: json.loads(v) for k, v in req.values}}
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", str(value))
+        return text
+
+
 def make_engine(
     config: Config,
     out: Output,
@@ -435,6 +454,7 @@ def make_engine(
     builder: Builder | None = None,
     kind: Clusters | None = None,
     target: Target | None = None,
+    charts: Charts | None = None,
 ) -> Engine:
     """An engine over fakes (the integration tests give it the real Docker engine and its builder), wired as
     wiring.py wires the real one. Without `builder`, `images` must be a FakeDocker: the image store and the builder."""
@@ -442,7 +462,13 @@ def make_engine(
         assert isinstance(images, FakeDocker), "a real image store needs its builder"
         builder = images
     return Engine(
-        config, out, images=images, builder=builder, kube=kube, target=target or kind_target(config, out, kube, images, publisher, kind)
+        config,
+        out,
+        images=images,
+        builder=builder,
+        kube=kube,
+        target=target or kind_target(config, out, kube, images, publisher, kind),
+        charts=charts,
     )
 
 

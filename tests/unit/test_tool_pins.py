@@ -12,7 +12,9 @@ from devloop import tools
 PLATFORMS = [(system, arch) for system in ("linux", "darwin") for arch in ("amd64", "arm64")]
 
 
-@pytest.mark.parametrize(("name", "version"), [("kind", tools.KIND_VERSION), ("kubectl", tools.KUBECTL_VERSION)])
+@pytest.mark.parametrize(
+    ("name", "version"), [("kind", tools.KIND_VERSION), ("kubectl", tools.KUBECTL_VERSION), ("helm", tools.HELM_VERSION)]
+)
 @pytest.mark.parametrize(("system", "arch"), PLATFORMS)
 def test_every_supported_platform_has_a_pinned_sha256_for_the_pinned_version(
     name: str, version: str, system: str, arch: str, monkeypatch: pytest.MonkeyPatch
