@@ -3,6 +3,8 @@ kind cluster of its own (default `devloop-ui`, created when missing), its page o
 
 For each of --edits saves of sample-app/server.js:
   row      save → the page draws the save's cycle as a running row (before the build ends);
+  row+     the same for a save made the moment the previous cycle is done (--quick saves: devloop is
+           still following that cycle's new pods: logs, forwards);
   pods     the cycle's `cycle_done` line from devloop → the page's pod table lists exactly the new
            ready pods (the rollout's);
 and for each of --deletes `kubectl delete pod` of one ready pod:
@@ -14,7 +16,7 @@ Which devloop runs is whatever `devloop` PYTHONPATH selects: to compare two tree
 same cluster (`--keep-cluster` the first time) with PYTHONPATH set to each.
 
 Usage (after .ci/run's setup, or with kind/kubectl/docker and /usr/bin/chromium):
-  python benchmarks/page_lag.py [--edits 3] [--deletes 3] [--cluster devloop-ui] [--keep-cluster] [--json out.json]
+  python benchmarks/page_lag.py [--edits 3] [--quick 3] [--deletes 3] [--cluster devloop-ui] [--keep-cluster] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ POLL_MS = 10
 @dataclasses.dataclass
 class Lags:
     row: list[float] = dataclasses.field(default_factory=list)
+    row_quick: list[float] = dataclasses.field(default_factory=list)
     pods: list[float] = dataclasses.field(default_factory=list)
     pod: list[float] = dataclasses.field(default_factory=list)
 
@@ -72,6 +75,7 @@ def wait_page(page: Any, js: str, arg: Any, timeout: float = 120.0) -> float:
 
 
 ROW_RUNNING = f"""() => !!document.querySelector('{CARD} svg.phases g.cycle[data-ok="running"]')"""
+ROW_OF = f"""n => !!document.querySelector(`{CARD} svg.phases g.cycle[data-cycle="${{n}}"]`)"""
 PODS_EXACTLY = f"""want => {{
   const rows = [...document.querySelectorAll('{CARD} table.pods tbody tr')];
   const ready = rows.filter(r => r.children[1].textContent.startsWith("✔")).map(r => r.dataset.pod).sort();
@@ -83,7 +87,7 @@ POD_NOT_READY = f"""name => {{
 }}"""
 
 
-def measure(h: Harness, root: Path, context: str, edits: int, deletes: int) -> Lags:
+def measure(h: Harness, root: Path, context: str, edits: int, deletes: int, quick: int) -> Lags:
     from playwright.sync_api import expect, sync_playwright
 
     lags = Lags()
@@ -95,19 +99,33 @@ def measure(h: Harness, root: Path, context: str, edits: int, deletes: int) -> L
             expect(page.locator("#conn")).to_have_text("live", timeout=30_000)
             wait_page(page, PODS_EXACTLY, ready_pods(h, context))
             server = root / "sample-app" / "server.js"
-            for i in range(edits):
-                drain(d)
+
+            def save(i: int) -> float:
                 text = server.read_text()
                 start = text.index("const MESSAGE = ")
                 end = text.index("\n", start)
                 server.write_text(text[:start] + f"const MESSAGE = 'Hello from the page lag benchmark {i}';" + text[end:])
-                saved = time.monotonic()
+                return time.monotonic()
+
+            for i in range(edits):
+                drain(d)
+                saved = save(i)
                 lags.row.append(wait_page(page, ROW_RUNNING, None) - saved)
                 done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "an edit's cycle")
                 ended = time.monotonic()
                 assert done["ok"], done
                 lags.pods.append(wait_page(page, PODS_EXACTLY, ready_pods(h, context)) - ended)
                 print(f"edit {i + 1}: row {lags.row[-1]:.2f}s, pods after the cycle {lags.pods[-1]:.2f}s", flush=True)
+            if quick:
+                drain(d)
+                save(1000)
+                for i in range(quick):
+                    done = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "a cycle")
+                    saved = save(1001 + i)
+                    lags.row_quick.append(wait_page(page, ROW_OF, int(done["cycle"]) + 1) - saved)
+                    print(f"quick save {i + 1}: row {lags.row_quick[-1]:.2f}s", flush=True)
+                d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the last quick save's cycle")
+                wait_page(page, PODS_EXACTLY, ready_pods(h, context))
             for i in range(deletes):
                 victim = ready_pods(h, context)[0]
                 subprocess.run(
@@ -130,6 +148,7 @@ def main() -> int:
     ap.add_argument("--cluster", default="devloop-ui")
     ap.add_argument("--edits", type=int, default=3)
     ap.add_argument("--deletes", type=int, default=3)
+    ap.add_argument("--quick", type=int, default=3, help="saves made as the previous save's cycle is done")
     ap.add_argument("--keep-cluster", action="store_true", help="leave the kind cluster (deleted with kind, never the registry)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -141,7 +160,7 @@ def main() -> int:
         root.mkdir()
         write_project(root, h, args.cluster)
         try:
-            lags = measure(h, root, context, args.edits, args.deletes)
+            lags = measure(h, root, context, args.edits, args.deletes, args.quick)
         finally:
             if not args.keep_cluster:
                 subprocess.run(["kind", "delete", "cluster", "--name", args.cluster], env=h.env, check=False, capture_output=True)
@@ -149,6 +168,7 @@ def main() -> int:
     print("\nhow far the page trails devloop (seconds: median, max):")
     for name, values, what in (
         ("row", lags.row, "save → the running cycle's row"),
+        ("row+", lags.row_quick, "save as the previous cycle is done → its row"),
         ("pods", lags.pods, "cycle done → the pod table lists the new pods"),
         ("pod", lags.pod, "kubectl delete pod → the pod table shows it leaving"),
     ):
