@@ -220,7 +220,9 @@ class DevSession:
 
     def _poll(self, every: float) -> None:
         mon = None
-        while not self._stopping.wait(every / 3 if mon is None else every):  # the first sample soon after start
+        wait = every / 3  # the first sample soon after start
+        while not self._stopping.wait(wait):
+            wait = every
             for svc in self.config.services:
                 try:
                     d = self.engine.manifests(svc)

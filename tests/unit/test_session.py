@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,28 @@ def test_a_reload_closes_a_removed_forward_and_the_forwards_of_a_removed_service
     bench.reload(DEVLOOP_YAML[: DEVLOOP_YAML.index("  - name: api")])  # api removed from the configuration: its URL goes too
     assert not accepts(kept)
     assert any(e["message"].startswith("service api removed from the configuration") for e in bench.events("info"))
+
+
+def test_the_dashboards_pod_table_follows_the_services_through_a_reload(bench: Bench) -> None:
+    pods = bench.deploy("api", ImageRef("shop-api", "dl-0", "localhost:5001"))
+    changed = threading.Condition()
+
+    def note() -> None:
+        with changed:
+            changed.notify_all()
+
+    def shown(want: list[str]) -> None:
+        with changed:
+            assert changed.wait_for(lambda: [p.name for p in bench.session.board.view.service("api").pods] == want, 10.0)
+
+    bench.session.board.watch(note)
+    bench.session.start_poller()
+    shown(pods)  # listed when followed: no timer
+    moved = bench.deploy("api", ImageRef("shop-api", "dl-0", "localhost:5001"), namespace="dev")
+    bench.reload(DEVLOOP_YAML.replace("deployment: api}", "deployment: api, namespace: dev}"))
+    shown(moved)  # the reload moved api: its table is the new namespace's
+    watches = [(bg.argv[1], bg.alive()) for bg in bench.cluster.spawned if bg.argv[0] == "watch"]
+    assert ("default", False) in watches and ("dev", True) in watches
 
 
 def test_log_streams_outlive_a_reload_and_follow_a_namespace_change(bench: Bench) -> None:
