@@ -155,6 +155,7 @@ class DevSession:
         self._layout_cache: list[ServiceLayout] | None = None
         self._poller: threading.Thread | None = None
         self.pods: PodTable | None = None  # the dashboard's pod table (start_poller)
+        self._pods_where: dict[str, tuple[str, dict[str, str]]] = {}  # what it follows: service → namespace, selector
         self._stopping = threading.Event()
         self.api = ApiWatch(engine.kube, self.out, engine.target.outage(), on_back=self._api_back)
         self.board = Board(self.out)  # what other threads read of the session (the dashboard)
@@ -213,9 +214,11 @@ class DevSession:
         for svc in self.config.services:
             try:
                 d = self.engine.manifests(svc)
-            except DevloopError:  # manifests that do not load now: the next cycle or reload follows them
-                continue
-            where[svc.name] = (d.namespace, d.selector)
+                where[svc.name] = (d.namespace, dict(d.selector))
+            except DevloopError:  # manifests that do not load now (saved half-way): the table follows what it followed
+                if svc.name in self._pods_where:
+                    where[svc.name] = self._pods_where[svc.name]
+        self._pods_where = where
         self.pods.follow(where)
 
     def _poll(self, every: float) -> None:
