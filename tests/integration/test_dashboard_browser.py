@@ -336,8 +336,10 @@ def test_a_rate_devloop_cannot_know_yet_is_not_shown_as_zero(session_page: Page,
     unsure = ServiceStats(rps=0.0, error_ratio=None, p95_seconds=None, unsure_series=3)
     session.out.metrics("web", unsure.rps, unsure.error_ratio, {"dl-1": 3}, unsure.traffic_known, unsure.traffic())
     expect(web.locator('[data-metric="rps"] b')).to_have_text("not known yet")
+    expect(web.locator('[data-metric="errors"] b')).to_have_text("no traffic")  # no ratio without requests, not "0.0%"
     expect(web.locator('[data-metric="traffic"]')).to_have_text(f"last minute: {unsure.traffic()}")  # the words of `devloop status`
     known = ServiceStats(rps=2.4, error_ratio=0.0, p95_seconds=0.012)
     session.out.metrics("web", known.rps, known.error_ratio, {"dl-1": 3}, known.traffic_known, known.traffic())
     expect(web.locator('[data-metric="rps"] b')).to_have_text("2.40")
+    expect(web.locator('[data-metric="errors"] b')).to_have_text("0.0%")
     expect(web.locator('[data-metric="traffic"]')).to_have_text("last minute: 2.40 req/s, 0.0% errors, p95 12ms")
