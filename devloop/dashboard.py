@@ -6,7 +6,10 @@ reports (log lines, metrics, the rest), which it fans out to the open pages over
 events. It is one more subscriber of `Output` for that history; the Output lock is held while a
 subscriber runs, so the fan-out never waits: each page has a bounded queue, and a page too slow to
 keep up is disconnected (its browser reconnects and gets the recent history again) instead of
-slowing devloop down.
+slowing devloop down. What changes without an event (the worker's and the pod table's publications:
+pods, forwards, what the cluster runs) is pushed too, as a `view` event (`{"event": "view"}`, kept
+in no history) the moment the board changes: the page reads the state again on every event, and on
+no timer.
 
 The server binds 127.0.0.1 only and refuses requests whose Host or Origin is not this page
 (DNS rebinding, cross-site requests). Everything but the page itself also needs a per-session token
@@ -165,17 +168,28 @@ def _service_json(v: ServiceView, logs: Iterable[Mapping[str, Any]]) -> dict[str
         "pods": [{"name": p.name, "ready": p.ready, "restarts": p.restarts, "status": p.status} for p in v.pods],
         "forwards": [{"url": f.url, "ready": f.ready, "message": f.message} for f in v.forwards],
         "cycles": [_cycle_json(c) for c in v.cycles],
-        "metrics": [{"ts": m.ts, "rps": m.rps, "error_ratio": m.error_ratio, "versions": dict(m.versions)} for m in v.metrics],
+        "metrics": [
+            {
+                "ts": m.ts,
+                "rps": m.rps,
+                "error_ratio": m.error_ratio,
+                "versions": dict(m.versions),
+                "traffic_known": m.traffic_known,
+                "traffic": m.traffic,
+            }
+            for m in v.metrics
+        ],
         "logs": [{"ts": r.get("ts"), "pod": r.get("pod"), "line": r.get("line")} for r in logs],
     }
 
 
 def _running(snapshot: Mapping[str, Any]) -> tuple[list[Running], dict[str, list[Pod]]]:
     """A snapshot mapping ({"services": {name: {applied, good, healthy, pods, forwards}}}) as what
-    the worker and the poller publish."""
+    the worker and the pod table publish."""
     running, pods = [], {}
     for name, s in (snapshot.get("services") or {}).items():
-        urls = tuple(str(f.get("url")) for f in s.get("forwards") or [] if isinstance(f, Mapping))
+        given = s.get("forwards")  # none given: not known (those the events named stay)
+        urls = None if given is None else tuple(str(f.get("url")) for f in given if isinstance(f, Mapping))
         running.append(Running(str(name), s.get("applied"), s.get("good"), bool(s.get("healthy")), urls))
         pods[str(name)] = [
             Pod(str(p.get("name")), bool(p.get("ready")), int(p.get("restarts") or 0), str(p.get("status") or ""))
@@ -222,6 +236,7 @@ class Dashboard:
         self._page = page.replace(TOKEN_PLACEHOLDER, self.token)
         self.app = self._make_app()
         out.subscribe(self._on_event, replay=True)  # what happened before the dashboard existed, then everything after
+        self.board.watch(self._on_view)  # and what changed without an event
 
     # -- the history ----------------------------------------------------------------------------------
     @property
@@ -236,6 +251,15 @@ class Dashboard:
             self._remember(seq, record)
             for client in self._clients:
                 self._enqueue(client, seq, record)
+
+    def _on_view(self) -> None:
+        """Board watcher: the view changed without an event (pods, forwards, what the cluster runs):
+        tell the open pages, which read the state again. Not history: a new page reads the state anyway."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            for client in self._clients:
+                self._enqueue(client, seq, {"event": "view"})
 
     def _remember(self, seq: int, record: dict[str, Any]) -> None:
         service = str(record.get("service") or "")

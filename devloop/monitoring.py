@@ -279,19 +279,21 @@ class ServiceStats:
             "versions": [{**v.labels, "pods": v.pods} for v in self.versions],
         }
 
+    def traffic(self) -> str:
+        """`2.40 req/s, 0.0% errors, p95 12ms`, or that it is not known (yet): what `devloop status` and the page say."""
+        if not self.traffic_known and not self.rps:
+            return f"traffic: not known yet ({UNSURE_WHY})"
+        if self.rps is None:
+            return "no request metrics yet"
+        errors = "no traffic" if self.error_ratio is None else f"{self.error_ratio * 100:.1f}% errors"
+        p95 = "" if self.p95_seconds is None else f", p95 {self.p95_seconds * 1000:.0f}ms"
+        at_least = "" if self.traffic_known else "at least "
+        return f"{at_least}{self.rps:.2f} req/s, {errors}{p95}"
+
     def human(self) -> str:
         """`2.40 req/s, 0.0% errors, p95 12ms; serving dl-1a2b3c 1.0.0 (3 pods)` (last minute)."""
-        if not self.traffic_known and not self.rps:
-            traffic = f"traffic: not known yet ({UNSURE_WHY})"
-        elif self.rps is None:
-            traffic = "no request metrics yet"
-        else:
-            errors = "no traffic" if self.error_ratio is None else f"{self.error_ratio * 100:.1f}% errors"
-            p95 = "" if self.p95_seconds is None else f", p95 {self.p95_seconds * 1000:.0f}ms"
-            at_least = "" if self.traffic_known else "at least "
-            traffic = f"{at_least}{self.rps:.2f} req/s, {errors}{p95}"
         serving = ", ".join(f"{v.text()} ({v.pods} pod{'s' if v.pods != 1 else ''})" for v in self.versions) or "no app_info"
-        return f"{traffic}; serving {serving}"
+        return f"{self.traffic()}; serving {serving}"
 
 
 def stats_from(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> ServiceStats:

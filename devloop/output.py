@@ -213,9 +213,27 @@ class Output:
             error=None if error is None else {"phase": error.phase, "message": error.message, "hint": error.hint, "details": error.details},
         )
 
-    def metrics(self, service: str, rps: float | None, error_ratio: float | None, versions: Mapping[str, int]) -> None:
-        """A service's traffic over the last minute and the versions serving (from Prometheus)."""
-        self._emit("metrics", None, service=service, rps=rps, error_ratio=error_ratio, versions=dict(versions))
+    def metrics(
+        self,
+        service: str,
+        rps: float | None,
+        error_ratio: float | None,
+        versions: Mapping[str, int],
+        traffic_known: bool = True,
+        traffic: str = "",
+    ) -> None:
+        """A service's traffic over the last minute and the versions serving (from Prometheus);
+        `traffic`: what `devloop status` says of it (`ServiceStats.traffic()`), for the page to say the same."""
+        self._emit(
+            "metrics",
+            None,
+            service=service,
+            rps=rps,
+            error_ratio=error_ratio,
+            versions=dict(versions),
+            traffic_known=traffic_known,
+            traffic=traffic,
+        )
 
     def skipped(self, reason: str, files: Sequence[str], service: str = "") -> None:
         who = f"{service}: " if service else ""

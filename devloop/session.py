@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from devloop import config as config_mod
 from devloop.config import Config, ServiceConfig
@@ -32,28 +32,18 @@ from devloop.model import ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
 from devloop.plan import MANIFEST_SUFFIXES, Change, Plan, ServiceChange, ServiceLayout, everything, plan, relative
+from devloop.podtable import PodTable
 from devloop.ports import Cluster
 from devloop.proc import Background
 from devloop.project import Deployed
 from devloop.targets import Target
-from devloop.view import Board, Pod, Running
+from devloop.view import Board, Running
 from devloop.watch import Watcher
-from devloop.workload import PodEvent, pod_failure, pod_name, pod_ready
+from devloop.workload import PodEvent, pod_name, pod_ready
 
 
 def _may_change_layout(path: str) -> bool:
     return os.path.basename(path) in (".dockerignore", *KUSTOMIZATION_FILES) or path.endswith(MANIFEST_SUFFIXES)
-
-
-def _pod_row(p: dict[str, Any]) -> Pod:
-    cs = p.get("status", {}).get("containerStatuses") or []
-    failing = pod_failure(p)
-    return Pod(
-        pod_name(p),
-        pod_ready(p),
-        sum(int(c.get("restartCount", 0)) for c in cs),
-        failing or ("Terminating" if p.get("metadata", {}).get("deletionTimestamp") else p.get("status", {}).get("phase", "")),
-    )
 
 
 class _Hasher(Protocol):
@@ -164,6 +154,8 @@ class DevSession:
         self.access: dict[str, _Access] = {}
         self._layout_cache: list[ServiceLayout] | None = None
         self._poller: threading.Thread | None = None
+        self.pods: PodTable | None = None  # the dashboard's pod table (start_poller)
+        self._pods_where: dict[str, tuple[str, dict[str, str]]] = {}  # what it follows: service → namespace, selector
         self._stopping = threading.Event()
         self.api = ApiWatch(engine.kube, self.out, engine.target.outage(), on_back=self._api_back)
         self.board = Board(self.out)  # what other threads read of the session (the dashboard)
@@ -202,33 +194,48 @@ class DevSession:
                 )
             )
         self.board.publish(running)
+        self._follow_pods()
 
-    def start_poller(self, interval: float = 5.0, metrics_every: int = 3) -> None:
-        """Pods (and, with monitoring, traffic and versions from Prometheus) for the dashboard."""
-        self._poller = threading.Thread(target=self._poll, args=(interval, metrics_every), daemon=True, name="devloop-poller")
-        self._poller.start()
+    def start_poller(self, metrics_every: float = 15.0) -> None:
+        """What the dashboard shows beside the events: each service's pods, pushed as the API server
+        reports a change of them (devloop.podtable), and with monitoring, traffic and versions from
+        Prometheus (which scrapes every 15 s) every `metrics_every` s."""
+        self.pods = PodTable(self.engine.kube, self.board)
+        self._follow_pods()
+        if self.config.monitoring.enabled:
+            self._poller = threading.Thread(target=self._poll, args=(metrics_every,), daemon=True, name="devloop-metrics")
+            self._poller.start()
 
-    def _poll(self, interval: float, metrics_every: int) -> None:
-        """Pods every `interval` s; Prometheus (which scrapes every 15 s) every `metrics_every` rounds."""
+    def _follow_pods(self) -> None:
+        """The pod table follows the configured services (again: after a reload, after an API outage)."""
+        if self.pods is None:
+            return
+        where = {}
+        for svc in self.config.services:
+            try:
+                d = self.engine.manifests(svc)
+                where[svc.name] = (d.namespace, dict(d.selector))
+            except DevloopError:  # manifests that do not load now (saved half-way): the table follows what it followed
+                if svc.name in self._pods_where:
+                    where[svc.name] = self._pods_where[svc.name]
+        self._pods_where = where
+        self.pods.follow(where)
+
+    def _poll(self, every: float) -> None:
         mon = None
-        rounds = 0
-        while not self._stopping.wait(interval):
-            rounds += 1
+        wait = every / 3  # the first sample soon after start
+        while not self._stopping.wait(wait):
+            wait = every
             for svc in self.config.services:
                 try:
                     d = self.engine.manifests(svc)
-                    pods = self.engine.kube.pods(d.namespace, d.selector)
+                    mon = mon or self.engine.monitoring()
+                    if mon is not None:
+                        stats = mon.service_stats(d.selector, d.namespace)
+                        versions = {v.text(): v.pods for v in stats.versions}
+                        self.out.metrics(svc.name, stats.rps, stats.error_ratio, versions, stats.traffic_known, stats.traffic())
                 except DevloopError:
-                    continue
-                self.board.publish_pods(svc.name, [_pod_row(p) for p in pods])
-                if self.config.monitoring.enabled and rounds % metrics_every == 1:
-                    try:
-                        mon = mon or self.engine.monitoring()
-                        if mon is not None:
-                            stats = mon.service_stats(d.selector, d.namespace)
-                            self.out.metrics(svc.name, stats.rps, stats.error_ratio, {v.text(): v.pods for v in stats.versions})
-                    except DevloopError:
-                        pass  # Prometheus not (yet) there: the page shows no charts
+                    pass  # Prometheus not (yet) there: the page shows no charts
 
     # -- access: forwards, logs, pod watches (worker thread) ----------------------------------------
     def _access(self, svc: ServiceConfig) -> _Access:
@@ -318,6 +325,7 @@ class DevSession:
             if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
                 d = self.engine.manifests(svc)
                 a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
+        self._follow_pods()  # the pod table's watches ended with the API server too
 
     def _pod_changed(self, ev: PodChanged) -> str | None:
         """The service to rebuild when this pod event means synced files were lost."""
@@ -479,6 +487,8 @@ class DevSession:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.pods is not None:
+            self.pods.stop()
         self.api.stop()
         self.engine.stop()
         self.queue.close()

@@ -7,18 +7,23 @@ reference once and gets one consistent picture, with no lock and no torn fields.
 
 Three parts publish:
 - the worker: the configured services, what the cluster runs for each (applied, good, healthy)
-  and the URLs of its forwards, after each cycle, after what follows a cycle, and after a reload;
-- the poller: each service's pods, after each query of the cluster;
+  and the URLs of its forwards (exactly those it runs: a forward a reload removed goes), after each
+  cycle, after what follows a cycle, and after a reload;
+- the pod table (devloop.podtable): a service's pods, each time the API server reports a change of them;
 - the events the engine and the forwards report through `Output` (on whichever thread reports
-  them): the running cycle's phase and progress, each cycle's timings and outcome, a forward's
-  readiness, monitoring samples, notices.
+  them): a cycle as it starts (its trigger and files), its phase and progress as they change, each
+  cycle's timings and outcome, a forward's readiness, monitoring samples, notices.
+
+Who shows the view learns of a change at once: the events reach it as `Output` subscribers, and
+`Board.watch` tells it of the worker's and the pod table's publications (a change only: the same
+view published again says nothing).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -90,6 +95,8 @@ class Sample:
     rps: float | None
     error_ratio: float | None
     versions: tuple[tuple[str, Any], ...] = ()
+    traffic_known: bool = True  # False: request counters the last minute cannot tell about (rps leaves them out)
+    traffic: str = ""  # what `devloop status` says of it ("2.40 req/s, 0.0% errors", "traffic: not known yet (…)")
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,9 @@ class Running:
     applied: str | None = None
     good: str | None = None
     healthy: bool = False
-    forwards: tuple[str, ...] = ()  # URLs; their readiness comes from the forwards' own events
+    # The URLs of the forwards the worker runs (their readiness comes from the forwards' own events);
+    # None: the publisher does not know them (a snapshot without forwards), those the events named stay.
+    forwards: tuple[str, ...] | None = ()
 
 
 def _bounded(items: tuple[Any, ...], item: Any, size: int) -> tuple[Any, ...]:
@@ -226,7 +235,14 @@ def _service_event(v: ServiceView, kind: str, r: Mapping[str, Any], ts: float) -
         f = Forward(str(r.get("url", "")), bool(r.get("ready")), str(r.get("message", "")))
         return dataclasses.replace(v, forwards=_with_forward(v.forwards, f))
     if kind == "metrics":
-        s = Sample(ts, r.get("rps"), r.get("error_ratio"), tuple((r.get("versions") or {}).items()))
+        s = Sample(
+            ts,
+            r.get("rps"),
+            r.get("error_ratio"),
+            tuple((r.get("versions") or {}).items()),
+            traffic_known=r.get("traffic_known") is not False,
+            traffic=str(r.get("traffic") or ""),
+        )
         return dataclasses.replace(v, metrics=_bounded(v.metrics, s, METRICS_PER_SERVICE))
     return v
 
@@ -259,13 +275,16 @@ def fold(view: SessionView, r: Mapping[str, Any]) -> SessionView:
 
 
 def publish_running(view: SessionView, running: Sequence[Running]) -> SessionView:
+    """The view with what the worker runs: the configured services in order, each one's cluster
+    state, and its forwards: exactly the worker's (a forward it stopped, e.g. after a reload, goes),
+    each with the readiness its own events reported (a new one: not ready until it says so)."""
     services = dict(view.services)
     for r in running:
         v = view.service(r.name)
         forwards = v.forwards
-        for url in r.forwards:
-            if not any(f.url == url for f in forwards):
-                forwards = (*forwards, Forward(url))
+        if r.forwards is not None:
+            known = {f.url: f for f in v.forwards}
+            forwards = tuple(known.get(url) or Forward(url) for url in r.forwards)
         services[r.name] = dataclasses.replace(v, applied=r.applied, good=r.good, healthy=r.healthy, forwards=forwards)
     return dataclasses.replace(view, configured=tuple(r.name for r in running), services=MappingProxyType(services))
 
@@ -277,8 +296,16 @@ class Board:
     def __init__(self, out: Output | None = None) -> None:
         self._lock = threading.Lock()
         self._view = SessionView()
+        self._watchers: list[Callable[[], None]] = []
         if out is not None:  # everything reported so far, then each event as it is reported
             out.subscribe(self.event, replay=True)
+
+    def watch(self, fn: Callable[[], None]) -> None:
+        """`fn()` after each publication that changed the view (the worker's, the pod table's), on
+        the publishing thread, after the swap (so `view` has the change): it must only take note.
+        The events change the view too, but reach their readers as `Output` subscribers themselves."""
+        with self._lock:
+            self._watchers.append(fn)
 
     @property
     def view(self) -> SessionView:
@@ -291,12 +318,25 @@ class Board:
 
     def publish(self, running: Sequence[Running]) -> None:
         """The worker's part: the configured services (in order) and what the cluster runs."""
-        with self._lock:
-            self._view = publish_running(self._view, running)
+        self._publish(lambda view: publish_running(view, running))
 
     def publish_pods(self, service: str, pods: Iterable[Pod]) -> None:
-        """The poller's part: one service's pods."""
+        """The pod table's part: one service's pods."""
+        rows = tuple(pods)
+
+        def with_pods(view: SessionView) -> SessionView:
+            services = {**view.services, service: dataclasses.replace(view.service(service), pods=rows)}
+            return dataclasses.replace(view, services=MappingProxyType(services))
+
+        self._publish(with_pods)
+
+    def _publish(self, change: Callable[[SessionView], SessionView]) -> None:
         with self._lock:
-            view = self._view
-            services = {**view.services, service: dataclasses.replace(view.service(service), pods=tuple(pods))}
-            self._view = dataclasses.replace(view, services=MappingProxyType(services))
+            before = self._view
+            after = change(before)
+            if after == before:
+                return  # the same picture again: nothing to tell
+            self._view = after
+            watchers = list(self._watchers)
+        for fn in watchers:
+            fn()

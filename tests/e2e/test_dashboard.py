@@ -262,8 +262,9 @@ def test_prometheus_status_and_page_show_the_traffic_and_version(dev: Session, p
     web = card(page)
     expect(web.locator(".metrics")).to_be_visible()
     expect(web.locator('[data-metric="versions"] b')).to_contain_text(rev)
-    # a real rate, however slow, never reads "0" ("0" is shown only for no traffic at all)
-    expect(web.locator('[data-metric="rps"] b')).to_have_text(re.compile(r"^(<0\.01|\d+\.\d{1,2})$"))
+    # a real rate, however slow, never reads "0" ("0" is shown only for no traffic at all); "at least" as status says it
+    expect(web.locator('[data-metric="rps"] b')).to_have_text(re.compile(r"^(at least )?(<0\.01|\d+\.\d{1,2})$"))
+    expect(web.locator('[data-metric="traffic"]')).to_contain_text("req/s")  # the words of `devloop status`'s "last minute:" line
 
 
 def test_an_edit_shows_a_new_cycle_live_with_its_phases(dev: Session, page: Page, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -350,6 +351,22 @@ def test_rebuild_now_starts_a_cycle(dev: Session, page: Page) -> None:
     row = web.locator(f'svg.phases g.cycle[data-cycle="{start["cycle"]}"]')
     expect(row).to_have_attribute("data-ok", "true")
     expect(row.locator("title").first).to_contain_text("rebuild requested from the dashboard")
+    not_reloaded(page)
+
+
+def test_a_pod_change_shows_without_a_cycle(dev: Session, page: Page) -> None:
+    web = card(page)
+    pods = dev.h.kubectl_json("get", "pods", "-l", f"app={SERVICE}")["items"]
+    victim = sorted(p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp"))[0]
+    expect(web.locator(f'tr[data-pod="{victim}"]')).to_contain_text("✔ ready")
+    seen = len(dev.d.seen)
+    dev.h.kubectl_run("delete", "pod", victim, "--wait=false")
+    # The API server's pod watch reports it: the page shows it leaving, then its replacement Ready.
+    expect(web.locator(f'tr[data-pod="{victim}"]:has-text("✔ ready")')).to_have_count(0)
+    expect(web.locator("table.pods tbody tr:has-text('✔ ready')")).to_have_count(3)
+    while not dev.d.events.empty():
+        dev.d.seen.append(dev.d.events.get_nowait())
+    assert not [e for e in dev.d.seen[seen:] if e["event"] in ("cycle_start", "cycle_done")]  # no cycle brought it
     not_reloaded(page)
 
 

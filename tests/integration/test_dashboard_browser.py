@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 
 from devloop.dashboard import Dashboard
 from devloop.errors import CycleFailed
+from devloop.monitoring import ServiceStats
 from devloop.output import Output
+from devloop.view import Board, Pod, Running
 
 CHROMIUM = os.environ.get("DEVLOOP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -70,6 +73,24 @@ class Devloop:
         }
 
 
+class Session:
+    """What the page is attached to in `devloop dev`: a real Output and the session's board, published
+    as the worker and the pod table publish it (no snapshot asked at each request)."""
+
+    def __init__(self) -> None:
+        self.out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+        self.board = Board(self.out)
+        self.board.publish([Running("web", healthy=True, forwards=(FORWARD,))])
+        self.board.publish_pods("web", [Pod("web-1", True, 0, "Running")])
+        self.dashboard = Dashboard(self.out, port=0, on_rebuild=lambda s: None, board=self.board)
+
+
+FORWARD = "http://127.0.0.1:8080"
+# The page must poll nothing: every change reaches it as an event. Its repeating timers are refused
+# (and counted), so a page that still polled would never show what it polls for.
+NO_POLLING = "window.__polls = 0; window.setInterval = () => { window.__polls += 1; return 0; };"
+
+
 @pytest.fixture
 def devloop() -> Iterator[Devloop]:
     d = Devloop()
@@ -79,19 +100,41 @@ def devloop() -> Iterator[Devloop]:
 
 
 @pytest.fixture
-def page(browser: Browser, devloop: Devloop) -> Iterator[Page]:
+def session() -> Iterator[Session]:
+    s = Session()
+    s.dashboard.start()
+    yield s
+    s.dashboard.stop()
+
+
+@contextmanager
+def open_page(browser: Browser, url: str) -> Iterator[Page]:
     context = browser.new_context()
+    context.add_init_script(NO_POLLING)
     p = context.new_page()
     p.set_default_timeout(WAIT_MS)
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
-    p.goto(devloop.dashboard.url)
+    p.goto(url)
     expect(p.locator("#conn")).to_have_text("live")
     p.evaluate("window.__notReloaded = true")
     yield p
     assert p.evaluate("window.__notReloaded === true"), "the page reloaded itself"
+    assert p.evaluate("window.__polls") == 0, "the page set up a repeating timer (it must poll nothing)"
     assert errors == [], f"script errors on the page: {errors}"
     context.close()
+
+
+@pytest.fixture
+def page(browser: Browser, devloop: Devloop) -> Iterator[Page]:
+    with open_page(browser, devloop.dashboard.url) as p:
+        yield p
+
+
+@pytest.fixture
+def session_page(browser: Browser, session: Session) -> Iterator[Page]:
+    with open_page(browser, session.dashboard.url) as p:
+        yield p
 
 
 def card(page: Page, service: str) -> Any:
@@ -255,3 +298,48 @@ def test_a_page_of_an_earlier_session_cannot_rebuild(page: Page, devloop: Devloo
         assert restarted.rebuilds == ["web"]
     finally:
         restarted.dashboard.stop()
+
+
+def test_a_running_cycle_pods_and_forwards_show_as_they_change_not_when_the_cycle_ends(session_page: Page, session: Session) -> None:
+    page, out, board = session_page, session.out, session.board
+    web = card(page, "web")
+    expect(web.locator('tr[data-pod="web-1"] td').nth(1)).to_have_text("✔ ready")
+    expect(web.get_by_role("link", name=FORWARD)).to_have_count(0)  # declared, not ready: its URL only
+    expect(web.locator(".forwards")).to_contain_text(f"{FORWARD} (not ready)")
+
+    # A save: the cycle shows as it starts, with its trigger and files, while its build has not ended.
+    out.cycle_start(7, "image source changed", ["server.js"], services=["web"])
+    out.phase_start("build", service="web")
+    row = web.locator('svg.phases g.cycle[data-cycle="7"]')
+    expect(row).to_have_attribute("data-ok", "running")
+    expect(row.locator("title")).to_have_text("cycle 7: image source changed — server.js")
+    expect(web.locator(".badge")).to_have_text("building")
+
+    # The cluster changes while the build still runs: the page follows the pod table, not the cycle.
+    board.publish_pods("web", [Pod("web-1", False, 0, "Terminating"), Pod("web-2", False, 3, "CrashLoopBackOff")])
+    expect(web.locator('tr[data-pod="web-2"] td').nth(3)).to_have_text("CrashLoopBackOff")
+    expect(web.locator('tr[data-pod="web-1"] td').nth(3)).to_have_text("Terminating")
+    out.forward(FORWARD, True, "HTTP 200", service="web")
+    expect(web.get_by_role("link", name=FORWARD)).to_have_attribute("href", FORWARD)
+    expect(row).to_have_attribute("data-ok", "running")  # ... and the cycle still runs
+
+    # A devloop.yaml reload removed the forward: the page no longer offers its URL.
+    board.publish([Running("web", healthy=True, forwards=())])
+    expect(web.locator(".forwards")).to_have_text("none")
+
+    out.cycle_done(7, phases={"build": 1.0}, total=1.0, image="localhost:5001/web:dl-7", files=["server.js"], service="web")
+    expect(row).to_have_attribute("data-ok", "true")
+
+
+def test_a_rate_devloop_cannot_know_yet_is_not_shown_as_zero(session_page: Page, session: Session) -> None:
+    web = card(session_page, "web")
+    unsure = ServiceStats(rps=0.0, error_ratio=None, p95_seconds=None, unsure_series=3)
+    session.out.metrics("web", unsure.rps, unsure.error_ratio, {"dl-1": 3}, unsure.traffic_known, unsure.traffic())
+    expect(web.locator('[data-metric="rps"] b')).to_have_text("not known yet")
+    expect(web.locator('[data-metric="errors"] b')).to_have_text("no traffic")  # no ratio without requests, not "0.0%"
+    expect(web.locator('[data-metric="traffic"]')).to_have_text(f"last minute: {unsure.traffic()}")  # the words of `devloop status`
+    known = ServiceStats(rps=2.4, error_ratio=0.0, p95_seconds=0.012)
+    session.out.metrics("web", known.rps, known.error_ratio, {"dl-1": 3}, known.traffic_known, known.traffic())
+    expect(web.locator('[data-metric="rps"] b')).to_have_text("2.40")
+    expect(web.locator('[data-metric="errors"] b')).to_have_text("0.0%")
+    expect(web.locator('[data-metric="traffic"]')).to_have_text("last minute: 2.40 req/s, 0.0% errors, p95 12ms")

@@ -18,6 +18,7 @@ import pytest
 from devloop import dashboard as dash
 from devloop.dashboard import Dashboard, DashboardPortTaken
 from devloop.errors import CycleFailed, DevloopError
+from devloop.monitoring import ServiceStats
 from devloop.output import Output
 from devloop.view import Board, Pod, Running
 
@@ -337,6 +338,34 @@ def test_event_stream_sends_history_then_live_events_as_json_lines_do() -> None:
             stream.close()
     finally:
         harness.d.stop()
+
+
+def test_a_change_published_without_an_event_reaches_an_open_page_at_once(h: Harness) -> None:
+    # The pods (from the pod table) and what the worker publishes come with no Output event: the page
+    # hears of them on its stream (it reads the state again on every event) instead of on a timer.
+    stream = Stream(h.d)
+    try:
+        name, hello = stream.next()
+        assert name == "hello" and hello["history"] == 0
+        h.board.publish_pods("web", [Pod("web-abc", False, 1, "CrashLoopBackOff")])
+        assert stream.next() == ("message", {"event": "view"})
+        assert h.service("web")["pods"] == [{"name": "web-abc", "ready": False, "restarts": 1, "status": "CrashLoopBackOff"}]
+        h.board.publish_pods("web", [Pod("web-abc", False, 1, "CrashLoopBackOff")])  # the same table: nothing to say
+        h.board.publish([Running("web", healthy=True), Running("api")])
+        assert stream.next() == ("message", {"event": "view"})  # one per change
+        h.out.pod_log("web-abc", "after", service="web")
+        assert stream.next()[1]["event"] == "log"
+    finally:
+        stream.close()
+
+
+def test_the_rate_says_what_devloop_status_says(h: Harness) -> None:
+    stats = ServiceStats(rps=0.0, error_ratio=None, p95_seconds=None, unsure_series=2)
+    h.out.metrics("web", stats.rps, stats.error_ratio, {}, stats.traffic_known, stats.traffic())
+    (sample,) = h.service("web")["metrics"]
+    assert (sample["rps"], sample["traffic_known"]) == (0.0, False)  # not "0 req/s": status says it is not known yet
+    assert sample["traffic"] == stats.traffic() and stats.human().startswith(stats.traffic())
+    assert sample["traffic"].startswith("traffic: not known yet")
 
 
 def test_a_slow_page_never_blocks_devloop(monkeypatch: pytest.MonkeyPatch) -> None:
