@@ -509,7 +509,7 @@ class Proxy:
                 return False
             link.switching = True
             link.cond.wait_for(lambda: not link.sending)  # a write to the closed pod fails at once
-        self.upstreams.failed(pod)  # stopping: tried after the others until the pod watch says so
+        self._failed(pod, ConnectionAbortedError("closed a kept-alive connection on a request it had not answered (stopping?)"))
         tried.add(pod)
         with self._lock:
             self._socks.discard(old)
