@@ -11,13 +11,16 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from devloop import proxy as proxy_mod
 from devloop.proxy import Proxy, Upstreams
+from tests.unit import test_proxy
 from tests.unit.test_proxy import Closing, Connector, get, stamp, wait_until
+
+pods = test_proxy.pods  # the fake pods' connector, and the replay's window wider than any stall (fixtures)
+wide_windows = test_proxy.wide_windows
 
 
 class KeptAlivePod:
@@ -92,19 +95,6 @@ class KeptAlivePod:
 
     def close(self) -> None:
         self.stop()
-
-
-@pytest.fixture
-def pods() -> Iterator[Connector]:
-    c = Connector()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def wide_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The replay's window wider than any stall of a loaded machine."""
-    monkeypatch.setattr("devloop.proxy.REPLAY_WINDOW", 600.0)
 
 
 def kept_alive(pods: Connector, *names: str, failed: list[str] | None = None) -> tuple[Proxy, list[KeptAlivePod]]:
