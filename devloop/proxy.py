@@ -12,6 +12,7 @@ until both sides are done; a connection stays on its pod until one side closes i
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import selectors
 import socket
@@ -126,6 +127,9 @@ def _open(s: socket.socket) -> bool:
 
 
 IDEMPOTENT = (b"GET ", b"HEAD ", b"OPTIONS ", b"PUT ", b"DELETE ", b"TRACE ")  # RFC 9110 9.2.2
+# a whole HTTP/1 request line: on a kept-alive connection, only such a request is replayed (HTTP
+# requests stand alone; another protocol's command may rely on what the connection did before)
+HTTP_REQUEST = re.compile(rb"[A-Z]+ \S+ HTTP/1\.[01]\r?\n")
 
 
 def _may_replay(upstream: socket.socket, sent: bytes | bytearray) -> bool:
@@ -491,10 +495,10 @@ class Proxy:
                 return
 
     def _replay(self, link: _Link, tried: set[str]) -> bool:
-        """The pod closed a kept-alive connection: when it did so on a request it had not answered
-        at all (an idempotent one, or one it was refused), soon after it got it, the request goes to
-        the next Ready pod (held, as a new connection is, while none listens) and the connection
-        carries on there. False when there is nothing to replay, or no pod took it."""
+        """The pod closed a kept-alive connection: when it did so on an HTTP request it had not
+        answered at all (an idempotent one), soon after it got it, the request goes to the next
+        Ready pod (held, as a new connection is, while none listens) and the connection carries on
+        there. False when there is nothing to replay, or no pod took it."""
         with link.cond:
             old, pod, sent = link.upstream, link.pod, bytes(link.pending)
             if (
@@ -504,6 +508,7 @@ class Proxy:
                 or not sent
                 or link.turn != link.answers
                 or time.monotonic() - link.pending_since > REPLAY_WINDOW
+                or not HTTP_REQUEST.match(sent)
                 or not _may_replay(old, sent)
             ):
                 return False

@@ -231,3 +231,20 @@ def test_a_request_while_no_ready_pod_listens_yet_is_held_until_one_does(
         p.stop()
         for app in starting.values():
             app.close()
+
+
+def test_another_protocols_command_a_stopping_pod_closes_is_not_replayed(pods: Connector, wide_windows: None) -> None:
+    """Only an HTTP request stands alone: a command of another protocol on a kept-alive connection
+    (Redis' `GET key`, after an AUTH on the same connection) is not sent to another pod, which has
+    not seen what the connection did before. The client sees the close."""
+    p, (old, stopping) = kept_alive(pods, "web-1", "web-2")
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"GET key\r\n\r\n")
+            assert s.recv(65536).endswith(b"web-2")
+            stopping.stop(close_idle=False)
+            s.sendall(b"GET key\r\n\r\n")
+            assert s.recv(65536) == b""
+        assert stopping.dropped == ["GET key"] and old.requests == []
+    finally:
+        p.stop()
