@@ -30,6 +30,7 @@ BUFFER = 64 * 1024
 SPARE_WAIT = 5.0  # at most this long for the connection being opened ahead, rather than opening another
 REPLAY_MAX = 64 * 1024  # a connection's first bytes kept for a pod that closes it without answering
 REPLAY_WINDOW = 5.0  # ... when it closes within this many seconds of being opened
+IDLE_GRACE = 0.05  # seconds a kept-alive connection a pod closed while idle stays open for a request the client sent meanwhile
 RESTART_RETRY = 0.1  # seconds before every Ready pod, having all closed a connection unanswered, is asked again (doubling to RETRY)
 
 Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
@@ -156,8 +157,8 @@ class _Link:
         self.pending = bytearray()  # the client's bytes since the pod's last answer ...
         self.pending_since = 0.0  # ... sent to this pod at (time.monotonic())
         self.request_at = 0.0  # ... first sent at
-        self.turn = 0  # `answers` when `pending` began
-        self.answers = 0  # chunks the pod sent (only the pod's pump counts them)
+        self.turn = 0  # `answers` when `pending` began (more than 0: the connection is kept alive for a further request)
+        self.answers = 1 if answered else 0  # chunks the pod sent (only the pod's pump counts them)
         self.whole = answered  # `pending` is all of the request in flight (not when the first one was not answered)
         self.switching = False  # the pod's pump is moving the connection to another pod
         self.sending = False  # the client's pump is writing to the pod
@@ -173,6 +174,15 @@ class _Link:
             self.pending += data
             if len(self.pending) > REPLAY_MAX:
                 self.pending, self.whole = bytearray(), False
+
+
+def _unread(s: socket.socket) -> bool:
+    """Whether bytes wait to be read on `s` (not its end)."""
+    try:
+        readable, _, _ = select.select([s], [], [], 0)
+        return bool(readable) and bool(s.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):
+        return False
 
 
 def _shutdown(s: socket.socket, how: int) -> None:
@@ -444,19 +454,29 @@ class Proxy:
     def _pump_client(self, link: _Link, client: socket.socket) -> None:
         """client → pod until the client closes its side (then the pod's write side is shut:
         half-close) or either fails (then both are shut down). What the client sends while the
-        pod's pump moves the connection to another pod goes there."""
+        pod's pump moves the connection to another pod goes there. The client's bytes are read
+        and noted at once (under `cond`): the pod's pump, deciding whether a request is in flight
+        when the pod closes, sees them either noted or still unread, never in between."""
         while True:
-            try:
-                data = client.recv(BUFFER)
-            except OSError:
-                data = None
+            with contextlib.suppress(OSError, ValueError):  # closed: the read says so
+                select.select([client], [], [])
             with link.cond:
+                try:
+                    data: bytes | None = client.recv(BUFFER)
+                except OSError:
+                    data = None
+                if data:
+                    link.note(data)
+                else:
+                    link.client_done = True
+                replayed = link.switching  # then the pod's pump sends it, with the request, to the next pod
+                link.cond.notify_all()
                 link.cond.wait_for(lambda: not link.switching)
                 upstream = link.upstream
                 if not data:
-                    link.client_done = True
                     break
-                link.note(data)
+                if replayed:
+                    continue
                 link.sending = True
             try:
                 upstream.sendall(data)
@@ -490,16 +510,21 @@ class Proxy:
                     _shutdown(upstream, socket.SHUT_RDWR)
                     return
                 continue
-            if not self._replay(link, tried):
+            if not self._replay(link, client, tried):
                 _shutdown(client, socket.SHUT_WR)
                 return
 
-    def _replay(self, link: _Link, tried: set[str]) -> bool:
+    def _replay(self, link: _Link, client: socket.socket, tried: set[str]) -> bool:
         """The pod closed a kept-alive connection: when it did so on an HTTP request it had not
         answered at all (an idempotent one), soon after it got it, the request goes to the next
         Ready pod (held, as a new connection is, while none listens) and the connection carries on
         there. False when there is nothing to replay, or no pod took it."""
         with link.cond:
+            if not link.pending or link.turn != link.answers:
+                # closed while idle: a client that kept the connection alive may have sent its next
+                # request before it could see the close; read in a moment, it is replayed too
+                wait = REPLAY_WINDOW if _unread(client) else IDLE_GRACE if link.turn else 0.0
+                link.cond.wait_for(lambda: (bool(link.pending) and link.turn == link.answers) or link.client_done, wait)
             old, pod, sent = link.upstream, link.pod, bytes(link.pending)
             if (
                 self._stopped.is_set()
@@ -523,7 +548,7 @@ class Proxy:
         with link.cond:
             link.switching = False
             link.cond.notify_all()
-            if got is None or not self._track(got[1]):
+            if got is None or not link.whole or not self._track(got[1]):  # (more than REPLAY_MAX came meanwhile)
                 if got is not None:
                     got[1].close()
                 return False

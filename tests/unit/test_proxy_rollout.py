@@ -248,3 +248,61 @@ def test_another_protocols_command_a_stopping_pod_closes_is_not_replayed(pods: C
         assert stopping.dropped == ["GET key"] and old.requests == []
     finally:
         p.stop()
+
+
+def test_probe_less_rollouts_in_a_row_fail_no_request_on_new_or_kept_alive_connections(pods: Connector) -> None:
+    """The e2e test's scenario in the fakes: rollout after rollout, each new pod Ready while its app
+    does not listen yet, then the old pod's SIGTERM (it stops listening, closes its idle kept-alive
+    connections and drops the requests that arrive after), while clients request continuously on
+    new connections and on kept-alive ones (checked for a close before reuse, as urllib3 does)."""
+    p = Proxy(0, Upstreams(), pods, name="test-proxy")
+    assert p.listen()
+    first = KeptAlivePod("pod-0")
+    pods.pods["pod-0"] = first  # type: ignore[assignment]
+    p.upstreams.seen("pod-0", True, stamp(0))
+    answers: list[list[str]] = [[], [], [], []]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(i: int, keep_alive: bool) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)
+        while not stop.is_set():
+            if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+                conn.close()  # closed by the pod while idle: not reused
+            try:
+                answers[i].append(ask(conn))
+            except (OSError, http.client.HTTPException) as e:
+                failures.append(f"{'kept-alive' if keep_alive else 'new'}: {e!r}")
+                conn.close()
+            if not keep_alive:
+                conn.close()
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i, i >= 2), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    old, starting = first, []
+    try:
+        wait_until("every client answered", lambda: all(answers))
+        for i in range(1, 9):
+            name = f"pod-{i}"
+            starting.append(Closing())
+            pods.pods[name] = starting[-1]
+            p.upstreams.seen(name, True, stamp(i))  # Ready: its container started, its app does not listen yet
+            wait_until(f"{name} refusing a connection", lambda: starting[-1].accepted >= 1)
+            old.stop()  # the old pod's SIGTERM, before the pod watch says it is going
+            app = KeptAlivePod(name)
+            pods.pods[name] = app  # type: ignore[assignment]
+            p.upstreams.seen(f"pod-{i - 1}", False)
+            wait_until(f"every client answered by {name}", lambda name=name: all(name in a[-3:] for a in answers))  # type: ignore[misc]
+            old = app
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        p.stop()
+        old.close()
+        for c in starting:
+            c.close()
+    assert failures == []
+    assert all(a and a[-1] == "pod-8" for a in answers)
