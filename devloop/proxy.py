@@ -176,12 +176,22 @@ class _Link:
                 self.pending, self.whole = bytearray(), False
 
 
+def _readable(s: socket.socket, timeout: float | None) -> bool:
+    """Whether `s` has something to read (bytes, its end, an error) within `timeout` seconds (None:
+    waits). poll, not select: a busy process' descriptors may be past select's 1024."""
+    poll = select.poll()
+    try:
+        poll.register(s, select.POLLIN)
+        return bool(poll.poll(None if timeout is None else timeout * 1000))
+    except (OSError, ValueError):
+        return True  # closed: a read says so at once
+
+
 def _unread(s: socket.socket) -> bool:
     """Whether bytes wait to be read on `s` (not its end)."""
     try:
-        readable, _, _ = select.select([s], [], [], 0)
-        return bool(readable) and bool(s.recv(1, socket.MSG_PEEK))
-    except (OSError, ValueError):
+        return _readable(s, 0) and bool(s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
         return False
 
 
@@ -458,8 +468,7 @@ class Proxy:
         and noted at once (under `cond`): the pod's pump, deciding whether a request is in flight
         when the pod closes, sees them either noted or still unread, never in between."""
         while True:
-            with contextlib.suppress(OSError, ValueError):  # closed: the read says so
-                select.select([client], [], [])
+            _readable(client, None)
             with link.cond:
                 try:
                     data: bytes | None = client.recv(BUFFER)

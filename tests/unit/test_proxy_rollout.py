@@ -35,6 +35,7 @@ class KeptAlivePod:
         self.requests: list[str] = []  # "GET /", "POST /orders": what it answered
         self.dropped: list[str] = []  # the requests it closed a connection on, unanswered
         self.stopping = threading.Event()
+        self.close_idle = True
         self._idle: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.server = socket.socket()
@@ -56,7 +57,7 @@ class KeptAlivePod:
             buf = b""
             while True:
                 with self._lock:
-                    if self.stopping.is_set() and not buf:
+                    if self.stopping.is_set() and self.close_idle and not buf:
                         return  # idle when it stops: closed
                     self._idle.add(conn)
                 try:
@@ -84,7 +85,9 @@ class KeptAlivePod:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body))
 
     def stop(self, close_idle: bool = True) -> None:
-        """SIGTERM: the listener is closed; idle kept-alive connections too when `close_idle`."""
+        """SIGTERM: the listener is closed; idle kept-alive connections too when `close_idle` (else a
+        request still on its way when it stops is what the connection gets closed on)."""
+        self.close_idle = close_idle
         self.stopping.set()
         self.server.close()
         if close_idle:
