@@ -328,8 +328,8 @@ class PortForward:
     def _failed(self, pod: str, e: Exception) -> None:
         self.last_error = f"pod {pod}: {e}"
         self.out.detail(f"port-forward: connecting to pod {pod} failed: {e}", service=self.label)
-        if self.api is not None and not isinstance(e, ConnectionRefusedError):
-            self.api.suspect()  # it may be the API server that does not answer (a refused pod port is the pod's)
+        if self.api is not None and not isinstance(e, (ConnectionRefusedError, ConnectionAbortedError)):
+            self.api.suspect()  # it may be the API server that does not answer (a refused port, a closed connection: the pod's)
 
     # -- checks -------------------------------------------------------------------------------------
     def _check(self) -> bool:

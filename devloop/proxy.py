@@ -12,6 +12,7 @@ until both sides are done; a connection stays on its pod until one side closes i
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import selectors
 import socket
@@ -29,8 +30,8 @@ BUFFER = 64 * 1024
 SPARE_WAIT = 5.0  # at most this long for the connection being opened ahead, rather than opening another
 REPLAY_MAX = 64 * 1024  # a connection's first bytes kept for a pod that closes it without answering
 REPLAY_WINDOW = 5.0  # ... when it closes within this many seconds of being opened
-RESTART_GRACE = 5.0  # when every Ready pod closed a new connection unanswered, they are asked again for this long
-RESTART_RETRY = 0.1  # seconds between those rounds
+IDLE_GRACE = 0.05  # seconds a kept-alive connection a pod closed while idle stays open for a request the client sent meanwhile
+RESTART_RETRY = 0.1  # seconds before every Ready pod, having all closed a connection unanswered, is asked again (doubling to RETRY)
 
 Connector = Callable[[str], socket.socket]  # pod name → a connected stream socket to its port; raises when it cannot
 
@@ -127,6 +128,9 @@ def _open(s: socket.socket) -> bool:
 
 
 IDEMPOTENT = (b"GET ", b"HEAD ", b"OPTIONS ", b"PUT ", b"DELETE ", b"TRACE ")  # RFC 9110 9.2.2
+# a whole HTTP/1 request line: on a kept-alive connection, only such a request is replayed (HTTP
+# requests stand alone; another protocol's command may rely on what the connection did before)
+HTTP_REQUEST = re.compile(rb"[A-Z]+ \S+ HTTP/1\.[01]\r?\n")
 
 
 def _may_replay(upstream: socket.socket, sent: bytes | bytearray) -> bool:
@@ -138,6 +142,57 @@ def _may_replay(upstream: socket.socket, sent: bytes | bytearray) -> bool:
         return True
     refused = getattr(upstream, "refused", None)
     return bool(refused is not None and refused())
+
+
+class _Link:
+    """A relayed connection past its first answer, shared by its two pumps: the pod it goes to now,
+    and what the client sent since that pod last sent anything (the request in flight), kept so
+    that a pod that closes the connection on it unanswered (its app stopping: SIGTERM closes the
+    kept-alive connections it is not answering yet) gets it replayed to another pod."""
+
+    def __init__(self, pod: str, upstream: socket.socket, answered: bool) -> None:
+        self.pod = pod
+        self.upstream = upstream
+        self.cond = threading.Condition()
+        self.pending = bytearray()  # the client's bytes since the pod's last answer ...
+        self.pending_since = 0.0  # ... sent to this pod at (time.monotonic())
+        self.request_at = 0.0  # ... first sent at
+        self.turn = 0  # `answers` when `pending` began (more than 0: the connection is kept alive for a further request)
+        self.answers = 1 if answered else 0  # chunks the pod sent (only the pod's pump counts them)
+        self.whole = answered  # `pending` is all of the request in flight (not when the first one was not answered)
+        self.switching = False  # the pod's pump is moving the connection to another pod
+        self.sending = False  # the client's pump is writing to the pod
+        self.client_done = False
+
+    def note(self, data: bytes) -> None:
+        """The client sent `data` (caller holds cond)."""
+        if self.turn != self.answers:  # the pod answered since: a new request
+            self.turn, self.pending, self.whole = self.answers, bytearray(), True
+        if not self.pending:
+            self.pending_since = self.request_at = time.monotonic()
+        if self.whole:
+            self.pending += data
+            if len(self.pending) > REPLAY_MAX:
+                self.pending, self.whole = bytearray(), False
+
+
+def _readable(s: socket.socket, timeout: float | None) -> bool:
+    """Whether `s` has something to read (bytes, its end, an error) within `timeout` seconds (None:
+    waits). poll, not select: a busy process' descriptors may be past select's 1024."""
+    poll = select.poll()
+    try:
+        poll.register(s, select.POLLIN)
+        return bool(poll.poll(None if timeout is None else timeout * 1000))
+    except (OSError, ValueError):
+        return True  # closed: a read says so at once
+
+
+def _unread(s: socket.socket) -> bool:
+    """Whether bytes wait to be read on `s` (not its end)."""
+    try:
+        return _readable(s, 0) and bool(s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
 
 
 def _shutdown(s: socket.socket, how: int) -> None:
@@ -272,6 +327,25 @@ class Proxy:
             failed_round = False
         return None
 
+    def _held(self, tried: set[str], deadline: float) -> tuple[str, socket.socket] | None:
+        """The next Ready pod for a connection a pod closed unanswered. When every Ready pod closed
+        it, or none is Ready, no app listens yet: a pod without a readinessProbe is Ready before its
+        app listens (a rollout's new pods, while the old ones stop listening on SIGTERM), and a live
+        update restarts every replica's app at once. Then the connection is held, as one waiting
+        for a Ready pod is, until `deadline`, and the pods asked again: at once when one gets Ready,
+        else after a pause that grows from RESTART_RETRY to RETRY (each try is a port-forward)."""
+        got = self._upstream(tried, hold=False)
+        pause = RESTART_RETRY
+        while got is None and not self._stopped.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.upstreams.wait(self.upstreams.version, min(left, pause))
+            pause = min(RETRY, pause * 2)
+            tried.clear()
+            got = self._upstream(tried, hold=False)
+        return got
+
     def _failed(self, pod: str, e: Exception) -> None:
         self.upstreams.failed(pod)
         self.on_fail(pod, e)
@@ -291,23 +365,25 @@ class Proxy:
             relayed = self._first_answer(client, *got, tried)
             if relayed is None:
                 return
-            upstream, client_done = relayed
+            pod, upstream, client_done, answered = relayed
             if client_done and getattr(upstream, "ends_on_half_close", False):
                 # the request sent and the client's side shut before any answer (`nc -N`, HTTP/1.0
                 # clients): passed on, that would end a port-forward stream unanswered; the answer is
                 # relayed until the pod closes the connection
                 self._pump(upstream, client)
                 return
-            back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True, name=f"{self.name}-back")
+            link = _Link(pod, upstream, answered)
+            back = threading.Thread(target=self._pump_pod, args=(link, client, tried), daemon=True, name=f"{self.name}-back")
             with self._lock:
                 if self._stopped.is_set():
                     return
                 self._threads.add(back)
                 back.start()
-            self._pump(client, upstream)
+            self._pump_client(link, client)
             back.join()
             with self._lock:
                 self._threads.discard(back)
+            upstream = link.upstream
         finally:
             with self._lock:
                 self._socks.discard(client)
@@ -324,14 +400,17 @@ class Proxy:
             self._socks.add(s)
             return True
 
-    def _first_answer(self, client: socket.socket, pod: str, upstream: socket.socket, tried: set[str]) -> tuple[socket.socket, bool] | None:
+    def _first_answer(
+        self, client: socket.socket, pod: str, upstream: socket.socket, tried: set[str]
+    ) -> tuple[str, socket.socket, bool, bool] | None:
         """Relay until the pod sends its first bytes, keeping what the client sent: a pod that closes
         the connection before answering anything, soon after it was opened (its app does not
         listen: the API server's port-forward reports a refused port only by closing the stream),
         gets it replayed to the next Ready pod. Then (or once the client sent more than REPLAY_MAX,
-        or shut its sending side) the plain two-way relay takes over: the socket to use and whether
-        the client has shut its side after sending a request (a connection closed before it sent
-        anything, a browser's unused preconnect, is just closed), None when no pod is left."""
+        or shut its sending side) the two-way relay takes over: the socket to use, whether the
+        client has shut its side after sending a request (a connection closed before it sent
+        anything, a browser's unused preconnect, is just closed) and whether the pod answered;
+        None when no pod is left."""
         sent = bytearray()
         opened = first = time.monotonic()
         with selectors.DefaultSelector() as sel:
@@ -345,12 +424,12 @@ class Proxy:
                         except OSError:
                             data = b""
                         if not data:  # the client shut its side (or went): no replay
-                            return upstream, bool(sent)
+                            return pod, upstream, bool(sent), False
                         with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
                             upstream.sendall(data)
                         sent += data
                         if len(sent) > REPLAY_MAX:
-                            return upstream, False
+                            return pod, upstream, False, False
                         continue
                     try:
                         data = upstream.recv(BUFFER)
@@ -359,11 +438,11 @@ class Proxy:
                     if data:
                         with contextlib.suppress(OSError):  # a client that went: the relay ends at once
                             client.sendall(data)
-                        return upstream, False
+                        return pod, upstream, False, True
                     if self._stopped.is_set() or time.monotonic() - opened > REPLAY_WINDOW:
-                        return upstream, False  # closed without a word, late: the relay passes that on
+                        return pod, upstream, False, False  # closed without a word, late: the relay passes that on
                     if not _may_replay(upstream, sent):
-                        return upstream, False  # a POST the app may have taken before it died: never sent twice
+                        return pod, upstream, False, False  # a POST the app may have taken before it died: never sent twice
                     # closed at once without answering: the next Ready pod gets what the client sent
                     self._failed(pod, ConnectionRefusedError("closed before answering (refused: its app does not listen on that port?)"))
                     tried.add(pod)
@@ -371,12 +450,7 @@ class Proxy:
                     with self._lock:
                         self._socks.discard(upstream)
                     upstream.close()
-                    got = self._upstream(tried, hold=False)
-                    # every Ready pod closed it: their apps restart at once (a live update restarts
-                    # every replica): ask them all again shortly, for as long as a restart takes
-                    while got is None and time.monotonic() - first < RESTART_GRACE and not self._stopped.wait(RESTART_RETRY):
-                        tried.clear()
-                        got = self._upstream(tried, hold=False)
+                    got = self._held(tried, first + self.hold)
                     if got is None or not self._track(got[1]):
                         if got is not None:
                             got[1].close()
@@ -386,6 +460,112 @@ class Proxy:
                     with contextlib.suppress(OSError):  # a pod that is gone: its read below says so
                         upstream.sendall(sent)
                     sel.register(upstream, selectors.EVENT_READ)
+
+    def _pump_client(self, link: _Link, client: socket.socket) -> None:
+        """client → pod until the client closes its side (then the pod's write side is shut:
+        half-close) or either fails (then both are shut down). What the client sends while the
+        pod's pump moves the connection to another pod goes there. The client's bytes are read
+        and noted at once (under `cond`): the pod's pump, deciding whether a request is in flight
+        when the pod closes, sees them either noted or still unread, never in between."""
+        while True:
+            _readable(client, None)
+            with link.cond:
+                try:
+                    data: bytes | None = client.recv(BUFFER)
+                except OSError:
+                    data = None
+                if data:
+                    link.note(data)
+                else:
+                    link.client_done = True
+                replayed = link.switching  # then the pod's pump sends it, with the request, to the next pod
+                link.cond.notify_all()
+                link.cond.wait_for(lambda: not link.switching)
+                upstream = link.upstream
+                if not data:
+                    break
+                if replayed:
+                    continue
+                link.sending = True
+            try:
+                upstream.sendall(data)
+            except OSError:
+                pass  # the pod closed the connection: its pump replays the request, or ends the connection
+            finally:
+                with link.cond:
+                    link.sending = False
+                    link.cond.notify_all()
+        if data is None:
+            _shutdown(client, socket.SHUT_RDWR)
+            _shutdown(upstream, socket.SHUT_RDWR)
+        else:
+            _shutdown(upstream, socket.SHUT_WR)
+
+    def _pump_pod(self, link: _Link, client: socket.socket, tried: set[str]) -> None:
+        """pod → client until the pod closes the connection: then the request in flight, if any,
+        goes to another pod (`_replay`); else the close is passed on (half-close)."""
+        while True:
+            upstream = link.upstream
+            try:
+                data = upstream.recv(BUFFER)
+            except OSError:
+                data = b""
+            if data:
+                link.answers += 1
+                try:
+                    client.sendall(data)
+                except OSError:
+                    _shutdown(client, socket.SHUT_RDWR)
+                    _shutdown(upstream, socket.SHUT_RDWR)
+                    return
+                continue
+            if not self._replay(link, client, tried):
+                _shutdown(client, socket.SHUT_WR)
+                return
+
+    def _replay(self, link: _Link, client: socket.socket, tried: set[str]) -> bool:
+        """The pod closed a kept-alive connection: when it did so on an HTTP request it had not
+        answered at all (an idempotent one), soon after it got it, the request goes to the next
+        Ready pod (held, as a new connection is, while none listens) and the connection carries on
+        there. False when there is nothing to replay, or no pod took it."""
+        with link.cond:
+            if not link.pending or link.turn != link.answers:
+                # closed while idle: a client that kept the connection alive may have sent its next
+                # request before it could see the close; read in a moment, it is replayed too
+                wait = REPLAY_WINDOW if _unread(client) else IDLE_GRACE if link.turn else 0.0
+                link.cond.wait_for(lambda: (bool(link.pending) and link.turn == link.answers) or link.client_done, wait)
+            old, pod, sent = link.upstream, link.pod, bytes(link.pending)
+            if (
+                self._stopped.is_set()
+                or link.client_done
+                or not link.whole
+                or not sent
+                or link.turn != link.answers
+                or time.monotonic() - link.pending_since > REPLAY_WINDOW
+                or not HTTP_REQUEST.match(sent)
+                or not _may_replay(old, sent)
+            ):
+                return False
+            link.switching = True
+            link.cond.wait_for(lambda: not link.sending)  # a write to the closed pod fails at once
+        self._failed(pod, ConnectionAbortedError("closed a kept-alive connection on a request it had not answered (stopping?)"))
+        tried.add(pod)
+        with self._lock:
+            self._socks.discard(old)
+        old.close()
+        got = self._held(tried, link.request_at + self.hold)
+        with link.cond:
+            link.switching = False
+            link.cond.notify_all()
+            if got is None or not link.whole or not self._track(got[1]):  # (more than REPLAY_MAX came meanwhile)
+                if got is not None:
+                    got[1].close()
+                return False
+            link.pod, link.upstream = got
+            link.pending_since = time.monotonic()
+            with contextlib.suppress(OSError):  # a pod that is gone: its read says so
+                link.upstream.sendall(link.pending)
+        return True
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -129,7 +129,6 @@ def wide_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay's and the restart's windows (seconds after a pod closed a connection unanswered)
     wider than any stall of a loaded machine: the tests say what happens inside them, whatever the speed."""
     monkeypatch.setattr("devloop.proxy.REPLAY_WINDOW", 600.0)
-    monkeypatch.setattr("devloop.proxy.RESTART_GRACE", 600.0)
 
 
 @pytest.fixture
