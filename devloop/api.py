@@ -21,9 +21,9 @@ from devloop.apiconn import ApiConnection, ApiError, close_response, response_li
 from devloop.apiwatch import BackgroundThread, ChangeFeed, watch
 from devloop.errors import ClusterUnavailable, StepFailed
 from devloop.kubectl import Kubectl
+from devloop.ownership import FIELD_MANAGER, Conflict, FieldConflicts, conflicts_of, label_of, namespace_of
 from devloop.workload import PodEvent, selector_arg
 
-FIELD_MANAGER = "devloop"
 
 
 class ApiCluster:
@@ -57,7 +57,13 @@ class ApiCluster:
         return self.kubectl.exec(pod, namespace, argv, stdin, timeout)
 
     def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+        """`kubectl rollout undo`, whose fields (field manager kubectl-rollout) are then devloop's."""
         self.kubectl.rollout_undo(deployment, namespace, revision)
+        path = self.api.path("apps/v1", "deployment", namespace, deployment)
+        with contextlib.suppress(ApiError):
+            live = self.api.get(path)
+            if live is not None:
+                self._take_over(path, live, (ROLLOUT_MANAGER,))
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -75,32 +81,39 @@ class ApiCluster:
                 "`devloop up` creates or repairs it; `kind get clusters` lists what exists",
             )
 
-    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
-        """Server-side apply of every document (field manager `devloop`, conflicts forced: devloop's
-        manifests are the source of truth in dev). Lines like kubectl's: `deployment.apps/x configured`."""
+    def _target(self, doc: Mapping[str, Any], namespace: str) -> tuple[str, str]:
+        """(API path, kubectl's label `deployment.apps/x`) of a document."""
+        api_version, kind = str(doc.get("apiVersion", "v1")), str(doc["kind"])
+        name = str((doc.get("metadata") or {}).get("name", ""))
+        return self.api.path(api_version, kind, namespace_of(doc, namespace), name), label_of(doc)
+
+    def _apply_one(self, path: str, doc: Mapping[str, Any], *, force: bool, manager: str, dry_run: bool = False) -> dict[str, Any]:
+        query = {"fieldManager": manager, "force": "true" if force else "false"}
+        if dry_run:
+            query["dryRun"] = "All"
+        result: dict[str, Any] = self.api.request(
+            "PATCH", path, query=query, body=dict(doc), content_type="application/apply-patch+yaml", timeout=60.0
+        )
+        return result
+
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = FIELD_MANAGER) -> list[str]:
+        """Server-side apply of every document as `manager`. `force`: conflicts are forced (devloop's
+        own cluster, where its manifests are the source of truth; fields last applied with client-side
+        `kubectl apply` are handed over first); without it a conflict raises FieldConflicts (ownership.py).
+        Lines like kubectl's: `deployment.apps/x configured`."""
         lines = []
         for doc in docs:
             if not isinstance(doc, Mapping) or not doc.get("kind"):
                 continue
-            api_version, kind = str(doc.get("apiVersion", "v1")), str(doc["kind"])
-            name = str((doc.get("metadata") or {}).get("name", ""))
-            ns = str((doc.get("metadata") or {}).get("namespace") or namespace)
-            path = self.api.path(api_version, kind, ns, name)
-            group = api_version.split("/")[0] if "/" in api_version else ""
-            label = f"{kind.lower()}{'.' + group if group else ''}/{name}"
+            path, label = self._target(doc, namespace)
             try:
                 before = self.api.get(path)
-                if before is not None:
-                    self._take_over(path, before)
-                after = self.api.request(
-                    "PATCH",
-                    path,
-                    query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    body=dict(doc),
-                    content_type="application/apply-patch+yaml",
-                    timeout=60.0,
-                )
+                if before is not None and force:
+                    self._take_over(path, before, CSA_MANAGERS)
+                after = self._apply_one(path, doc, force=force, manager=manager)
             except ApiError as e:
+                if e.status == 409 and e.causes:
+                    raise FieldConflicts(conflicts_of(label, e.causes), f"context {self.context}") from e
                 raise StepFailed(f"apply {label} failed: {e.message}", "fix the manifest; devloop applies again on the next save") from e
             # generation moves only with the spec (status updates move resourceVersion all the time)
             key = "generation" if "generation" in after.get("metadata", {}) else "resourceVersion"
@@ -109,19 +122,50 @@ class ApiCluster:
             lines.append(f"{label} {'created' if before is None else 'unchanged' if old == new else 'configured'}")
         return lines
 
-    def _take_over(self, path: str, obj: Mapping[str, Any]) -> None:
-        """An object last applied with client-side `kubectl apply` (an earlier devloop, or you):
-        hand its fields to devloop's server-side apply first, as `kubectl apply --server-side` does
-        (client-go's csaupgrade), so that a field later removed from the manifest is removed from the
-        object too instead of staying owned by the old applier."""
-        ops = upgrade_managed_fields(obj)
+    def conflicts(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[Conflict]:
+        """The fields other managers own that applying these documents (unforced) would change: a
+        server-side dry run of each (nothing changes), every conflict collected."""
+        found = []
+        for doc in docs:
+            if not isinstance(doc, Mapping) or not doc.get("kind"):
+                continue
+            path, label = self._target(doc, namespace)
+            try:
+                self._apply_one(path, doc, force=False, manager=FIELD_MANAGER, dry_run=True)
+            except ApiError as e:
+                if e.status == 409 and e.causes:
+                    found += conflicts_of(label, e.causes)
+                    continue
+                raise StepFailed(f"apply {label} failed: {e.message}", "fix the manifest; devloop applies again on the next save") from e
+        return found
+
+    def autoscalers(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's HorizontalPodAutoscalers (autoscaling/v2, else v1; none when neither is served)."""
+        for version in ("v2", "v1"):
+            path = f"/apis/autoscaling/{version}/namespaces/{quote(namespace)}/horizontalpodautoscalers"
+            try:
+                return list(self.api.request("GET", path).get("items") or [])
+            except ApiError as e:
+                if e.status != 404:
+                    raise StepFailed(f"list HorizontalPodAutoscalers in {namespace}: {e.message}", "") from e
+        return []
+
+    def _take_over(self, path: str, obj: Mapping[str, Any], managers: tuple[str, ...]) -> None:
+        """Fields held by `managers`' updates, handed to devloop's server-side apply. Objects last
+        applied with client-side `kubectl apply` (an earlier devloop, or you): as `kubectl apply
+        --server-side` does (client-go's csaupgrade), so that a field later removed from the manifest
+        is removed from the object too instead of staying owned by the old applier. After devloop's own
+        `rollout undo`: the fields it set are devloop's again (they would conflict with its next apply)."""
+        ops = upgrade_managed_fields(obj, managers)
         if ops is None:
             return
-        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the forced apply still wins
+        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the next apply decides
             self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
-        api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1"}.get(resource.lower(), "v1")
+        api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1", "replicaset": "apps/v1"}.get(
+            resource.lower(), "v1"
+        )
         try:
             return self.api.get(self.api.path(api_version, resource, namespace, name))
         except ApiError as e:
@@ -328,6 +372,7 @@ class _ForwardSocket:
 
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
+ROLLOUT_MANAGER = "kubectl-rollout"  # `kubectl rollout undo`
 
 
 def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,12 +383,13 @@ def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def upgrade_managed_fields(obj: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The JSON patch that moves the fields owned by client-side apply into devloop's Apply entry
-    (None when there are none): pure, after client-go's csaupgrade.UpgradeManagedFields."""
+def upgrade_managed_fields(obj: Mapping[str, Any], managers: tuple[str, ...] = CSA_MANAGERS) -> list[dict[str, Any]] | None:
+    """The JSON patch that moves the fields owned by `managers`' updates (client-side apply's by
+    default) into devloop's Apply entry (None when there are none): pure, after client-go's
+    csaupgrade.UpgradeManagedFields."""
     meta = obj.get("metadata", {})
     fields = list(meta.get("managedFields") or [])
-    csa = [f for f in fields if f.get("manager") in CSA_MANAGERS and f.get("operation") == "Update"]
+    csa = [f for f in fields if f.get("manager") in managers and f.get("operation") == "Update"]
     if not csa:
         return None
     ssa = next((f for f in fields if f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"), None)
