@@ -25,7 +25,6 @@ from devloop.ownership import FIELD_MANAGER, Conflict, FieldConflicts, conflicts
 from devloop.workload import PodEvent, selector_arg
 
 
-
 class ApiCluster:
     """The cluster of one kube context: an API connection, and kubectl for what it leaves to kubectl."""
 

@@ -20,6 +20,7 @@ The functions are pure; `Applier` runs them against the `Cluster` port.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,9 +120,9 @@ def without_replicas(doc: Mapping[str, Any]) -> dict[str, Any]:
 def owns_replicas(live: Mapping[str, Any] | None, manager: str = FIELD_MANAGER) -> bool:
     """Whether `manager`'s apply owns the live object's spec.replicas."""
     for entry in ((live or {}).get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == manager and entry.get("operation") == "Apply":
-            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
-                return True
+        mine = entry.get("manager") == manager and entry.get("operation") == "Apply"
+        if mine and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return True
     return False
 
 
@@ -194,7 +195,5 @@ class Applier:
         live = self.kube.get(str(doc["kind"]).lower(), str(doc["metadata"]["name"]), ns)
         if live is None or not owns_replicas(live) or "replicas" not in (live.get("spec") or {}):
             return  # created now (the autoscaler sets it), or devloop does not hold it: nothing to hand over
-        try:
+        with contextlib.suppress(FieldConflicts):  # a conflict: the autoscaler holds it already, nothing to hand over
             self.kube.apply([replicas_only(doc, live)], ns, force=False, manager=HANDOVER_MANAGER)
-        except FieldConflicts:
-            pass  # the autoscaler holds it already: nothing to hand over
