@@ -71,9 +71,10 @@ class FieldConflicts(ConfigError):
     def __init__(self, conflicts: Sequence[Conflict], where: str = "the cluster") -> None:
         n = len(conflicts)
         fields = f"{n} field{'s' if n != 1 else ''}"
-        managers = ", ".join(sorted({repr(c.manager) for c in conflicts}))
+        names = sorted({repr(c.manager) for c in conflicts})
+        owner = "another field manager" if len(names) == 1 else "other field managers"
         super().__init__(
-            f"{fields} on {where} belong to another field manager ({managers}): devloop changed nothing",
+            f"{fields} on {where} {'belongs' if n == 1 else 'belong'} to {owner} ({', '.join(names)}): devloop changed nothing",
             "those fields were changed by someone else since devloop applied them (kubectl edit/patch/scale, a controller): "
             "make the manifests say the same, or run again with --force-conflicts to take them (their managers lose them)",
         )

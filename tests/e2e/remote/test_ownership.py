@@ -36,6 +36,9 @@ def project(remote: Remote, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("ownership") / "proj"
     shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
+    manifest = root / "sample-app" / "k8s" / "deployment.yaml"  # 5 replicas on the 2-CPU node: a smaller CPU request
+    assert "cpu: '250m'" in manifest.read_text()
+    manifest.write_text(manifest.read_text().replace("cpu: '250m'", "cpu: '50m'"))
     (root / "devloop.yaml").write_text(
         "apiVersion: devloop/v1\n"
         f"image:\n  buildArgs:\n    NODE_IMAGE: {remote.harness.node_base}\n"
