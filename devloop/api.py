@@ -56,13 +56,16 @@ class ApiCluster:
         return self.kubectl.exec(pod, namespace, argv, stdin, timeout)
 
     def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
-        """`kubectl rollout undo`, whose fields (field manager kubectl-rollout) are then devloop's."""
-        self.kubectl.rollout_undo(deployment, namespace, revision)
+        """`kubectl rollout undo`; then the fields it set are devloop's (kubectl's update took them from
+        devloop's apply: on a cluster devloop does not own, its next apply would conflict with its own rollback)."""
         path = self.api.path("apps/v1", "deployment", namespace, deployment)
-        with contextlib.suppress(ApiError):
-            live = self.api.get(path)
-            if live is not None:
-                self._take_over(path, live, (ROLLOUT_MANAGER,))
+        before = self.api.get(path)
+        self.kubectl.rollout_undo(deployment, namespace, revision)
+        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the next apply decides
+            after = self.api.get(path)
+            ops = reclaim_managed_fields(before or {}, after or {})
+            if ops is not None:
+                self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -108,7 +111,7 @@ class ApiCluster:
             try:
                 before = self.api.get(path)
                 if before is not None and force:
-                    self._take_over(path, before, CSA_MANAGERS)
+                    self._take_over(path, before)
                 after = self._apply_one(path, doc, force=force, manager=manager)
             except ApiError as e:
                 if e.status == 409 and e.causes:
@@ -149,13 +152,12 @@ class ApiCluster:
                     raise StepFailed(f"list HorizontalPodAutoscalers in {namespace}: {e.message}", "") from e
         return []
 
-    def _take_over(self, path: str, obj: Mapping[str, Any], managers: tuple[str, ...]) -> None:
-        """Fields held by `managers`' updates, handed to devloop's server-side apply. Objects last
-        applied with client-side `kubectl apply` (an earlier devloop, or you): as `kubectl apply
-        --server-side` does (client-go's csaupgrade), so that a field later removed from the manifest
-        is removed from the object too instead of staying owned by the old applier. After devloop's own
-        `rollout undo`: the fields it set are devloop's again (they would conflict with its next apply)."""
-        ops = upgrade_managed_fields(obj, managers)
+    def _take_over(self, path: str, obj: Mapping[str, Any]) -> None:
+        """An object last applied with client-side `kubectl apply` (an earlier devloop, or you):
+        hand its fields to devloop's server-side apply first, as `kubectl apply --server-side` does
+        (client-go's csaupgrade), so that a field later removed from the manifest is removed from the
+        object too instead of staying owned by the old applier."""
+        ops = upgrade_managed_fields(obj)
         if ops is None:
             return
         with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the next apply decides
@@ -371,7 +373,6 @@ class _ForwardSocket:
 
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
-ROLLOUT_MANAGER = "kubectl-rollout"  # `kubectl rollout undo`
 
 
 def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -382,35 +383,89 @@ def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def upgrade_managed_fields(obj: Mapping[str, Any], managers: tuple[str, ...] = CSA_MANAGERS) -> list[dict[str, Any]] | None:
-    """The JSON patch that moves the fields owned by `managers`' updates (client-side apply's by
-    default) into devloop's Apply entry (None when there are none): pure, after client-go's
-    csaupgrade.UpgradeManagedFields."""
+def upgrade_managed_fields(obj: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The JSON patch that moves the fields owned by client-side apply into devloop's Apply entry
+    (None when there are none): pure, after client-go's csaupgrade.UpgradeManagedFields."""
     meta = obj.get("metadata", {})
     fields = list(meta.get("managedFields") or [])
-    csa = [f for f in fields if f.get("manager") in managers and f.get("operation") == "Update"]
+    csa = [f for f in fields if f.get("manager") in CSA_MANAGERS and f.get("operation") == "Update"]
     if not csa:
         return None
-    ssa = next((f for f in fields if f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"), None)
-    merged: dict[str, Any] = (
-        dict(ssa)
-        if ssa
+    merged = _apply_entry(fields, csa[0])
+    for f in csa:
+        merged["fieldsV1"] = _union(merged.get("fieldsV1") or {}, f.get("fieldsV1") or {})
+    return _replace_managed_fields(meta, [f for f in fields if f not in csa and not _ours(f)], merged)
+
+
+def _minus(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of FieldsV1 tree `a` that tree `b` does not hold."""
+    out: dict[str, Any] = {}
+    for k, v in a.items():
+        if k not in b:
+            out[k] = v
+        elif isinstance(v, Mapping) and v and isinstance(b[k], Mapping):
+            rest = _minus(v, b[k])
+            if rest:
+                out[k] = rest
+    return out
+
+
+def _ours(f: Mapping[str, Any]) -> bool:
+    return f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"
+
+
+def _replace_managed_fields(meta: Mapping[str, Any], others: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch that sets the managed fields (if the object did not change meanwhile)."""
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        {"op": "replace", "path": "/metadata/managedFields", "value": [*others, ours]},
+    ]
+
+
+def _apply_entry(fields: list[dict[str, Any]], template: Mapping[str, Any]) -> dict[str, Any]:
+    """devloop's Apply entry among `fields`, or a new empty one."""
+    found = next((f for f in fields if _ours(f)), None)
+    return (
+        dict(found)
+        if found
         else {
             "manager": FIELD_MANAGER,
             "operation": "Apply",
-            "apiVersion": csa[0].get("apiVersion"),
+            "apiVersion": template.get("apiVersion"),
             "fieldsType": "FieldsV1",
             "fieldsV1": {},
-            "time": csa[0].get("time"),
+            "time": template.get("time"),
         }
     )
-    for f in csa:
-        merged["fieldsV1"] = _union(merged.get("fieldsV1") or {}, f.get("fieldsV1") or {})
-    kept = [f for f in fields if f not in csa and f is not ssa]
-    return [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
-        {"op": "replace", "path": "/metadata/managedFields", "value": [*kept, merged]},
-    ]
+
+
+def reclaim_managed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """After devloop's own `kubectl rollout undo` (an update by kubectl, which has no --field-manager
+    for it): the JSON patch that moves the fields that update took (those its manager holds now and
+    did not hold `before`) into devloop's Apply entry; None when there are none. Pure."""
+
+    def key(f: Mapping[str, Any]) -> tuple[str, str, str]:
+        return str(f.get("manager")), str(f.get("operation")), str(f.get("subresource", ""))
+
+    held = {key(f): f.get("fieldsV1") or {} for f in (before.get("metadata") or {}).get("managedFields") or []}
+    meta = after.get("metadata") or {}
+    taken: dict[str, Any] = {}
+    kept: list[dict[str, Any]] = []
+    template: Mapping[str, Any] = {}
+    for f in meta.get("managedFields") or []:
+        new = _minus(f.get("fieldsV1") or {}, held.get(key(f), {}))
+        if f.get("operation") != "Update" or f.get("subresource") or _ours(f) or not new:
+            kept.append(f)
+            continue
+        taken, template = _union(taken, new), f
+        rest = _minus(f.get("fieldsV1") or {}, new)
+        if rest:
+            kept.append({**f, "fieldsV1": rest})
+    if not taken:
+        return None
+    ours = _apply_entry(kept, template)
+    ours["fieldsV1"] = _union(ours.get("fieldsV1") or {}, taken)
+    return _replace_managed_fields(meta, [f for f in kept if not _ours(f)], ours)
 
 
 def _first_line(e: Exception) -> str:

@@ -103,7 +103,7 @@ def test_an_autoscaled_deployment_keeps_its_replicas(remote: Remote, project: Pa
     assert code == 0, output
     said = [e["message"] for e in events if "replicas left to HorizontalPodAutoscaler" in e.get("message", "")]
     assert said == ["deployment.apps/web-app: replicas left to HorizontalPodAutoscaler web-app (devloop does not set spec.replicas)"]
-    dep = deployment(remote)
+    dep = with_managers(remote)
     assert dep["spec"]["replicas"] == 3  # not removed (the API server's default would be 1)
     assert managers_of_replicas(dep) == {"devloop-handover-to-hpa"}, dep["metadata"]["managedFields"]
 
@@ -112,7 +112,7 @@ def test_an_autoscaled_deployment_keeps_its_replicas(remote: Remote, project: Pa
     ready_replicas(remote, 5)
     code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
     assert code == 0, output
-    dep = deployment(remote)
+    dep = with_managers(remote)
     assert dep["spec"]["replicas"] == 5 and dep["status"]["readyReplicas"] == 5, dep["status"]
     assert "devloop" not in managers_of_replicas(dep)
 
