@@ -66,8 +66,12 @@ def fresh_release(remote: Remote, project: Path) -> None:
     assert deployment(remote)["spec"]["replicas"] == 3
 
 
+def with_managers(remote: Remote) -> dict[str, Any]:
+    return remote.kubectl_json("-n", remote.namespace, "get", "deployment", "web-app", "--show-managed-fields")
+
+
 def managers_of_replicas(dep: dict[str, Any]) -> set[str]:
-    return {e["manager"] for e in dep["metadata"].get("managedFields", []) if "f:replicas" in (e.get("fieldsV1", {}).get("f:spec") or {})}
+    return {e["manager"] for e in dep["metadata"]["managedFields"] if "f:replicas" in (e.get("fieldsV1", {}).get("f:spec") or {})}
 
 
 def autoscale(remote: Remote) -> None:
