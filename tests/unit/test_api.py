@@ -70,8 +70,8 @@ def test_a_first_apply_entry_is_made_from_the_client_side_one() -> None:
 def test_the_fields_devloops_rollback_set_are_devloops_again() -> None:
     """`kubectl rollout undo` (field manager kubectl, no flag to name another) takes the fields it
     changes from devloop's apply; on a target devloop's next apply would conflict with its own rollback."""
-    image = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"web"}': {"f:image": {}}}}}}}
-    replicas = {"f:spec": {"f:replicas": {}}}
+    image: dict[str, Any] = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"web"}': {"f:image": {}}}}}}}
+    replicas: dict[str, Any] = {"f:spec": {"f:replicas": {}}}
     scale = entry("kubectl", "Update", {"f:metadata": {"f:labels": {"f:team": {}}}})  # a colleague's, before the rollback
     status = {**entry("kube-controller-manager", "Update", {"f:status": {}}), "subresource": "status"}
     before = {"metadata": {"resourceVersion": "8", "managedFields": [entry("devloop", "Apply", {**replicas, **image}), scale, status]}}

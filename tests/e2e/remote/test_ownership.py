@@ -99,19 +99,11 @@ def ready_replicas(remote: Remote, n: int) -> None:
     poll(f"{n} ready replicas of web-app", 180, check)
 
 
-def test_an_autoscaled_deployment_keeps_its_replicas(remote: Remote, project: Path) -> None:
+def test_another_managers_replica_count_survives_a_release(remote: Remote, project: Path) -> None:
+    """Another manager scales the Deployment to 5 (as the autoscaler does) and an HPA targets it:
+    the release keeps 5 (it used to scale production back to the manifest's 3)."""
     fresh_release(remote, project)
     autoscale(remote)
-    # devloop is the only manager of spec.replicas: it hands the field over before it stops sending it
-    code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
-    assert code == 0, output
-    said = [e["message"] for e in events if "replicas left to HorizontalPodAutoscaler" in e.get("message", "")]
-    assert said == ["deployment.apps/web-app: replicas left to HorizontalPodAutoscaler web-app (devloop does not set spec.replicas)"]
-    dep = with_managers(remote)
-    assert dep["spec"]["replicas"] == 3  # not removed (the API server's default would be 1)
-    assert managers_of_replicas(dep) == {"devloop-handover-to-hpa"}, dep["metadata"]["managedFields"]
-
-    # another manager scales it to 5 (as the autoscaler does): a release keeps 5
     remote.kubectl("-n", remote.namespace, "scale", "deployment", "web-app", "--replicas=5")
     ready_replicas(remote, 5)
     code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
@@ -119,6 +111,22 @@ def test_an_autoscaled_deployment_keeps_its_replicas(remote: Remote, project: Pa
     dep = with_managers(remote)
     assert dep["spec"]["replicas"] == 5 and dep["status"]["readyReplicas"] == 5, dep["status"]
     assert "devloop" not in managers_of_replicas(dep)
+    said = [e["message"] for e in events if "replicas left to HorizontalPodAutoscaler" in e.get("message", "")]
+    assert said == ["deployment.apps/web-app: replicas left to HorizontalPodAutoscaler web-app (devloop does not set spec.replicas)"]
+
+
+def test_replicas_devloop_alone_held_are_handed_over_not_dropped(remote: Remote, project: Path) -> None:
+    """devloop is the only manager of spec.replicas when the HPA arrives: no longer sending the field
+    would let the API server remove it (1 replica); devloop hands it over first."""
+    fresh_release(remote, project)
+    autoscale(remote)
+    code, events, output = cli(remote, project, "release", "v1.0.0", "--target", TARGET)
+    assert code == 0, output
+    dep = with_managers(remote)
+    assert dep["spec"]["replicas"] == 3, dep["spec"]  # not removed (the API server's default would be 1)
+    assert managers_of_replicas(dep) == {"devloop-handover-to-hpa"}, dep["metadata"]["managedFields"]
+    said = [e["message"] for e in events if "replicas left to HorizontalPodAutoscaler" in e.get("message", "")]
+    assert len(said) == 1, said  # said once
 
 
 def test_a_field_another_manager_owns_stops_the_release_until_forced(remote: Remote, project: Path) -> None:
