@@ -58,12 +58,15 @@ class ApiCluster:
     def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
         """`kubectl rollout undo`; then the fields it set are devloop's (kubectl's update took them from
         devloop's apply: on a cluster devloop does not own, its next apply would conflict with its own rollback)."""
-        path = self.api.path("apps/v1", "deployment", namespace, deployment)
-        before = self.api.get(path)
+        path = ""
+        before = None  # unknown: nothing is taken (what kubectl held before cannot be told from what the undo set)
+        with contextlib.suppress(ApiError, ClusterUnavailable, StepFailed):
+            path = self.api.path("apps/v1", "deployment", namespace, deployment)
+            before = self.api.get(path)
         self.kubectl.rollout_undo(deployment, namespace, revision)
-        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the next apply decides
-            after = self.api.get(path)
-            ops = reclaim_managed_fields(before or {}, after or {})
+        with contextlib.suppress(ApiError, ClusterUnavailable):  # changed meanwhile (the test op failed): the next apply decides
+            after = self.api.get(path) if before is not None else None
+            ops = reclaim_managed_fields(before, after) if before is not None and after is not None else None
             if ops is not None:
                 self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
