@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devloop.api import ApiCluster
 from devloop.errors import EXIT_USAGE
+from devloop.kubectl import Kubectl
 from devloop.output import Output
 from devloop.ownership import (
     HANDOVER_MANAGER,
@@ -25,7 +28,8 @@ from devloop.ownership import (
     replicas_only,
     without_replicas,
 )
-from tests.unit.fakes import FakeCluster
+from devloop.proc import Result
+from tests.unit.fakes import FakeCluster, FakeRunner
 from tests.unit.test_api import FakeApiServer, api_server, cluster  # noqa: F401  # the fixture, used by name
 
 MEMORY = '.spec.template.spec.containers[name="web"].resources.limits.memory'
@@ -280,3 +284,42 @@ def test_an_engine_on_a_remote_target_refuses_a_conflict_before_applying(tmp_pat
     with pytest.raises(FieldConflicts):
         engine.deploy(svc, deployed, engine.image_ref(svc))
     assert kube.applies == []
+
+
+def test_after_devloops_rollback_the_fields_kubectl_set_are_devloops_again(api_server: FakeApiServer) -> None:  # noqa: F811
+    """`kubectl rollout undo` cannot name a field manager: its update takes the image from devloop's
+    apply, and devloop's next apply on a target would conflict with its own rollback."""
+    image: dict[str, Any] = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"web"}': {"f:image": {}}}}}}}
+    api_server.routes[("GET", "/apis/apps/v1")] = (200, DEPLOYMENTS)
+    ours = {"manager": "devloop", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, **image["f:spec"]}}}
+    api_server.routes[("GET", PATH)] = (200, {"metadata": {"resourceVersion": "8", "managedFields": [ours]}})
+    after = {
+        "metadata": {
+            "resourceVersion": "9",
+            "managedFields": [
+                {**ours, "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                {"manager": "kubectl", "operation": "Update", "fieldsV1": image},
+            ],
+        }
+    }
+    api_server.routes[("PATCH", PATH)] = (200, {})
+
+    class Undo(FakeRunner):
+        def run(
+            self,
+            argv: Sequence[str],
+            *,
+            input: str | bytes | None = None,
+            timeout: float | None = None,
+            check: bool = True,
+            env: Mapping[str, str] | None = None,
+        ) -> Result:
+            api_server.routes[("GET", PATH)] = (200, after)  # what the undo did
+            return super().run(argv, input=input, timeout=timeout, check=check, env=env)
+
+    runner = Undo().expect("kubectl", "--context", "kind-dev", "rollout", "undo", "deployment/web", "-n", "shop", "--to-revision=2")
+    ApiCluster("kind-dev", Kubectl("kind-dev", runner)).rollout_undo("web", "shop", "2")
+    runner.done()
+    (patch,) = [body for method, _, _, body in api_server.seen if method == "PATCH"]
+    assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "9"}
+    assert [(f["manager"], f["fieldsV1"]) for f in patch[1]["value"]] == [("devloop", {"f:spec": {"f:replicas": {}, **image["f:spec"]}})]
