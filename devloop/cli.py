@@ -334,7 +334,9 @@ def release(
                 plans = rel.dry_run()
                 lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]
                 for p in plans:
-                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})", "    equivalent to:"]
+                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})"]
+                    verb = "would take (--force-conflicts)" if force_conflicts else "REFUSED: fields another manager owns"
+                    lines += [f"    {verb}: {out.plain(c)}" for c in p["conflicts"]] + ["    equivalent to:"]
                     lines += [f"      {c}" for c in p["commands"]]
                 out.result(
                     "release", "\n".join(lines), ok=True, dry_run=True, version=version, target=engine.target.spec.name, services=plans

@@ -262,6 +262,8 @@ class Release:
                 + " ".join(f"{c}={versioned}@<digest>" for c in containers),
                 f"kubectl --context {ctx} -n {ns} rollout status deployment/{svc.deployment}",
             ]
+            pinned = ImageRef(svc.image.name, self.version, str(self.address), there.digest if there and found == "same" else "")
+            taken = e.applier.conflicts(e.render(svc, d, pinned, dev=False, version=self.version), ns)
             plans.append(
                 {
                     "service": svc.name,
@@ -272,6 +274,7 @@ class Release:
                     "namespace": ns,
                     "deployment": svc.deployment,
                     "commands": commands,
+                    "conflicts": [c.line() for c in taken],  # fields other managers own: refused without --force-conflicts
                 }
             )
         return plans
