@@ -138,6 +138,11 @@ def test_a_field_another_manager_owns_stops_the_release_until_forced(remote: Rem
     before = deployment(remote)
     repo = f"{RUN}/my-web-app"
 
+    code, events, output = cli(remote, project, "release", "v1.1.0", "--target", TARGET, "--dry-run")
+    assert code == 0, output
+    (plan,) = result(events)["services"]
+    assert len(plan["conflicts"]) == 1 and MEMORY in plan["conflicts"][0] and "kubectl-patch" in plan["conflicts"][0], plan
+
     code, events, output = cli(remote, project, "release", "v1.1.0", "--target", TARGET)
     assert code == 2, output
     err = error(events)
