@@ -148,8 +148,7 @@ class Applier:
         self._said: set[tuple[str, str]] = set()
 
     def _scaled(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> tuple[list[dict[str, Any]], dict[int, str]]:
-        """The documents as applied (namespaces written in, replicas left out where an autoscaler
-        scales), and which an autoscaler scales."""
+        """The documents as applied (replicas left out where an autoscaler scales), and which an autoscaler scales."""
         kept = [dict(d) for d in docs if isinstance(d, Mapping) and d.get("kind")]
         scalable = {namespace_of(d, namespace) for d in kept if d.get("kind") in SCALED_KINDS}
         hpas = [h for ns in sorted(scalable) for h in self.kube.autoscalers(ns)]
@@ -166,7 +165,9 @@ class Applier:
     def check(self, batches: Sequence[tuple[Sequence[Mapping[str, Any]], str]]) -> list[Conflict]:
         """Every batch's conflicts, before any is applied: raises FieldConflicts unless they may be
         taken. A field devloop's own handover holds (its autoscaler is gone) is devloop's to take back."""
-        found = [c for docs, ns in batches for c in self.conflicts(docs, ns)]
+        return self._refused([c for docs, ns in batches for c in self.conflicts(docs, ns)])
+
+    def _refused(self, found: list[Conflict]) -> list[Conflict]:
         theirs = [c for c in found if c.manager != HANDOVER_MANAGER]
         if theirs and not self.take:
             raise FieldConflicts(theirs, self.where)
@@ -177,7 +178,7 @@ class Applier:
         applied, scaled = self._scaled(docs, namespace)
         force = self.owned
         if not self.owned:
-            taken = self.check([(applied, namespace)])
+            taken = self._refused(self.kube.conflicts(applied, namespace))
             for c in taken:
                 if c.manager == HANDOVER_MANAGER:
                     self.out.info(f"{c.obj}: no autoscaler scales it any more; devloop sets {c.field} again")
