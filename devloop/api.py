@@ -64,11 +64,19 @@ class ApiCluster:
             path = self.api.path("apps/v1", "deployment", namespace, deployment)
             before = self.api.get(path)
         self.kubectl.rollout_undo(deployment, namespace, revision)
-        with contextlib.suppress(ApiError, ClusterUnavailable):  # changed meanwhile (the test op failed): the next apply decides
-            after = self.api.get(path) if before is not None else None
-            ops = reclaim_managed_fields(before, after) if before is not None and after is not None else None
-            if ops is not None:
-                self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+        if before is None:
+            return
+        for _ in range(RECLAIM_ATTEMPTS):  # the controller updates the status meanwhile: the patch's test op fails, read again
+            try:
+                after = self.api.get(path)
+                ops = reclaim_managed_fields(before, after) if after is not None else None
+                if ops is not None:
+                    self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+                return
+            except ApiError:
+                continue
+            except ClusterUnavailable:
+                return
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -376,6 +384,7 @@ class _ForwardSocket:
 
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
+RECLAIM_ATTEMPTS = 10  # reads and patches of the managed fields after devloop's own `rollout undo`
 
 
 def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
