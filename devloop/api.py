@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -74,7 +75,7 @@ class ApiCluster:
                     self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
                 return
             except ApiError:
-                continue
+                time.sleep(RECLAIM_PAUSE)
             except ClusterUnavailable:
                 return
 
@@ -385,6 +386,7 @@ class _ForwardSocket:
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
 RECLAIM_ATTEMPTS = 10  # reads and patches of the managed fields after devloop's own `rollout undo`
+RECLAIM_PAUSE = 0.3  # seconds between them (the controller is busy with the rollback's first moments)
 
 
 def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
