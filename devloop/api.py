@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -21,9 +22,8 @@ from devloop.apiconn import ApiConnection, ApiError, close_response, response_li
 from devloop.apiwatch import BackgroundThread, ChangeFeed, watch
 from devloop.errors import ClusterUnavailable, StepFailed
 from devloop.kubectl import Kubectl
+from devloop.ownership import FIELD_MANAGER, Conflict, FieldConflicts, conflicts_of, label_of, namespace_of
 from devloop.workload import PodEvent, selector_arg
-
-FIELD_MANAGER = "devloop"
 
 
 class ApiCluster:
@@ -57,7 +57,27 @@ class ApiCluster:
         return self.kubectl.exec(pod, namespace, argv, stdin, timeout)
 
     def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+        """`kubectl rollout undo`; then the fields it set are devloop's (kubectl's update took them from
+        devloop's apply: on a cluster devloop does not own, its next apply would conflict with its own rollback)."""
+        path = ""
+        before = None  # unknown: nothing is taken (what kubectl held before cannot be told from what the undo set)
+        with contextlib.suppress(ApiError, ClusterUnavailable, StepFailed):
+            path = self.api.path("apps/v1", "deployment", namespace, deployment)
+            before = self.api.get(path)
         self.kubectl.rollout_undo(deployment, namespace, revision)
+        if before is None:
+            return
+        for _ in range(RECLAIM_ATTEMPTS):  # the controller updates the status meanwhile: the patch's test op fails, read again
+            try:
+                after = self.api.get(path)
+                ops = reclaim_managed_fields(before, after) if after is not None else None
+                if ops is not None:
+                    self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+                return
+            except ApiError:
+                time.sleep(RECLAIM_PAUSE)
+            except ClusterUnavailable:
+                return
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -75,32 +95,39 @@ class ApiCluster:
                 "`devloop up` creates or repairs it; `kind get clusters` lists what exists",
             )
 
-    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
-        """Server-side apply of every document (field manager `devloop`, conflicts forced: devloop's
-        manifests are the source of truth in dev). Lines like kubectl's: `deployment.apps/x configured`."""
+    def _target(self, doc: Mapping[str, Any], namespace: str) -> tuple[str, str]:
+        """(API path, kubectl's label `deployment.apps/x`) of a document."""
+        api_version, kind = str(doc.get("apiVersion", "v1")), str(doc["kind"])
+        name = str((doc.get("metadata") or {}).get("name", ""))
+        return self.api.path(api_version, kind, namespace_of(doc, namespace), name), label_of(doc)
+
+    def _apply_one(self, path: str, doc: Mapping[str, Any], *, force: bool, manager: str, dry_run: bool = False) -> dict[str, Any]:
+        query = {"fieldManager": manager, "force": "true" if force else "false"}
+        if dry_run:
+            query["dryRun"] = "All"
+        result: dict[str, Any] = self.api.request(
+            "PATCH", path, query=query, body=dict(doc), content_type="application/apply-patch+yaml", timeout=60.0
+        )
+        return result
+
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = FIELD_MANAGER) -> list[str]:
+        """Server-side apply of every document as `manager`. `force`: conflicts are forced (devloop's
+        own cluster, where its manifests are the source of truth; fields last applied with client-side
+        `kubectl apply` are handed over first); without it a conflict raises FieldConflicts (ownership.py).
+        Lines like kubectl's: `deployment.apps/x configured`."""
         lines = []
         for doc in docs:
             if not isinstance(doc, Mapping) or not doc.get("kind"):
                 continue
-            api_version, kind = str(doc.get("apiVersion", "v1")), str(doc["kind"])
-            name = str((doc.get("metadata") or {}).get("name", ""))
-            ns = str((doc.get("metadata") or {}).get("namespace") or namespace)
-            path = self.api.path(api_version, kind, ns, name)
-            group = api_version.split("/")[0] if "/" in api_version else ""
-            label = f"{kind.lower()}{'.' + group if group else ''}/{name}"
+            path, label = self._target(doc, namespace)
             try:
                 before = self.api.get(path)
-                if before is not None:
+                if before is not None and force:
                     self._take_over(path, before)
-                after = self.api.request(
-                    "PATCH",
-                    path,
-                    query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    body=dict(doc),
-                    content_type="application/apply-patch+yaml",
-                    timeout=60.0,
-                )
+                after = self._apply_one(path, doc, force=force, manager=manager)
             except ApiError as e:
+                if e.status == 409 and e.causes:
+                    raise FieldConflicts(conflicts_of(label, e.causes), f"context {self.context}") from e
                 raise StepFailed(f"apply {label} failed: {e.message}", "fix the manifest; devloop applies again on the next save") from e
             # generation moves only with the spec (status updates move resourceVersion all the time)
             key = "generation" if "generation" in after.get("metadata", {}) else "resourceVersion"
@@ -108,6 +135,34 @@ class ApiCluster:
             new = after.get("metadata", {}).get(key)
             lines.append(f"{label} {'created' if before is None else 'unchanged' if old == new else 'configured'}")
         return lines
+
+    def conflicts(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[Conflict]:
+        """The fields other managers own that applying these documents (unforced) would change: a
+        server-side dry run of each (nothing changes), every conflict collected."""
+        found = []
+        for doc in docs:
+            if not isinstance(doc, Mapping) or not doc.get("kind"):
+                continue
+            path, label = self._target(doc, namespace)
+            try:
+                self._apply_one(path, doc, force=False, manager=FIELD_MANAGER, dry_run=True)
+            except ApiError as e:
+                if e.status == 409 and e.causes:
+                    found += conflicts_of(label, e.causes)
+                    continue
+                raise StepFailed(f"apply {label} failed: {e.message}", "fix the manifest; devloop applies again on the next save") from e
+        return found
+
+    def autoscalers(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's HorizontalPodAutoscalers (autoscaling/v2, else v1; none when neither is served)."""
+        for version in ("v2", "v1"):
+            path = f"/apis/autoscaling/{version}/namespaces/{quote(namespace)}/horizontalpodautoscalers"
+            try:
+                return list(self.api.request("GET", path).get("items") or [])
+            except ApiError as e:
+                if e.status != 404:
+                    raise StepFailed(f"list HorizontalPodAutoscalers in {namespace}: {e.message}", "") from e
+        return []
 
     def _take_over(self, path: str, obj: Mapping[str, Any]) -> None:
         """An object last applied with client-side `kubectl apply` (an earlier devloop, or you):
@@ -117,11 +172,13 @@ class ApiCluster:
         ops = upgrade_managed_fields(obj)
         if ops is None:
             return
-        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the forced apply still wins
+        with contextlib.suppress(ApiError):  # changed meanwhile (the test op failed): the next apply decides
             self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
-        api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1"}.get(resource.lower(), "v1")
+        api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1", "replicaset": "apps/v1"}.get(
+            resource.lower(), "v1"
+        )
         try:
             return self.api.get(self.api.path(api_version, resource, namespace, name))
         except ApiError as e:
@@ -328,6 +385,8 @@ class _ForwardSocket:
 
 
 CSA_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
+RECLAIM_ATTEMPTS = 10  # reads and patches of the managed fields after devloop's own `rollout undo`
+RECLAIM_PAUSE = 0.3  # seconds between them (the controller is busy with the rollback's first moments)
 
 
 def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,26 +405,81 @@ def upgrade_managed_fields(obj: Mapping[str, Any]) -> list[dict[str, Any]] | Non
     csa = [f for f in fields if f.get("manager") in CSA_MANAGERS and f.get("operation") == "Update"]
     if not csa:
         return None
-    ssa = next((f for f in fields if f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"), None)
-    merged: dict[str, Any] = (
-        dict(ssa)
-        if ssa
+    merged = _apply_entry(fields, csa[0])
+    for f in csa:
+        merged["fieldsV1"] = _union(merged.get("fieldsV1") or {}, f.get("fieldsV1") or {})
+    return _replace_managed_fields(meta, [f for f in fields if f not in csa and not _ours(f)], merged)
+
+
+def _minus(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of FieldsV1 tree `a` that tree `b` does not hold."""
+    out: dict[str, Any] = {}
+    for k, v in a.items():
+        if k not in b:
+            out[k] = v
+        elif isinstance(v, Mapping) and v and isinstance(b[k], Mapping):
+            rest = _minus(v, b[k])
+            if rest:
+                out[k] = rest
+    return out
+
+
+def _ours(f: Mapping[str, Any]) -> bool:
+    return f.get("manager") == FIELD_MANAGER and f.get("operation") == "Apply"
+
+
+def _replace_managed_fields(meta: Mapping[str, Any], others: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch that sets the managed fields (if the object did not change meanwhile)."""
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        {"op": "replace", "path": "/metadata/managedFields", "value": [*others, ours]},
+    ]
+
+
+def _apply_entry(fields: list[dict[str, Any]], template: Mapping[str, Any]) -> dict[str, Any]:
+    """devloop's Apply entry among `fields`, or a new empty one."""
+    found = next((f for f in fields if _ours(f)), None)
+    return (
+        dict(found)
+        if found
         else {
             "manager": FIELD_MANAGER,
             "operation": "Apply",
-            "apiVersion": csa[0].get("apiVersion"),
+            "apiVersion": template.get("apiVersion"),
             "fieldsType": "FieldsV1",
             "fieldsV1": {},
-            "time": csa[0].get("time"),
+            "time": template.get("time"),
         }
     )
-    for f in csa:
-        merged["fieldsV1"] = _union(merged.get("fieldsV1") or {}, f.get("fieldsV1") or {})
-    kept = [f for f in fields if f not in csa and f is not ssa]
-    return [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
-        {"op": "replace", "path": "/metadata/managedFields", "value": [*kept, merged]},
-    ]
+
+
+def reclaim_managed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """After devloop's own `kubectl rollout undo` (an update by kubectl, which has no --field-manager
+    for it): the JSON patch that moves the fields that update took (those its manager holds now and
+    did not hold `before`) into devloop's Apply entry; None when there are none. Pure."""
+
+    def key(f: Mapping[str, Any]) -> tuple[str, str, str]:
+        return str(f.get("manager")), str(f.get("operation")), str(f.get("subresource", ""))
+
+    held = {key(f): f.get("fieldsV1") or {} for f in (before.get("metadata") or {}).get("managedFields") or []}
+    meta = after.get("metadata") or {}
+    taken: dict[str, Any] = {}
+    kept: list[dict[str, Any]] = []
+    template: Mapping[str, Any] = {}
+    for f in meta.get("managedFields") or []:
+        new = _minus(f.get("fieldsV1") or {}, held.get(key(f), {}))
+        if f.get("operation") != "Update" or f.get("subresource") or _ours(f) or not new:
+            kept.append(f)
+            continue
+        taken, template = _union(taken, new), f
+        rest = _minus(f.get("fieldsV1") or {}, new)
+        if rest:
+            kept.append({**f, "fieldsV1": rest})
+    if not taken:
+        return None
+    ours = _apply_entry(kept, template)
+    ours["fieldsV1"] = _union(ours.get("fieldsV1") or {}, taken)
+    return _replace_managed_fields(meta, [f for f in kept if not _ours(f)], ours)
 
 
 def _first_line(e: Exception) -> str:

@@ -18,11 +18,12 @@ from devloop.errors import ClusterUnavailable, StepFailed
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, reason: str = "") -> None:
+    def __init__(self, status: int, message: str, reason: str = "", causes: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason  # the Status object's reason (NotFound, ServiceUnavailable, ...), if it has one
+        self.causes = causes or []  # the Status object's details.causes (a 409 Conflict's fields and their managers)
 
 
 def _kubeconfig_files() -> list[Path]:
@@ -107,8 +108,8 @@ class ApiConnection:
             return resp.response
         data = resp.read()
         if not 200 <= resp.status < 300:
-            message, reason = _status(data)
-            raise ApiError(resp.status, message or f"HTTP {resp.status}", reason)
+            message, reason, causes = _status(data)
+            raise ApiError(resp.status, message or f"HTTP {resp.status}", reason, causes)
         if stream:
             return resp.response
         return json.loads(data) if data else {}
@@ -168,18 +169,20 @@ class ApiConnection:
                 self._client = None
 
 
-def _status(data: bytes) -> tuple[str, str]:
-    """(message, reason) of an error answer: the API server's Status object, else the text of what
-    answered (an app behind a service proxy)."""
+def _status(data: bytes) -> tuple[str, str, list[dict[str, Any]]]:
+    """(message, reason, causes) of an error answer: the API server's Status object, else the text of
+    what answered (an app behind a service proxy)."""
     try:
         body = json.loads(data)
     except ValueError:
-        return data.decode(errors="replace").strip()[:200], ""
+        return data.decode(errors="replace").strip()[:200], "", []
     if not isinstance(body, dict):
-        return "", ""
+        return "", "", []
     if body.get("kind") == "Status" or "message" in body:
-        return str(body.get("message", "")), str(body.get("reason", ""))
-    return data.decode(errors="replace").strip()[:200], ""
+        details = body.get("details")
+        causes = [dict(c) for c in ((details or {}).get("causes") or []) if isinstance(c, dict)] if isinstance(details, dict) else []
+        return str(body.get("message", "")), str(body.get("reason", "")), causes
+    return data.decode(errors="replace").strip()[:200], "", []
 
 
 def close_response(resp: Any) -> None:

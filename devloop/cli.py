@@ -140,14 +140,25 @@ TargetOption = Annotated[
 ]
 
 
-def _engine(cfg: config_mod.Config, out: Output, fetch_tools: bool = True, target: str | None = None) -> Engine:
+ForceConflictsOption = Annotated[
+    bool,
+    typer.Option(
+        "--force-conflicts",
+        help="on a --target devloop does not own: take the fields other field managers own (default: refuse, exit 2)",
+    ),
+]
+
+
+def _engine(
+    cfg: config_mod.Config, out: Output, fetch_tools: bool = True, target: str | None = None, force_conflicts: bool = False
+) -> Engine:
     from devloop import wiring
 
-    return wiring.engine(cfg, out, target, fetch_tools=fetch_tools)
+    return wiring.engine(cfg, out, target, fetch_tools=fetch_tools, force_conflicts=force_conflicts)
 
 
 @app.command()
-def up(ctx: typer.Context, target: TargetOption = None) -> None:
+def up(ctx: typer.Context, target: TargetOption = None, force_conflicts: ForceConflictsOption = False) -> None:
     """Create the cluster if needed, build, publish, apply and wait until every service is ready. Exits."""
 
     def body(out: Output) -> int:
@@ -156,7 +167,7 @@ def up(ctx: typer.Context, target: TargetOption = None) -> None:
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "up"):
-            engine = _engine(cfg, out, target=target)
+            engine = _engine(cfg, out, target=target, force_conflicts=force_conflicts)
             results = engine.up()
         failed = [r.service for r in results if not r.ok]
         lines = []
@@ -212,6 +223,7 @@ def dev(
     ctx: typer.Context,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="serve the dashboard on 127.0.0.1 (dashboard.port)")] = True,
     target: TargetOption = None,
+    force_conflicts: ForceConflictsOption = False,
 ) -> None:
     """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
@@ -221,7 +233,7 @@ def dev(
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "dev"):
-            session = DevSession(_engine(cfg, out, target=target))
+            session = DevSession(_engine(cfg, out, target=target, force_conflicts=force_conflicts))
             dashboard = None
             if ui and cfg.dashboard.enabled:
                 from devloop.dashboard import Dashboard, DashboardError
@@ -305,6 +317,7 @@ def release(
     target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="a target declared in devloop.yaml")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be pushed and applied; change nothing")] = False,
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="leave a failed rollout as it is")] = False,
+    force_conflicts: ForceConflictsOption = False,
 ) -> None:
     """Build every service, push <registry>/<image>:VERSION and roll it out on a target, pinned by digest."""
 
@@ -315,13 +328,15 @@ def release(
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "release"):
-            rel = wiring.release(cfg, out, target, version, rollback=not no_rollback)
+            rel = wiring.release(cfg, out, target, version, rollback=not no_rollback, force_conflicts=force_conflicts)
             engine = rel.engine
             if dry_run:
                 plans = rel.dry_run()
                 lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]
                 for p in plans:
-                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})", "    equivalent to:"]
+                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})"]
+                    verb = "would take (--force-conflicts)" if force_conflicts else "REFUSED: fields another manager owns"
+                    lines += [f"    {verb}: {out.plain(c)}" for c in p["conflicts"]] + ["    equivalent to:"]
                     lines += [f"      {c}" for c in p["commands"]]
                 out.result(
                     "release", "\n".join(lines), ok=True, dry_run=True, version=version, target=engine.target.spec.name, services=plans

@@ -36,6 +36,7 @@ from devloop.hasher import ContextHasher, content_tag
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
+from devloop.ownership import Applier
 from devloop.plan import Plan, ServiceChange, ServiceLayout, needing_images
 from devloop.ports import Builder, Charts, Cluster, ImageStore
 from devloop.proc import SIGNAL_CHECK
@@ -72,6 +73,7 @@ class Engine:
         target: Target,
         charts: Charts | None = None,
         clock: Callable[[], float] = time.monotonic,
+        force_conflicts: bool = False,
     ) -> None:
         self.config = config
         self.out = out
@@ -84,6 +86,8 @@ class Engine:
         self.project = Project(config, kube, target.spec, out, charts)
         self._stop = threading.Event()
         self.rollout = Rollout(kube, out, clock, self._stop)
+        # forced on the cluster devloop owns; elsewhere another manager's field is refused unless --force-conflicts
+        self.applier = Applier(kube, out, owned=target.owns_cluster, take=force_conflicts, where=target.describe())
         self.live = live.LiveSync(kube, out, self.rollout, clock, self._stop)
         self.channels = self.live.channels  # the session opens them after a rollout
         self.state: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
@@ -347,7 +351,7 @@ class Engine:
         return [m.doc for m in rendered]
 
     def deploy(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> list[str]:
-        return self.kube.apply(self.render(svc, deployed, ref), deployed.namespace)
+        return self.applier.apply(self.render(svc, deployed, ref), deployed.namespace)
 
     def _tidy(self, svc: ServiceConfig, in_use: set[str]) -> None:
         """After a successful rollout: keep the newest few content tags in Docker, and let the target

@@ -26,8 +26,8 @@ class Kube(ApiCluster):
         super().__init__(context)
         self.runner = self.kubectl.runner
 
-    def apply(self, docs: str | Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
-        return super().apply(list(yaml.safe_load_all(docs)) if isinstance(docs, str) else docs, namespace)
+    def apply(self, docs: str | Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = "devloop") -> list[str]:
+        return super().apply(list(yaml.safe_load_all(docs)) if isinstance(docs, str) else docs, namespace, force=force, manager=manager)
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
         argv = ["kubectl", "--context", self.context, "get", resource, name, "-n", namespace, "-o", "json"]

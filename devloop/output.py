@@ -128,6 +128,7 @@ class Output:
             hint=err.hint,
             exit_code=err.exit_code,
             kind=type(err).__name__,
+            details=list(getattr(err, "details", [])),
         )
 
     def result(self, event: str, human: str, **fields: Any) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devloop.model import ChartRequest, ImageRef
 from devloop.proc import Background
 from devloop.workload import PodEvent
+
+if TYPE_CHECKING:
+    from devloop.ownership import Conflict
 
 
 def quiet(_: str) -> None:
@@ -47,7 +50,19 @@ class Cluster(Protocol):
     def require_reachable(self, cluster: str) -> None: ...
     def context_namespace(self) -> str: ...
     def kustomize(self, directory: str) -> str: ...
-    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = "devloop") -> list[str]:
+        """Server-side apply as field manager `manager`; without `force` a conflict raises
+        ownership.FieldConflicts and that document is not applied."""
+        ...
+
+    def conflicts(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[Conflict]:
+        """The fields an unforced apply of these documents would take from other managers (a dry run)."""
+        ...
+
+    def autoscalers(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's HorizontalPodAutoscalers."""
+        ...
+
     def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]: ...
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None: ...
     def get_raw(self, path: str) -> str: ...

@@ -3,6 +3,7 @@
     check target (context declared and answering) and registry (TLS, credentials)
       ─► build every service (the content-tagged image is reused when the sources are unchanged)
       ─► versions are immutable: refuse a VERSION whose tag already names other content (nothing pushed)
+      ─► fields other managers own: refuse (nothing pushed or applied) unless --force-conflicts
       ─► push <registry>/<image>:<VERSION> ─► apply the manifests with the image pinned by digest
       ─► wait for every rollout ─► on failure, roll back to the revision it replaced and wait until it serves
 
@@ -148,6 +149,19 @@ class Release:
                 "a released version is immutable: release a new version (e.g. bump the patch number)",
             )
 
+    def check_fields(self, deployed: Mapping[str, Deployed], results: dict[str, Released]) -> None:
+        """Every service's objects asked with a dry-run apply before anything is pushed or applied: a
+        field another manager owns stops the release (unless --force-conflicts). The image is the
+        version's (pinned when the registry has it already: a new version cannot be running)."""
+        e = self.engine
+        batches = []
+        for svc in e.services:
+            d = deployed[svc.deployment]
+            pinned = ImageRef(svc.image.name, self.version, str(self.address), results[svc.name].digest)
+            batches.append((e.render(svc, d, pinned, dev=False, version=self.version), d.namespace))
+        with self.out.activity("checking field ownership"):
+            e.applier.check(batches)
+
     def push(self, svc: ServiceConfig, ref: ImageRef, r: Released) -> None:
         versioned = self.versioned(svc)
         if r.digest:
@@ -174,7 +188,7 @@ class Release:
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
         previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
         start = e.clock()
-        applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
+        applied = e.applier.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
         r.phases["deploy"] = e.clock() - start
         self.out.phase_done("deploy", r.phases["deploy"], "; ".join(applied), service=svc.name)
@@ -210,6 +224,7 @@ class Release:
         deployed = {d.deployment.name: d for d in self.preflight()}
         refs = self.build(results)
         self.check_immutable(results)
+        self.check_fields(deployed, results)
         for svc in self.engine.services:
             self.push(svc, refs[svc.name], results[svc.name])
         with ThreadPoolExecutor(max_workers=len(self.engine.services), thread_name_prefix="devloop-release") as pool:
@@ -247,6 +262,8 @@ class Release:
                 + " ".join(f"{c}={versioned}@<digest>" for c in containers),
                 f"kubectl --context {ctx} -n {ns} rollout status deployment/{svc.deployment}",
             ]
+            pinned = ImageRef(svc.image.name, self.version, str(self.address), there.digest if there and found == "same" else "")
+            taken = e.applier.conflicts(e.render(svc, d, pinned, dev=False, version=self.version), ns)
             plans.append(
                 {
                     "service": svc.name,
@@ -257,6 +274,7 @@ class Release:
                     "namespace": ns,
                     "deployment": svc.deployment,
                     "commands": commands,
+                    "conflicts": [c.line() for c in taken],  # fields other managers own: refused without --force-conflicts
                 }
             )
         return plans

@@ -106,7 +106,7 @@ def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker:
     return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)
 
 
-def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: bool) -> tuple[Engine, Images]:
+def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: bool, force_conflicts: bool = False) -> tuple[Engine, Images]:
     spec = resolve(config, target_name)  # an undeclared target is refused before any tool runs
     charted = any(s.deploy.helm for s in config.services)
     if fetch_tools:
@@ -123,18 +123,22 @@ def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: boo
         kube=kube,
         target=target(config, spec, out, kube, docker),
         charts=Helm(),
+        force_conflicts=force_conflicts,
     )
     return built, docker
 
 
-def engine(config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True) -> Engine:
-    """The engine for `up`, `dev`, `down` and `status` on the named target (None: the local kind cluster)."""
-    return _wire(config, out, target_name, fetch_tools)[0]
+def engine(
+    config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True, force_conflicts: bool = False
+) -> Engine:
+    """The engine for `up`, `dev`, `down` and `status` on the named target (None: the local kind cluster).
+    `force_conflicts`: on a target devloop does not own, take the fields other managers own."""
+    return _wire(config, out, target_name, fetch_tools, force_conflicts)[0]
 
 
-def release(config: Config, out: Output, target_name: str, version: str, *, rollback: bool) -> Release:
+def release(config: Config, out: Output, target_name: str, version: str, *, rollback: bool, force_conflicts: bool = False) -> Release:
     """`release VERSION --target NAME`: the engine on that target, and the Docker engine that tags and pushes."""
-    built, docker = _wire(config, out, target_name, True)
+    built, docker = _wire(config, out, target_name, True, force_conflicts)
     return Release(built, docker, version, rollback=rollback)
 
 

@@ -25,6 +25,7 @@ from devloop.ignore import IgnoreRules, parse_dockerignore
 from devloop.model import ChartRequest, ImageRef, ServiceState
 from devloop.monitoring import Monitoring
 from devloop.output import Output
+from devloop.ownership import Conflict, FieldConflicts
 from devloop.plan import Plan, ServiceLayout
 from devloop.ports import Builder, Changes, Charts, Cluster, Clusters, ExecStream, ImageStore, Publisher, quiet
 from devloop.proc import Background, Result, Runner
@@ -156,6 +157,10 @@ class FakeCluster(Cluster):
         self.crashing: set[str] = set()
         self.unschedulable: dict[str, str] = {}  # image → what the scheduler says of its new pod (it stays Pending)
         self.applies: list[tuple[str, list[str]]] = []  # (namespace, ["Kind/name", ...]) per apply
+        self.forced: list[bool] = []  # per apply: conflicts forced
+        self.autoscaling: dict[str, list[dict[str, Any]]] = {}  # namespace → its HorizontalPodAutoscalers
+        self.foreign: dict[str, list[Conflict]] = {}  # "kind/name" → fields other managers own there (conflicts)
+        self.handovers: list[dict[str, Any]] = []  # what another field manager of devloop's applied (replicas handed over)
         self.undos: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
         self.spawned: list[FakeBackground] = []
@@ -177,7 +182,17 @@ class FakeCluster(Cluster):
     def kustomize(self, directory: str) -> str:
         raise AssertionError("kustomize is tested with the real kubectl (tests/integration)")
 
-    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = "devloop") -> list[str]:
+        if not force:
+            theirs = self.conflicts(docs, namespace)
+            if theirs:
+                raise FieldConflicts(theirs)
+        if manager != "devloop":
+            self.handovers += [dict(d) for d in docs]
+            return [f"{d['kind']}/{d['metadata']['name']} configured" for d in docs]
+        for doc in docs:
+            self.foreign.pop(f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}", None)
+        self.forced.append(force)
         names = []
         for doc in map(dict, docs):
             if not doc:
@@ -189,6 +204,12 @@ class FakeCluster(Cluster):
                 self._apply_deployment(doc, ns)
         self.applies.append((namespace, names))
         return [f"{n} configured" for n in names]
+
+    def conflicts(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[Conflict]:
+        return [c for d in docs for c in self.foreign.get(f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}", [])]
+
+    def autoscalers(self, namespace: str) -> list[dict[str, Any]]:
+        return list(self.autoscaling.get(namespace, []))
 
     def _apply_deployment(self, doc: dict[str, Any], ns: str) -> None:
         spec = doc["spec"]

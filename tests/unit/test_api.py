@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes.config  # noqa: F401  # imported before a test sets KUBECONFIG (as in a full run): devloop must read it anew
 import pytest
 
-from devloop.api import ApiCluster, _seconds, upgrade_managed_fields
+from devloop.api import ApiCluster, _seconds, reclaim_managed_fields, upgrade_managed_fields
 from devloop.errors import StepFailed
 from devloop.kubectl import Kubectl
 from tests.unit.fakes import FakeRunner
@@ -65,6 +65,30 @@ def test_a_first_apply_entry_is_made_from_the_client_side_one() -> None:
     ops = upgrade_managed_fields(obj)
     assert ops is not None
     assert ops[1]["value"] == [{**entry("devloop", "Apply", {"f:data": {}}), "time": None}]
+
+
+def test_the_fields_devloops_rollback_set_are_devloops_again() -> None:
+    """`kubectl rollout undo` (field manager kubectl, no flag to name another) takes the fields it
+    changes from devloop's apply; on a target devloop's next apply would conflict with its own rollback."""
+    image: dict[str, Any] = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"web"}': {"f:image": {}}}}}}}
+    replicas: dict[str, Any] = {"f:spec": {"f:replicas": {}}}
+    scale = entry("kubectl", "Update", {"f:metadata": {"f:labels": {"f:team": {}}}})  # a colleague's, before the rollback
+    status = {**entry("kube-controller-manager", "Update", {"f:status": {}}), "subresource": "status"}
+    before = {"metadata": {"resourceVersion": "8", "managedFields": [entry("devloop", "Apply", {**replicas, **image}), scale, status]}}
+    undone = entry("kubectl", "Update", {"f:metadata": {"f:labels": {"f:team": {}}}, **image})
+    after = {
+        "metadata": {
+            "resourceVersion": "9",
+            "managedFields": [entry("devloop", "Apply", replicas), undone, {**status, "fieldsV1": {"f:status": {"f:x": {}}}}],
+        }
+    }
+    ops = reclaim_managed_fields(before, after)
+    assert ops is not None and ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "9"}
+    fields = {(f["manager"], f["operation"]): f["fieldsV1"] for f in ops[1]["value"]}
+    assert fields[("devloop", "Apply")] == {"f:spec": {"f:replicas": {}, **image["f:spec"]}}
+    assert fields[("kubectl", "Update")] == {"f:metadata": {"f:labels": {"f:team": {}}}}  # what it held before stays its own
+    assert fields[("kube-controller-manager", "Update")] == {"f:status": {"f:x": {}}}  # a status update is never taken
+    assert reclaim_managed_fields(after, after) is None  # nothing new: no patch
 
 
 def test_since_durations() -> None:

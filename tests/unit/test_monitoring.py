@@ -39,7 +39,7 @@ class MonitoringCluster(FakeCluster):
         self.fail = ""
         self.raw_paths: list[str] = []
 
-    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+    def apply(self, docs: Sequence[Mapping[str, Any]], namespace: str, *, force: bool = True, manager: str = "devloop") -> list[str]:
         applied = [dict(d) for d in docs]
         self.applied.append((namespace, applied))
         return [f"{d['kind'].lower()}/{d['metadata']['name']} configured" for d in applied]

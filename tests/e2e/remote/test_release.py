@@ -144,6 +144,11 @@ def test_a_release_that_crashes_at_start_is_rolled_back_and_v1_keeps_serving(rem
     answers = serving(remote)
     assert len(answers) == 3 and {image for image, _ in answers.values()} == {v1}, answers
     assert all(V1 in body for _, body in answers.values())
+    # the rollback's fields are devloop's again: its next apply on this target does not conflict with its own rollback
+    fields = remote.kubectl_json("-n", remote.namespace, "get", "deployment", "web-app", "--show-managed-fields")["metadata"][
+        "managedFields"
+    ]
+    assert {e["manager"] for e in fields if '"f:image"' in json.dumps(e.get("fieldsV1"))} == {"devloop"}, fields
 
 
 def test_a_version_is_immutable(remote: Remote, project: Path) -> None:
