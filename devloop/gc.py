@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -123,7 +123,7 @@ class GCReport:
         text = "removed " + " and ".join(parts) if parts else "nothing to remove"
         if self.bytes_freed:
             text += f" ({self.bytes_freed / 1e6:.1f} MB)"
-        return text
+        return "; ".join([text, *self.errors])
 
 
 # -- adapters ----------------------------------------------------------------------------------------
@@ -282,7 +282,11 @@ class RegistryGC:
         if code == 0 and last.isdigit():
             report.registry_links += int(last)
             return
-        hint = " (the registry image has no shell: use registry:2 or rebuild it with tests/images/build-registry.sh)" if code in (126, 127) else ""
+        hint = (
+            " (the registry image has no shell: use registry:2 or rebuild it with tests/images/build-registry.sh)"
+            if code in (126, 127)
+            else ""
+        )
         report.errors.append(f"removing the deleted versions' blob links failed in {self.container}: {last[:300]}{hint}")
 
 
@@ -317,11 +321,22 @@ class NodeGC:
             for i in doc.get("images") or []
         ]
 
-    def used(self, node: str) -> set[str]:
-        """Image ids and references of every container on the node, running or not."""
+    def used(self, node: str, leaving: Collection[str] = ()) -> set[str]:
+        """Image ids and references of the containers on the node that may run again: those of a
+        ready pod sandbox whose pod (uid) is not in `leaving` (terminating, as the API server says).
+        An exited container of a stopped sandbox (a deleted pod's, until the kubelet removes it) and a
+        terminating pod's container never start again and need no image: a running one keeps its
+        root filesystem (a snapshot of its own) when its image goes."""
+        ready = {
+            str(p.get("id"))
+            for p in self._json(node, ["crictl", "pods", "-o", "json"]).get("items") or []
+            if p.get("state") == "SANDBOX_READY"
+        }
         doc = self._json(node, ["crictl", "ps", "-a", "-o", "json"])
         refs: set[str] = set()
         for c in doc.get("containers") or []:
+            if str(c.get("podSandboxId")) not in ready or (c.get("labels") or {}).get(POD_UID_LABEL) in leaving:
+                continue
             refs.add(str(c.get("imageRef") or ""))
             refs.add(str((c.get("image") or {}).get("image") or ""))
         refs.discard("")
@@ -331,12 +346,14 @@ class NodeGC:
         doc = self._json(node, ["crictl", "inspecti", "-o", "json", image_id])
         return parse_time(((doc.get("info") or {}).get("imageSpec") or {}).get("created"))
 
-    def collect(self, node: str, repositories: Sequence[str], keep: int, in_use: set[str], report: GCReport) -> None:
+    def collect(
+        self, node: str, repositories: Sequence[str], keep: int, in_use: set[str], report: GCReport, leaving: Collection[str] = ()
+    ) -> None:
         repos = set(repositories)
         mine = [i for i in self.images(node) if any(_repo(t) in repos for t in i.tags)]
         if not mine:
             return
-        used = self.used(node)
+        used = self.used(node, leaving)
         busy = {i.id for i in mine if i.id in used or used.intersection(i.tags)}
         # one plan per service: a content tag is the same version whether pulled from the registry or kind-loaded
         ours = [(t, i) for i in mine for t in i.tags if _repo(t) in repos and tag_of(t).startswith(TAG_PREFIX)]
@@ -375,6 +392,16 @@ def node_repositories(name: str, registry_host: str | None) -> list[str]:
     return repos
 
 
+POD_UID_LABEL = "io.kubernetes.pod.uid"  # the kubelet's label on every container it creates (crictl ps)
+
+
+def leaving_pods(kube: Any) -> set[str]:
+    """The uids of the pods being deleted (a deletionTimestamp), in every namespace: their containers
+    never start again. `kube` is a devloop.ports.Cluster (its `get_raw`)."""
+    items = json.loads(kube.get_raw("/api/v1/pods")).get("items") or []
+    return {str(i["metadata"]["uid"]) for i in items if (i.get("metadata") or {}).get("deletionTimestamp")}
+
+
 @contextlib.contextmanager
 def _errors(report: GCReport, what: str) -> Iterator[None]:
     try:
@@ -397,12 +424,14 @@ def collect(
     guard: AbstractContextManager[Any] | None = None,
     registry: RegistryAPI | None = None,
     exec_: Exec | None = None,
+    leaving: Callable[[], set[str]] | None = None,
 ) -> GCReport:
     """Delete the old `dl-` versions of one service from the local registry (when `registry_host`)
     and from the nodes' containerd, keeping the newest `keep` and everything in `in_use` (tags or
     references). Never raises: what went wrong is in the report's `errors`. Safe in a background
     thread; `guard` (a lock the publisher also takes) is held while the registry deletes and
-    garbage-collects, since the registry's garbage collector must not run during a push."""
+    garbage-collects, since the registry's garbage collector must not run during a push. `leaving`
+    says which pods (uids) are terminating: their containers hold no image (unasked: all may run)."""
     report = GCReport()
     if exec_ is None:
         try:
@@ -415,7 +444,11 @@ def collect(
             api = registry if registry is not None else HttpRegistry(registry_host)
             RegistryGC(api, exec_, registry_container).collect(service_image_name, keep, in_use, report, guard)
     repos = node_repositories(service_image_name, registry_host)
+    terminating: set[str] = set()
+    if leaving is not None and nodes:
+        with _errors(report, "terminating pods"):
+            terminating = leaving()
     for node in nodes:
         with _errors(report, f"node {node}"):
-            NodeGC(exec_).collect(node, repos, keep, in_use, report)
+            NodeGC(exec_).collect(node, repos, keep, in_use, report, terminating)
     return report
