@@ -177,6 +177,8 @@ def rig(h: Harness, cluster: str, keep: int, tmp: Any) -> Iterator[Rig]:
     if cluster in kind("get", "clusters").stdout.split():  # left by an interrupted run: the name is ours
         kind("delete", "cluster", "--name", cluster)
     _remove_leftovers(client, registry_name)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = h.env["PATH"]  # devloop's Kind() runs `kind` from PATH: the pinned one, as the harness has it
     config = tmp / "kind-config.yaml"
     config.write_text(KIND_CONFIG)
     t = time.monotonic()
@@ -207,3 +209,4 @@ def rig(h: Harness, cluster: str, keep: int, tmp: Any) -> Iterator[Rig]:
     finally:
         kind("delete", "cluster", "--name", cluster)
         _remove_leftovers(client, registry_name)
+        os.environ["PATH"] = path
