@@ -10,8 +10,10 @@ Planning is pure (`keep_plan`, `plan_digests`); the outside world is reached thr
 protocols with a real adapter each:
 
 - `RegistryAPI` (`HttpRegistry`: the Docker Registry HTTP API v2, through devloop.registry_client) and
-  `Exec` (`docker_exec`: the docker SDK's exec) for the registry's own garbage collector.
-- `Exec` again for the nodes: `crictl images`, `crictl ps -a`, `crictl inspecti`, `crictl rmi`.
+  `Exec` (`docker_exec`: the docker SDK's exec) for the registry's own garbage collector, then SWEEP
+  (what that collector leaves behind), both under the publisher's push lock.
+- `Exec` again for the nodes: `crictl images`, `crictl pods`, `crictl ps -a`, `crictl inspecti`,
+  `crictl rmi`; and the API server's terminating pods (`leaving_pods`), whose containers hold no image.
 
 The registry must be started with `REGISTRY_ENV` (deletes allowed, no in-memory blob cache);
 without deletes the DELETE answers 405 and the report says so.
