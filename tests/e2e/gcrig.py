@@ -58,7 +58,8 @@ class Figures:
     registry_kb: int  # `du -sk` of the registry's storage, inside its container
     node_images: int  # the app's images in the node's containerd (crictl images)
     node_image_bytes: int  # their sizes as crictl reports them
-    node_content_kb: int  # `du -sk` of the node's containerd content store
+    node_content_kb: int  # `du -sk` of the node's containerd content store (manifests, configs; kind discards unpacked layers)
+    node_containerd_kb: int  # `du -sk` of all of the node's containerd (the unpacked layers: snapshots)
 
 
 @dataclasses.dataclass
@@ -149,6 +150,7 @@ class Rig:
             node_images=len(mine),
             node_image_bytes=sum(int(i.get("size") or 0) for i in mine),
             node_content_kb=int(self._exec(self.node, ["du", "-sk", CONTENT_STORE]).split()[0]),
+            node_containerd_kb=int(self._exec(self.node, ["du", "-sk", "/var/lib/containerd"]).split()[0]),
         )
 
     def pull_works(self, tag: str) -> None:
