@@ -48,7 +48,7 @@ def main() -> int:
             if i % 10 == 0 or i == args.versions or "failed" in summary:
                 print(
                     f"version {i:3d}: registry {f.registry_tags} tags {f.registry_kb:6d} kB | node {f.node_images} app images "
-                    f"{f.node_image_bytes / 1e6:6.1f} MB, content store {f.node_content_kb:6d} kB | {summary}",
+                    f"{f.node_image_bytes / 1e6:6.1f} MB, content store {f.node_content_kb:6d} kB, containerd {f.node_containerd_kb} kB | {summary}",
                     flush=True,
                 )
         total = time.monotonic() - t0
@@ -64,6 +64,10 @@ def main() -> int:
     print(f"  registry: {first['registry_kb']} -> {last['registry_kb']} kB, {per('registry_kb') * 1024:+.0f} bytes per version")
     print(
         f"  node content store: {first['node_content_kb']} -> {last['node_content_kb']} kB, {per('node_content_kb') * 1024:+.0f} bytes per version"
+    )
+    print(
+        f"  node containerd (unpacked layers too): {first['node_containerd_kb']} -> {last['node_containerd_kb']} kB, "
+        f"{per('node_containerd_kb') * 1024:+.0f} bytes per version"
     )
     print(
         f"  node app images: max {max(int(str(s['node_images'])) for s in steady)}; registry tags: max {max(int(str(s['registry_tags'])) for s in steady)}"
