@@ -140,17 +140,25 @@ class Rig:
         assert r.exit_code == 0, f"{argv} in {container}: {r.output.decode(errors='replace')}"
         return bytes(r.output).decode()
 
+    def _du_kb(self, container: str, path: str) -> int:
+        """`du -sk path` in the container. Its total also when a file went while it counted (a
+        terminating container's snapshot removed meanwhile: du says so and exits 1)."""
+        r = self.client.containers.get(container).exec_run(["du", "-sk", path])
+        last = bytes(r.output).decode(errors="replace").strip().splitlines()[-1:]
+        assert last and last[0].endswith(path) and last[0].split()[0].isdigit(), f"du -sk {path} in {container}: {r.output!r}"
+        return int(last[0].split()[0])
+
     def figures(self) -> Figures:
         repo = f"{self.registry.host}/{APP}"
         images = json.loads(self._exec(self.node, ["crictl", "images", "-o", "json"])).get("images") or []
         mine = [i for i in images if any(t.rpartition(":")[0] == repo for t in i.get("repoTags") or [])]
         return Figures(
             registry_tags=len(gc.HttpRegistry(self.registry.host).tags(APP)),
-            registry_kb=int(self._exec(self.registry.cfg.name, ["du", "-sk", "/var/lib/registry"]).split()[0]),
+            registry_kb=self._du_kb(self.registry.cfg.name, "/var/lib/registry"),
             node_images=len(mine),
             node_image_bytes=sum(int(i.get("size") or 0) for i in mine),
-            node_content_kb=int(self._exec(self.node, ["du", "-sk", CONTENT_STORE]).split()[0]),
-            node_containerd_kb=int(self._exec(self.node, ["du", "-sk", "/var/lib/containerd"]).split()[0]),
+            node_content_kb=self._du_kb(self.node, CONTENT_STORE),
+            node_containerd_kb=self._du_kb(self.node, "/var/lib/containerd"),
         )
 
     def pull_works(self, tag: str) -> None:

@@ -38,7 +38,7 @@ def gcdisk(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _row(i: int, f: Figures, summary: str) -> str:
     return (
         f"version {i:2d}: registry {f.registry_tags} tags {f.registry_kb:6d} kB | node {f.node_images} images "
-        f"{f.node_image_bytes / 1e6:6.1f} MB, content store {f.node_content_kb:6d} kB | {summary}"
+        f"{f.node_image_bytes / 1e6:6.1f} MB, content store {f.node_content_kb:6d} kB, containerd {f.node_containerd_kb} kB | {summary}"
     )
 
 
