@@ -279,7 +279,7 @@ def registry_figures(port: int, images: list[str]) -> dict[str, Any]:
                 tags[image] = len(json.loads(r.read()).get("tags") or [])
         except Exception:
             tags[image] = -1
-    # the registry image has no shell: measure its storage volume from the host
+    # measured from the host (its volume), the same way for any registry image
     mount = sh(
         ["docker", "inspect", "-f", '{{range .Mounts}}{{if eq .Destination "/var/lib/registry"}}{{.Source}}{{end}}{{end}}', REGISTRY]
     )

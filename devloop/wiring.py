@@ -13,7 +13,7 @@ from pathlib import Path
 from devloop import gc, tools
 from devloop.api import ApiCluster
 from devloop.builder import detect_builder
-from devloop.config import Config
+from devloop.config import Config, RegistryConfig
 from devloop.engine import Engine
 from devloop.helm import Helm
 from devloop.images import Images
@@ -26,7 +26,7 @@ from devloop.registry_client import RegistryClient
 from devloop.release import Release
 from devloop.remote import Address, RemotePublisher
 from devloop.targets import Target, TargetSpec, resolve
-from devloop.targets.local import KindTarget, Transport
+from devloop.targets.local import Collector, KindTarget, Transport
 from devloop.targets.remote import RemoteTarget
 
 
@@ -63,6 +63,35 @@ class DetectedBuilder:
         return self._detected.build(context, dockerfile, tag, build_args, target, on_line, secrets=secrets, secret_env=secret_env)
 
 
+def collector(
+    publisher: RegistryPublisher | KindLoadPublisher,
+    kind: Kind,
+    kube: Cluster,
+    cluster: str,
+    registry: RegistryConfig,
+    keep: int,
+    docker: Images,
+) -> Collector:
+    """The garbage collection of a kind target: the local registry (under the publisher's push lock)
+    and every node's containerd; the pods the API server reports terminating hold no image."""
+
+    def collect(image_name: str, in_use: set[str]) -> str:
+        report = gc.collect(
+            image_name,
+            publisher.registry or None,
+            kind.nodes(cluster),
+            keep,
+            in_use,
+            registry_container=registry.name,
+            client=docker.client,
+            guard=publisher.lock if isinstance(publisher, RegistryPublisher) else None,
+            leaving=lambda: gc.leaving_pods(kube),
+        )
+        return report.summary() if report.removed or report.errors else ""
+
+    return collect
+
+
 def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> Callable[[Config], Transport]:
     def transport(config: Config) -> Transport:
         cluster = config.cluster.name
@@ -73,18 +102,7 @@ def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> C
         else:
             publisher = loader
 
-        def collect(image_name: str, in_use: set[str]) -> str:
-            report = gc.collect(
-                image_name,
-                publisher.registry or None,
-                kind.nodes(cluster),
-                config.keep_versions,
-                in_use,
-                registry_container=config.registry.name,
-                client=docker.client,
-                guard=publisher.lock if isinstance(publisher, RegistryPublisher) else None,
-            )
-            return report.summary() if report.removed or report.errors else ""
+        collect = collector(publisher, kind, kube, cluster, config.registry, config.keep_versions, docker)
 
         def remove() -> list[str]:
             return [f"container {config.registry.name} (local registry)"] if config.registry_enabled and registry.remove() else []

@@ -54,6 +54,7 @@ class KindTarget:
         self._transport: Transport | None = None
         self._gc_lock = threading.Lock()
         self._gc_running: set[str] = set()  # services with a garbage collection under way (under _gc_lock)
+        self._gc_again: dict[str, tuple[str, set[str]]] = {}  # the latest request that came meanwhile (under _gc_lock)
 
     @property
     def name(self) -> str:
@@ -152,25 +153,32 @@ class KindTarget:
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:
         """In the background, after a successful rollout: delete this service's old content tags
         from the local registry and the nodes' containerd (never one in use, never one devloop did
-        not build). At most one collection per service at a time; it never fails or slows a cycle."""
+        not build). At most one collection per service at a time; it never fails or slows a cycle.
+        A request while one runs is not dropped: the latest runs once that one ends (otherwise rebuilds
+        faster than a collection leave versions beyond keepVersions until a later cycle)."""
         collect = self.transport.collect
         if collect is None:
             return
         with self._gc_lock:
             if service in self._gc_running:
+                self._gc_again[service] = (image_name, in_use)
                 return
             self._gc_running.add(service)
 
         def work() -> None:
-            try:
-                summary = collect(image_name, in_use)
-                if summary:
-                    self.out.detail(f"{service}: {summary}", service=service)
-            except Exception as e:  # tidying is best effort
-                self.out.detail(f"{service}: garbage collection skipped: {e}", service=service)
-            finally:
-                with self._gc_lock:
-                    self._gc_running.discard(service)
+            request: tuple[str, set[str]] | None = (image_name, in_use)
+            while request is not None:
+                try:
+                    summary = collect(*request)
+                    if summary:
+                        self.out.detail(f"{service}: {summary}", service=service)
+                except Exception as e:  # tidying is best effort
+                    self.out.detail(f"{service}: garbage collection skipped: {e}", service=service)
+                finally:
+                    with self._gc_lock:
+                        request = self._gc_again.pop(service, None)
+                        if request is None:
+                            self._gc_running.discard(service)
 
         threading.Thread(target=work, daemon=True, name=f"devloop-gc-{service}").start()
 

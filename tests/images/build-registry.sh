@@ -12,9 +12,13 @@
 # Image layout (like registry:2): /bin/registry, /etc/docker/registry/config.yml, storage in the
 # VOLUME /var/lib/registry, listens on :5000 (EXPOSE 5000), runs as root,
 # ENTRYPOINT ["/bin/registry","serve"] CMD ["/etc/docker/registry/config.yml"]. REGISTRY_* env overrides
-# work as usual (e.g. -e REGISTRY_STORAGE_DELETE_ENABLED=true). There is no shell in the image.
+# work as usual (e.g. -e REGISTRY_STORAGE_DELETE_ENABLED=true). Like registry:2 (Alpine) it has a
+# busybox shell (Debian's busybox-static, applets linked in /bin): devloop's garbage collection runs
+# `sh -c` in the registry container to remove what `registry garbage-collect` leaves behind
+# (devloop/gc.py SWEEP).
 #
-# Idempotent and cached: if the image already exists it exits 0 at once (set FORCE=1 to rebuild).
+# Idempotent and cached: if the image already exists, built by this recipe (label devloop.registry.recipe
+# = RECIPE below; an older image is rebuilt), it exits 0 at once (set FORCE=1 to rebuild).
 # Downloaded .debs are kept in ${DEVLOOP_CACHE:-$HOME/.cache/devloop-e2e}/debs and reused.
 # Concurrent runs are serialised with flock. Needs a running dockerd; root only if `apt-get update` has
 # to run (no package lists yet).
@@ -29,12 +33,23 @@ CACHE="${DEVLOOP_CACHE:-$HOME/.cache/devloop-e2e}"
 DEBS="$CACHE/debs"
 LOCK="${REGISTRY_IMAGE_LOCK:-/tmp/devloop-registry-image.lock}"
 PKG=docker-registry
+SHELL_PKG=busybox-static
+# Bump when the image's content changes: an image with another recipe label is rebuilt.
+RECIPE=2-busybox
+RECIPE_LABEL=devloop.registry.recipe
 
 LOG_PREFIX=build-registry
 # shellcheck source=tests/images/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T0=$(now)
+# Present = there and built by this recipe (lib.sh's exit_if_present and take_lock ask this).
+image_exists() {
+  [ "$(docker image inspect -f "{{ index .Config.Labels \"$RECIPE_LABEL\" }}" "$IMAGE" 2>/dev/null || true)" = "$RECIPE" ]
+}
 exit_if_present
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "$IMAGE exists but was not built by this recipe ($RECIPE); rebuilding"
+fi
 
 take_lock 600
 
@@ -58,17 +73,21 @@ if [ -z "$REG_POOL_FILE" ]; then
 fi
 
 # Fetch a package's candidate .deb into $DEBS unless it is already there; prints the .deb path.
-# The file name is the pool file name (epoch ':' is stored as %3a, as apt-get download does).
+# The file name is the pool file name, or apt-get download's (which adds the epoch as `N%3a`).
 fetch_deb() {
-  local pkg="$1" fn="${2:-}" f
+  local pkg="$1" fn="${2:-}" f epoched
   [ -n "$fn" ] || fn="$(pool_file "$pkg")"
   [ -n "$fn" ] || { log "apt-cache has no candidate for $pkg"; return 1; }
   f="$DEBS/$(basename "$fn")"
+  epoched="$(find "$DEBS" -maxdepth 1 -name "${pkg}_*%3a$(basename "$fn" | sed "s/^${pkg}_//")" | head -n1)"
+  [ -s "$f" ] || [ -z "$epoched" ] || f="$epoched"
   if [ ! -s "$f" ]; then
     log "downloading $(basename "$f")"
     # APT::Sandbox::User=root: the cache dir is usually not writable by the _apt user
     (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2) ||
       { log "apt-get download $pkg failed"; return 1; }
+    epoched="$(find "$DEBS" -maxdepth 1 -name "${pkg}_*%3a$(basename "$fn" | sed "s/^${pkg}_//")" | head -n1)"
+    [ -s "$f" ] || [ -z "$epoched" ] || f="$epoched"
     [ -s "$f" ] || { log "apt-get download $pkg did not produce $f"; return 1; }
   fi
   echo "$f"
@@ -98,6 +117,11 @@ mkdir -p "$WORK/x/$PKG"
 dpkg-deb -x "$REG_DEB" "$WORK/x/$PKG"
 BIN="$WORK/x/$PKG/usr/bin/docker-registry"
 [ -x "$BIN" ] || { log "$REG_DEB has no /usr/bin/docker-registry"; exit 1; }
+SHELL_DEB="$(fetch_deb "$SHELL_PKG")"
+mkdir -p "$WORK/x/$SHELL_PKG"
+dpkg-deb -x "$SHELL_DEB" "$WORK/x/$SHELL_PKG"
+BUSYBOX="$WORK/x/$SHELL_PKG/bin/busybox"
+[ -x "$BUSYBOX" ] || { log "$SHELL_DEB has no /bin/busybox"; exit 1; }
 
 # Resolve a path inside an extracted tree, following symlinks (absolute ones relative to the tree root,
 # not to the host /). Prints the tree-relative real path.
@@ -137,7 +161,7 @@ LINKAGE=static
 log "$PKG $REG_VERSION ($LINKAGE)"
 
 declare -A PKG_DIR=()
-PKG_VERSIONS="$PKG=$REG_VERSION"
+PKG_VERSIONS="$PKG=$REG_VERSION $SHELL_PKG=$(dpkg-deb -f "$SHELL_DEB" Version)"
 for lib in "${LIBS[@]}"; do
   p="${LIB_PKG[$lib]}"
   if [ -z "${PKG_DIR[$p]:-}" ]; then
@@ -166,6 +190,13 @@ for lib in "${LIBS[@]}"; do
   fi
 done
 cp "$WORK/x/$PKG/usr/share/doc/$PKG/copyright" "$ROOTFS/usr/share/doc/$PKG/copyright" 2>/dev/null || true
+# The shell: a static busybox and a link per applet (sh, find, rm, du, ...), never over /bin/registry.
+install -m 0755 "$BUSYBOX" "$ROOTFS/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+  [ -e "$ROOTFS/bin/$applet" ] || ln -s busybox "$ROOTFS/bin/$applet"
+done
+mkdir -p "$ROOTFS/usr/share/doc/$SHELL_PKG"
+cp "$WORK/x/$SHELL_PKG/usr/share/doc/$SHELL_PKG/copyright" "$ROOTFS/usr/share/doc/$SHELL_PKG/copyright" 2>/dev/null || true
 chmod 1777 "$ROOTFS/tmp"
 
 # Same settings as registry:2's config.yml, plus log level warn (the registry logs every request at info).
@@ -215,6 +246,7 @@ tar --numeric-owner --owner=0 --group=0 -C "$ROOTFS" -c . |
     --change 'VOLUME ["/var/lib/registry"]' \
     --change 'ENV PATH=/bin' \
     --change "LABEL org.opencontainers.image.version=\"$REG_VERSION\"" \
+    --change "LABEL $RECIPE_LABEL=\"$RECIPE\"" \
     --change "LABEL org.opencontainers.image.description=\"Docker Distribution registry from Debian bookworm ($PKG_VERSIONS), built by devloop tests/images/build-registry.sh\"" \
     -m "$PKG_VERSIONS from Debian .debs (no registry pull)" \
     - "$IMAGE" >/dev/null

@@ -23,6 +23,8 @@ from devloop.gc import DELETE_ENV, REGISTRY_ENV, HttpRegistry, collect
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.integration
+
 REGISTRY_IMAGE = os.environ.get("DEVLOOP_TEST_REGISTRY_IMAGE", "devloop-test/registry:bookworm")
 NAME = "gcapp"
 
@@ -36,11 +38,17 @@ class Registry:
         return sorted(HttpRegistry(self.host).tags(NAME))
 
     def storage(self) -> int:
-        """Bytes of regular files under /var/lib/registry (docker cp: the image has no shell)."""
+        """Bytes of regular files under /var/lib/registry (docker cp: any registry image, shell or not)."""
         stream, _ = self.container.get_archive("/var/lib/registry")
         data = io.BytesIO(b"".join(stream))
         with tarfile.open(fileobj=data) as tar:
             return sum(m.size for m in tar.getmembers() if m.isfile())
+
+    def entries(self) -> int:
+        """Files and directories under /var/lib/registry."""
+        stream, _ = self.container.get_archive("/var/lib/registry")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            return len(tar.getmembers())
 
 
 def _answers(host: str) -> bool:
@@ -174,3 +182,45 @@ def test_deletes_disabled_is_reported_not_raised(docker_client: docker.DockerCli
         assert report.registry_tags == []
         assert any(DELETE_ENV in e for e in report.errors), report.errors
         assert len(HttpRegistry(host).tags(NAME)) == 5
+
+
+def test_registry_bytes_stop_growing_after_keep_versions(
+    docker_client: docker.DockerClient, registry: Registry, cleanup_images: list[str]
+) -> None:
+    """Tags are not enough: 12 distinct versions pushed and collected one after the other (keep 3), and
+    from the 4th on the registry's storage (`du` inside its container, its file count) stays the same.
+    Before issue 23 it grew by the blob links and directories `registry garbage-collect` leaves behind
+    (5 entries, about 20 kB here, per version; about 48 kB per rebuild of the sample app)."""
+    sizes: list[tuple[int, int]] = []  # (du kB, files and directories) after each collection
+    for i in range(12):
+        ref = f"{registry.host}/{NAME}:dl-{uuid.uuid4().hex[:16]}"
+        cleanup_images.append(ref)
+        _build(docker_client, ref, os.urandom(16 * 1024) + bytes([i]))
+        _push(docker_client, ref)
+        report = collect(NAME, registry.host, [], 3, set(), registry_container=registry.container.name, client=docker_client)
+        assert report.errors == [], report.errors
+        du = registry.container.exec_run(["du", "-sk", "/var/lib/registry"])
+        assert du.exit_code == 0, du.output
+        sizes.append((int(du.output.split()[0]), registry.entries()))
+        assert len(registry.tags()) == min(i + 1, 3)
+    print(f"registry after each version (du kB, entries): {sizes}")
+    assert len(set(sizes[3:])) == 1, sizes
+
+
+def test_a_push_right_after_a_collection_is_whole(docker_client: docker.DockerClient, registry: Registry, pushed: list[str]) -> None:
+    """The garbage collector and the sweep run between pushes (devloop's push lock): a new version pushed
+    right after is complete, blob by blob, and so are the kept ones."""
+    collect(NAME, registry.host, [], 3, set(), registry_container=registry.container.name, client=docker_client)
+    ref = f"{registry.host}/{NAME}:dl-{uuid.uuid4().hex[:16]}"
+    _build(docker_client, ref, os.urandom(64 * 1024))
+    try:
+        _push(docker_client, ref)
+        api = HttpRegistry(registry.host)
+        for tag in [*pushed[3:], ref.rpartition(":")[2]]:
+            m = api.manifest(NAME, tag)
+            assert m is not None, tag
+            for blob in m.blobs:
+                status, _, _ = api._request("GET", f"/v2/{NAME}/blobs/{blob}")
+                assert status == 200, f"blob {blob} of {tag} is missing (HTTP {status})"
+    finally:
+        docker_client.images.remove(ref)

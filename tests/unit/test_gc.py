@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devloop.gc import GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, plan_digests
+from devloop.gc import SWEEP, GCError, GCReport, Manifest, NodeGC, RegistryGC, collect, keep_plan, node_repositories, plan_digests
 from devloop.timefmt import parse_time
 
 
@@ -108,27 +108,46 @@ def _registry() -> FakeRegistry:
 
 
 GC = ("devloop-registry", "/bin/registry", "garbage-collect", "--delete-untagged", "/etc/docker/registry/config.yml")
+SWEPT = ("devloop-registry", "sh", "-c", SWEEP)
 
 
-def test_registry_gc_deletes_old_manifests_then_collects_garbage() -> None:
-    reg, ex = _registry(), FakeExec({GC: (0, "")})
+def test_registry_gc_deletes_old_manifests_then_collects_garbage_then_sweeps() -> None:
+    reg, ex = _registry(), FakeExec({GC: (0, ""), SWEPT: (0, "4\n")})
     report = GCReport()
     RegistryGC(reg, ex, "devloop-registry").collect("app", 3, {"dl-1"}, report)
     assert report.registry_tags == ["dl-2", "dl-3"]
     assert reg.deleted == ["sha256:m2", "sha256:m3"]
     assert sorted(reg.manifests) == ["dl-1", "dl-4", "dl-5", "dl-6", "latest"]
     assert report.registry_bytes == 500  # the layers only they used; the shared base stays
-    assert [c[1] for c in ex.calls] == [list(GC[1:])]
-    assert report.errors == []
+    # the blob links the garbage collector leaves are removed after it, never before
+    assert [c[1] for c in ex.calls] == [list(GC[1:]), list(SWEPT[1:])]
+    assert report.registry_links == 4 and report.errors == []
 
 
 def test_registry_gc_finds_debians_binary() -> None:
     debian = ("devloop-registry", "/usr/bin/docker-registry", *GC[2:])
-    ex = FakeExec({debian: (0, "")})
+    ex = FakeExec({debian: (0, ""), SWEPT: (0, "0\n")})
     report = GCReport()
     RegistryGC(_registry(), ex, "devloop-registry").collect("app", 3, set(), report)
-    assert [c[1][0] for c in ex.calls] == ["/bin/registry", "/usr/bin/docker-registry"]
+    assert [c[1][0] for c in ex.calls] == ["/bin/registry", "/usr/bin/docker-registry", "sh"]
     assert report.errors == []
+
+
+def test_registry_without_a_shell_is_reported_with_a_hint() -> None:
+    ex = FakeExec({GC: (0, "")})  # no sh in the image: exit 127
+    report = GCReport()
+    RegistryGC(_registry(), ex, "devloop-registry").collect("app", 3, set(), report)
+    assert report.registry_tags == ["dl-1", "dl-2", "dl-3"]
+    assert len(report.errors) == 1 and "blob links failed in devloop-registry" in report.errors[0]
+    assert "build-registry.sh" in report.errors[0]
+    assert report.summary().startswith("removed 3 registry tags") and report.errors[0] in report.summary()
+
+
+def test_sweep_removes_only_links_whose_blob_is_gone() -> None:
+    """The script's rule, read: a link goes only when its blob's data file is missing."""
+    assert "-path '*/_layers/sha256/*/link'" in SWEEP
+    assert '[ -e "blobs/sha256/${h%"${h#??}"}/$h/data" ] ||' in SWEEP
+    assert "rm -rf" not in SWEEP.replace('rm -rf "$d"', "")  # nothing else is removed; directories only when empty (rmdir)
 
 
 def test_registry_gc_nothing_to_do_runs_nothing() -> None:
@@ -149,9 +168,13 @@ def test_collect_reports_a_registry_without_deletes_and_goes_on_with_the_nodes()
 
 
 # -- nodes -------------------------------------------------------------------------------------------
-def _node(images: list[dict[str, object]], containers: list[dict[str, object]], created: dict[str, str]) -> FakeExec:
+def _node(
+    images: list[dict[str, object]], containers: list[dict[str, object]], created: dict[str, str], pods: dict[str, str] | None = None
+) -> FakeExec:
+    sandboxes = [{"id": sandbox, "state": state} for sandbox, state in (pods or {"p1": "SANDBOX_READY"}).items()]
     answers: dict[tuple[str, ...], tuple[int, str]] = {
         ("n1", "crictl", "images", "-o", "json"): (0, json.dumps({"images": images})),
+        ("n1", "crictl", "pods", "-o", "json"): (0, json.dumps({"items": sandboxes})),
         ("n1", "crictl", "ps", "-a", "-o", "json"): (0, json.dumps({"containers": containers})),
     }
     for image_id, when in created.items():
@@ -168,7 +191,7 @@ def test_node_gc_removes_old_dl_images_only() -> None:
     reg = "localhost:5001/app"
     images = [
         _img("a", f"{reg}:dl-a"),
-        _img("b", f"{reg}:dl-b"),  # used by an exited container: kept
+        _img("b", f"{reg}:dl-b"),  # used by an exited container of a ready pod (it may restart): kept
         _img("c", f"{reg}:dl-c"),  # in use per the engine: kept
         _img("d", f"{reg}:dl-d", "docker.io/library/other:v1"),  # also someone else's name: kept
         _img("e", "docker.io/library/app:dl-e"),  # kind-loaded, old: removed
@@ -178,7 +201,9 @@ def test_node_gc_removes_old_dl_images_only() -> None:
         _img("x", f"{reg}:latest"),  # not devloop's
         _img("k", "registry.k8s.io/pause:3.10"),
     ]
-    containers: list[dict[str, object]] = [{"image": {"image": "sha256:b"}, "imageRef": "sha256:b", "state": "CONTAINER_EXITED"}]
+    containers: list[dict[str, object]] = [
+        {"image": {"image": "sha256:b"}, "imageRef": "sha256:b", "state": "CONTAINER_EXITED", "podSandboxId": "p1"}
+    ]
     created = {f"sha256:{c}": f"2024-01-01T00:00:0{n}Z" for n, c in enumerate("abcdefgh")}
     ex = _node(images, containers, created)
     report = GCReport()
@@ -218,3 +243,43 @@ def test_node_gc_passes_over_names_that_are_no_references() -> None:
     report = GCReport()
     NodeGC(ex).collect("n1", [reg], 3, set(), report)
     assert report.node_images == ["n1: localhost:5001/app:dl-a"] and report.errors == []
+
+
+def test_node_gc_a_leaving_pods_image_goes() -> None:
+    """Images held only by containers that never start again: an exited one of a stopped sandbox (a
+    deleted pod's, until the kubelet removes it) and a running one of a terminating pod. Before issue 23
+    they were kept, and the node held 3 to 6 versions instead of keepVersions."""
+    reg = "docker.io/library/app"  # kind-loaded names: collect without a registry
+    images = [_img(c, f"{reg}:dl-{c}") for c in "abcdef"]
+    created = {f"sha256:{c}": f"2024-01-01T00:00:0{n}Z" for n, c in enumerate("abcdef")}
+
+    def ctr(image: str, sandbox: str, uid: str, state: str) -> dict[str, object]:
+        return {"imageRef": f"sha256:{image}", "podSandboxId": sandbox, "labels": {"io.kubernetes.pod.uid": uid}, "state": state}
+
+    containers = [
+        ctr("a", "old", "u-a", "CONTAINER_EXITED"),  # deleted pod: sandbox stopped
+        ctr("b", "term", "u-b", "CONTAINER_RUNNING"),  # terminating pod, still running its grace period
+        ctr("c", "live", "u-c", "CONTAINER_RUNNING"),  # another live pod on an old version: kept
+        ctr("f", "new", "u-f", "CONTAINER_RUNNING"),
+    ]
+    pods = {"old": "SANDBOX_NOTREADY", "term": "SANDBOX_READY", "live": "SANDBOX_READY", "new": "SANDBOX_READY"}
+    ex = _node(images, containers, created, pods)
+    report = collect("app", None, ["n1"], 3, {"dl-f"}, exec_=ex, leaving=lambda: {"u-b"})
+    assert [argv[-1] for _, argv in ex.calls if argv[:2] == ["crictl", "rmi"]] == ["sha256:a", "sha256:b"]
+    assert report.errors == []
+
+
+def test_node_gc_unknown_terminating_pods_keep_every_running_image() -> None:
+    reg = "docker.io/library/app"  # kind-loaded names: collect without a registry
+    images = [_img(c, f"{reg}:dl-{c}") for c in "abcd"]
+    created = {f"sha256:{c}": f"2024-01-01T00:00:0{n}Z" for n, c in enumerate("abcd")}
+    containers: list[dict[str, object]] = [{"imageRef": "sha256:a", "podSandboxId": "p1", "labels": {"io.kubernetes.pod.uid": "u-a"}}]
+
+    def unanswered() -> set[str]:
+        raise GCError("the API server does not answer")
+
+    ex = _node(images, containers, created)
+    report = collect("app", None, ["n1"], 3, set(), exec_=ex, leaving=unanswered)
+    assert report.node_images == []  # the one to delete is in use, as far as devloop can tell
+    assert ("n1", ["crictl", "inspecti", "-o", "json", "sha256:a"]) in ex.calls
+    assert report.errors == ["terminating pods: the API server does not answer"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,41 @@ def test_an_interrupted_creation_that_made_nothing_deletes_nothing(tmp_path: Pat
 
     assert [e["message"] for e in _events(buf, "info")] == ["interrupted before kind made anything of cluster 'devloop'"]
     assert not _events(buf, "warning")
+
+
+def test_a_collection_asked_while_one_runs_runs_after_it_with_the_latest_request(tmp_path: Path) -> None:
+    """Rebuilds faster than a collection: the requests meanwhile are not dropped (the node then held
+    versions beyond keepVersions until some later cycle); the latest runs once, after the running one."""
+    cfg = _config(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    calls: list[set[str]] = []
+
+    def collect(image_name: str, in_use: set[str]) -> str:
+        calls.append(in_use)
+        started.set()
+        assert release.wait(30)
+        return ""
+
+    def transport(_: config_mod.Config) -> Transport:
+        return Transport(FakePublisher(), collect)
+
+    out = Output(json_mode=True, stdout=io.StringIO())
+    target = KindTarget(
+        TargetSpec("kind", cfg.cluster.context), cfg, kind=FakeKind(), kube=FakeCluster(), images=FakeDocker(), transport=transport, out=out
+    )
+    target.collect_garbage("web", "my-web-app", {"dl-1"})
+    assert started.wait(30)
+    target.collect_garbage("web", "my-web-app", {"dl-2"})
+    target.collect_garbage("web", "my-web-app", {"dl-3"})
+    (worker,) = [t for t in threading.enumerate() if t.name == "devloop-gc-web"]
+    release.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert calls == [{"dl-1"}, {"dl-3"}]
+    target.collect_garbage("web", "my-web-app", {"dl-4"})  # idle again: a new collection starts
+    for t in [t for t in threading.enumerate() if t.name == "devloop-gc-web"]:
+        t.join(30)
+    assert calls == [{"dl-1"}, {"dl-3"}, {"dl-4"}]
 
 
 def test_a_remote_target_is_never_created_deleted_or_pruned() -> None:
