@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, InitErrorDetails
 
+from devloop import order
 from devloop.errors import ConfigError
 
 API_V1 = "devloop/v1"
@@ -226,10 +227,17 @@ class LiveUpdateConfig(_Model):
 
 class ServiceConfig(_Model):
     name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
-    image: ImageConfig
+    image: ImageConfig | None = None  # none: the manifests' own images (Postgres, Redis), applied and waited for
     deploy: DeployConfig = DeployConfig()
     port_forward: tuple[PortForwardConfig, ...] = ()
     live_update: LiveUpdateConfig = LiveUpdateConfig()
+    depends_on: StrList = ()  # services that must be ready (a Job: completed) before this one rolls out
+
+    @model_validator(mode="after")
+    def _live_update_needs_image(self) -> ServiceConfig:
+        if self.live_update.enabled and self.image is None:
+            raise ValueError(f"service {self.name!r}: liveUpdate needs an image that devloop builds")
+        return self
 
     @field_validator("port_forward", mode="before")
     @classmethod
@@ -239,6 +247,13 @@ class ServiceConfig(_Model):
     @property
     def deployment(self) -> str:
         return self.deploy.deployment or self.name
+
+    @property
+    def built(self) -> ImageConfig:
+        """The image devloop builds for this service; asking for it of a service without one is a bug."""
+        if self.image is None:
+            raise ConfigError(f"service {self.name} has no image to build", "this is a bug in devloop: please report it")
+        return self.image
 
     @property
     def manifests(self) -> tuple[Path, ...]:
@@ -271,6 +286,9 @@ class ConfigV2(_Model):
             if port in taken:
                 raise ValueError(f"localPort {port} is used by two port-forwards ({taken[port]} and {name})")
             taken[port] = name
+        wrong = order.problem({s.name: s.depends_on for s in self.services})
+        if wrong:
+            raise ValueError(wrong)
         return self
 
 
@@ -580,19 +598,29 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         registry = registry.model_copy(update={"enabled": _kind_config_wants_registry(kind_doc)})
     services = []
     for n, s in enumerate(model.services):
-        context = _path(root, s.image.context)
-        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
-        s = s.model_copy(
-            update={
-                "image": s.image.model_copy(
-                    update={
-                        "context": context,
-                        "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
-                    }
-                ),
-                "deploy": s.deploy.model_copy(update={"manifests": manifests}),
-            }
-        )
+        if s.image is None:
+            if not s.deploy.manifests:
+                raise ConfigError(
+                    f"{source}: services[{n}].deploy.manifests: required for a service without image",
+                    "list the manifests of its workloads (e.g. a StatefulSet), or give it an image to build",
+                )
+            s = s.model_copy(
+                update={"deploy": s.deploy.model_copy(update={"manifests": tuple(_path(root, m) for m in s.deploy.manifests)})}
+            )
+        else:
+            context = _path(root, s.image.context)
+            manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (context / "k8s",)
+            s = s.model_copy(
+                update={
+                    "image": s.image.model_copy(
+                        update={
+                            "context": context,
+                            "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
+                        }
+                    ),
+                    "deploy": s.deploy.model_copy(update={"manifests": manifests}),
+                }
+            )
         if check_paths:
             _check_paths(source, "" if legacy else f"services[{n}]", s)
         services.append(s)
@@ -608,12 +636,12 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
     at = f"{where}." if where else ""
-    if not s.image.context.is_dir():
+    if s.image is not None and not s.image.context.is_dir():
         raise ConfigError(
             f"{source}: {at}image.context: not a directory: {s.image.context}",
             "point image.context at the directory holding the Dockerfile",
         )
-    if not s.image.dockerfile_path.is_file():
+    if s.image is not None and not s.image.dockerfile_path.is_file():
         raise ConfigError(
             f"{source}: {at}image.dockerfile: no such file: {s.image.dockerfile_path}", "image.dockerfile is relative to image.context"
         )

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from devloop import kinds
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
 from devloop.errors import ConfigError, DevloopError
@@ -29,8 +30,14 @@ class Deployed:
     """One service's manifests as devloop applies them."""
 
     docs: list[mf.Manifest]
-    deployment: mf.Manifest
+    deployment: mf.Manifest  # the service's main workload: its Deployment (deploy.deployment), else its first workload
     namespace: str
+    workloads: tuple[mf.Manifest, ...] = ()  # every workload devloop rolls out for the service; (): `deployment` alone
+
+    @property
+    def rolled(self) -> tuple[mf.Manifest, ...]:
+        """The workloads a rollout applies and waits for, in the manifests' order."""
+        return self.workloads or (self.deployment,)
 
     @property
     def selector(self) -> dict[str, str]:
@@ -49,6 +56,15 @@ class Deployed:
     @property
     def replicas(self) -> int:
         return int(self.deployment.doc.get("spec", {}).get("replicas", 1))
+
+
+def owns(svc: ServiceConfig, m: mf.Manifest) -> bool:
+    """Whether a workload is this service's: it runs the service's image (any container or init
+    container), or, for a service without image, it bears the name deploy.deployment gives (default:
+    the service's name)."""
+    if svc.image is not None and mf.containers_of(m, svc.image.name):
+        return True
+    return m.name == svc.deployment and (svc.image is None or svc.deploy.deployment is not None)
 
 
 class Project:
@@ -92,24 +108,40 @@ class Project:
 
     def _read(self, svc: ServiceConfig) -> Deployed:
         docs = mf.load(svc.manifests, self.kube.kustomize)
-        others = {s.deployment for s in self.config.services if s.name != svc.name}
-        docs = mf.select(docs, svc.deployment, others)
-        deployment = mf.find(docs, "Deployment", svc.deployment)
-        if deployment is None:
+        others = [s for s in self.config.services if s.name != svc.name]
+        docs = mf.select(docs, lambda m: owns(svc, m), lambda m: any(owns(o, m) for o in others))
+        mine = [m for m in docs if mf.is_workload(m) and (owns(svc, m) or (svc.image is None and not any(owns(o, m) for o in others)))]
+        where = ", ".join(map(str, svc.manifests))
+        if svc.image is not None:
+            mf.require_image_user(docs, svc.image.name)
+        for m in mine:
+            if kinds.of(m.kind) is None:
+                raise ConfigError(
+                    f"service {svc.name}: {m.kind} {m.name} ({m.source}) is a workload kind devloop cannot roll out",
+                    f"use one of {', '.join(kinds.KINDS)}, or leave it out of the service's manifests",
+                )
+        named = next((m for m in mine if m.name == svc.deployment and m.kind == "Deployment"), None)
+        named = named or next((m for m in mine if m.name == svc.deployment), None)
+        if named is None and svc.deploy.deployment is not None:
             raise ConfigError(
-                f"service {svc.name}: no Deployment named {svc.deployment!r} in {', '.join(map(str, svc.manifests))}",
+                f"service {svc.name}: no workload named {svc.deployment!r} in {where}",
                 "set deploy.deployment in devloop.yaml to the Deployment devloop should roll out",
             )
-        mf.require_image_user(docs, svc.image.name)
-        declared = mf.namespace_of(deployment, "")
+        if not mine:
+            raise ConfigError(
+                f"service {svc.name}: no workload (Deployment, StatefulSet, DaemonSet, Job, CronJob) in {where}",
+                "list the manifests of the service's workloads in deploy.manifests",
+            )
+        main = named or mine[0]
+        declared = mf.namespace_of(main, "")
         wanted = self.spec.namespace
         if wanted and declared and declared != wanted:
             raise ConfigError(
-                f"service {svc.name}: Deployment {svc.deployment} says namespace {declared!r}, target {self.spec.name} says {wanted!r}",
+                f"service {svc.name}: {main.kind} {main.name} says namespace {declared!r}, target {self.spec.name} says {wanted!r}",
                 "remove metadata.namespace from the manifest or the target's namespace (one place decides)",
             )
         ns = wanted or declared or svc.deploy.namespace or self.context_namespace()
-        return Deployed(docs, deployment, ns)
+        return Deployed(docs, main, ns, tuple(mine))
 
     def namespace(self, svc: ServiceConfig) -> str:
         try:
@@ -118,14 +150,17 @@ class Project:
             return self.spec.namespace or svc.deploy.namespace or self.context_namespace()
 
     def layout(self, svc: ServiceConfig) -> ServiceLayout:
-        rules = IgnoreRules(tuple(read_dockerignore(svc.image.context)), svc.image.dockerfile, self.config.watch.ignore)
+        img = svc.image
+        rules = IgnoreRules(tuple(read_dockerignore(img.context)) if img else (), img.dockerfile if img else "", self.config.watch.ignore)
         files, dirs, kustomize = mf.inputs(svc.manifests)
         fallback = svc.live_update.fallback if svc.live_update.enabled else None
         owned = self._owned_files(svc)
         mine = {str(f) for f in files if owned is None or str(f) in owned}
         foreign = tuple(sorted({str(f) for f in files} - mine))
         manifests = tuple(sorted(mine | {str(d) for d in dirs}))
-        return ServiceLayout(svc.name, str(svc.image.context), rules, manifests, tuple(str(k) for k in kustomize), foreign, fallback)
+        return ServiceLayout(
+            svc.name, str(img.context) if img else "", rules, manifests, tuple(str(k) for k in kustomize), foreign, fallback
+        )
 
     def layouts(self) -> list[ServiceLayout]:
         """Every service's layout, its manifests read again (a batch that may change them asks)."""
@@ -152,10 +187,12 @@ class Project:
         for svc in self.config.services:
             d = self.manifests(svc)
             found.append(d)
+            if svc.image is None or d.deployment.kind != "Deployment":
+                continue
             for c in mf.containers_of(d.deployment, svc.image.name):
                 if not c.get("readinessProbe"):
                     self.out.warn(
-                        f"service {svc.name}: Deployment {svc.deployment} has no readinessProbe: a broken version takes the "
+                        f"service {svc.name}: Deployment {d.deployment.name} has no readinessProbe: a broken version takes the "
                         "service down before devloop can see it crash",
                         "add a readinessProbe (e.g. httpGet on a health path); devloop still rolls back a failed rollout",
                     )

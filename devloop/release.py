@@ -101,7 +101,7 @@ class Release:
         self.address: Address = publisher.address
 
     def versioned(self, svc: ServiceConfig) -> ImageRef:
-        return ImageRef(svc.image.name, self.version, str(self.address))
+        return ImageRef(svc.built.name, self.version, str(self.address))
 
     # -- the steps ------------------------------------------------------------------------------
     def preflight(self) -> list[Deployed]:
@@ -136,7 +136,7 @@ class Release:
         refused = []
         for svc in self.engine.services:
             r = results[svc.name]
-            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            there = self.publisher.client.manifest(self.address.repository(svc.built.name), self.version)
             state = version_state(there, r.image_id)
             if state == "same" and there is not None:
                 r.digest, r.size = there.digest, there.size
@@ -158,7 +158,7 @@ class Release:
         with self.out.activity(f"pushing {versioned}"):
             pushed = push(self.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
         r.phases["push"] = self.engine.clock() - start
-        there = self.publisher.client.manifest(self.address.repository(svc.image.name), pushed.digest)
+        there = self.publisher.client.manifest(self.address.repository(svc.built.name), pushed.digest)
         r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
         r.size = there.size if there else 0
         self.out.info(
@@ -169,10 +169,10 @@ class Release:
     def deploy(self, svc: ServiceConfig, deployed: Deployed, r: Released) -> None:
         """Apply with the image pinned by digest and wait; on failure roll back and wait for the old version."""
         e = self.engine
-        pinned = ImageRef(svc.image.name, self.version, str(self.address), r.digest)
+        pinned = ImageRef(svc.built.name, self.version, str(self.address), r.digest)
         r.ref = pinned.cluster
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
-        previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
+        previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.built.name)})
         start = e.clock()
         applied = e.kube.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
@@ -226,7 +226,7 @@ class Release:
             versioned = self.versioned(svc)
             d = deployed[svc.deployment]
             local = e.images.exists(ref.local)
-            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            there = self.publisher.client.manifest(self.address.repository(svc.built.name), self.version)
             found = version_state(there, self.docker.image_id(ref.local) if local else "")
             if there is None:
                 state = "new version: would push"
@@ -236,10 +236,10 @@ class Release:
                 state = f"already in the registry with this content ({there.digest}): nothing to push"
             else:
                 state = f"REFUSED: already in the registry as {there.digest} with other content"
-            containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.image.name)]
+            containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.built.name)]
             ctx, ns = e.target.spec.context, d.namespace
             commands = [
-                *([] if local else [f"docker build -t {ref.local} {svc.image.context}"]),
+                *([] if local else [f"docker build -t {ref.local} {svc.built.context}"]),
                 f"docker tag {ref.local} {versioned}",
                 f"docker push {versioned}",
                 f"kubectl --context {ctx} -n {ns} apply -f {' -f '.join(str(m) for m in svc.manifests)}",

@@ -497,7 +497,7 @@ class RecordingEngine:
                 st.synced.update(c.sync)
                 results.append(ServiceResult(c.service, ok=True, image=st.good, ready_pods=pods, synced=True))
             else:
-                ref = ImageRef(svc.image.name, f"dl-{len(self.plans)}", "localhost:5001")
+                ref = ImageRef(svc.built.name, f"dl-{len(self.plans)}", "localhost:5001")
                 st.rolled_out(ref, str(len(self.plans)))
                 results.append(ServiceResult(c.service, ok=True, image=ref, ready_pods=pods, built=True, published=True))
         return results
@@ -512,8 +512,8 @@ class RecordingEngine:
         return [
             ServiceLayout(
                 s.name,
-                str(s.image.context),
-                IgnoreRules(tuple(_dockerignore(s)), s.image.dockerfile, self.config.watch.ignore),
+                str(s.built.context),
+                IgnoreRules(tuple(_dockerignore(s)), s.built.dockerfile, self.config.watch.ignore),
                 tuple(str(m) for m in s.manifests),
                 live_fallback=s.live_update.fallback if s.live_update.enabled else None,
             )
@@ -547,7 +547,7 @@ class RecordingEngine:
 
 
 def _dockerignore(svc: ServiceConfig) -> list[str]:
-    path = Path(svc.image.context) / ".dockerignore"
+    path = Path(svc.built.context) / ".dockerignore"
     return parse_dockerignore(path.read_text()) if path.is_file() else []
 
 
