@@ -157,6 +157,10 @@ class FakeCluster(Cluster):
         self.applies: list[tuple[str, list[str]]] = []  # (namespace, ["Kind/name", ...]) per apply
         self.undos: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
+        self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool]] = {}  # StatefulSets, Jobs
+        self.other_pods: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.jobs_run: list[str] = []
+        self.job_log: list[str] = []  # what a Job's (or StatefulSet's) pod printed
         self.spawned: list[FakeBackground] = []
         self._pod_seq = 0
 
@@ -186,6 +190,8 @@ class FakeCluster(Cluster):
             names.append(f"{doc['kind']}/{doc['metadata']['name']}")
             if doc["kind"] == "Deployment":
                 self._apply_deployment(doc, ns)
+            elif doc["kind"] in ("StatefulSet", "Job"):
+                self._run_workload(doc, ns)
         self.applies.append((namespace, names))
         return [f"{n} configured" for n in names]
 
@@ -201,6 +207,51 @@ class FakeCluster(Cluster):
         if container["image"] != d.image:
             d.history.append(container["image"])
             self._roll(d, container["image"])
+
+    def _run_workload(self, doc: dict[str, Any], ns: str) -> None:
+        """A StatefulSet's pods become ready at once; a Job's one pod completes at once, unless its
+        image is in `crashing`: then it failed, and Kubernetes gave up (its Failed condition)."""
+        name, kind = doc["metadata"]["name"], doc["kind"]
+        if kind == "Job" and (ns, kind, name) in self.workloads:
+            return  # as Kubernetes: a Job runs once; applying it again (unchanged) does not run it again
+        image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+        labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
+        crash = kind == "Job" and image in self.crashing
+        self.workloads[(ns, kind, name)] = (doc, labels, crash)
+        self.jobs_run += [name] if kind == "Job" else []
+        self._pod_seq += 1
+        ready = "False" if kind == "Job" else "True"
+        phase = {"Job": "Failed" if crash else "Succeeded"}.get(kind, "Running")
+        self.other_pods[(ns, kind, name)] = [
+            {
+                "metadata": {
+                    "name": f"{name}-{self._pod_seq}",
+                    "labels": labels,
+                    "creationTimestamp": f"2026-01-01T00:00:{self._pod_seq:02d}Z",
+                },
+                "spec": {"containers": [{"image": image}]},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
+            }
+        ]
+
+    def _workload_status(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        kind = {"statefulset": "StatefulSet", "job": "Job"}.get(resource)
+        found = self.workloads.get((namespace, kind or "", name))
+        if found is None:
+            return None
+        doc, labels, crash = found
+        live = {**doc, "spec": {**doc["spec"], "selector": {"matchLabels": labels}}}
+        if kind == "Job":
+            cond = {"type": "Failed", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+            live["status"] = (
+                {"failed": 1, "conditions": [{**cond, "status": "True"}]}
+                if crash
+                else {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+            )
+        else:
+            n = int(doc["spec"].get("replicas", 1))
+            live["status"] = {"readyReplicas": n, "updatedReplicas": n, "currentRevision": "r", "updateRevision": "r"}
+        return live
 
     def _new_pods(self, d: _Deployment, image: str, n: int, crash: bool) -> list[dict[str, Any]]:
         out = []
@@ -246,9 +297,15 @@ class FakeCluster(Cluster):
             d.pods = self._new_pods(d, image, d.replicas, crash=True)
 
     def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+        for doc in docs:
+            key = (doc.get("metadata", {}).get("namespace") or namespace, str(doc.get("kind")), str(doc.get("metadata", {}).get("name")))
+            self.workloads.pop(key, None)
+            self.other_pods.pop(key, None)
         return []
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        if resource != "deployment":
+            return self._workload_status(resource, name, namespace)
         d = self.deployments.get((namespace, name))
         if resource != "deployment" or d is None:
             return None
@@ -272,11 +329,14 @@ class FakeCluster(Cluster):
         raise AssertionError("no API server paths in the fake cluster")
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        others = [p for (ns, _, _), pods in self.other_pods.items() if ns == namespace for p in pods]
         return [
             p for d in self.deployments.values() if d.namespace == namespace and (not labels or d.labels == dict(labels)) for p in d.pods
-        ]
+        ] + [p for p in others if not labels or p["metadata"]["labels"] == dict(labels)]
 
     def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
+        if any(p["metadata"]["name"] == pod for pods in self.other_pods.values() for p in pods):
+            return [] if previous else list(self.job_log)
         return ["/app/server.js:3", "  const x = ;", "SyntaxError: Unexpected token ';'"] if previous else []
 
     def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
