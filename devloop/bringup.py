@@ -52,6 +52,8 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
         except DevloopError as e:
             engine.out.detail(f"starting the image transport beside the cluster's creation: {e.message} (the first cycle tries again)")
         for svc in engine.services:
+            if svc.image is None:
+                continue  # nothing to build: its manifests' own images
             built: bool | None = None
             try:
                 ref = engine.image_ref(svc)

@@ -299,6 +299,9 @@ class Engine:
             ref = result.image = st.applied
         self._wait_for_dependencies(svc, deployed, result)
         with self._phase(svc.name, result, "deploy"):
+            if svc.image is None:  # images nobody builds that Docker has here (offline): into kind's nodes
+                for image in dict.fromkeys(i for w in deployed.rolled for i in mf.images_of(w)):
+                    self.target.side_load(image)
             applied = self.deploy(svc, deployed, ref)
             st.applying(ref)
         self.out.phase_done("deploy", result.phases["deploy"], "; ".join(applied), service=svc.name)
