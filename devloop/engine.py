@@ -299,9 +299,8 @@ class Engine:
             ref = result.image = st.applied
         self._wait_for_dependencies(svc, deployed, result)
         with self._phase(svc.name, result, "deploy"):
-            if svc.image is None:  # images nobody builds that Docker has here (offline): into kind's nodes
-                for image in dict.fromkeys(i for w in deployed.rolled for i in mf.images_of(w)):
-                    self.target.side_load(image)
+            for image in foreign_images(self.services, deployed):  # images nobody builds that Docker has here: into kind's nodes
+                self.target.side_load(image)
             applied = self.deploy(svc, deployed, ref)
             st.applying(ref)
         self.out.phase_done("deploy", result.phases["deploy"], "; ".join(applied), service=svc.name)
@@ -456,3 +455,11 @@ def rolled_out(deployed: Deployed, ready: list[str]) -> str:
     if kind is not None and not kind.rolls_back:
         return f"{main.kind.lower()} {main.name} " + ("completed" if kind.waits else "applied")
     return f"{len(ready)}/{deployed.replicas} pods ready"
+
+
+def foreign_images(services: tuple[ServiceConfig, ...], deployed: Deployed) -> list[str]:
+    """The images the service's workloads run that no service builds (Postgres, a sidecar), each
+    once; references pinned by digest are left to the cluster."""
+    built = {mf.image_repository(s.image.name) for s in services if s.image is not None}
+    images = (i for w in deployed.rolled for i in mf.images_of(w))
+    return list(dict.fromkeys(i for i in images if "@" not in i and mf.image_repository(i) not in built))

@@ -114,12 +114,6 @@ class Project:
         where = ", ".join(map(str, svc.manifests))
         if svc.image is not None:
             mf.require_image_user(docs, svc.image.name)
-        for m in mine:
-            if kinds.of(m.kind) is None:
-                raise ConfigError(
-                    f"service {svc.name}: {m.kind} {m.name} ({m.source}) is a workload kind devloop cannot roll out",
-                    f"use one of {', '.join(kinds.KINDS)}, or leave it out of the service's manifests",
-                )
         named = next((m for m in mine if m.name == svc.deployment and m.kind == "Deployment"), None)
         named = named or next((m for m in mine if m.name == svc.deployment), None)
         if named is None and svc.deploy.deployment is not None:
@@ -133,6 +127,15 @@ class Project:
                 "list the manifests of the service's workloads in deploy.manifests",
             )
         main = named or mine[0]
+        # workloads in these manifests that no service owns (a Redis beside the app): applied with the
+        # service and waited for too, so that an image the cluster cannot pull is named at once
+        mine += [m for m in docs if mf.is_workload(m) and m not in mine]
+        for m in mine:
+            if kinds.of(m.kind) is None:
+                raise ConfigError(
+                    f"service {svc.name}: {m.kind} {m.name} ({m.source}) is a workload kind devloop cannot roll out",
+                    f"use one of {', '.join(kinds.KINDS)}, or leave it out of the service's manifests",
+                )
         declared = mf.namespace_of(main, "")
         wanted = self.spec.namespace
         if wanted and declared and declared != wanted:

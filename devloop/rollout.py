@@ -86,7 +86,8 @@ class Rollout:
             kind = kinds.of(w.kind)
             if kind is None or not kind.waits:
                 continue
-            pods, rev = self._wait_one(svc, deployed.namespace, w, kind, _image_of(w, ref), deadline)
+            ours = svc.image is not None and bool(mf.containers_of(w, svc.image.name))
+            pods, rev = self._wait_one(svc, deployed.namespace, w, kind, _image_of(w, ref if ours else None), deadline)
             ready += pods
             if w is deployed.deployment:
                 revision = rev
@@ -126,6 +127,8 @@ class Rollout:
                     last = message
                 for p in mine:
                     reason = pod_failure(p)
+                    if reason and reason.startswith(PULL_FAILURES) and (svc.image is None or image != _image_of(w, None)):
+                        raise unpullable(w, image, reason)
                     if reason:
                         raise self.pod_failed(pod_name(p), ns, reason)
                 stuck = [(pod_name(p), why) for p in mine if (why := pod_unschedulable(p))]
@@ -264,6 +267,20 @@ class Rollout:
             stuck = [p for p in self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w)) if _runs(p, image)]
             if stuck:
                 self.kube.delete([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name(p)}} for p in stuck], ns)
+
+
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+
+
+def unpullable(w: mf.Manifest, image: str, reason: str) -> CycleFailed:
+    """A workload runs an image nobody builds, that Docker here does not have, and that the cluster cannot pull."""
+    return CycleFailed(
+        "rollout",
+        f"{w.kind} {w.name} ({w.source}) runs image {image}, which no service builds and the cluster cannot pull ({reason.split(':')[0]})",
+        "build or pull it into Docker here (devloop loads local images into kind's nodes), give it a service with `image:`, "
+        "or leave it out of these manifests",
+        details=[reason[:300]],
+    )
 
 
 def _runs(pod: Pod, image: str) -> bool:
