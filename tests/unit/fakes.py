@@ -157,7 +157,9 @@ class FakeCluster(Cluster):
         self.applies: list[tuple[str, list[str]]] = []  # (namespace, ["Kind/name", ...]) per apply
         self.undos: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
-        self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool]] = {}  # StatefulSets, Jobs
+        self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool, bool]] = {}  # StatefulSets, Jobs
+        self.stuck: set[str] = set()  # images whose StatefulSet or Job pods run and never become ready (or complete)
+        self.unpullable: set[str] = set()  # images the cluster cannot pull (their pods: ErrImagePull)
         self.other_pods: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.jobs_run: list[str] = []
         self.job_log: list[str] = []  # what a Job's (or StatefulSet's) pod printed
@@ -217,11 +219,15 @@ class FakeCluster(Cluster):
         image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
         labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
         crash = kind == "Job" and image in self.crashing
-        self.workloads[(ns, kind, name)] = (doc, labels, crash)
+        stuck = image in self.stuck or image in self.unpullable
+        self.workloads[(ns, kind, name)] = (doc, labels, crash, stuck)
         self.jobs_run += [name] if kind == "Job" else []
         self._pod_seq += 1
-        ready = "False" if kind == "Job" else "True"
-        phase = {"Job": "Failed" if crash else "Succeeded"}.get(kind, "Running")
+        ready = "False" if kind == "Job" or stuck else "True"
+        phase = "Running" if stuck else {"Job": "Failed" if crash else "Succeeded"}.get(kind, "Running")
+        state: dict[str, Any] = {"running": {}}
+        if image in self.unpullable:
+            phase, state = "Pending", {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull image "{image}": not found'}}
         self.other_pods[(ns, kind, name)] = [
             {
                 "metadata": {
@@ -230,7 +236,11 @@ class FakeCluster(Cluster):
                     "creationTimestamp": f"2026-01-01T00:00:{self._pod_seq:02d}Z",
                 },
                 "spec": {"containers": [{"image": image}]},
-                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
+                "status": {
+                    "phase": phase,
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "containerStatuses": [{"name": kind.lower(), "restartCount": 0, "state": state}],
+                },
             }
         ]
 
@@ -239,9 +249,11 @@ class FakeCluster(Cluster):
         found = self.workloads.get((namespace, kind or "", name))
         if found is None:
             return None
-        doc, labels, crash = found
+        doc, labels, crash, stuck = found
         live = {**doc, "spec": {**doc["spec"], "selector": {"matchLabels": labels}}}
-        if kind == "Job":
+        if stuck:
+            live["status"] = {"active": 1} if kind == "Job" else {"readyReplicas": 0, "currentRevision": "r", "updateRevision": "r"}
+        elif kind == "Job":
             cond = {"type": "Failed", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
             live["status"] = (
                 {"failed": 1, "conditions": [{**cond, "status": "True"}]}

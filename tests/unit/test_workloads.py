@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devloop import config
-from devloop.errors import ConfigError
+from devloop.errors import ConfigError, CycleFailed
 from devloop.output import Output
 from devloop.plan import everything
 from tests.unit.fakes import FakeCluster, FakeDocker, FakePublisher, make_engine
@@ -81,7 +81,7 @@ services:
     deploy: {manifests: [k8s/db.yaml]}
   - name: migrate
     image: {name: shop-migrate, context: migrate}
-    deploy: {manifests: [k8s/migrate.yaml]}
+    deploy: {manifests: [k8s/migrate.yaml], rolloutTimeout: 240}
     dependsOn: [db]
   - name: api
     image: {name: shop-api, context: api}
@@ -199,3 +199,42 @@ def test_an_unknown_workload_kind_running_the_image_is_a_configuration_error(pro
         w.engine.check_manifests()
     assert e.value.message.startswith("service api: ReplicaSet api (") and "cannot roll out" in e.value.message
     assert "Deployment, StatefulSet, DaemonSet, Job, CronJob" in e.value.hint and e.value.exit_code == 2
+
+
+def test_an_image_nobody_builds_and_the_cluster_cannot_pull_is_named_at_once(project: Path) -> None:
+    w = World(project)
+    w.cluster.unpullable.add("postgres:16")
+    results = {r.service: r for r in w.engine.up()}
+    db = results["db"]
+    assert not db.ok and db.error is not None and db.error.phase == "rollout"
+    assert db.error.message == (
+        "StatefulSet db (" + str(project / "k8s" / "db.yaml") + ") runs image postgres:16, which no service builds "
+        "and the cluster cannot pull (ErrImagePull)"
+    )
+    assert "Docker here" in db.error.hint and db.error.details == ['ErrImagePull: failed to pull image "postgres:16": not found']
+    assert not results["migrate"].ok and results["migrate"].error is not None
+    assert results["migrate"].error.message == "not rolled out: db (dependsOn) failed"
+    assert ("default", "Job", "migrate") not in w.cluster.objects  # nothing of the dependents was applied
+
+
+def test_a_job_that_never_completes_fails_after_its_timeout_showing_its_pods_state(project: Path) -> None:
+    import threading
+
+    from devloop.rollout import Rollout
+
+    w = World(project)
+    w.engine.up()
+    svc = w.engine.config.service("migrate")
+    deployed = w.engine.manifests(svc)
+    ticks = iter(range(0, 10_000, 60))  # a clock that moves a minute per reading: no real waiting
+    rollout = Rollout(w.cluster, w.engine.out, lambda: float(next(ticks)), threading.Event())
+    (project / "migrate" / "main.js").write_text("// migrate waits forever\n")
+    ref = w.engine.image_ref(svc)
+    w.cluster.stuck.add(ref.cluster)
+    w.cluster.job_log = ["waiting for the database lock"]
+    w.engine.deploy(svc, deployed, ref)  # the changed Job is replaced and runs
+    with pytest.raises(CycleFailed) as e:
+        rollout.wait_ready(svc, deployed, ref)
+    assert e.value.message == "job migrate did not complete in 240s (0/1 completions, 1 running)"
+    assert e.value.details[0].endswith(": Running; job: running") and e.value.details[1].endswith(": waiting for the database lock")
+    assert "activeDeadlineSeconds" in e.value.hint
