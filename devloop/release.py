@@ -107,6 +107,12 @@ class Release:
     def preflight(self) -> list[Deployed]:
         """Everything that can be checked before anything is built, pushed or applied."""
         e = self.engine
+        unbuilt = [s.name for s in e.services if s.image is None]
+        if unbuilt:
+            raise ConfigError(
+                f"release: service {unbuilt[0]} has no image: a release pushes and pins a version of every service",
+                "`devloop up --target` rolls out services without an image; release supports services devloop builds",
+            )
         deployed = e.check_manifests()
         e.images.ping()
         with self.out.activity(f"checking {e.target.describe()}"):

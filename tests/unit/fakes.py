@@ -218,7 +218,7 @@ class FakeCluster(Cluster):
             return  # as Kubernetes: a Job runs once; applying it again (unchanged) does not run it again
         image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
         labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
-        crash = kind == "Job" and image in self.crashing
+        crash = image in self.crashing
         stuck = image in self.stuck or image in self.unpullable
         self.workloads[(ns, kind, name)] = (doc, labels, crash, stuck)
         self.jobs_run += [name] if kind == "Job" else []
@@ -226,6 +226,9 @@ class FakeCluster(Cluster):
         ready = "False" if kind == "Job" or stuck else "True"
         phase = "Running" if stuck else {"Job": "Failed" if crash else "Succeeded"}.get(kind, "Running")
         state: dict[str, Any] = {"running": {}}
+        restarts, last = 0, {}
+        if crash and kind != "Job":  # every replica replaced by one that crash-loops (no readiness probe held it)
+            ready, state, restarts, last = "False", {"waiting": {"reason": "CrashLoopBackOff"}}, 2, {"terminated": {"exitCode": 1}}
         if image in self.unpullable:
             phase, state = "Pending", {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull image "{image}": not found'}}
         self.other_pods[(ns, kind, name)] = [
@@ -239,7 +242,7 @@ class FakeCluster(Cluster):
                 "status": {
                     "phase": phase,
                     "conditions": [{"type": "Ready", "status": ready}],
-                    "containerStatuses": [{"name": kind.lower(), "restartCount": 0, "state": state}],
+                    "containerStatuses": [{"name": kind.lower(), "restartCount": restarts, "state": state, "lastState": last}],
                 },
             }
         ]
@@ -251,7 +254,7 @@ class FakeCluster(Cluster):
             return None
         doc, labels, crash, stuck = found
         live = {**doc, "spec": {**doc["spec"], "selector": {"matchLabels": labels}}}
-        if stuck:
+        if stuck or (crash and kind != "Job"):
             live["status"] = {"active": 1} if kind == "Job" else {"readyReplicas": 0, "currentRevision": "r", "updateRevision": "r"}
         elif kind == "Job":
             cond = {"type": "Failed", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}

@@ -238,3 +238,43 @@ def test_a_job_that_never_completes_fails_after_its_timeout_showing_its_pods_sta
     assert e.value.message == "job migrate did not complete in 240s (0/1 completions, 1 running)"
     assert e.value.details[0].endswith(": Running; job: running") and e.value.details[1].endswith(": waiting for the database lock")
     assert "activeDeadlineSeconds" in e.value.hint
+
+
+CACHE = """apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: cache}
+spec:
+  serviceName: cache
+  replicas: 1
+  selector: {matchLabels: {app: cache}}
+  template:
+    metadata: {labels: {app: cache}}
+    spec:
+      containers: [{name: cache, image: shop-cache, ports: [{name: tcp, containerPort: 6379}], readinessProbe: {exec: {command: [ping]}}}]
+"""
+
+
+def test_a_statefulset_whose_new_version_crashes_is_rolled_back_and_serves_again(project: Path) -> None:
+    (project / "cache").mkdir()
+    (project / "cache" / "Dockerfile").write_text("FROM node\n")
+    (project / "cache" / "main.js").write_text("// cache v1\n")
+    (project / "k8s" / "cache.yaml").write_text(CACHE)
+    (project / "devloop.yaml").write_text(
+        CONFIG + "  - name: cache\n    image: {name: shop-cache, context: cache}\n    deploy: {manifests: [k8s/cache.yaml]}\n"
+    )
+    w = World(project)
+    w.engine.up()
+    good = w.engine.state["cache"].good
+    assert good is not None
+    (project / "cache" / "main.js").write_text("// cache v2, broken\n")
+    svc = w.engine.config.service("cache")
+    w.cluster.crashing.add(w.engine.image_ref(svc).cluster)
+    from devloop.plan import Plan, ServiceChange
+
+    (r,) = w.engine.run(Plan(services=(ServiceChange("cache", rebuild=True, image_files=("main.js",)),)))
+    assert not r.ok and r.error is not None and "CrashLoopBackOff" in r.error.message
+    assert r.rolled_back and r.outcome == f"rolled back to {good.tag}, which serves again (1/1 pods ready)"
+    pods = w.cluster.pods("default", {"app": "cache"})
+    assert [p["spec"]["containers"][0]["image"] for p in pods] == [good.cluster]
+    sts = w.cluster.objects[("default", "StatefulSet", "cache")]
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == good.cluster  # the good manifests applied again
