@@ -333,10 +333,8 @@ class Engine:
             self.blocked.pop(svc.name, None)
             return
         self.blocked[svc.name] = failed[0]
-        good = self.state[svc.name].good
-        if good is not None:
-            ready, want = self.rollout.serving(deployed.namespace, deployed.deployment, good.cluster)
-            result.outcome = f"{good.tag} keeps serving ({ready}/{want} ready pods run it; not rolled out)"
+        if not self._stop.is_set():
+            result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
         raise CycleFailed(
             "waiting",
             f"not rolled out: {', '.join(failed)} (dependsOn) failed"

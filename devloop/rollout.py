@@ -202,6 +202,24 @@ class Rollout:
         pods = self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w))
         return sum(1 for p in pods if pod_ready(p) and _runs(p, image)), kind.replicas(live)
 
+    def still_serving(self, ns: str, w: mf.Manifest) -> str:
+        """What serves a workload that was not applied (a dependency failed): asked, not assumed."""
+        kind = kinds.of(w.kind) or kinds.Deployment()
+        live = self.kube.get(kind.resource, w.name, ns)
+        if live is None:
+            return f"{w.kind} {w.name} does not run yet: nothing of it was applied"
+        if not kind.rolls_back:
+            return f"{w.kind} {w.name} was not applied again"
+        images = [str(c.get("image")) for c in live.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []]
+        if not images:
+            return ""
+        ready, want = self.serving(ns, w, images[0])
+        try:
+            name = ImageRef.parse(images[0]).tag or images[0]
+        except ValueError:
+            name = images[0]
+        return f"{name} keeps serving ({ready}/{want} ready pods run it; not rolled out)"
+
     def roll_back(self, svc: ServiceConfig, deployed: Deployed, revision: str, image: ImageRef | str) -> tuple[list[str], str]:
         """Roll the Deployment back to `revision` and wait until `image` serves again: (ready pods, revision)."""
         self.kube.rollout_undo(deployed.deployment.name, deployed.namespace, revision)
