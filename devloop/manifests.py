@@ -315,5 +315,14 @@ def selector_of(deployment: Manifest) -> dict[str, str]:
     return {str(k): str(v) for k, v in labels.items()}
 
 
+def template_labels(m: Manifest) -> dict[str, str]:
+    """The labels of a workload's pod template (a CronJob's: of its Job template's pods)."""
+    spec = m.doc.get("spec", {})
+    if m.kind == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
 def namespace_of(m: Manifest, default: str) -> str:
     return str(m.doc.get("metadata", {}).get("namespace") or default)

@@ -41,7 +41,9 @@ class Deployed:
 
     @property
     def selector(self) -> dict[str, str]:
-        return mf.selector_of(self.deployment)
+        """The labels of the main workload's pods: its selector; a Job's (and a CronJob's Jobs') pods
+        by their pod template's labels, else by the `job-name` label Kubernetes gives them."""
+        return mf.selector_of(self.deployment) or mf.template_labels(self.deployment) or {"job-name": self.deployment.name}
 
     @property
     def probed(self) -> bool:

@@ -278,3 +278,9 @@ def test_a_statefulset_whose_new_version_crashes_is_rolled_back_and_serves_again
     assert [p["spec"]["containers"][0]["image"] for p in pods] == [good.cluster]
     sts = w.cluster.objects[("default", "StatefulSet", "cache")]
     assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == good.cluster  # the good manifests applied again
+
+
+def test_the_pods_of_a_job_are_found_by_its_name_and_a_statefulsets_by_its_selector(project: Path) -> None:
+    w = World(project)
+    assert w.engine.manifests(w.engine.config.service("migrate")).selector == {"job-name": "migrate"}
+    assert w.engine.manifests(w.engine.config.service("db")).selector == {"app": "db"}
