@@ -20,6 +20,7 @@ from devloop.errors import ConfigError
 from devloop.model import ImageRef
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")  # workloads whose containers run until replaced
 IMAGE_TAG_ENV = "DEVLOOP_IMAGE_TAG"
 
 
@@ -202,6 +203,8 @@ def rewrite(
     for m in manifests:
         copied = Manifest(m.source, copy.deepcopy(m.doc))
         users = containers_of(copied, image_name)
+        # live update's restart loop: only in the long-running containers (a Job or an init container must end)
+        looped = {id(c) for pod in _pod_specs(copied.doc) for c in pod.get("containers") or []} if copied.kind in LONG_RUNNING else set()
         for c in users:
             c["image"] = new_ref
             if pull_policy:
@@ -209,7 +212,7 @@ def rewrite(
             # the app can tell which version it is (the sample reports it in app_info)
             env = [e for e in c.get("env") or [] if e.get("name") != IMAGE_TAG_ENV]
             c["env"] = [*env, {"name": IMAGE_TAG_ENV, "value": tag}]
-            if command is not None:
+            if command is not None and id(c) in looped:
                 c["command"], c["args"] = live.wrap(command(c))
             hits += 1
         if users and pull_secret:

@@ -284,3 +284,14 @@ def test_the_pods_of_a_job_are_found_by_its_name_and_a_statefulsets_by_its_selec
     w = World(project)
     assert w.engine.manifests(w.engine.config.service("migrate")).selector == {"job-name": "migrate"}
     assert w.engine.manifests(w.engine.config.service("db")).selector == {"app": "db"}
+
+
+def test_live_updates_restart_loop_wraps_only_long_running_containers(project: Path) -> None:
+    from devloop import manifests as mf
+
+    docs = mf.parse(API, "api.yaml")
+    out = mf.rewrite(docs, "shop-api", "localhost:5001/shop-api:dl-1", command=lambda c: ["node", "main.js"])
+    deploy, cron = (m.doc for m in out)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] != pod["initContainers"][0]["command"] == ["node", "wait.js"]  # the init container must end
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "report.js"]
