@@ -295,3 +295,20 @@ def test_live_updates_restart_loop_wraps_only_long_running_containers(project: P
     pod = deploy["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] != pod["initContainers"][0]["command"] == ["node", "wait.js"]  # the init container must end
     assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "report.js"]
+
+
+def test_status_judges_each_service_by_its_main_workloads_kind(project: Path) -> None:
+    from devloop.status import healthy, human, status
+
+    w = World(project)
+    w.engine.up()
+    info = status(w.engine.config, w.engine)
+    by = {s["service"]: s for s in info["services"]}
+    assert [(by[n]["kind"], by[n]["deployment"], by[n]["healthy"]) for n in ("db", "migrate", "api")] == [
+        ("StatefulSet", "db", True),
+        ("Job", "migrate", True),
+        ("Deployment", "api", True),
+    ]
+    assert healthy(info)
+    text = human(info)
+    assert "db: healthy, 1/1 ready, image postgres:16" in text and "migrate: healthy, completed (1/1 succeeded)" in text
