@@ -87,15 +87,16 @@ class Rollout:
             if kind is None or not kind.waits:
                 continue
             ours = svc.image is not None and bool(mf.containers_of(w, svc.image.name))
-            pods, rev = self._wait_one(svc, deployed.namespace, w, kind, _image_of(w, ref if ours else None), deadline)
+            pods, rev = self._wait_one(svc, deployed.namespace, w, kind, _image_of(w, ref if ours else None), deadline, ours)
             ready += pods
             if w is deployed.deployment:
                 revision = rev
         return ready, revision
 
     def _wait_one(
-        self, svc: ServiceConfig, ns: str, w: mf.Manifest, kind: kinds.WorkloadKind, image: str, deadline: float
+        self, svc: ServiceConfig, ns: str, w: mf.Manifest, kind: kinds.WorkloadKind, image: str, deadline: float, ours: bool = True
     ) -> tuple[list[str], str]:
+        """Wait for one workload; `ours`: it runs the image devloop built (else an image nobody builds)."""
         name, what = w.name, f"{w.kind.lower()} {w.name}"
         probed = _probed(w)
         feed = self.kube.changes(ns)
@@ -127,7 +128,7 @@ class Rollout:
                     last = message
                 for p in mine:
                     reason = pod_failure(p)
-                    if reason and reason.startswith(PULL_FAILURES) and (svc.image is None or image != _image_of(w, None)):
+                    if reason and reason.startswith(PULL_FAILURES) and not ours:
                         raise unpullable(w, image, reason)
                     if reason:
                         raise self.pod_failed(pod_name(p), ns, reason)

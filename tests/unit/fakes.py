@@ -280,6 +280,9 @@ class FakeCluster(Cluster):
                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                     "lastState": {"terminated": {"exitCode": 1}},
                 }
+            if image in self.unpullable:
+                crash = True
+                cs = {"name": "app", "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": f"{image}: not found"}}}
             out.append(
                 {
                     "metadata": {"name": f"{d.name}-{self._pod_seq}", "labels": dict(d.labels)},

@@ -312,3 +312,28 @@ def test_status_judges_each_service_by_its_main_workloads_kind(project: Path) ->
     assert healthy(info)
     text = human(info)
     assert "db: healthy, 1/1 ready, image postgres:16" in text and "migrate: healthy, completed (1/1 succeeded)" in text
+
+
+REDIS = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: redis}
+spec:
+  selector: {matchLabels: {app: redis}}
+  template:
+    metadata: {labels: {app: redis}}
+    spec:
+      containers: [{name: redis, image: "redis:7"}]
+"""
+
+
+def test_a_workload_nobody_owns_in_a_services_directory_is_waited_for_and_its_unpullable_image_named(project: Path) -> None:
+    (project / "k8s" / "redis.yaml").write_text(REDIS)
+    (project / "devloop.yaml").write_text(CONFIG.replace("manifests: [k8s/api.yaml]", "manifests: [k8s]"))
+    w = World(project)
+    api = w.engine.manifests(w.engine.config.service("api"))
+    assert [(m.kind, m.name) for m in api.rolled] == [("Deployment", "api"), ("CronJob", "api-report"), ("Deployment", "redis")]
+    w.cluster.unpullable.add("redis:7")
+    results = {r.service: r for r in w.engine.up()}
+    assert results["db"].ok and results["migrate"].ok  # their files hold their own workloads: not the api's share
+    err = results["api"].error
+    assert err is not None and err.message.startswith("Deployment redis (") and "runs image redis:7, which no service builds" in err.message
