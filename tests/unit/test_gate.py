@@ -13,9 +13,9 @@ DEPENDS = {"db": (), "migrate": ("db",), "api": ("migrate", "cache"), "cache": (
 def test_a_dependent_waits_for_its_dependencies_in_the_cycle_and_hears_which_failed() -> None:
     gate = Gate(DEPENDS, ["db", "migrate", "api"], failed_before=lambda s: s == "cache", stop=threading.Event())
     said: list[str] = []
+    gate.finish("db", True)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(gate.wait, "api", said.append)
-        gate.finish("db", True)
         assert not waiting.done()  # migrate has not ended: api still waits
         gate.finish("migrate", False)
         assert waiting.result(timeout=10) == ["migrate", "cache"]  # failed in this cycle; failed before and not in it
