@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from devloop import bringup, kinds, live, order
+from devloop import bringup, kinds, live
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
-from devloop.errors import ConfigError, CycleFailed, DevloopError
-from devloop.gate import Gate
+from devloop.errors import CycleFailed, DevloopError
+from devloop.gate import StartOrder
 from devloop.hasher import ContextHasher, content_tag
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
@@ -89,8 +89,7 @@ class Engine:
         self.state: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
         self.cycles = 0
         self.cluster_gone = False
-        self.blocked: dict[str, str] = {}  # service → the dependency that held it back (it runs again with it)
-        self._gate = Gate({}, (), self._held_back, self._stop)
+        self.start_order = StartOrder(lambda s: s in self.state and self.state[s].failed, self._stop)  # dependsOn
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
 
     # -- the project --------------------------------------------------------------------------------
@@ -129,7 +128,7 @@ class Engine:
     def image_ref(self, svc: ServiceConfig) -> ImageRef:
         img = svc.image
         if img is None:  # a service without image: what its main workload runs, as the manifest says
-            return manifest_image(svc, self.manifests(svc))
+            return self.manifests(svc).image(svc.name)
         args = dict(img.build_args)
         if img.target:
             args["\0target"] = img.target
@@ -180,13 +179,11 @@ class Engine:
                     self.out.info(f"{c.service}: back to {st.applied.tag}, which the cluster runs (rollout completed)", service=c.service)
             else:
                 changes.append(c)
-        changes += [
-            ServiceChange(s, rebuild=True, reapply=True, reason=f"{self.blocked[s]} (dependsOn) runs again")
-            for s in order.followers([c.service for c in changes], self.blocked, self._depends())
-        ]
+        depends = {s.name: s.depends_on for s in self.services}
+        more = self.start_order.begin(depends, [c.service for c in changes])
+        changes += [ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in more]
         if not changes:
             return skipped
-        self._gate = Gate(self._depends(), [c.service for c in changes], self._held_back, self._stop)
         self.cycles += 1
         number = self.cycles
         files = list(dict.fromkeys(f for c in changes for f in c.trigger_files))
@@ -246,7 +243,7 @@ class Engine:
         except Exception as e:  # a bug in one service's task must not take the others down
             result.error = CycleFailed("internal", f"{type(e).__name__}: {e}", "run with --debug and report it")
         result.ok = result.error is None
-        self._gate.finish(svc.name, result.ok)
+        self.start_order.finish(svc.name, result.ok)
         if not result.synced:
             self.state[svc.name].failed = not result.ok
         self._report(number, change, result, self.clock() - start)
@@ -297,9 +294,16 @@ class Engine:
             self.out.phase_done("publish", result.phases["publish"], moved or "already there", service=svc.name)
         elif st.applied is not None:  # the manifests alone: the image the cluster runs
             ref = result.image = st.applied
-        self._wait_for_dependencies(svc, deployed, result)
+        try:
+            self.start_order.hold(svc.name, lambda said: self.out.progress(svc.name, said))
+        except CycleFailed:
+            if not self._stop.is_set():  # nothing of it was applied: what serves, asked
+                result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
+            raise
         with self._phase(svc.name, result, "deploy"):
-            for image in foreign_images(self.services, deployed):  # images nobody builds that Docker has here: into kind's nodes
+            for image in deployed.foreign_images(
+                {s.image.name for s in self.services if s.image}
+            ):  # images nobody builds that Docker has here: into kind's nodes
                 self.target.side_load(image)
             applied = self.deploy(svc, deployed, ref)
             st.applying(ref)
@@ -312,36 +316,10 @@ class Engine:
                 svc, deployed, st, ref, lambda good: self.deploy(svc, deployed, good)
             )
             raise e from None
-        self.out.phase_done("rollout", result.phases["rollout"], rolled_out(deployed, result.ready_pods), service=svc.name)
+        self.out.phase_done("rollout", result.phases["rollout"], deployed.summary(result.ready_pods), service=svc.name)
         st.rolled_out(ref, revision)
         if svc.image is not None:
             self._tidy(svc, {r.tag for r in (st.good, st.applied) if r})
-
-    def _depends(self) -> dict[str, tuple[str, ...]]:
-        return {s.name: s.depends_on for s in self.services}
-
-    def _held_back(self, service: str) -> bool:
-        """A dependency outside this cycle that failed, or is held back itself, holds its dependents."""
-        st = self.state.get(service)
-        return service in self.blocked or (st is not None and st.failed)
-
-    def _wait_for_dependencies(self, svc: ServiceConfig, deployed: Deployed, result: ServiceResult) -> None:
-        """Roll out only once every dependency is ready; one failed: this service is not rolled out,
-        and what it serves meanwhile is said (checked)."""
-        failed = self._gate.wait(svc.name, lambda said: self.out.progress(svc.name, said))
-        if not failed:
-            self.blocked.pop(svc.name, None)
-            return
-        self.blocked[svc.name] = failed[0]
-        if not self._stop.is_set():
-            result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
-        raise CycleFailed(
-            "waiting",
-            f"not rolled out: {', '.join(failed)} (dependsOn) failed"
-            if not self._stop.is_set()
-            else "stopped while waiting for dependencies",
-            f"fix {failed[0]}: {svc.name} rolls out once {failed[0]} is ready",
-        )
 
     # -- steps ------------------------------------------------------------------------------------
     def build(self, svc: ServiceConfig, ref: ImageRef) -> bool:
@@ -432,32 +410,3 @@ class Engine:
             outcome=r.outcome,
             synced=r.synced,
         )
-
-
-def manifest_image(svc: ServiceConfig, deployed: Deployed) -> ImageRef:
-    """What the main workload of a service without image runs, as its manifest names it."""
-    images = mf.main_images(deployed.deployment)
-    try:
-        return ImageRef.parse(images[0] if images else "")
-    except ValueError:
-        raise ConfigError(
-            f"service {svc.name}: {deployed.deployment.kind} {deployed.deployment.name} names no image devloop can read",
-            "give its containers an image (`image: postgres:16`)",
-        ) from None
-
-
-def rolled_out(deployed: Deployed, ready: list[str]) -> str:
-    """What a completed rollout did, in a few words: `3/3 pods ready`, `job migrate completed`."""
-    main = deployed.deployment
-    kind = kinds.of(main.kind)
-    if kind is not None and not kind.rolls_back:
-        return f"{main.kind.lower()} {main.name} " + ("completed" if kind.waits else "applied")
-    return f"{len(ready)}/{deployed.replicas} pods ready"
-
-
-def foreign_images(services: tuple[ServiceConfig, ...], deployed: Deployed) -> list[str]:
-    """The images the service's workloads run that no service builds (Postgres, a sidecar), each
-    once; references pinned by digest are left to the cluster."""
-    built = {mf.image_repository(s.image.name) for s in services if s.image is not None}
-    images = (i for w in deployed.rolled for i in mf.images_of(w))
-    return list(dict.fromkeys(i for i in images if "@" not in i and mf.image_repository(i) not in built))

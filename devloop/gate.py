@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from devloop import order
+from devloop.errors import CycleFailed
 from devloop.proc import SIGNAL_CHECK
 
 
@@ -42,3 +44,40 @@ class Gate:
                 if self._stop.is_set():
                     return [d]
         return [d for d in deps if (d in self._done and not self._ok.get(d, False)) or (d not in self._done and self._failed_before(d))]
+
+
+class StartOrder:
+    """`dependsOn` across cycles: each cycle's `Gate`, and the services a dependency held back, which
+    run again with it (order.followers)."""
+
+    def __init__(self, failed_before: Callable[[str], bool], stop: threading.Event) -> None:
+        self.blocked: dict[str, str] = {}  # service → the dependency that held it back
+        self._failed_before = failed_before
+        self._stop = stop
+        self._gate = Gate({}, (), self._held_back, stop)
+
+    def _held_back(self, service: str) -> bool:
+        """A dependency outside the cycle holds its dependents when it failed or is held back itself."""
+        return service in self.blocked or self._failed_before(service)
+
+    def begin(self, depends: Mapping[str, Sequence[str]], changed: Sequence[str]) -> list[tuple[str, str]]:
+        """A new cycle of `changed`: the services held back that must run with it, (service, why)."""
+        more = order.followers(changed, self.blocked, depends)
+        self._gate = Gate(depends, [*changed, *more], self._held_back, self._stop)
+        return [(s, f"{self.blocked[s]} (dependsOn) runs again") for s in more]
+
+    def finish(self, service: str, ok: bool) -> None:
+        self._gate.finish(service, ok)
+
+    def hold(self, service: str, say: Callable[[str], None]) -> None:
+        """Return once `service` may roll out; raise when a dependency failed (or devloop stops)."""
+        failed = self._gate.wait(service, say)
+        if not failed:
+            self.blocked.pop(service, None)
+            return
+        self.blocked[service] = failed[0]
+        if self._stop.is_set():
+            raise CycleFailed("waiting", "stopped while waiting for dependencies")
+        raise CycleFailed(
+            "waiting", f"not rolled out: {', '.join(failed)} (dependsOn) failed", f"fix {failed[0]}: {service} rolls out once it is ready"
+        )

@@ -19,6 +19,7 @@ from devloop.config import Config, ServiceConfig
 from devloop.errors import ConfigError, DevloopError
 from devloop.hasher import read_dockerignore
 from devloop.ignore import IgnoreRules
+from devloop.model import ImageRef
 from devloop.output import Output
 from devloop.plan import ServiceLayout
 from devloop.ports import Cluster
@@ -58,6 +59,32 @@ class Deployed:
     @property
     def replicas(self) -> int:
         return int(self.deployment.doc.get("spec", {}).get("replicas", 1))
+
+    def image(self, service: str) -> ImageRef:
+        """What the main workload of a service without image runs, as its manifest names it."""
+        images = mf.main_images(self.deployment)
+        try:
+            return ImageRef.parse(images[0] if images else "")
+        except ValueError:
+            raise ConfigError(
+                f"service {service}: {self.deployment.kind} {self.deployment.name} names no image devloop can read",
+                "give its containers an image (`image: postgres:16`)",
+            ) from None
+
+    def foreign_images(self, built: set[str]) -> list[str]:
+        """The images the workloads run that no service builds (`built`: image names), each once;
+        references pinned by digest are left to the cluster."""
+        repos = {mf.image_repository(b) for b in built}
+        images = (i for w in self.rolled for i in mf.images_of(w))
+        return list(dict.fromkeys(i for i in images if "@" not in i and mf.image_repository(i) not in repos))
+
+    def summary(self, ready: list[str]) -> str:
+        """What a completed rollout did, in a few words: `3/3 pods ready`, `job migrate completed`."""
+        main = self.deployment
+        kind = kinds.of(main.kind)
+        if kind is not None and not kind.rolls_back:
+            return f"{main.kind.lower()} {main.name} " + ("completed" if kind.waits else "applied")
+        return f"{len(ready)}/{self.replicas} pods ready"
 
 
 def owns(svc: ServiceConfig, m: mf.Manifest) -> bool:
