@@ -33,7 +33,7 @@ spec:
       containers:
         - name: db
           image: NODE_BASE
-          command: [node, -e, "require('net').createServer(s => s.end('db ok')).listen(5432)"]
+          command: [node, -e, "require('net').createServer(s => { s.on('error', () => {}); s.end('db ok'); }).listen(5432)"]
           ports: [{name: pg, containerPort: 5432}]
           readinessProbe: {tcpSocket: {port: pg}, periodSeconds: 2, timeoutSeconds: 10}
 ---
