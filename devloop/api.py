@@ -176,9 +176,9 @@ class ApiCluster:
             self.api.request("PATCH", path, body=ops, content_type="application/json-patch+json")
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
-        api_version = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1", "replicaset": "apps/v1"}.get(
-            resource.lower(), "v1"
-        )
+        groups = {"deployment": "apps/v1", "statefulset": "apps/v1", "daemonset": "apps/v1", "replicaset": "apps/v1"}
+        groups |= {"job": "batch/v1", "cronjob": "batch/v1"}
+        api_version = groups.get(resource.lower(), "v1")
         try:
             return self.api.get(self.api.path(api_version, resource, namespace, name))
         except ApiError as e:

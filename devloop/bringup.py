@@ -98,6 +98,8 @@ def _build_beside(engine: Engine, done: dict[str, tuple[bool, bool]], said: dict
     except DevloopError as e:
         engine.out.detail(f"starting the image transport beside the cluster's creation: {e.message} (the first cycle tries again)")
     for svc in engine.services:
+        if svc.image is None:
+            continue  # nothing to build: its manifests' own images
         built: bool | None = None
         try:
             ref = engine.image_ref(svc)

@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, InitErrorDetails
 
-from devloop import dockerfile
+from devloop import dockerfile, order
 from devloop.errors import ConfigError
 
 API_V1 = "devloop/v1"
@@ -261,10 +261,17 @@ class LiveUpdateConfig(_Model):
 
 class ServiceConfig(_Model):
     name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] = ""  # empty: deploy.deployment, else the image's last name part
-    image: ImageConfig
+    image: ImageConfig | None = None  # none: the manifests' own images (Postgres, Redis), applied and waited for
     deploy: DeployConfig = DeployConfig()
     port_forward: tuple[PortForwardConfig, ...] = ()
     live_update: LiveUpdateConfig = LiveUpdateConfig()
+    depends_on: StrList = ()  # services that must be ready (a Job: completed) before this one rolls out
+
+    @model_validator(mode="after")
+    def _live_update_needs_image(self) -> ServiceConfig:
+        if self.live_update.enabled and self.image is None:
+            raise ValueError(f"service {self.name!r}: liveUpdate needs an image that devloop builds")
+        return self
 
     @field_validator("port_forward", mode="before")
     @classmethod
@@ -287,12 +294,20 @@ class ServiceConfig(_Model):
     @model_validator(mode="after")
     def _named(self) -> ServiceConfig:
         if not self.name:
-            raise ValueError(f"needs a `name` (lowercase letters, digits and '-'): image {self.image.name!r} gives none")
+            what = f"image {self.image.name!r} gives none" if self.image else "a service without image has no name to derive"
+            raise ValueError(f"needs a `name` (lowercase letters, digits and '-'): {what}")
         return self
 
     @property
     def deployment(self) -> str:
         return self.deploy.deployment or self.name
+
+    @property
+    def built(self) -> ImageConfig:
+        """The image devloop builds for this service; asking for it of a service without one is a bug."""
+        if self.image is None:
+            raise ConfigError(f"service {self.name} has no image to build", "this is a bug in devloop: please report it")
+        return self.image
 
     @property
     def manifests(self) -> tuple[Path, ...]:
@@ -327,6 +342,9 @@ class ConfigV2(_Model):
             if port in taken:
                 raise ValueError(f"localPort {port} is used by two port-forwards ({taken[port]} and {name})")
             taken[port] = name
+        wrong = order.problem({s.name: s.depends_on for s in self.services})
+        if wrong:
+            raise ValueError(wrong)
         return self
 
     @model_validator(mode="after")
@@ -531,7 +549,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "ServiceConfig": {
         "name": "A lowercase DNS label naming the service in events, logs and status; default: deploy.deployment, "
         "else the image name's last part.",
-        "image": "The image devloop builds.",
+        "image": "The image devloop builds; none: the manifests' own images (Postgres, Redis), applied and waited for.",
+        "dependsOn": "Services that must be ready (a Job: completed) before this one is applied; a cycle is an error.",
         "deploy": "How the image is rolled out.",
         "portForward": "Local forwards to Services, kept alive across rollouts.",
         "liveUpdate": "Sync saves into the running pods instead of rebuilding (off by default).",
@@ -770,21 +789,30 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         if check_paths and not m.exists():
             raise ConfigError(f"{source}: manifests[{n}]: no such file or directory: {m}", "list your manifests' files or directories")
     for n, s in enumerate(model.services):
-        context = _path(root, s.image.context)
         helm = _resolve_helm(root, s.deploy.helm) if s.deploy.helm else None
-        manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (() if helm else (shared or (context / "k8s",)))
-        s = s.model_copy(
-            update={
-                "image": s.image.model_copy(
-                    update={
-                        "context": context,
-                        "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
-                    }
-                ),
-                "deploy": s.deploy.model_copy(update={"manifests": manifests, "helm": helm}),
-                "live_update": s.live_update.model_copy(update={"target": _live_target(source, n, s, context, legacy)}),
-            }
-        )
+        if s.image is None:
+            manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (() if helm else shared)
+            if not manifests and not helm:
+                raise ConfigError(
+                    f"{source}: services[{n}].deploy.manifests: required for a service without image",
+                    "list the manifests of its workloads (e.g. a StatefulSet), or give it an image to build",
+                )
+            s = s.model_copy(update={"deploy": s.deploy.model_copy(update={"manifests": manifests, "helm": helm})})
+        else:
+            context = _path(root, s.image.context)
+            manifests = tuple(_path(root, m) for m in s.deploy.manifests) or (() if helm else (shared or (context / "k8s",)))
+            s = s.model_copy(
+                update={
+                    "image": s.image.model_copy(
+                        update={
+                            "context": context,
+                            "secrets": tuple(x.model_copy(update={"file": _path(root, x.file)}) if x.file else x for x in s.image.secrets),
+                        }
+                    ),
+                    "deploy": s.deploy.model_copy(update={"manifests": manifests, "helm": helm}),
+                    "live_update": s.live_update.model_copy(update={"target": _live_target(source, n, s, context, legacy)}),
+                }
+            )
         if check_paths:
             _check_paths(source, "" if legacy else f"services[{n}]", s)
         services.append(s)
@@ -804,10 +832,10 @@ def _live_target(source: str, n: int, s: ServiceConfig, context: Path, legacy: b
     if s.live_update.target:
         return s.live_update.target
     try:
-        text = (context / s.image.dockerfile).read_text(encoding="utf-8")
+        text = (context / s.built.dockerfile).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return "/app"  # no Dockerfile (yet): its absence is reported on its own
-    found, hidden = dockerfile.workdir(text, s.image.target)
+    found, hidden = dockerfile.workdir(text, s.built.target)
     if found and re.fullmatch(r"/[A-Za-z0-9._@+/-]*", found):
         return found
     if s.live_update.enabled and (hidden or found):
@@ -847,12 +875,12 @@ def _check_helm(source: str, at: str, helm: HelmConfig) -> None:
 
 def _check_paths(source: str, where: str, s: ServiceConfig) -> None:
     at = f"{where}." if where else ""
-    if not s.image.context.is_dir():
+    if s.image is not None and not s.image.context.is_dir():
         raise ConfigError(
             f"{source}: {at}image.context: not a directory: {s.image.context}",
             "point image.context at the directory holding the Dockerfile",
         )
-    if not s.image.dockerfile_path.is_file():
+    if s.image is not None and not s.image.dockerfile_path.is_file():
         raise ConfigError(
             f"{source}: {at}image.dockerfile: no such file: {s.image.dockerfile_path}", "image.dockerfile is relative to image.context"
         )

@@ -28,10 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from devloop import bringup, live
+from devloop import bringup, kinds, live
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
+from devloop.gate import StartOrder
 from devloop.hasher import ContextHasher, content_tag
 from devloop.model import ImageRef, ServiceState
 from devloop.monitoring import Monitoring
@@ -93,6 +94,7 @@ class Engine:
         self.state: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
         self.cycles = 0
         self.cluster_gone = False
+        self.start_order = StartOrder(lambda s: s in self.state and self.state[s].failed, self._stop)  # dependsOn
         self._build_slots = threading.Semaphore(max(2, (os.cpu_count() or 2) // 2))
 
     # -- the project --------------------------------------------------------------------------------
@@ -130,6 +132,8 @@ class Engine:
 
     def image_ref(self, svc: ServiceConfig) -> ImageRef:
         img = svc.image
+        if img is None:  # a service without image: what its main workload runs, as the manifest says
+            return self.manifests(svc).image(svc.name)
         args = dict(img.build_args)
         if img.target:
             args["\0target"] = img.target
@@ -180,6 +184,9 @@ class Engine:
                     self.out.info(f"{c.service}: back to {st.applied.tag}, which the cluster runs (rollout completed)", service=c.service)
             else:
                 changes.append(c)
+        depends = {s.name: s.depends_on for s in self.services}
+        more = self.start_order.begin(depends, [c.service for c in changes])
+        changes += [ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in more]
         if not changes:
             return skipped
         self.cycles += 1
@@ -241,6 +248,7 @@ class Engine:
         except Exception as e:  # a bug in one service's task must not take the others down
             result.error = CycleFailed("internal", f"{type(e).__name__}: {e}", "run with --debug and report it")
         result.ok = result.error is None
+        self.start_order.finish(svc.name, result.ok)
         if not result.synced:
             self.state[svc.name].failed = not result.ok
         self._report(number, change, result, self.clock() - start)
@@ -276,7 +284,9 @@ class Engine:
             except (live.NoSync, CycleFailed) as e:
                 result.phases.pop("sync", None)
                 self.out.detail(f"{svc.name}: live update not possible ({e}); rebuilding", service=svc.name)
-        if change.rebuild or change.sync:  # a sync that could not be done is a rebuild
+        if svc.image is None:
+            pass  # nothing to build: the manifests' own images
+        elif change.rebuild or change.sync:  # a sync that could not be done is a rebuild
             with self._phase(svc.name, result, "build"):
                 result.built = self.build(svc, ref)
             self.out.phase_done("build", result.phases["build"], "built" if result.built else "up to date", service=svc.name)
@@ -289,28 +299,39 @@ class Engine:
             self.out.phase_done("publish", result.phases["publish"], moved or "already there", service=svc.name)
         elif st.applied is not None:  # the manifests alone: the image the cluster runs
             ref = result.image = st.applied
+        try:
+            self.start_order.hold(svc.name, lambda said: self.out.progress(svc.name, said))
+        except CycleFailed:
+            if not self._stop.is_set():  # nothing of it was applied: what serves, asked
+                result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
+            raise
         with self._phase(svc.name, result, "deploy"):
+            for image in deployed.foreign_images(
+                {s.image.name for s in self.services if s.image}
+            ):  # images nobody builds that Docker has here: into kind's nodes
+                self.target.side_load(image)
             applied = self.deploy(svc, deployed, ref)
             st.applying(ref)
         self.out.phase_done("deploy", result.phases["deploy"], "; ".join(applied), service=svc.name)
         try:
             with self._phase(svc.name, result, "rollout"):
-                result.ready_pods, revision = self.rollout.wait_ready(svc, deployed, ref)
+                result.ready_pods, revision = self.rollout.wait_ready(svc, deployed, ref if svc.image else None)
         except CycleFailed as e:
-            result.outcome, result.rolled_back, result.ready_pods = self.rollout.after_failure(svc, deployed, st, ref)
+            result.outcome, result.rolled_back, result.ready_pods = self.rollout.after_failure(
+                svc, deployed, st, ref, lambda good: self.deploy(svc, deployed, good)
+            )
             raise e from None
-        self.out.phase_done(
-            "rollout", result.phases["rollout"], f"{len(result.ready_pods)}/{deployed.replicas} pods ready", service=svc.name
-        )
+        self.out.phase_done("rollout", result.phases["rollout"], deployed.summary(result.ready_pods), service=svc.name)
         st.rolled_out(ref, revision)
-        self._tidy(svc, {r.tag for r in (st.good, st.applied) if r})
+        if svc.image is not None:
+            self._tidy(svc, {r.tag for r in (st.good, st.applied) if r})
 
     # -- steps ------------------------------------------------------------------------------------
     def build(self, svc: ServiceConfig, ref: ImageRef) -> bool:
         """Build unless an image with this content tag exists. True when it built."""
         if self.images.exists(ref.local):
             return False
-        img = svc.image
+        img = svc.built
         with self._build_slots, self.out.activity(f"building {ref.local}"):
             self.builder.build(
                 img.context,
@@ -329,6 +350,8 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """The manifests as applied. `dev`: with the dev-only parts (live update's restart loop, the
         rollingUpdate override); a release applies the manifests as they are, image pinned."""
+        if svc.image is None:  # the manifests as they are: devloop swaps no image in
+            return [m.doc for m in deployed.docs]
         command: Callable[[dict[str, Any]], list[str]] | None = None
         lu = svc.live_update
         if dev and lu.enabled and lu.command:
@@ -338,7 +361,7 @@ class Engine:
             command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
         rendered = mf.rewrite(
             deployed.docs,
-            svc.image.name,
+            svc.built.name,
             ref.cluster,
             command=command,
             pull_policy=self.target.pull_policy,
@@ -351,20 +374,23 @@ class Engine:
         return [m.doc for m in rendered]
 
     def deploy(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef) -> list[str]:
-        return self.applier.apply(self.render(svc, deployed, ref), deployed.namespace)
+        """Apply the rendered manifests; a Job that must run again is replaced (kinds.py)."""
+        docs, deleted = kinds.replace_changed(self.kube, self.render(svc, deployed, ref), deployed.namespace)
+        return deleted + self.applier.apply(docs, deployed.namespace)
 
     def _tidy(self, svc: ServiceConfig, in_use: set[str]) -> None:
         """After a successful rollout: keep the newest few content tags in Docker, and let the target
         collect its own old versions in the background; tidying never fails a cycle."""
         registry = self.target.publisher.registry
-        repos = [svc.image.name] + ([f"{registry}/{svc.image.name}"] if registry else [])
+        name = svc.built.name
+        repos = [name] + ([f"{registry}/{name}"] if registry else [])
         try:
             removed = self.images.prune(repos, keep=self.config.keep_versions)
             if removed:
                 self.out.detail(f"{svc.name}: removed {len(removed)} old image tags", service=svc.name)
         except DevloopError:
             pass
-        self.target.collect_garbage(svc.name, svc.image.name, in_use)
+        self.target.collect_garbage(svc.name, name, in_use)
 
     def _as_failure(self, e: DevloopError) -> CycleFailed:
         """Any error inside a cycle, as a failure naming its phase; notices a vanished cluster."""

@@ -431,9 +431,9 @@ class LiveSync:
             raise NoSync("no healthy version deployed yet")
         ns = deployed.namespace
         names = self._replicas(deployed, st)
-        containers = deployed.containers(svc.image.name)
+        containers = deployed.containers(svc.built.name)
         try:
-            payload = tar_files(svc.image.context, files)
+            payload = tar_files(svc.built.context, files)
         except OSError as e:  # a file deleted (or unreadable) between the plan and the sync: the image has the truth
             raise NoSync(f"{Path(e.filename or '?').name}: {e.strerror or e} since the change was seen") from None
         ports = [port for c in containers for port in port_args(c)]

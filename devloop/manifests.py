@@ -20,6 +20,7 @@ from devloop.errors import ConfigError
 from devloop.model import ImageRef
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")  # workloads whose containers run until replaced
 IMAGE_TAG_ENV = "DEVLOOP_IMAGE_TAG"
 
 
@@ -202,6 +203,8 @@ def rewrite(
     for m in manifests:
         copied = Manifest(m.source, copy.deepcopy(m.doc))
         users = containers_of(copied, image_name)
+        # live update's restart loop: only in the long-running containers (a Job or an init container must end)
+        looped = {id(c) for pod in _pod_specs(copied.doc) for c in pod.get("containers") or []} if copied.kind in LONG_RUNNING else set()
         for c in users:
             c["image"] = new_ref
             if pull_policy:
@@ -209,7 +212,7 @@ def rewrite(
             # the app can tell which version it is (the sample reports it in app_info)
             env = [e for e in c.get("env") or [] if e.get("name") != IMAGE_TAG_ENV]
             c["env"] = [*env, {"name": IMAGE_TAG_ENV, "value": tag}]
-            if command is not None:
+            if command is not None and id(c) in looped:
                 c["command"], c["args"] = live.wrap(command(c))
             hits += 1
         if users and pull_secret:
@@ -262,21 +265,45 @@ def to_yaml(manifests: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all([m.doc for m in manifests], sort_keys=False)
 
 
-def select(manifests: Sequence[Manifest], deployment: str, others: set[str]) -> list[Manifest]:
+def select(manifests: Sequence[Manifest], mine: Callable[[Manifest], bool], theirs: Callable[[Manifest], bool]) -> list[Manifest]:
     """A service's share of manifests that several services may list: the files that hold its
-    Deployment, and the files that hold no other service's Deployment (shared objects)."""
-    owner: dict[str, set[str]] = {}
+    workloads (`mine`), and the files that hold no other service's workload (`theirs`: shared objects).
+    Another service's workload is left out even from a file that holds one of this service's."""
+    holds_mine: set[str] = set()
+    holds_theirs: set[str] = set()
     for m in manifests:
-        if m.kind == "Deployment":
-            owner.setdefault(m.source, set()).add(m.name)
+        if is_workload(m):
+            if mine(m):
+                holds_mine.add(m.source)
+            elif theirs(m):
+                holds_theirs.add(m.source)
     out = []
     for m in manifests:
-        names = owner.get(m.source, set())
-        if m.kind == "Deployment" and m.name in others:
+        if is_workload(m) and not mine(m) and theirs(m):
             continue
-        if deployment in names or not (names & others):
+        if m.source in holds_mine or m.source not in holds_theirs:
             out.append(m)
     return out
+
+
+def is_workload(m: Manifest) -> bool:
+    """An object that runs containers (a pod template or a pod's spec)."""
+    return any(True for _ in _containers(m.doc))
+
+
+def main_images(m: Manifest) -> list[str]:
+    """The images of a workload's containers (not its init containers), as the manifest names them."""
+    return [
+        str(c["image"])
+        for pod in _pod_specs(m.doc)
+        for c in pod.get("containers") or []
+        if isinstance(c, dict) and isinstance(c.get("image"), str)
+    ]
+
+
+def images_of(m: Manifest) -> list[str]:
+    """The images of a workload's containers and init containers, as the manifest names them."""
+    return [str(c["image"]) for c in _containers(m.doc) if isinstance(c.get("image"), str)]
 
 
 def find(manifests: Sequence[Manifest], kind: str, name: str) -> Manifest | None:
@@ -288,6 +315,15 @@ def find(manifests: Sequence[Manifest], kind: str, name: str) -> Manifest | None
 
 def selector_of(deployment: Manifest) -> dict[str, str]:
     labels = deployment.doc.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def template_labels(m: Manifest) -> dict[str, str]:
+    """The labels of a workload's pod template (a CronJob's: of its Job template's pods)."""
+    spec = m.doc.get("spec", {})
+    if m.kind == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels") or {}
     return {str(k): str(v) for k, v in labels.items()}
 
 

@@ -151,7 +151,7 @@ def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_fil
             if manifest:
                 manifests.add(relative(ch.path, root))
                 matched.add(ch.path)
-            if _under(ch.path, layout.context):
+            if layout.context and _under(ch.path, layout.context):  # no context: a service without image
                 rel = os.path.relpath(ch.path, layout.context)
                 if layout.rules.reaches_image(rel):
                     image.add(rel)

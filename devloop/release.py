@@ -102,12 +102,18 @@ class Release:
         self.address: Address = publisher.address
 
     def versioned(self, svc: ServiceConfig) -> ImageRef:
-        return ImageRef(svc.image.name, self.version, str(self.address))
+        return ImageRef(svc.built.name, self.version, str(self.address))
 
     # -- the steps ------------------------------------------------------------------------------
     def preflight(self) -> list[Deployed]:
         """Everything that can be checked before anything is built, pushed or applied."""
         e = self.engine
+        unbuilt = [s.name for s in e.services if s.image is None]
+        if unbuilt:
+            raise ConfigError(
+                f"release: service {unbuilt[0]} has no image: a release pushes and pins a version of every service",
+                "`devloop up --target` rolls out services without an image; release supports services devloop builds",
+            )
         deployed = e.check_manifests()
         e.images.ping()
         with self.out.activity(f"checking {e.target.describe()}"):
@@ -137,7 +143,7 @@ class Release:
         refused = []
         for svc in self.engine.services:
             r = results[svc.name]
-            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            there = self.publisher.client.manifest(self.address.repository(svc.built.name), self.version)
             state = version_state(there, r.image_id)
             if state == "same" and there is not None:
                 r.digest, r.size = there.digest, there.size
@@ -157,7 +163,7 @@ class Release:
         batches = []
         for svc in e.services:
             d = deployed[svc.deployment]
-            pinned = ImageRef(svc.image.name, self.version, str(self.address), results[svc.name].digest)
+            pinned = ImageRef(svc.built.name, self.version, str(self.address), results[svc.name].digest)
             batches.append((e.render(svc, d, pinned, dev=False, version=self.version), d.namespace))
         with self.out.activity("checking field ownership"):
             e.applier.check(batches)
@@ -172,7 +178,7 @@ class Release:
         with self.out.activity(f"pushing {versioned}"):
             pushed = push(self.docker, versioned.cluster, lambda m: self.out.progress(svc.name, m))
         r.phases["push"] = self.engine.clock() - start
-        there = self.publisher.client.manifest(self.address.repository(svc.image.name), pushed.digest)
+        there = self.publisher.client.manifest(self.address.repository(svc.built.name), pushed.digest)
         r.digest, r.pushed, r.bytes_pushed = pushed.digest, True, pushed.bytes_pushed
         r.size = there.size if there else 0
         self.out.info(
@@ -183,10 +189,10 @@ class Release:
     def deploy(self, svc: ServiceConfig, deployed: Deployed, r: Released) -> None:
         """Apply with the image pinned by digest and wait; on failure roll back and wait for the old version."""
         e = self.engine
-        pinned = ImageRef(svc.image.name, self.version, str(self.address), r.digest)
+        pinned = ImageRef(svc.built.name, self.version, str(self.address), r.digest)
         r.ref = pinned.cluster
         before = e.kube.get("deployment", svc.deployment, deployed.namespace)
-        previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.image.name)})
+        previous = rollback_to(before, {str(c.get("name")) for c in mf.containers_of(deployed.deployment, svc.built.name)})
         start = e.clock()
         applied = e.applier.apply(e.render(svc, deployed, pinned, dev=False, version=self.version), deployed.namespace)
         r.deployed = True
@@ -241,7 +247,7 @@ class Release:
             versioned = self.versioned(svc)
             d = deployed[svc.deployment]
             local = e.images.exists(ref.local)
-            there = self.publisher.client.manifest(self.address.repository(svc.image.name), self.version)
+            there = self.publisher.client.manifest(self.address.repository(svc.built.name), self.version)
             found = version_state(there, self.docker.image_id(ref.local) if local else "")
             if there is None:
                 state = "new version: would push"
@@ -251,10 +257,10 @@ class Release:
                 state = f"already in the registry with this content ({there.digest}): nothing to push"
             else:
                 state = f"REFUSED: already in the registry as {there.digest} with other content"
-            containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.image.name)]
+            containers = [c.get("name", "?") for c in mf.containers_of(d.deployment, svc.built.name)]
             ctx, ns = e.target.spec.context, d.namespace
             commands = [
-                *([] if local else [f"docker build -t {ref.local} {svc.image.context}"]),
+                *([] if local else [f"docker build -t {ref.local} {svc.built.context}"]),
                 f"docker tag {ref.local} {versioned}",
                 f"docker push {versioned}",
                 f"kubectl --context {ctx} -n {ns} apply -f {' -f '.join(str(m) for m in svc.manifests)}",
@@ -262,7 +268,7 @@ class Release:
                 + " ".join(f"{c}={versioned}@<digest>" for c in containers),
                 f"kubectl --context {ctx} -n {ns} rollout status deployment/{svc.deployment}",
             ]
-            pinned = ImageRef(svc.image.name, self.version, str(self.address), there.digest if there and found == "same" else "")
+            pinned = ImageRef(svc.built.name, self.version, str(self.address), there.digest if there and found == "same" else "")
             taken = e.applier.conflicts(e.render(svc, d, pinned, dev=False, version=self.version), ns)
             plans.append(
                 {

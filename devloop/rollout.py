@@ -9,7 +9,10 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+from devloop import kinds
+from devloop import manifests as mf
 from devloop.config import ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
 from devloop.model import ImageRef, ServiceState
@@ -17,17 +20,18 @@ from devloop.output import Output
 from devloop.ports import Changes, Cluster
 from devloop.project import Deployed
 from devloop.workload import (
+    pod_created,
     pod_failure,
-    pod_images,
     pod_name,
     pod_pending_reason,
     pod_ready,
     pod_settled,
+    pod_state,
     pod_terminating,
     pod_unschedulable,
-    rollout_progress,
 )
 
+Pod = dict[str, Any]
 POLL_INTERVAL = 0.5
 WATCH_FALLBACK = 2.0  # at most this long between reads of a rollout's state when no watch event comes
 SETTLE = 3.0  # seconds a container without a readiness probe must stay up before devloop calls it ready
@@ -70,43 +74,65 @@ class Rollout:
         self.clock = clock
         self._stop = stop
 
-    def wait_ready(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef | str) -> tuple[list[str], str]:
-        """Wait until the rollout of `ref` (or an image reference as the pods name it) is complete:
-        (ready pods, the Deployment's revision)."""
-        image = ref if isinstance(ref, str) else ref.cluster
-        name, ns = svc.deployment, deployed.namespace
-        timeout = svc.deploy.rollout_timeout
-        deadline = self.clock() + timeout
+    def wait_ready(self, svc: ServiceConfig, deployed: Deployed, ref: ImageRef | str | None) -> tuple[list[str], str]:
+        """Wait until the rollout of `ref` (or an image reference as the pods name it; None: the
+        manifests' own images, for a service without image) is complete in every workload of the
+        service, each as its kind says (kinds.py): (ready pods, the main Deployment's revision).
+        One deadline, deploy.rolloutTimeout, for all of them."""
+        deadline = self.clock() + svc.deploy.rollout_timeout
+        ready: list[str] = []
+        revision = ""
+        for w in deployed.rolled:
+            kind = kinds.of(w.kind)
+            if kind is None or not kind.waits:
+                continue
+            ours = svc.image is not None and bool(mf.containers_of(w, svc.image.name))
+            pods, rev = self._wait_one(svc, deployed.namespace, w, kind, _image_of(w, ref if ours else None), deadline, ours)
+            ready += pods
+            if w is deployed.deployment:
+                revision = rev
+        return ready, revision
+
+    def _wait_one(
+        self, svc: ServiceConfig, ns: str, w: mf.Manifest, kind: kinds.WorkloadKind, image: str, deadline: float, ours: bool = True
+    ) -> tuple[list[str], str]:
+        """Wait for one workload; `ours`: it runs the image devloop built (else an image nobody builds)."""
+        name, what = w.name, f"{w.kind.lower()} {w.name}"
+        probed = _probed(w)
         feed = self.kube.changes(ns)
-        with self.out.activity(f"rolling out {name}"):
+        with self.out.activity(f"rolling out {name}" if kind.rolls_back else f"running {what}"):
             last = ""
             no_room: tuple[float, frozenset[str]] | None = None  # since when, and the namespace's pods then
             while True:
                 seen = feed.generation
-                dep = self.kube.get("deployment", name, ns)
-                if dep is None:
-                    raise CycleFailed("rollout", f"deployment {name} disappeared during the rollout", "`devloop up` applies it again")
-                done, message = rollout_progress(dep)
-                pods = self.kube.pods(ns, deployed.selector)
-                if done and not deployed.probed:
+                live = self.kube.get(kind.resource, name, ns)
+                if live is None:
+                    raise CycleFailed("rollout", f"{what} disappeared during the rollout", "`devloop up` applies it again")
+                done, message = kind.progress(live)
+                pods = self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w))
+                mine = [p for p in pods if _runs(p, image)]
+                failed = kind.failure(live)
+                if failed:
+                    raise self.job_failed(what, ns, failed, mine)
+                if done and not probed and kind.rolls_back:
                     # no readiness probe: a pod is "ready" the moment its process starts, even one that
                     # crashes a second later. Ready means it stayed up for a moment (checked, not assumed).
-                    young = [pod_name(p) for p in pods if image in pod_images(p) and not pod_settled(p, SETTLE, time.time())]
+                    young = [pod_name(p) for p in mine if not pod_settled(p, SETTLE, time.time())]
                     if young:
                         done, message = False, f"{len(young)} new pods started less than {SETTLE:.0f}s ago (no readiness probe)"
                 if done:
-                    revision = str(dep.get("metadata", {}).get("annotations", {}).get(REVISION, ""))
-                    return [pod_name(p) for p in pods if pod_ready(p) and image in pod_images(p)], revision
+                    revision = str(live.get("metadata", {}).get("annotations", {}).get(REVISION, ""))
+                    return [pod_name(p) for p in mine if pod_ready(p)], revision
                 if message != last:
-                    self.out.progress(svc.name, message)
+                    self.out.progress(svc.name, message if name == svc.deployment else f"{name}: {message}")
                     last = message
-                for p in pods:
-                    if image not in pod_images(p):
-                        continue
+                for p in mine:
                     reason = pod_failure(p)
+                    if reason and reason.startswith(PULL_FAILURES) and not ours:
+                        raise unpullable(w, image, reason)
                     if reason:
                         raise self.pod_failed(pod_name(p), ns, reason)
-                stuck = [(pod_name(p), why) for p in pods if image in pod_images(p) and (why := pod_unschedulable(p))]
+                stuck = [(pod_name(p), why) for p in mine if (why := pod_unschedulable(p))]
                 if not stuck:
                     no_room = None
                 else:
@@ -117,15 +143,38 @@ class Rollout:
                     elif self.clock() - no_room[0] >= NO_ROOM_GRACE:
                         raise no_room_failure(*stuck[0])
                 if self.clock() >= deadline:
-                    waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if image in pod_images(p) and not pod_ready(p)]
-                    raise CycleFailed(
-                        "rollout",
-                        f"{name} not ready after {timeout:.0f}s ({message})",
-                        "check `kubectl describe pod`; raise deploy.rolloutTimeout if the app starts slowly",
-                        details=waiting[:5],
-                    )
+                    raise self.timed_out(svc, what, kind, message, ns, mine)
                 if self.next_change(feed, seen):
                     raise CycleFailed("rollout", "stopped while waiting for the rollout")
+
+    def timed_out(self, svc: ServiceConfig, what: str, kind: kinds.WorkloadKind, message: str, ns: str, pods: list[Pod]) -> CycleFailed:
+        timeout = svc.deploy.rollout_timeout
+        if kind.rolls_back:
+            waiting = [f"{pod_name(p)}: {pod_pending_reason(p)}" for p in pods if not pod_ready(p)]
+            return CycleFailed(
+                "rollout",
+                f"{what.partition(' ')[2]} not ready after {timeout:.0f}s ({message})",
+                "check `kubectl describe pod`; raise deploy.rolloutTimeout if the app starts slowly",
+                details=waiting[:5],
+            )
+        states = [f"{pod_name(p)}: {pod_state(p)}" for p in pods]
+        return CycleFailed(
+            "rollout",
+            f"{what} did not complete in {timeout:.0f}s ({message})",
+            "check what its pod waits for (`kubectl logs`); give the Job activeDeadlineSeconds, or raise deploy.rolloutTimeout",
+            details=(states + self._last_log(pods, ns))[:12],
+        )
+
+    def job_failed(self, what: str, ns: str, reason: str, pods: list[Pod]) -> CycleFailed:
+        """A Job Kubernetes gave up on: what it said, and the log excerpt of its last failed pod."""
+        return CycleFailed("rollout", f"{what}: {reason}", "fix it and save: devloop runs the Job again", details=self._last_log(pods, ns))
+
+    def _last_log(self, pods: list[Pod], ns: str) -> list[str]:
+        failed = sorted((p for p in pods if p.get("status", {}).get("phase") == "Failed"), key=pod_created) or sorted(pods, key=pod_created)
+        if not failed:
+            return []
+        pod = pod_name(failed[-1])
+        return [f"{pod}: {line}" for line in log_excerpt(self.kube.logs(pod, ns, tail=40))]
 
     def next_change(self, feed: Changes, seen: int, timeout: float = WATCH_FALLBACK) -> bool:
         """Wait for the API server's next change to the namespace's pods or Deployments after
@@ -147,34 +196,134 @@ class Rollout:
             details=[f"{pod}: {line}" for line in logs],
         )
 
-    def serving(self, deployed: Deployed, ref: ImageRef) -> int:
-        """How many ready pods run this version right now (asked, not assumed)."""
-        return sum(1 for p in self.kube.pods(deployed.namespace, deployed.selector) if pod_ready(p) and ref.cluster in pod_images(p))
+    def serving(self, ns: str, w: mf.Manifest, image: str) -> tuple[int, int]:
+        """(ready pods of the workload that run this image right now, how many it wants): asked, not assumed."""
+        kind = kinds.of(w.kind) or kinds.Deployment()
+        live = self.kube.get(kind.resource, w.name, ns) or w.doc
+        pods = self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w))
+        return sum(1 for p in pods if pod_ready(p) and _runs(p, image)), kind.replicas(live)
+
+    def still_serving(self, ns: str, w: mf.Manifest) -> str:
+        """What serves a workload that was not applied (a dependency failed): asked, not assumed."""
+        kind = kinds.of(w.kind) or kinds.Deployment()
+        live = self.kube.get(kind.resource, w.name, ns)
+        if live is None:
+            return f"{w.kind} {w.name} does not run yet: nothing of it was applied"
+        if not kind.rolls_back:
+            return f"{w.kind} {w.name} was not applied again"
+        images = [str(c.get("image")) for c in live.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []]
+        if not images:
+            return ""
+        ready, want = self.serving(ns, w, images[0])
+        try:
+            name = ImageRef.parse(images[0]).tag or images[0]
+        except ValueError:
+            name = images[0]
+        return f"{name} keeps serving ({ready}/{want} ready pods run it; not rolled out)"
 
     def roll_back(self, svc: ServiceConfig, deployed: Deployed, revision: str, image: ImageRef | str) -> tuple[list[str], str]:
         """Roll the Deployment back to `revision` and wait until `image` serves again: (ready pods, revision)."""
-        self.kube.rollout_undo(svc.deployment, deployed.namespace, revision)
+        self.kube.rollout_undo(deployed.deployment.name, deployed.namespace, revision)
         return self.wait_ready(svc, deployed, image)
 
-    def after_failure(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, failed: ImageRef) -> tuple[str, bool, list[str]]:
+    def after_failure(
+        self,
+        svc: ServiceConfig,
+        deployed: Deployed,
+        st: ServiceState,
+        failed: ImageRef | None,
+        reapply: Callable[[ImageRef], object] | None = None,
+    ) -> tuple[str, bool, list[str]]:
         """After a failed rollout in `dev` or `up`: find out what serves, and roll back when
         Kubernetes did not keep the previous version serving (deploy.onFailure: rollback). Returns
-        (what was checked, whether it rolled back, the pods serving after the rollback)."""
-        good = st.good
+        (what was checked, whether it rolled back, the pods serving after the rollback).
+
+        Per kind (kinds.py): a Job has no rollback (it ran); a lone Deployment is undone to the
+        revision that served; other workloads get the manifests of the version that served again
+        (`reapply`), and a StatefulSet's pods stuck on the failed version are deleted (Kubernetes
+        waits for them to become ready before it replaces them)."""
         if self._stop.is_set():
             return "", False, []
+        ns = deployed.namespace
+        servers = [w for w in deployed.rolled if (k := kinds.of(w.kind)) is not None and k.rolls_back]
+        if not servers:
+            return "a Job has no rollback: the services that depend on it are not rolled out", False, []
+        good = st.good
+        if svc.image is None:  # no earlier version devloop could apply again: say what serves
+            counted = [(w, *self.serving(ns, w, _image_of(w, None))) for w in servers]
+            return "; ".join(f"{w.kind} {w.name}: {r}/{n} pods ready" for w, r, n in counted) + " (no rollback without an image)", False, []
         if good is None or good == failed:
             return "nothing to roll back to: no version of this service has served yet", False, []
-        want = deployed.replicas
-        ready = self.serving(deployed, good)
-        if ready >= want:
+        counted = [(w, *self.serving(ns, w, good.cluster)) for w in servers]
+        ready, want = sum(r for _, r, _ in counted), sum(n for _, _, n in counted)
+        if all(r >= n for _, r, n in counted):
             return f"{good.tag} keeps serving ({ready}/{want} ready pods run it; Kubernetes held the rollout)", False, []
         if svc.deploy.on_failure == "keep":
             return f"deploy.onFailure is keep: only {ready}/{want} ready pods run {good.tag}", False, []
         self.out.info(f"{svc.name}: only {ready}/{want} ready pods run {good.tag}; rolling back", service=svc.name)
         try:
-            pods, revision = self.roll_back(svc, deployed, st.good_revision, good)
+            if servers == [deployed.deployment] and deployed.deployment.kind == "Deployment":
+                pods, revision = self.roll_back(svc, deployed, st.good_revision, good)
+            elif reapply is None:
+                return f"only {ready}/{want} ready pods run {good.tag}; no rollback here", False, []
+            else:
+                reapply(good)
+                if failed is not None:
+                    self._unstick(ns, servers, failed.cluster)
+                pods, revision = self.wait_ready(svc, deployed, good)
         except DevloopError as e:
             return f"rollback to {good.tag} failed: {e.message}", False, []
         st.rolled_back(good, revision)
         return f"rolled back to {good.tag}, which serves again ({len(pods)}/{want} pods ready)", True, pods
+
+    def _unstick(self, ns: str, servers: list[mf.Manifest], image: str) -> None:
+        """Delete the StatefulSets' pods that run the failed image: with the good template applied
+        again, Kubernetes recreates them from it (it would wait forever for them to become ready)."""
+        for w in servers:
+            if w.kind != "StatefulSet":
+                continue
+            live = self.kube.get("statefulset", w.name, ns) or w.doc
+            stuck = [p for p in self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w)) if _runs(p, image)]
+            if stuck:
+                self.kube.delete([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name(p)}} for p in stuck], ns)
+
+
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+
+
+def unpullable(w: mf.Manifest, image: str, reason: str) -> CycleFailed:
+    """A workload runs an image nobody builds, that Docker here does not have, and that the cluster cannot pull."""
+    return CycleFailed(
+        "rollout",
+        f"{w.kind} {w.name} ({w.source}) runs image {image}, which no service builds and the cluster cannot pull ({reason.split(':')[0]})",
+        "build or pull it into Docker here (devloop loads local images into kind's nodes), give it a service with `image:`, "
+        "or leave it out of these manifests",
+        details=[reason[:300]],
+    )
+
+
+def _runs(pod: Pod, image: str) -> bool:
+    """The pod runs this image, in a container or an init container."""
+    spec = pod.get("spec", {})
+    return any(c.get("image") == image for c in (spec.get("initContainers") or []) + (spec.get("containers") or []))
+
+
+def _image_of(w: mf.Manifest, ref: ImageRef | str | None) -> str:
+    """The image whose pods count for this workload: devloop's, else (a service without image) the
+    manifest's own first container image."""
+    if ref:
+        return ref.cluster if isinstance(ref, ImageRef) else ref
+    return (mf.main_images(w) or [""])[0]
+
+
+def _template(w: mf.Manifest) -> dict[str, Any]:
+    spec = w.doc.get("spec", {})
+    if w.kind == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    return pod if isinstance(pod, dict) else {}
+
+
+def _probed(w: mf.Manifest) -> bool:
+    """Every container of the workload has a readiness probe."""
+    return all(c.get("readinessProbe") for c in _template(w).get("containers") or [])

@@ -361,7 +361,9 @@ class DevSession:
     def _watch_inputs(self) -> tuple[list[tuple[Path, IgnoreRules]], list[Path]]:
         """Every build context (with its ignore rules), manifest path, kustomize input and config file."""
         layouts = self._layouts()
-        roots = [(Path(layout.context), layout.rules) for layout in layouts]
+        roots = [
+            (Path(layout.context), layout.rules) for layout in layouts if layout.context
+        ]  # a service without image: its manifests only
         extra = [m for svc in self.config.services for m in svc.manifests]
         extra += [Path(k) for layout in layouts for k in layout.kustomize]
         extra += [Path(p) for p in self.engine.config_files()]
@@ -372,7 +374,7 @@ class DevSession:
         self.watcher = Watcher(roots, extra, self._on_change, on_touch=self.engine.hasher.changed)
         self.watcher.start()
         self.engine.hasher.follow(p for p, _ in roots)  # content tags from here on: only what the watcher reports is re-read
-        where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services}))
+        where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services if s.image}))
         self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
 
     def _loop(self) -> None:

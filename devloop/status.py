@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from devloop import kinds
 from devloop.config import Config
 from devloop.engine import Engine
 from devloop.errors import DevloopError
@@ -31,16 +32,21 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
             info["services"].append(entry)
             continue
         entry["namespace"] = d.namespace
-        dep = engine.kube.get("deployment", svc.deployment, d.namespace)
+        main = d.deployment  # the service's main workload (kinds.py says what "rolled out" means for it)
+        kind = kinds.of(main.kind) or kinds.Deployment()
+        entry.update(deployment=main.name, kind=main.kind)
+        dep = engine.kube.get(kind.resource, main.name, d.namespace)
         if dep is not None:
+            done, progress = kind.progress(dep)
             containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
-            pods = engine.kube.pods(d.namespace, d.selector)
+            pods = engine.kube.pods(d.namespace, kinds.pod_selector(dep) or d.selector)
             entry.update(
                 deployed=True,
                 images=[c.get("image") for c in containers],
-                replicas=int(dep.get("spec", {}).get("replicas", 1)),
+                replicas=kind.replicas(dep),
                 ready=int(dep.get("status", {}).get("readyReplicas", 0)),
                 updated=int(dep.get("status", {}).get("updatedReplicas", 0)),
+                progress=kind.failure(dep) or progress,
                 pods=[
                     {
                         "name": p["metadata"]["name"],
@@ -54,7 +60,10 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
                 ],
             )
             failing = [p for p in entry["pods"] if p["failing"]]
-            entry["healthy"] = entry["ready"] == entry["replicas"] and entry["updated"] == entry["replicas"] and not failing
+            if main.kind == "Deployment":
+                entry["healthy"] = entry["ready"] == entry["replicas"] and entry["updated"] == entry["replicas"] and not failing
+            else:
+                entry["healthy"] = done and kind.failure(dep) is None and not failing
             mon = engine.monitoring()
             if mon is not None:
                 try:
@@ -90,10 +99,11 @@ def human(info: dict[str, Any]) -> str:
         if "problem" in s:
             lines.append(head + s["problem"])
         elif not s["deployed"]:
-            lines.append(head + f"Deployment {s['deployment']} not deployed (run `devloop up`)")
+            lines.append(head + f"{s.get('kind', 'Deployment')} {s['deployment']} not deployed (run `devloop up`)")
         else:
             mark = "healthy" if s["healthy"] else "UNHEALTHY"
-            lines.append(head + f"{mark}, {s['ready']}/{s['replicas']} ready, image {', '.join(s['images'])}")
+            said = f"{s['ready']}/{s['replicas']} ready" if s.get("kind", "Deployment") != "Job" else s["progress"]
+            lines.append(head + f"{mark}, {said}, image {', '.join(s['images'])}")
             for p in s["pods"]:
                 state = "terminating" if p.get("terminating") else "ready" if p["ready"] else "not ready"
                 extra = f" — {p['failing']}" if p["failing"] else ""

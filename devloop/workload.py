@@ -140,6 +140,28 @@ def pod_pending_reason(pod: Mapping[str, Any]) -> str:
     return str(pod.get("status", {}).get("phase", "not ready"))
 
 
+def pod_created(pod: Mapping[str, Any]) -> str:
+    """metadata.creationTimestamp (RFC 3339: sorts as time)."""
+    return str(pod.get("metadata", {}).get("creationTimestamp", ""))
+
+
+def pod_state(pod: Mapping[str, Any]) -> str:
+    """What a pod is doing, in a few words: its phase and each container's state
+    (`Running; migrate: running`, `Failed; migrate: terminated, exit code 1 (Error)`)."""
+    status = pod.get("status", {})
+    parts = []
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if "waiting" in state:
+            parts.append(f"{cs.get('name')}: waiting ({state['waiting'].get('reason', '?')})")
+        elif "terminated" in state:
+            t = state["terminated"]
+            parts.append(f"{cs.get('name')}: terminated, exit code {t.get('exitCode', '?')} ({t.get('reason', '?')})")
+        elif "running" in state:
+            parts.append(f"{cs.get('name')}: running")
+    return "; ".join([str(status.get("phase", "Pending")), *parts])
+
+
 def pod_images(pod: Mapping[str, Any]) -> list[str]:
     return [str(c.get("image")) for c in pod.get("spec", {}).get("containers") or []]
 

@@ -163,6 +163,12 @@ class FakeCluster(Cluster):
         self.handovers: list[dict[str, Any]] = []  # what another field manager of devloop's applied (replicas handed over)
         self.undos: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
+        self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool, bool]] = {}  # StatefulSets, Jobs
+        self.stuck: set[str] = set()  # images whose StatefulSet or Job pods run and never become ready (or complete)
+        self.unpullable: set[str] = set()  # images the cluster cannot pull (their pods: ErrImagePull)
+        self.other_pods: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self.jobs_run: list[str] = []
+        self.job_log: list[str] = []  # what a Job's (or StatefulSet's) pod printed
         self.spawned: list[FakeBackground] = []
         self._pod_seq = 0
 
@@ -202,6 +208,8 @@ class FakeCluster(Cluster):
             names.append(f"{doc['kind']}/{doc['metadata']['name']}")
             if doc["kind"] == "Deployment":
                 self._apply_deployment(doc, ns)
+            elif doc["kind"] in ("StatefulSet", "Job"):
+                self._run_workload(doc, ns)
         self.applies.append((namespace, names))
         return [f"{n} configured" for n in names]
 
@@ -224,6 +232,64 @@ class FakeCluster(Cluster):
             d.history.append(container["image"])
             self._roll(d, container["image"])
 
+    def _run_workload(self, doc: dict[str, Any], ns: str) -> None:
+        """A StatefulSet's pods become ready at once; a Job's one pod completes at once, unless its
+        image is in `crashing`: then it failed, and Kubernetes gave up (its Failed condition)."""
+        name, kind = doc["metadata"]["name"], doc["kind"]
+        if kind == "Job" and (ns, kind, name) in self.workloads:
+            return  # as Kubernetes: a Job runs once; applying it again (unchanged) does not run it again
+        image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+        labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
+        crash = image in self.crashing
+        stuck = image in self.stuck or image in self.unpullable
+        self.workloads[(ns, kind, name)] = (doc, labels, crash, stuck)
+        self.jobs_run += [name] if kind == "Job" else []
+        self._pod_seq += 1
+        ready = "False" if kind == "Job" or stuck else "True"
+        phase = "Running" if stuck else {"Job": "Failed" if crash else "Succeeded"}.get(kind, "Running")
+        state: dict[str, Any] = {"running": {}}
+        restarts, last = 0, {}
+        if crash and kind != "Job":  # every replica replaced by one that crash-loops (no readiness probe held it)
+            ready, state, restarts, last = "False", {"waiting": {"reason": "CrashLoopBackOff"}}, 2, {"terminated": {"exitCode": 1}}
+        if image in self.unpullable:
+            phase, state = "Pending", {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull image "{image}": not found'}}
+        self.other_pods[(ns, kind, name)] = [
+            {
+                "metadata": {
+                    "name": f"{name}-{self._pod_seq}",
+                    "labels": labels,
+                    "creationTimestamp": f"2026-01-01T00:00:{self._pod_seq:02d}Z",
+                },
+                "spec": {"containers": [{"image": image}]},
+                "status": {
+                    "phase": phase,
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "containerStatuses": [{"name": kind.lower(), "restartCount": restarts, "state": state, "lastState": last}],
+                },
+            }
+        ]
+
+    def _workload_status(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        kind = {"statefulset": "StatefulSet", "job": "Job"}.get(resource)
+        found = self.workloads.get((namespace, kind or "", name))
+        if found is None:
+            return None
+        doc, labels, crash, stuck = found
+        live = {**doc, "spec": {**doc["spec"], "selector": {"matchLabels": labels}}}
+        if stuck or (crash and kind != "Job"):
+            live["status"] = {"active": 1} if kind == "Job" else {"readyReplicas": 0, "currentRevision": "r", "updateRevision": "r"}
+        elif kind == "Job":
+            cond = {"type": "Failed", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+            live["status"] = (
+                {"failed": 1, "conditions": [{**cond, "status": "True"}]}
+                if crash
+                else {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+            )
+        else:
+            n = int(doc["spec"].get("replicas", 1))
+            live["status"] = {"readyReplicas": n, "updatedReplicas": n, "currentRevision": "r", "updateRevision": "r"}
+        return live
+
     def _new_pods(self, d: _Deployment, image: str, n: int, crash: bool) -> list[dict[str, Any]]:
         out = []
         for _ in range(n):
@@ -236,6 +302,9 @@ class FakeCluster(Cluster):
                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                     "lastState": {"terminated": {"exitCode": 1}},
                 }
+            if image in self.unpullable:
+                crash = True
+                cs = {"name": "app", "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": f"{image}: not found"}}}
             out.append(
                 {
                     "metadata": {"name": f"{d.name}-{self._pod_seq}", "labels": dict(d.labels)},
@@ -268,9 +337,15 @@ class FakeCluster(Cluster):
             d.pods = self._new_pods(d, image, d.replicas, crash=True)
 
     def delete(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> list[str]:
+        for doc in docs:
+            key = (doc.get("metadata", {}).get("namespace") or namespace, str(doc.get("kind")), str(doc.get("metadata", {}).get("name")))
+            self.workloads.pop(key, None)
+            self.other_pods.pop(key, None)
         return []
 
     def get(self, resource: str, name: str, namespace: str) -> dict[str, Any] | None:
+        if resource != "deployment":
+            return self._workload_status(resource, name, namespace)
         d = self.deployments.get((namespace, name))
         if resource != "deployment" or d is None:
             return None
@@ -294,11 +369,14 @@ class FakeCluster(Cluster):
         raise AssertionError("no API server paths in the fake cluster")
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        others = [p for (ns, _, _), pods in self.other_pods.items() if ns == namespace for p in pods]
         return [
             p for d in self.deployments.values() if d.namespace == namespace and (not labels or d.labels == dict(labels)) for p in d.pods
-        ]
+        ] + [p for p in others if not labels or p["metadata"]["labels"] == dict(labels)]
 
     def logs(self, pod: str, namespace: str, *, tail: int = 10, previous: bool = False) -> list[str]:
+        if any(p["metadata"]["name"] == pod for pods in self.other_pods.values() for p in pods):
+            return [] if previous else list(self.job_log)
         return ["/app/server.js:3", "  const x = ;", "SyntaxError: Unexpected token ';'"] if previous else []
 
     def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
@@ -544,7 +622,7 @@ class RecordingEngine:
                 st.synced.update(c.sync)
                 results.append(ServiceResult(c.service, ok=True, image=st.good, ready_pods=pods, synced=True))
             else:
-                ref = ImageRef(svc.image.name, f"dl-{len(self.plans)}", "localhost:5001")
+                ref = ImageRef(svc.built.name, f"dl-{len(self.plans)}", "localhost:5001")
                 st.rolled_out(ref, str(len(self.plans)))
                 results.append(ServiceResult(c.service, ok=True, image=ref, ready_pods=pods, built=True, published=True))
         return results
@@ -559,8 +637,8 @@ class RecordingEngine:
         return [
             ServiceLayout(
                 s.name,
-                str(s.image.context),
-                IgnoreRules(tuple(_dockerignore(s)), s.image.dockerfile, self.config.watch.ignore),
+                str(s.built.context),
+                IgnoreRules(tuple(_dockerignore(s)), s.built.dockerfile, self.config.watch.ignore),
                 tuple(str(m) for m in s.manifests),
                 live_fallback=s.live_update.fallback if s.live_update.enabled else None,
             )
@@ -594,7 +672,7 @@ class RecordingEngine:
 
 
 def _dockerignore(svc: ServiceConfig) -> list[str]:
-    path = Path(svc.image.context) / ".dockerignore"
+    path = Path(svc.built.context) / ".dockerignore"
     return parse_dockerignore(path.read_text()) if path.is_file() else []
 
 

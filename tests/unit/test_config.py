@@ -25,10 +25,10 @@ def test_defaults_serve_the_bundled_sample(sample_copy: Path) -> None:
     assert cfg.cluster.context == "kind-devloop"
     (svc,) = cfg.services
     assert svc.name == "web-app"
-    assert svc.image.context == sample_copy / "sample-app"
+    assert svc.built.context == sample_copy / "sample-app"
     assert svc.manifests == (sample_copy / "sample-app" / "k8s",)
     assert svc.deployment == "web-app"
-    assert svc.image.name == "my-web-app"
+    assert svc.built.name == "my-web-app"
     assert [f.service for f in svc.port_forward] == ["web-app-service"]
     assert cfg.monitoring.enabled  # on for the bundled sample
 
@@ -38,7 +38,7 @@ def test_config_is_frozen(sample_copy: Path) -> None:
     with pytest.raises(ValidationError):
         cfg.services = ()
     with pytest.raises(ValidationError):
-        cfg.services[0].image.name = "x"
+        cfg.services[0].built.name = "x"
 
 
 def test_file_values_and_relative_paths(sample_copy: Path) -> None:
@@ -49,7 +49,7 @@ def test_file_values_and_relative_paths(sample_copy: Path) -> None:
     )
     cfg = config.load(None, sample_copy)
     assert cfg.cluster.name == "mine"
-    assert cfg.services[0].image.build_args == {"NODE_IMAGE": "local/node:1", "N": "3"}
+    assert cfg.services[0].built.build_args == {"NODE_IMAGE": "local/node:1", "N": "3"}
     assert cfg.services[0].port_forward[0].local_port == 9090
     assert cfg.watch.debounce_ms == 50 and cfg.watch.ignore == ("*.log",)
 

@@ -55,7 +55,7 @@ class World:
         return [e for e in map(json.loads, self.buf.getvalue().splitlines()) if e["event"] == kind]
 
     def save(self, service: str, rel: str, old: str, new: str) -> list[ServiceResult]:
-        path = Path(self.engine.config.service(service).image.context) / rel
+        path = Path(self.engine.config.service(service).built.context) / rel
         path.write_text(path.read_text().replace(old, new))
         return run(self.engine, [ServiceChange(service, rebuild=True, image_files=(rel,), reason="image source changed")])
 
@@ -121,7 +121,7 @@ def test_a_failing_build_in_one_service_leaves_the_others_rolling_out(shop: Path
     before_worker = w.cluster.deployments[("default", "worker")].image
     w.docker.failing["shop-worker"] = CycleFailed("build", "RUN npm ci failed", "fix it")
     for svc in ("web", "api", "worker"):
-        ctx = Path(w.engine.config.service(svc).image.context) / "server.js"
+        ctx = Path(w.engine.config.service(svc).built.context) / "server.js"
         ctx.write_text(ctx.read_text() + "\n// v2\n")
     results = by_service(w.engine.run(everything(w.engine.layouts(), "edit")))
     assert results["web"].ok and results["api"].ok

@@ -96,7 +96,7 @@ def test_the_written_shop_file_loads_as_the_hand_written_one_says(shop: Path) ->
     scaffold.write(file, scaffold.render(discover.discover(shop), file))
     cfg = load_written(shop)
     by = {s.name: s for s in cfg.services}
-    assert {n: (s.image.name, s.image.context, s.deployment) for n, s in by.items()} == {
+    assert {n: (s.built.name, s.built.context, s.deployment) for n, s in by.items()} == {
         "web": ("shop-web", shop / "web", "web"),
         "api": ("shop-api", shop / "api", "api"),
         "worker": ("shop-worker", shop / "worker", "worker"),

@@ -74,7 +74,7 @@ class Bench:
         return made
 
     def path(self, service: str, rel: str) -> str:
-        return str(Path(self.engine.config.service(service).image.context) / rel)
+        return str(Path(self.engine.config.service(service).built.context) / rel)
 
     def save(self, path: str, at: float | None = None) -> None:
         self.session.queue.put(Seen(Change(path), self.clock.now if at is None else at))
