@@ -256,11 +256,19 @@ class Rollout:
             return "nothing to roll back to: no version of this service has served yet", False, []
         counted = [(w, *self.serving(ns, w, good.cluster)) for w in servers]
         ready, want = sum(r for _, r, _ in counted), sum(n for _, _, n in counted)
-        if all(r >= n for _, r, n in counted):
+        serving_now = all(r >= n for _, r, n in counted)
+        # Kubernetes holds a failed rollout only behind a readiness probe: without one, a crashing pod is
+        # Ready for a moment, counts as available, and the old pods are scaled down after this count.
+        if serving_now and all(_probed(w) for w in servers):
             return f"{good.tag} keeps serving ({ready}/{want} ready pods run it; Kubernetes held the rollout)", False, []
         if svc.deploy.on_failure == "keep":
+            if serving_now:
+                return f"deploy.onFailure is keep: {ready}/{want} ready pods run {good.tag} now (no readinessProbe holds them)", False, []
             return f"deploy.onFailure is keep: only {ready}/{want} ready pods run {good.tag}", False, []
-        self.out.info(f"{svc.name}: only {ready}/{want} ready pods run {good.tag}; rolling back", service=svc.name)
+        if serving_now:
+            self.out.info(f"{svc.name}: no readinessProbe: Kubernetes does not hold a failed rollout; rolling back", service=svc.name)
+        else:
+            self.out.info(f"{svc.name}: only {ready}/{want} ready pods run {good.tag}; rolling back", service=svc.name)
         try:
             if servers == [deployed.deployment] and deployed.deployment.kind == "Deployment":
                 pods, revision = self.roll_back(svc, deployed, st.good_revision, good)
