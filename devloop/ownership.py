@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,7 +146,8 @@ class Applier:
         self.owned = owned
         self.take = take
         self.where = where
-        self._said: set[tuple[str, str]] = set()
+        self._said: set[tuple[str, str]] = set()  # the services' deploy threads: under _said_lock
+        self._said_lock = threading.Lock()
 
     def _scaled(self, docs: Sequence[Mapping[str, Any]], namespace: str) -> tuple[list[dict[str, Any]], dict[int, str]]:
         """The documents as applied (replicas left out where an autoscaler scales), and which an autoscaler scales."""
@@ -191,8 +193,10 @@ class Applier:
 
     def _leave_replicas(self, doc: Mapping[str, Any], hpa: str, namespace: str) -> None:
         label, ns = label_of(doc), namespace_of(doc, namespace)
-        if (label, hpa) not in self._said:
+        with self._said_lock:
+            first = (label, hpa) not in self._said
             self._said.add((label, hpa))
+        if first:
             self.out.info(f"{label}: replicas left to HorizontalPodAutoscaler {hpa} (devloop does not set spec.replicas)")
         live = self.kube.get(str(doc["kind"]).lower(), str(doc["metadata"]["name"]), ns)
         if live is None or not owns_replicas(live) or "replicas" not in (live.get("spec") or {}):
