@@ -29,7 +29,7 @@ from tests.e2e.test_loop import local_port
 
 pytestmark = pytest.mark.e2e
 
-ROLLOUTS = int(os.environ.get("DEVLOOP_E2E_ROLLOUTS", "6"))
+ROLLOUTS = int(os.environ.get("DEVLOOP_E2E_ROLLOUTS", "4"))
 
 
 @pytest.fixture(scope="module", autouse=True)
