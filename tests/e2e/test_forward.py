@@ -3,14 +3,13 @@ forward moves to the first Ready pod of the new version as soon as there is one,
 reloading the URL meanwhile never sees a refused connection (devloop owns the local listener; the
 pods underneath change). No `kubectl port-forward` runs: connections go through the API server.
 
-The module brings the cluster up once and deletes it at the end (DEVLOOP_E2E_KEEP_CLUSTER=1 keeps it).
+The module brings the cluster up once (or finds it left by the module before: `shared_cluster`, conftest.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import socket
 import subprocess
 import threading
@@ -23,20 +22,19 @@ from typing import Any
 import pytest
 
 from devloop.api import ApiCluster
-from tests.e2e.conftest import Harness, children_of_cluster, run_cli
+from tests.e2e.conftest import Harness, children_of_cluster, leave_cluster, run_cli
 from tests.e2e.test_faults import dev_ready, message, set_message
 from tests.e2e.test_loop import local_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
+def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     code, _events, output = run_cli(harness, project, "up")
     assert code == 0, output
     yield
-    if os.environ.get("DEVLOOP_E2E_KEEP_CLUSTER") != "1":
-        run_cli(harness, project, "down", "--cluster")
+    leave_cluster(harness, project, request)
 
 
 def rss_mb(pid: int) -> float:

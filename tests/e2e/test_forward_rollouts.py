@@ -5,7 +5,7 @@ rollouts in a row while clients keep requesting the URL, with a new connection p
 browser reloading) and on kept-alive connections (a browser's or an HTTP library's pool): not one
 request may fail.
 
-The module brings the cluster up once and deletes it at the end (DEVLOOP_E2E_KEEP_CLUSTER=1 keeps it).
+The module brings the cluster up once (or finds it left by the module before: `shared_cluster`, conftest.py).
 """
 
 from __future__ import annotations
@@ -23,22 +23,21 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Harness, run_cli
+from tests.e2e.conftest import Harness, leave_cluster, run_cli
 from tests.e2e.test_faults import dev_ready, set_message
 from tests.e2e.test_loop import local_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 ROLLOUTS = int(os.environ.get("DEVLOOP_E2E_ROLLOUTS", "4"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
+def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     code, _events, output = run_cli(harness, project, "up")
     assert code == 0, output
     yield
-    if os.environ.get("DEVLOOP_E2E_KEEP_CLUSTER") != "1":
-        run_cli(harness, project, "down", "--cluster")
+    leave_cluster(harness, project, request)
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, KIND_DIR, REPO, Devloop, Harness, children_of_cluster, devloops, free_port, run_cli
+from tests.e2e.conftest import CLUSTER, KIND_DIR, REPO, Devloop, Harness, children_of_cluster, devloops, free_port, leave_cluster, run_cli
 from tests.e2e.test_loop import edit, get
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 CHART = {
     "Chart.yaml": "apiVersion: v2\nname: web\nversion: 0.1.0\n",
@@ -108,10 +108,9 @@ def charted(harness: Harness, helm: str, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_cluster_left(harness: Harness, charted: Path) -> Iterator[None]:
+def no_cluster_left(harness: Harness, charted: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if CLUSTER in harness.kind_clusters():
-        run_cli(harness, charted, "down", "--cluster")
+    leave_cluster(harness, charted, request)
 
 
 def deployment(harness: Harness) -> dict[str, Any]:

@@ -21,20 +21,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, REPO, Harness, run_cli
+from tests.e2e.conftest import CLUSTER, REPO, Harness, leave_cluster, run_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster(first=True)]  # first: it asserts the cluster made from the built-in kind config
 
 
 @pytest.fixture(scope="module")
-def shop(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def shop(harness: Harness, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("e2e-init") / "shop"
     shutil.copytree(REPO / "examples" / "shop", root)
     (root / "devloop.yaml").unlink()
     assert not (root / "kind-config.yaml").exists()
     yield root
-    if CLUSTER in harness.kind_clusters():
-        run_cli(harness, root, "down", "--cluster")
+    leave_cluster(harness, root, request)
 
 
 DOCKERFILE = """ARG NODE_IMAGE=node:24-alpine

@@ -1,7 +1,8 @@
 """The loop's promises, as a new user tests them: what serves after a failure, your own saves,
 port-forwards after a restart, `up`'s answer, a stopped registry, two loops, a subdirectory.
 
-The real CLI on a real kind cluster. The module brings the cluster up once and deletes it at the end.
+The real CLI on a real kind cluster. The module brings the cluster up once (or finds it left by the
+module before it: `shared_cluster`, tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -18,20 +19,20 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, devloop_argv, run_cli
+from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, devloop_argv, leave_cluster, run_cli
 from tests.e2e.test_loop import edit, get, local_port, served_by_every_pod
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 REGISTRY = "devloop-registry"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
+def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     code, _events, output = run_cli(harness, project, "up")
     assert code == 0, output
     yield
-    run_cli(harness, project, "down", "--cluster")
+    leave_cluster(harness, project, request)
 
 
 def message(project: Path) -> str:

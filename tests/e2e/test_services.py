@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, REPO, Devloop, Harness, children_of_cluster, devloops, free_port, run_cli
+from tests.e2e.conftest import CLUSTER, REPO, Devloop, Harness, children_of_cluster, devloops, free_port, leave_cluster, run_cli
 from tests.e2e.test_loop import edit, get
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 SERVICES = ("web", "api", "worker")
 
@@ -40,10 +40,9 @@ def shop(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_cluster_left(harness: Harness, shop: Path) -> Iterator[None]:
+def no_cluster_left(harness: Harness, shop: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if CLUSTER in harness.kind_clusters():
-        run_cli(harness, shop, "down", "--cluster")
+    leave_cluster(harness, shop, request)
 
 
 def forward_port(shop: Path, service: str) -> int:

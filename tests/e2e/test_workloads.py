@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, REPO, Harness, children_of_cluster, run_cli
+from tests.e2e.conftest import CLUSTER, REPO, Harness, children_of_cluster, leave_cluster, run_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 # The database: any local image that listens (offline, no registry to pull Postgres from): the
 # Node.js base with a tiny TCP server that answers "db ok".
@@ -126,10 +126,9 @@ def stack(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_cluster_left(harness: Harness, stack: Path) -> Iterator[None]:
+def no_cluster_left(harness: Harness, stack: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if CLUSTER in harness.kind_clusters():
-        run_cli(harness, stack, "down", "--cluster")
+    leave_cluster(harness, stack, request)
 
 
 def phase_index(events: list[dict[str, Any]], service: str, phase: str) -> int:
