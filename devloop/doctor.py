@@ -12,6 +12,7 @@ from devloop import tools
 from devloop.api import ApiCluster
 from devloop.config import RegistryConfig
 from devloop.errors import DevloopError
+from devloop.helm import Helm
 from devloop.images import DOCKER_HINT, Images
 from devloop.kind import Kind
 from devloop.proc import INSTALL_HINTS
@@ -62,7 +63,7 @@ class RegistryProbe(Protocol):
 def tool_check(name: str, path: str | None, version: Callable[[], str]) -> Check:
     """Which binary devloop uses for `name` (the user's, else devloop's copy) and its version."""
     if path is None:
-        pinned = tools.KIND_VERSION if name == "kind" else tools.KUBECTL_VERSION
+        pinned = {"kind": tools.KIND_VERSION, "kubectl": tools.KUBECTL_VERSION, "helm": tools.HELM_VERSION}[name]
         return Check(
             name,
             False,
@@ -101,8 +102,9 @@ def doctor(
     kind: Kind,
     make_kube: Callable[[str], ApiCluster],
     *,
-    which: Callable[[], dict[str, str | None]] = tools.which_tools,
+    which: Callable[[], dict[str, str | None]] = lambda: tools.which_tools(("kind", "kubectl", "helm")),
     make_registry: Callable[[RegistryConfig, Images, ApiCluster], RegistryProbe] = LocalRegistry,
+    helm_version: Callable[[], str] = lambda: Helm().version(),
 ) -> list[Check]:
     checks: list[Check] = []
     cfg: config_mod.Config | None = None
@@ -120,6 +122,8 @@ def doctor(
     checks.append(kind_check)
     kube = make_kube(cfg.cluster.context if cfg else "kind-devloop")
     checks.append(tool_check("kubectl", paths.get("kubectl"), lambda: f"client {kube.client_version()}"))
+    if cfg is not None and any(s.deploy.helm is not None for s in cfg.services):  # only a project with a chart needs helm
+        checks.append(tool_check("helm", paths.get("helm"), helm_version))
     cluster_up = False
     if cfg is not None and kind_check.ok:
         name = cfg.cluster.name

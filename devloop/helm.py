@@ -36,6 +36,10 @@ class Helm:
     def __init__(self, runner: Runner = DEFAULT) -> None:
         self.runner = runner
 
+    def version(self) -> str:
+        """`helm version --short` (e.g. v3.19.0), for `devloop doctor`."""
+        return self.runner.run(["helm", "version", "--short"], timeout=30).stdout.strip()
+
     def render(self, req: ChartRequest) -> str:
         """The chart's objects as `helm template` renders them with these values (YAML text)."""
         if not (req.chart / "Chart.yaml").is_file():

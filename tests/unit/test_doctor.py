@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,7 @@ def run_doctor(
     probe: FakeProbe | None = None,
     images: Images | None = None,
     kind: KindWithVersion | None = None,
+    helm_version: Callable[[], str] = lambda: "v3.19.0",
 ) -> dict[str, Check]:
     checks = doctor_mod.doctor(
         None,
@@ -164,6 +165,7 @@ def run_doctor(
         lambda ctx: KubeWithVersion(ctx),  # type: ignore[arg-type,return-value]  # and the concrete ApiCluster
         which=lambda: which if which is not None else {"kind": "/usr/local/bin/kind", "kubectl": "/usr/bin/kubectl"},
         make_registry=lambda cfg, images, kube: probe or FakeProbe(),
+        helm_version=helm_version,
     )
     return {c.name: c for c in checks}
 
@@ -210,6 +212,31 @@ def test_doctor_reports_missing_tools_and_skips_the_cluster(sample_copy: Path) -
     assert not checks["kind"].ok and not checks["kubectl"].ok
     assert checks["kind"].fix and checks["kubectl"].fix
     assert "cluster" not in checks
+
+
+def with_a_chart(root: Path) -> Path:
+    (root / "chart").mkdir()
+    (root / "chart" / "Chart.yaml").write_text("apiVersion: v2\nname: web\nversion: 0.1.0\n")
+    (root / "devloop.yaml").write_text(
+        "apiVersion: devloop/v2\nservices:\n  - name: web\n    image: {name: my-web-app, context: sample-app}\n"
+        "    deploy: {deployment: web, helm: {chart: chart}}\n"
+    )
+    return root
+
+
+def test_doctor_checks_helm_only_for_a_project_with_a_chart(sample_copy: Path) -> None:
+    assert "helm" not in run_doctor(sample_copy, helm_version=lambda: pytest.fail("no chart: helm is not asked"))
+    checks = run_doctor(
+        with_a_chart(sample_copy), which={"kind": "/usr/local/bin/kind", "kubectl": "/usr/bin/kubectl", "helm": "/usr/bin/helm"}
+    )
+    assert checks["config"].ok, checks["config"]
+    assert checks["helm"].ok and checks["helm"].detail == "v3.19.0 (/usr/bin/helm, yours)"
+
+
+def test_doctor_says_devloop_up_fetches_a_missing_helm(sample_copy: Path, private_cache: Path) -> None:
+    checks = run_doctor(with_a_chart(sample_copy), helm_version=lambda: pytest.fail("must not run a missing tool"))
+    assert not checks["helm"].ok and "`helm` is not on PATH" in checks["helm"].detail
+    assert "`devloop up` downloads helm v3.19.0" in checks["helm"].fix
 
 
 # -- registry: wiring into doctor ----------------------------------------------------------------
