@@ -75,8 +75,10 @@ class Engine:
         charts: Charts | None = None,
         clock: Callable[[], float] = time.monotonic,
         force_conflicts: bool = False,
+        hold: Callable[[str, Callable[[str], None]], None] | None = None,
     ) -> None:
         self.config = config
+        self.hold = hold  # before a service is deployed (commands' blocksDeploy): returns, or raises CycleFailed
         self.out = out
         self.images = images
         self.builder = builder
@@ -301,6 +303,8 @@ class Engine:
             ref = result.image = st.applied
         try:
             self.start_order.hold(svc.name, lambda said: self.out.progress(svc.name, said))
+            if self.hold is not None:
+                self.hold(svc.name, lambda said: self.out.progress(svc.name, said))
         except CycleFailed:
             if not self._stop.is_set():  # nothing of it was applied: what serves, asked
                 result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from devloop import commands as cmds
 from devloop import config as config_mod
+from devloop.commands import CommandRunner
 from devloop.config import Config, ServiceConfig
 from devloop.debounce import ChangeQueue, LoopGuard
 from devloop.engine import ServiceResult
@@ -142,9 +144,14 @@ class _Access:
 
 class DevSession:
     def __init__(
-        self, engine: SessionEngine, clock: Callable[[], float] = time.monotonic, forward: Callable[..., PortForward] = PortForward
+        self,
+        engine: SessionEngine,
+        clock: Callable[[], float] = time.monotonic,
+        forward: Callable[..., PortForward] = PortForward,
+        commands: CommandRunner | None = None,
     ) -> None:
         self.engine = engine
+        self.commands = commands  # the commands on the host beside the cycle (devloop.commands); None: none run
         self.forward = forward  # what makes a forward (PortForward's arguments; the unit tests record what is made)
         self.out = engine.out
         self.clock = clock
@@ -344,7 +351,10 @@ class DevSession:
     def run(self) -> None:
         try:
             self.engine.check_manifests()  # a usage error before anything is watched or created
+            cmds.check(self.config.commands if self.commands else (), self.config.source)  # a missing program: exit 3, nothing run
             self._start_watcher()  # from the start: a save during the first cycle is not lost
+            if self.commands is not None:
+                self.commands.at_start()
             self._after(self.engine.up(), first=True)
             self._loop()
         finally:
@@ -367,13 +377,18 @@ class DevSession:
         extra = [m for svc in self.config.services for m in svc.manifests]
         extra += [Path(k) for layout in layouts for k in layout.kustomize]
         extra += [Path(p) for p in self.engine.config_files()]
+        if self.commands is not None:  # what the commands' triggers name, below the project (devloop.commands)
+            rules = IgnoreRules(extra=self.config.watch.ignore)
+            roots += [(d, rules) for d in cmds.trigger_roots(self.config.commands, self.config.root)]
         return roots, extra
 
     def _start_watcher(self) -> None:
         roots, extra = self._watch_inputs()
         self.watcher = Watcher(roots, extra, self._on_change, on_touch=self.engine.hasher.changed)
         self.watcher.start()
-        self.engine.hasher.follow(p for p, _ in roots)  # content tags from here on: only what the watcher reports is re-read
+        self.engine.hasher.follow(
+            layout.context for layout in self._layouts() if layout.context
+        )  # content tags from here on: only what the watcher reports is re-read
         where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services if s.image}))
         self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
 
@@ -421,10 +436,12 @@ class DevSession:
             if reloaded is None:
                 return
             todo = reloaded
+        ran = self._run_commands(changes, todo)
         if todo.nothing:
             if changes:
-                said = todo.ignored or tuple(dict.fromkeys(relative(c.path, root) for c in changes))
-                self.out.skipped("not part of any image or manifests", list(said))
+                said = [f for f in todo.ignored or dict.fromkeys(relative(c.path, root) for c in changes) if f not in ran]
+                if said:
+                    self.out.skipped("not part of any image or manifests", said)
             return
         start = self.clock()
         results = self.engine.run(todo)
@@ -432,15 +449,29 @@ class DevSession:
             self.guard.cycle_built(start, self.clock())
         self._after(results)
 
+    def _run_commands(self, changes: list[Change], todo: Plan) -> set[str]:
+        """Start the commands this batch triggers, beside its cycle (a blocking one holds the deploy of
+        the services its files change); the files that triggered one (relative to the project)."""
+        if self.commands is None or not changes or todo.reload:
+            return set()
+        root = str(self.config.root)
+        started = cmds.triggered(changes, self.config.commands, root, IgnoreRules(extra=self.config.watch.ignore))
+        for t in started:
+            self.commands.start(t, cmds.held_services(t, self._layouts(), self.engine.config_files(), root))
+        return {f for t in started for f in t.files}
+
     def _reload(self, todo: Plan) -> Plan | None:
         try:
             new = config_mod.load(self.config.file, self.config.root)
+            cmds.check(new.commands if self.commands else (), new.source)  # a missing program: the running configuration stays
         except DevloopError as e:
             self.out.error(e)
             self.out.warn("keeping the previous configuration", "fix the file and save it again")
             return None
         before = {s.name for s in self.config.services}
         kept = self.engine.reconfigure(new)
+        if self.commands is not None:
+            self.commands.reconfigure(new.commands)
         for part in kept:
             self.out.warn(f"{part} changed in the configuration; keeping the running one", "restart `devloop dev` to switch")
         gone = before - {s.name for s in new.services}
@@ -458,7 +489,7 @@ class DevSession:
         if self.watcher is not None:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
-            self.engine.hasher.follow(p for p, _ in roots)
+            self.engine.hasher.follow(layout.context for layout in self._layouts() if layout.context)
         self._publish()
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
         return everything(self._layouts(), "configuration changed", todo.config_files)
@@ -489,6 +520,8 @@ class DevSession:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.commands is not None:
+            self.commands.stop()
         if self.pods is not None:
             self.pods.stop()
         self.api.stop()
