@@ -27,8 +27,8 @@ The page's script runs under a per-response CSP nonce (`script-src` has no `'uns
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import errno
 import heapq
 import json
