@@ -67,11 +67,11 @@ def matches(command: CommandConfig, path: str, root: str, rules: IgnoreRules = I
 def triggered(
     changes: Iterable[Change], commands: Sequence[CommandConfig], root: str, rules: IgnoreRules = IgnoreRules()
 ) -> list[Triggered]:
-    """The commands (with `on: save`) this batch of changes runs, in the configuration's order."""
+    """The commands (with `when: save`) this batch of changes runs, in the configuration's order."""
     settled = settle(changes)
     out = []
     for c in commands:
-        if "save" not in c.on:
+        if "save" not in c.when:
             continue
         files = tuple(sorted({relative(ch.path, root) for ch in settled if matches(c, ch.path, root, rules)}))
         if files:
@@ -92,7 +92,7 @@ def trigger_roots(commands: Sequence[CommandConfig], root: Path) -> list[Path]:
     wildcard (a glob with none: its directory, or itself when it names one), else the workdir."""
     out: list[Path] = []
     for c in commands:
-        if "save" not in c.on:
+        if "save" not in c.when:
             continue
         for glob in c.trigger or (str(c.workdir),):
             parts = []
@@ -227,9 +227,9 @@ class CommandRunner:
 
     # -- the worker --------------------------------------------------------------------------------
     def at_start(self) -> None:
-        """The commands with `on: start`, as `devloop dev` starts (beside the first deploy; they hold nothing)."""
+        """The commands with `when: start`, as `devloop dev` starts (beside the first deploy; they hold nothing)."""
         for c in self.commands:
-            if "start" in c.on:
+            if "start" in c.when:
                 self.start(Triggered(c, ()), trigger="start")
 
     def start(self, t: Triggered, services: Iterable[str] = (), trigger: str = "save") -> None:
@@ -273,6 +273,8 @@ class CommandRunner:
                 self._holds.pop(c.name, None)
             if current and result.status != "cancelled":
                 self.last[c.name] = result
+        if current:
+            self._save()  # before it is said: `devloop status` then agrees with what was said
         run.done.set()
         self.out.command_end(
             c.name,
@@ -285,8 +287,6 @@ class CommandRunner:
             trigger=result.trigger,
             files=result.files,
         )
-        if current:
-            self._save()
 
     def _execute(self, run: _Run, start: float) -> CommandResult:
         c = run.command

@@ -273,11 +273,19 @@ class CommandConfig(_Model):
     argv: Annotated[tuple[NonEmpty, ...], Field(min_length=1), BeforeValidator(_argv_list)]
     workdir: PathText = Path(".")  # relative to devloop.yaml
     trigger: StrList = ()  # globs relative to devloop.yaml (`**` any directories); empty: any file below workdir
-    on: Annotated[
+    # `when`, not `on`: YAML 1.1 (PyYAML, as most tools) reads a bare `on` key as true
+    when: Annotated[
         tuple[Literal["start", "save"], ...], Field(min_length=1), BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
     ] = ("save",)
     blocks_deploy: bool = False  # a failed run holds the deploy of the services whose files triggered it
     timeout: Annotated[int, Field(ge=1, le=3600, strict=True)] = 600  # seconds; a run that takes longer is stopped and failed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and True in data:
+            raise ValueError("a key `on` (YAML reads it as true): write `when: [start, save]`")
+        return data
 
 
 class ServiceConfig(_Model):
@@ -494,7 +502,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "workdir": "The directory it runs in, relative to devloop.yaml (default: devloop.yaml's directory).",
         "trigger": "Globs relative to devloop.yaml (`**`: any directories; a directory: every file below it) whose save runs "
         "it; empty: any file below workdir.",
-        "on": "When it runs: start (once, as `devloop dev` starts), save (each save matching trigger), or both; default [save].",
+        "when": "When it runs: start (once, as `devloop dev` starts), save (each save matching trigger), or both; default [save].",
         "blocksDeploy": "true: a failed run holds the deploy of the services whose saved files triggered it (the previous "
         "version keeps serving) until it passes; false (default): it is reported and the deploy goes on.",
         "timeout": "Seconds a run may take before it is stopped and counted as failed (1-3600; default 600).",

@@ -30,7 +30,7 @@ commands:
     argv: [node, --test]
     workdir: sample-app
     trigger: ["sample-app/*.js", "sample-app/test/**"]
-    on: [start, save]
+    when: [start, save]
     blocksDeploy: true
 """
 
