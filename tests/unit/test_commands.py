@@ -399,3 +399,30 @@ def test_a_reload_naming_a_missing_program_keeps_the_configuration(session_rig: 
     assert error["message"] == "devloop.yaml: commands[1] (lint): `devloop-no-such-program` was not found on PATH"
     assert error["exit_code"] == 3
     assert any(e["message"] == "keeping the previous configuration" for e in bench.events("warning"))
+
+
+# -- the engine: a held service is built, not deployed -----------------------------------------------------
+def test_a_held_service_is_built_and_published_not_deployed_and_what_serves_is_said(tmp_path: Path) -> None:
+    from tests.unit.test_engine import World
+
+    root = tmp_path / "shop"
+    shutil.copytree(REPO / "examples" / "shop", root)
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    (root / "devloop.yaml").write_text((root / "devloop.yaml").read_text().replace("../../kind-config.yaml", "../kind-config.yaml"))
+    w = World(root)
+    w.engine.up()
+    before = w.cluster.deployments[("default", "api")].image
+
+    def hold(service: str, say: Callable[[str], None]) -> None:
+        if service == "api":
+            raise CycleFailed("command", "not deployed: api-tests failed (exit 1) (blocksDeploy)", "fix it and save")
+
+    w.engine.hold = hold
+    (r,) = w.save("api", "server.js", "api v1", "api v2")
+    assert not r.ok and r.error is not None and r.error.phase == "command" and "api-tests failed" in r.error.message
+    assert "build" in r.phases and "publish" in r.phases and "deploy" not in r.phases
+    assert w.cluster.deployments[("default", "api")].image == before  # the previous version keeps running
+    (done,) = [e for e in w.events("cycle_done") if not e["ok"]]
+    assert done["outcome"], done  # what serves now, asked of the cluster
+    (ok,) = w.save("web", "server.js", "web v1", "web v2")  # another service is not held
+    assert ok.ok
