@@ -23,7 +23,7 @@ from devloop.config import CommandConfig
 from devloop.errors import EXIT_ENVIRONMENT, ConfigError, CycleFailed, ToolMissing
 from devloop.ignore import IgnoreRules
 from devloop.output import Output
-from devloop.plan import Change, ServiceLayout
+from devloop.plan import Change, Plan, ServiceChange, ServiceLayout
 from devloop.proc import Background
 from devloop.session import DevSession
 from devloop.view import Board
@@ -426,3 +426,26 @@ def test_a_held_service_is_built_and_published_not_deployed_and_what_serves_is_s
     assert done["outcome"], done  # what serves now, asked of the cluster
     (ok,) = w.save("web", "server.js", "web v1", "web v2")  # another service is not held
     assert ok.ok
+
+
+def test_a_held_live_update_syncs_nothing(tmp_path: Path) -> None:
+    from tests.unit.test_engine import World
+
+    root = tmp_path / "shop"
+    shutil.copytree(REPO / "examples" / "shop", root)
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    w = World(root, DEVLOOP_YAML)  # web: live update on
+    w.engine.up()
+    said: list[str] = []
+
+    def hold(service: str, say: Callable[[str], None]) -> None:
+        say("waiting for web-tests (blocksDeploy)")
+        said.append(service)
+        raise CycleFailed("command", "not deployed: web-tests failed (exit 1) (blocksDeploy)")
+
+    w.engine.hold = hold
+    server = root / "web" / "server.js"
+    server.write_text(server.read_text().replace("web v1", "web v2"))
+    (r,) = w.engine.run(Plan(services=(ServiceChange("web", sync=("server.js",), image_files=("server.js",), reason="live update"),)))
+    assert not r.ok and r.error is not None and r.error.phase == "command" and said == ["web"]
+    assert not r.synced and "sync" not in r.phases and "build" not in r.phases  # neither synced nor rebuilt instead
