@@ -291,7 +291,7 @@ class CommandRunner:
     def _execute(self, run: _Run, start: float) -> CommandResult:
         c = run.command
         if run.cancelled or self._stopping.is_set():
-            return CommandResult(c.name, "cancelled", None, 0.0, "cancelled: a newer save runs it again")
+            return self._cancelled(run, 0.0)
         child = run.child = self.launcher.spawn(list(c.argv), on_line=lambda line: self._line(run, line), cwd=str(c.workdir))
         if run.cancelled:  # cancelled while it was being started
             child.stop()
@@ -299,7 +299,7 @@ class CommandRunner:
         child.stop()  # reaps it, stops what it left in its process group, and reads the rest of its output
         seconds = self.clock() - start
         if run.cancelled or self._stopping.is_set():
-            return CommandResult(c.name, "cancelled", None, seconds, "cancelled: a newer save runs it again")
+            return self._cancelled(run, seconds)
         lines = excerpt(run.head, list(run.tail), run.lines)
         if code is None:
             return CommandResult(
@@ -308,6 +308,10 @@ class CommandRunner:
         if code != 0:
             return CommandResult(c.name, "failed", code, seconds, f"failed (exit {code})", "", lines)
         return CommandResult(c.name, "passed", 0, seconds)
+
+    def _cancelled(self, run: _Run, seconds: float) -> CommandResult:
+        why = "cancelled: a newer save runs it again" if run.cancelled else "stopped with devloop"
+        return CommandResult(run.command.name, "cancelled", None, seconds, why)
 
     def _save(self) -> None:
         if self.state_file is None:
