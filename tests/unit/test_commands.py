@@ -449,3 +449,20 @@ def test_a_held_live_update_syncs_nothing(tmp_path: Path) -> None:
     (r,) = w.engine.run(Plan(services=(ServiceChange("web", sync=("server.js",), image_files=("server.js",), reason="live update"),)))
     assert not r.ok and r.error is not None and r.error.phase == "command" and said == ["web"]
     assert not r.synced and "sync" not in r.phases and "build" not in r.phases  # neither synced nor rebuilt instead
+
+
+def test_the_dashboard_serves_each_commands_last_result_and_not_every_line() -> None:
+    from tests.unit.test_dashboard import Harness as Page
+
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    page = Page(out)
+    page.d.start()
+    try:
+        out.command_start("unit-tests", ["npm", "test"], "save", ["web/server.js"])
+        out.command_output("unit-tests", "not ok 1 - message")
+        out.command_end("unit-tests", status="failed", exit_code=1, seconds=2.5, message="failed (exit 1)", excerpt=["not ok 1 - message"])
+        (c,) = page.state()["commands"]
+        assert (c["name"], c["status"], c["exit_code"], c["seconds"], c["excerpt"]) == ("unit-tests", "failed", 1, 2.5, ["not ok 1 - message"])
+        assert [r["event"] for _, r in page.d._recent()] == ["command_start", "command_end"]  # the lines are not pushed to the page
+    finally:
+        page.d.stop()
