@@ -215,8 +215,11 @@ class CommandRunner:
         self._lock = threading.Lock()
         self._runs: dict[str, _Run] = {}  # the current (or last) run of each command
         self._holds: dict[str, set[str]] = {}  # blocking command → services it holds until it passes
+        self._refused: dict[str, set[str]] = {}  # blocking command → services whose deploy it refused since it last passed
         self.last: dict[str, CommandResult] = {}
         self._stopping = threading.Event()
+        # a blocking command passed: the services it held (the session deploys those the cluster does not run yet)
+        self.on_release: Callable[[str, list[str]], None] | None = None
 
     def reconfigure(self, commands: Sequence[CommandConfig]) -> None:
         """A reloaded configuration: a command removed (or changed) stops holding anything."""
@@ -224,6 +227,7 @@ class CommandRunner:
         with self._lock:
             kept = {c.name: c for c in commands}
             self._holds = {n: s for n, s in self._holds.items() if n in kept and kept[n].blocks_deploy}
+            self._refused = {n: s for n, s in self._refused.items() if n in self._holds}
 
     # -- the worker --------------------------------------------------------------------------------
     def at_start(self) -> None:
@@ -267,10 +271,12 @@ class CommandRunner:
             result = CommandResult(c.name, "error", None, self.clock() - start, e.message, e.hint)
         result = CommandResult(**{**asdict(result), "trigger": run.trigger, "files": run.files, "at": time.time()})
         run.result = result
+        released: set[str] = set()
         with self._lock:
             current = self._runs.get(c.name) is run
             if current and result.ok:
                 self._holds.pop(c.name, None)
+                released = self._refused.pop(c.name, set())
             if current and result.status != "cancelled":
                 self.last[c.name] = result
         if current:
@@ -287,6 +293,8 @@ class CommandRunner:
             trigger=result.trigger,
             files=result.files,
         )
+        if released and self.on_release is not None:
+            self.on_release(c.name, sorted(released))
 
     def _execute(self, run: _Run, start: float) -> CommandResult:
         c = run.command
@@ -340,6 +348,8 @@ class CommandRunner:
                     raise CycleFailed("command", "stopped while waiting for commands")
         with self._lock:  # a run that passed released its hold; what is left held it back
             failed = [self.last[n] for n in sorted(self._holds) if service in self._holds[n] and n in self.last]
+            for f in failed:
+                self._refused.setdefault(f.name, set()).add(service)
         if failed:
             first = failed[0]
             raise CycleFailed(

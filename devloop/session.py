@@ -114,7 +114,15 @@ class ApiBack:
     away: float
 
 
-Event = Seen | PodChanged | RebuildNow | ApiBack
+@dataclass(frozen=True)
+class Released:
+    """A blocking command passed: the services it held are deployed (when the cluster does not run their sources yet)."""
+
+    services: tuple[str, ...]
+    why: str
+
+
+Event = Seen | PodChanged | RebuildNow | ApiBack | Released
 
 
 def _ready_pods(engine: SessionEngine, svc: ServiceConfig) -> list[str]:
@@ -152,6 +160,8 @@ class DevSession:
     ) -> None:
         self.engine = engine
         self.commands = commands  # the commands on the host beside the cycle (devloop.commands); None: none run
+        if commands is not None:
+            commands.on_release = lambda name, services: self.queue.put(Released(tuple(services), f"{name} passed (blocksDeploy)"))
         self.forward = forward  # what makes a forward (PortForward's arguments; the unit tests record what is made)
         self.out = engine.out
         self.clock = clock
@@ -411,11 +421,14 @@ class DevSession:
             )
         changes: list[Change] = []
         rebuild: dict[str, str] = {}  # service → why
+        released: dict[str, str] = {}  # service → why: built and deployed unless the cluster runs its sources already
         for item in batch:
             if isinstance(item, PodChanged):
                 service = self._pod_changed(item)
                 if service:
                     rebuild[service] = "a live-updated pod restarted"
+            elif isinstance(item, Released):
+                released.update((s, item.why) for s in item.services if s in self.engine.state)
             elif isinstance(item, RebuildNow):
                 if item.service in self.engine.state:
                     rebuild[item.service] = "rebuild requested from the dashboard"
@@ -431,6 +444,10 @@ class DevSession:
         if rebuild:
             forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
             todo = replace(todo, services=forced + tuple(c for c in todo.services if c.service not in rebuild))
+        planned = {c.service for c in todo.services}
+        if released.keys() - planned:
+            more = tuple(ServiceChange(s, rebuild=True, reason=why) for s, why in sorted(released.items()) if s not in planned)
+            todo = replace(todo, services=todo.services + more)
         if todo.reload:
             reloaded = self._reload(todo)
             if reloaded is None:

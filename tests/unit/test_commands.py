@@ -265,9 +265,12 @@ def test_a_failed_blocking_command_holds_the_deploy_of_its_services_until_it_pas
     assert said == ["waiting for unit-tests (blocksDeploy)"]
     with pytest.raises(CycleFailed):  # still held: its last run failed
         rig.runner.hold("web", said.append)
-    rig.run(c, Script(), services=["web"])
+    released: list[tuple[str, list[str]]] = []
+    rig.runner.on_release = lambda name, services: released.append((name, services))
+    rig.run(c, Script(), services=[])  # e.g. a save of a test file only: it passes …
     rig.end()
     rig.end()
+    assert released == [("unit-tests", ["web"])]  # … and the session deploys what it held
     rig.runner.hold("web", said.append)  # passed: deployed
 
 
@@ -382,6 +385,14 @@ def test_a_save_starts_its_commands_beside_the_cycle_and_a_blocking_one_holds_it
     rig.runner.hold("web", lambda said: None)
 
 
+def test_a_blocking_command_that_passes_again_deploys_what_it_held(session_rig: tuple[Bench, Rig]) -> None:
+    bench, rig = session_rig
+    assert rig.runner.on_release is not None
+    rig.runner.on_release("api-tests", ["api"])
+    (p,) = bench.step()
+    assert p.services == (ServiceChange("api", rebuild=True, reason="api-tests passed (blocksDeploy)"),)  # skipped when the cluster runs it
+
+
 def test_a_file_only_a_command_watches_runs_it_and_is_not_called_ignored(session_rig: tuple[Bench, Rig]) -> None:
     bench, rig = session_rig
     rig.launcher.script.append(Script())
@@ -462,7 +473,13 @@ def test_the_dashboard_serves_each_commands_last_result_and_not_every_line() -> 
         out.command_output("unit-tests", "not ok 1 - message")
         out.command_end("unit-tests", status="failed", exit_code=1, seconds=2.5, message="failed (exit 1)", excerpt=["not ok 1 - message"])
         (c,) = page.state()["commands"]
-        assert (c["name"], c["status"], c["exit_code"], c["seconds"], c["excerpt"]) == ("unit-tests", "failed", 1, 2.5, ["not ok 1 - message"])
+        assert (c["name"], c["status"], c["exit_code"], c["seconds"], c["excerpt"]) == (
+            "unit-tests",
+            "failed",
+            1,
+            2.5,
+            ["not ok 1 - message"],
+        )
         assert [r["event"] for _, r in page.d._recent()] == ["command_start", "command_end"]  # the lines are not pushed to the page
     finally:
         page.d.stop()
