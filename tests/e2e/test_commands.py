@@ -1,7 +1,8 @@
 """Commands on save (`commands:` in devloop.yaml) with the real CLI on the real kind cluster: the
 sample's own unit tests (`node --test`) run on the host beside each cycle; a failing run with
 blocksDeploy holds the deploy (the previous version keeps serving); a program that is not there is
-one line and a hint. One `devloop dev` session; the module deletes the cluster at the end.
+one line and a hint; when the command passes again (a save of the test alone), devloop deploys what
+it held. One `devloop dev` session; the module deletes the cluster at the end.
 """
 
 from __future__ import annotations
@@ -112,7 +113,15 @@ def test_commands_on_save_beside_the_cycle(harness: Harness, project: Path, run_
     assert get(port)[1] == V2
     assert set(served_by_every_pod(harness).values()) == {V2}
 
-    # 3. a reloaded configuration naming a program that is not there: one line and a hint, v2 keeps serving
+    # 3. the test changed instead (a file of no image: no cycle of its own): it passes, and devloop deploys what it held
+    (project / "sample-app" / "test" / "message.test.js").write_text(MESSAGE_TEST.replace("'BROKEN'", "'BROKEN!'"))
+    fixed = d.wait_for(ended("unit-tests", "save"), 120, "the unit tests after the test's change")
+    assert fixed["status"] == "passed" and fixed["files"] == ["sample-app/test/message.test.js"], fixed
+    released = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the deploy of what the command held")
+    assert released["ok"] and released["reason"] == "unit-tests passed (blocksDeploy)", released
+    assert get(port)[1] == BROKEN
+
+    # 4. a reloaded configuration naming a program that is not there: one line and a hint, the last version keeps serving
     config = project / "devloop.yaml"
     good = config.read_text()
     config.write_text(good + "  - name: lint\n    argv: [devloop-no-such-program]\n")
@@ -120,13 +129,19 @@ def test_commands_on_save_beside_the_cycle(harness: Harness, project: Path, run_
     assert error["message"] == "devloop.yaml: commands[1] (lint): `devloop-no-such-program` was not found on PATH", error
     assert error["hint"].startswith("install it") and error["exit_code"] == 3, error
     d.wait_for(lambda e: e["event"] == "warning" and "keeping the previous configuration" in e["message"], 30, "the old configuration kept")
-    assert get(port)[1] == V2
+    assert get(port)[1] == BROKEN
 
     assert d.interrupt() == 130
     assert not running_in(project), "a command outlived devloop"
 
-    # 4. `devloop status` says each command's last result, as the session left it
+    # 5. `devloop status` says each command's last result, as the session left it
     _code, events, _output = run_cli(harness, project, "status")
     status = next(e for e in events if e["event"] == "status")
     (unit,) = status["commands"]
-    assert unit["name"] == "unit-tests" and unit["status"] == "failed" and unit["exit_code"] == 1, status["commands"]
+    assert unit["name"] == "unit-tests" and unit["status"] == "passed" and unit["files"] == ["sample-app/test/message.test.js"], status[
+        "commands"
+    ]
+    print(
+        f"\nunit-tests: {first['seconds']}s at start, {passed['seconds']}s on save; the save's cycle {done['total']}s "
+        f"({done['phases']}); held cycle {held['total']}s; released cycle {released['total']}s"
+    )
