@@ -22,7 +22,7 @@ from tests.e2e.test_promises import set_message
 
 pytestmark = pytest.mark.e2e
 
-V2 = "Hello from devloop sample-app v2"
+V2 = "Hello from devloop sample-app, tested on save"
 BROKEN = "Hello from devloop sample-app v3 BROKEN"
 
 COMMANDS = """
