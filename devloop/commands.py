@@ -38,7 +38,7 @@ from devloop.output import Output
 from devloop.plan import Change, ServiceLayout, plan, relative, settle
 from devloop.proc import SIGNAL_CHECK, Background
 
-HEAD_LINES = 5  # a failed run's excerpt: its first lines (what it ran) …
+HEAD_LINES = 10  # a failed run's excerpt: its first lines (what it ran) …
 TAIL_LINES = 15  # … and its last (where it failed)
 
 

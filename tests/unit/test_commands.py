@@ -212,7 +212,7 @@ def test_a_failing_run_says_its_exit_code_and_its_first_and_last_lines(rig: Rig)
     rig.run(command(), Script(lines, code=2))
     end = rig.end()
     assert (end["status"], end["exit_code"], end["message"]) == ("failed", 2, "failed (exit 2)")
-    assert end["excerpt"] == [*lines[:5], "… 20 lines …", *lines[-15:]]
+    assert end["excerpt"] == [*lines[:10], "… 15 lines …", *lines[-15:]]
     rig.run(command(), Script(["a", "b"], code=1))
     assert rig.end()["excerpt"] == ["a", "b"]
 
