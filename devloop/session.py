@@ -392,13 +392,15 @@ class DevSession:
             roots += [(d, rules) for d in cmds.trigger_roots(self.config.commands, self.config.root)]
         return roots, extra
 
+    def _follow_contexts(self) -> None:
+        """The hasher follows the build contexts (not what only the commands watch)."""
+        self.engine.hasher.follow(layout.context for layout in self._layouts() if layout.context)
+
     def _start_watcher(self) -> None:
         roots, extra = self._watch_inputs()
         self.watcher = Watcher(roots, extra, self._on_change, on_touch=self.engine.hasher.changed)
         self.watcher.start()
-        self.engine.hasher.follow(
-            layout.context for layout in self._layouts() if layout.context
-        )  # content tags from here on: only what the watcher reports is re-read
+        self._follow_contexts()  # content tags from here on: only what the watcher reports is re-read
         where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services if s.image}))
         self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
 
@@ -506,7 +508,7 @@ class DevSession:
         if self.watcher is not None:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
-            self.engine.hasher.follow(layout.context for layout in self._layouts() if layout.context)
+            self._follow_contexts()
         self._publish()
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
         return everything(self._layouts(), "configuration changed", todo.config_files)
