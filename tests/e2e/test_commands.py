@@ -131,10 +131,14 @@ def test_commands_on_save_beside_the_cycle(harness: Harness, project: Path, run_
     d.wait_for(lambda e: e["event"] == "warning" and "keeping the previous configuration" in e["message"], 30, "the old configuration kept")
     assert get(port)[1] == BROKEN
 
+    # 5. Ctrl-C while the tests run (and the servers they start): nothing of theirs outlives devloop
+    server = project / "sample-app" / "server.js"
+    server.write_text(server.read_text())  # saved unchanged: no cycle, the tests run
+    d.wait_for(lambda e: e["event"] == "command_output" and e["name"] == "unit-tests", 60, "the tests running")
     assert d.interrupt() == 130
     assert not running_in(project), "a command outlived devloop"
 
-    # 5. `devloop status` says each command's last result, as the session left it
+    # 6. `devloop status` says each command's last result, as the session left it
     _code, events, _output = run_cli(harness, project, "status")
     status = next(e for e in events if e["event"] == "status")
     (unit,) = status["commands"]
