@@ -150,11 +150,16 @@ ForceConflictsOption = Annotated[
 
 
 def _engine(
-    cfg: config_mod.Config, out: Output, fetch_tools: bool = True, target: str | None = None, force_conflicts: bool = False
+    cfg: config_mod.Config,
+    out: Output,
+    fetch_tools: bool = True,
+    target: str | None = None,
+    force_conflicts: bool = False,
+    hold: Callable[[str, Callable[[str], None]], None] | None = None,
 ) -> Engine:
     from devloop import wiring
 
-    return wiring.engine(cfg, out, target, fetch_tools=fetch_tools, force_conflicts=force_conflicts)
+    return wiring.engine(cfg, out, target, fetch_tools=fetch_tools, force_conflicts=force_conflicts, hold=hold)
 
 
 @app.command()
@@ -228,12 +233,14 @@ def dev(
     """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
     def body(out: Output) -> int:
+        from devloop import wiring
         from devloop.lock import ProjectLock
         from devloop.session import DevSession
 
         cfg = _load(ctx.obj)
         with ProjectLock(cfg.root, "dev"):
-            session = DevSession(_engine(cfg, out, target=target, force_conflicts=force_conflicts))
+            commands = wiring.commands(cfg, out)  # on the host beside the cycle; blocksDeploy holds a service's deploy
+            session = DevSession(_engine(cfg, out, target=target, force_conflicts=force_conflicts, hold=commands.hold), commands=commands)
             dashboard = None
             if ui and cfg.dashboard.enabled:
                 from devloop.dashboard import Dashboard, DashboardError

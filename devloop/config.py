@@ -259,6 +259,35 @@ class LiveUpdateConfig(_Model):
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
 
 
+def _argv_list(v: Any) -> Any:
+    if isinstance(v, str):
+        raise ValueError("must be a list (argv: the program, then each argument), not a shell string")
+    return v
+
+
+class CommandConfig(_Model):
+    """A command devloop runs on the host beside the cycle (unit tests, lint, code generation): at start
+    and/or when a saved file matches its triggers (devloop.commands)."""
+
+    name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)]
+    argv: Annotated[tuple[NonEmpty, ...], Field(min_length=1), BeforeValidator(_argv_list)]
+    workdir: PathText = Path(".")  # relative to devloop.yaml
+    trigger: StrList = ()  # globs relative to devloop.yaml (`**` any directories); empty: any file below workdir
+    # `when`, not `on`: YAML 1.1 (PyYAML, as most tools) reads a bare `on` key as true
+    when: Annotated[
+        tuple[Literal["start", "save"], ...], Field(min_length=1), BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = ("save",)
+    blocks_deploy: bool = False  # a failed run holds the deploy of the services whose files triggered it
+    timeout: Annotated[int, Field(ge=1, le=3600, strict=True)] = 600  # seconds; a run that takes longer is stopped and failed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and True in data:
+            raise ValueError("a key `on` (YAML reads it as true): write `when: [start, save]`")
+        return data
+
+
 class ServiceConfig(_Model):
     name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] = ""  # empty: deploy.deployment, else the image's last name part
     image: ImageConfig | None = None  # none: the manifests' own images (Postgres, Redis), applied and waited for
@@ -328,9 +357,13 @@ class ConfigV2(_Model):
     # project-wide manifests: where a service without deploy.manifests finds its Deployment
     manifests: Annotated[tuple[PathText, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = ()
     services: Annotated[tuple[ServiceConfig, ...], Field(min_length=1)]
+    commands: tuple[CommandConfig, ...] = ()  # run on the host beside the cycle (devloop.commands)
 
     @model_validator(mode="after")
     def _unique(self) -> ConfigV2:
+        named = [c.name for c in self.commands]
+        if len(set(named)) != len(named):
+            raise ValueError(f"two commands are named {next(n for n in named if named.count(n) > 1)!r}")
         seen: set[str] = set()
         for s in self.services:
             if s.name in seen:
@@ -460,6 +493,19 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "manifests": "Project-wide manifests (files, directories or kustomize directories): where a service without "
         "deploy.manifests finds its Deployment.",
         "services": "One entry per image and the Deployment that runs it.",
+        "commands": "Commands run on the host beside the cycle (unit tests, lint, code generation), at start and/or on save.",
+    },
+    "CommandConfig": {
+        "name": "A lowercase DNS label naming the command in the terminal, events, status and the dashboard.",
+        "argv": "The program and its arguments, as a list (no shell): e.g. [npm, test]. The program is looked up on PATH, "
+        "or relative to workdir when it holds a /.",
+        "workdir": "The directory it runs in, relative to devloop.yaml (default: devloop.yaml's directory).",
+        "trigger": "Globs relative to devloop.yaml (`**`: any directories; a directory: every file below it) whose save runs "
+        "it; empty: any file below workdir.",
+        "when": "When it runs: start (once, as `devloop dev` starts), save (each save matching trigger), or both; default [save].",
+        "blocksDeploy": "true: a failed run holds the deploy of the services whose saved files triggered it (the previous "
+        "version keeps serving) until it passes; false (default): it is reported and the deploy goes on.",
+        "timeout": "Seconds a run may take before it is stopped and counted as failed (1-3600; default 600).",
     },
     "ClusterConfig": {
         "name": "The kind cluster's name; default: the `name:` in the kind config, else devloop.",
@@ -818,7 +864,12 @@ def _resolve(model: ConfigV2, *, root: Path, source: str, file: Path | None, che
         services.append(s)
     if check_paths and not kind_config.is_file():
         raise ConfigError(f"{source}: cluster.kindConfig: no such file: {kind_config}", "devloop creates the kind cluster from this file")
+    commands = tuple(c.model_copy(update={"workdir": _path(root, c.workdir)}) for c in model.commands)
+    for n, c in enumerate(commands):
+        if check_paths and not c.workdir.is_dir():
+            raise ConfigError(f"{source}: commands[{n}].workdir: not a directory: {c.workdir}", "workdir is relative to devloop.yaml")
     resolved = {
+        "commands": commands,
         "cluster": model.cluster.model_copy(update={"name": name, "kind_config": kind_config}),
         "registry": registry,
         "services": tuple(services),

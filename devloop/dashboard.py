@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import heapq
 import json
@@ -245,6 +246,8 @@ class Dashboard:
 
     def _on_event(self, record: dict[str, Any]) -> None:
         """Output subscriber: called under the Output lock, so it only updates memory and queues."""
+        if record.get("event") == "command_output":
+            return  # a command's lines: the page shows a failed run's excerpt (command_end), not every line
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -325,7 +328,8 @@ class Dashboard:
             {"event": n.event, "ts": n.ts, "message": n.message, "hint": n.hint, **({"service": n.service} if n.service else {})}
             for n in current.notices
         ]
-        result: dict[str, Any] = {"url": self.url, "services": services, "forwards": forwards, "notices": notices}
+        commands = [dataclasses.asdict(c) for c in current.commands.values()]
+        result: dict[str, Any] = {"url": self.url, "services": services, "forwards": forwards, "notices": notices, "commands": commands}
         if snap_error:
             result["snapshot_error"] = snap_error
         return result

@@ -75,8 +75,10 @@ class Engine:
         charts: Charts | None = None,
         clock: Callable[[], float] = time.monotonic,
         force_conflicts: bool = False,
+        hold: Callable[[str, Callable[[str], None]], None] | None = None,
     ) -> None:
         self.config = config
+        self.hold = hold  # before a service is deployed (commands' blocksDeploy): returns, or raises CycleFailed
         self.out = out
         self.images = images
         self.builder = builder
@@ -271,6 +273,7 @@ class Engine:
         ref = self.image_ref(svc)
         result.image = ref
         if change.sync:
+            self._wait_until_allowed(svc, deployed, result, dependencies=False)  # a sync is a deploy too (blocksDeploy)
             try:
                 with self._phase(svc.name, result, "sync"):
                     result.ready_pods = self.live.sync(svc, deployed, st, change.sync)
@@ -299,12 +302,7 @@ class Engine:
             self.out.phase_done("publish", result.phases["publish"], moved or "already there", service=svc.name)
         elif st.applied is not None:  # the manifests alone: the image the cluster runs
             ref = result.image = st.applied
-        try:
-            self.start_order.hold(svc.name, lambda said: self.out.progress(svc.name, said))
-        except CycleFailed:
-            if not self._stop.is_set():  # nothing of it was applied: what serves, asked
-                result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
-            raise
+        self._wait_until_allowed(svc, deployed, result, dependencies=True)
         with self._phase(svc.name, result, "deploy"):
             for image in deployed.foreign_images(
                 {s.image.name for s in self.services if s.image}
@@ -325,6 +323,19 @@ class Engine:
         st.rolled_out(ref, revision)
         if svc.image is not None:
             self._tidy(svc, {r.tag for r in (st.good, st.applied) if r})
+
+    def _wait_until_allowed(self, svc: ServiceConfig, deployed: Deployed, result: ServiceResult, *, dependencies: bool) -> None:
+        """Before anything of the service reaches the cluster: its dependencies ready (dependsOn), and
+        `hold` (commands' blocksDeploy) letting it go. When one refuses, says what serves, asked."""
+        try:
+            if dependencies:
+                self.start_order.hold(svc.name, lambda said: self.out.progress(svc.name, said))
+            if self.hold is not None:
+                self.hold(svc.name, lambda said: self.out.progress(svc.name, said))
+        except CycleFailed:
+            if not self._stop.is_set():  # nothing of it was applied: what serves, asked
+                result.outcome = self.rollout.still_serving(deployed.namespace, deployed.deployment)
+            raise
 
     # -- steps ------------------------------------------------------------------------------------
     def build(self, svc: ServiceConfig, ref: ImageRef) -> bool:

@@ -214,6 +214,63 @@ class Output:
             error=None if error is None else {"phase": error.phase, "message": error.message, "hint": error.hint, "details": error.details},
         )
 
+    # -- commands on the host (devloop.commands) ---------------------------------------------------
+    def command_start(self, name: str, argv: Sequence[str], trigger: str, files: Sequence[str] = ()) -> None:
+        why = f" ({summarize_files(list(files))})" if files else f" ({trigger})"
+        self._emit(
+            "command_start",
+            f"[bold]▷ {escape(name)}[/bold] [dim]{escape(' '.join(argv))}{escape(why)}[/dim]",
+            name=name,
+            argv=list(argv),
+            trigger=trigger,
+            files=list(files),
+        )
+
+    def command_output(self, name: str, line: str) -> None:
+        """A line the command printed: shown with --verbose (the excerpt of a failed run always)."""
+        self._emit("command_output", f"[dim]{escape(name)} │[/dim] {escape(line)}" if self.verbose else None, name=name, line=line)
+
+    def command_end(
+        self,
+        name: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        seconds: float,
+        message: str = "",
+        hint: str = "",
+        excerpt: Sequence[str] = (),
+        trigger: str = "",
+        files: Sequence[str] = (),
+    ) -> None:
+        """A run's result: status passed, failed, error (could not run), timeout or cancelled (a newer save restarted it)."""
+        took = fmt_seconds(seconds)
+        if status == "passed":
+            human = f"[green]✔ {escape(name)}[/green] passed in {took}"
+        elif status == "cancelled":
+            human = f"[dim]· {escape(name)} {escape(message)}[/dim]"
+        else:
+            human = f"[red]✖ {escape(name)}[/red] {escape(message)} after {took}"
+            for line in excerpt:
+                human += f"\n  [dim]│[/dim] {escape(line)}"
+            if hint:
+                human += f"\n[dim]hint:[/dim] {escape(hint)}"
+        self._emit(
+            "command_end",
+            human,
+            err=status not in ("passed", "cancelled"),
+            name=name,
+            ok=status == "passed",
+            status=status,
+            exit_code=exit_code,
+            seconds=round(seconds, 3),
+            message=message,
+            hint=hint,
+            excerpt=list(excerpt),
+            trigger=trigger,
+            files=list(files),
+        )
+
     def metrics(
         self,
         service: str,

@@ -130,16 +130,16 @@ def live_children() -> int:
         return sum(1 for p in _live if p.poll() is None)
 
 
-def _popen(argv: Sequence[str], env: Mapping[str, str] | None, **kw: object) -> subprocess.Popen[bytes]:
+def _popen(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None = None, **kw: object) -> subprocess.Popen[bytes]:
     argv = list(argv)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
     exe = argv[0]
-    if os.sep not in exe and shutil.which(exe, path=(env or os.environ).get("PATH")) is None:
+    if os.sep not in exe and shutil.which(exe, path=(env or os.environ).get("PATH")) is None:  # with a /: relative to cwd
         raise ToolMissing(f"`{exe}` was not found on PATH", INSTALL_HINTS.get(exe, f"install {exe}"))
     full_env = None if env is None else {**os.environ, **env}
     try:
-        p = subprocess.Popen(argv, env=full_env, start_new_session=True, **kw)  # type: ignore[call-overload]
+        p = subprocess.Popen(argv, env=full_env, cwd=cwd, start_new_session=True, **kw)  # type: ignore[call-overload]
     except FileNotFoundError as e:
         raise ToolMissing(f"`{exe}` could not be started: {e.strerror}", INSTALL_HINTS.get(exe, f"install {exe}")) from e
     _register(p)
@@ -186,8 +186,9 @@ class ProcessRunner:
         *,
         on_line: Callable[[str], None],
         env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Background:
-        p = _popen(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        p = _popen(argv, env, cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         return _Spawned(p, on_line)
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from devloop import commands as cmds
 from devloop import config as config_mod
+from devloop.commands import CommandRunner
 from devloop.config import Config, ServiceConfig
 from devloop.debounce import ChangeQueue, LoopGuard
 from devloop.engine import ServiceResult
@@ -112,7 +114,15 @@ class ApiBack:
     away: float
 
 
-Event = Seen | PodChanged | RebuildNow | ApiBack
+@dataclass(frozen=True)
+class Released:
+    """A blocking command passed: the services it held are deployed (when the cluster does not run their sources yet)."""
+
+    services: tuple[str, ...]
+    why: str
+
+
+Event = Seen | PodChanged | RebuildNow | ApiBack | Released
 
 
 def _ready_pods(engine: SessionEngine, svc: ServiceConfig) -> list[str]:
@@ -142,9 +152,16 @@ class _Access:
 
 class DevSession:
     def __init__(
-        self, engine: SessionEngine, clock: Callable[[], float] = time.monotonic, forward: Callable[..., PortForward] = PortForward
+        self,
+        engine: SessionEngine,
+        clock: Callable[[], float] = time.monotonic,
+        forward: Callable[..., PortForward] = PortForward,
+        commands: CommandRunner | None = None,
     ) -> None:
         self.engine = engine
+        self.commands = commands  # the commands on the host beside the cycle (devloop.commands); None: none run
+        if commands is not None:
+            commands.on_release = lambda name, services: self.queue.put(Released(tuple(services), f"{name} passed (blocksDeploy)"))
         self.forward = forward  # what makes a forward (PortForward's arguments; the unit tests record what is made)
         self.out = engine.out
         self.clock = clock
@@ -344,7 +361,10 @@ class DevSession:
     def run(self) -> None:
         try:
             self.engine.check_manifests()  # a usage error before anything is watched or created
+            cmds.check(self.config.commands if self.commands else (), self.config.source)  # a missing program: exit 3, nothing run
             self._start_watcher()  # from the start: a save during the first cycle is not lost
+            if self.commands is not None:
+                self.commands.at_start()
             self._after(self.engine.up(), first=True)
             self._loop()
         finally:
@@ -367,13 +387,20 @@ class DevSession:
         extra = [m for svc in self.config.services for m in svc.manifests]
         extra += [Path(k) for layout in layouts for k in layout.kustomize]
         extra += [Path(p) for p in self.engine.config_files()]
+        if self.commands is not None:  # what the commands' triggers name, below the project (devloop.commands)
+            rules = IgnoreRules(extra=self.config.watch.ignore)
+            roots += [(d, rules) for d in cmds.trigger_roots(self.config.commands, self.config.root)]
         return roots, extra
+
+    def _follow_contexts(self) -> None:
+        """The hasher follows the build contexts (not what only the commands watch)."""
+        self.engine.hasher.follow(layout.context for layout in self._layouts() if layout.context)
 
     def _start_watcher(self) -> None:
         roots, extra = self._watch_inputs()
         self.watcher = Watcher(roots, extra, self._on_change, on_touch=self.engine.hasher.changed)
         self.watcher.start()
-        self.engine.hasher.follow(p for p, _ in roots)  # content tags from here on: only what the watcher reports is re-read
+        self._follow_contexts()  # content tags from here on: only what the watcher reports is re-read
         where = ", ".join(sorted({os.path.relpath(s.image.context, self.config.root) for s in self.config.services if s.image}))
         self.out.info(f"watching {where} ({self.watcher.watch_count} watches); Ctrl-C stops")
 
@@ -396,11 +423,14 @@ class DevSession:
             )
         changes: list[Change] = []
         rebuild: dict[str, str] = {}  # service → why
+        released: dict[str, str] = {}  # service → why: built and deployed unless the cluster runs its sources already
         for item in batch:
             if isinstance(item, PodChanged):
                 service = self._pod_changed(item)
                 if service:
                     rebuild[service] = "a live-updated pod restarted"
+            elif isinstance(item, Released):
+                released.update((s, item.why) for s in item.services if s in self.engine.state)
             elif isinstance(item, RebuildNow):
                 if item.service in self.engine.state:
                     rebuild[item.service] = "rebuild requested from the dashboard"
@@ -416,15 +446,21 @@ class DevSession:
         if rebuild:
             forced = tuple(ServiceChange(s, rebuild=True, reapply=True, reason=why) for s, why in sorted(rebuild.items()))
             todo = replace(todo, services=forced + tuple(c for c in todo.services if c.service not in rebuild))
+        planned = {c.service for c in todo.services}
+        if released.keys() - planned:
+            more = tuple(ServiceChange(s, rebuild=True, reason=why) for s, why in sorted(released.items()) if s not in planned)
+            todo = replace(todo, services=todo.services + more)
         if todo.reload:
             reloaded = self._reload(todo)
             if reloaded is None:
                 return
             todo = reloaded
+        ran = self._run_commands(changes, todo)
         if todo.nothing:
             if changes:
-                said = todo.ignored or tuple(dict.fromkeys(relative(c.path, root) for c in changes))
-                self.out.skipped("not part of any image or manifests", list(said))
+                said = [f for f in todo.ignored or dict.fromkeys(relative(c.path, root) for c in changes) if f not in ran]
+                if said:
+                    self.out.skipped("not part of any image or manifests", said)
             return
         start = self.clock()
         results = self.engine.run(todo)
@@ -432,15 +468,29 @@ class DevSession:
             self.guard.cycle_built(start, self.clock())
         self._after(results)
 
+    def _run_commands(self, changes: list[Change], todo: Plan) -> set[str]:
+        """Start the commands this batch triggers, beside its cycle (a blocking one holds the deploy of
+        the services its files change); the files that triggered one (relative to the project)."""
+        if self.commands is None or not changes or todo.reload:
+            return set()
+        root = str(self.config.root)
+        started = cmds.triggered(changes, self.config.commands, root, IgnoreRules(extra=self.config.watch.ignore))
+        for t in started:
+            self.commands.start(t, cmds.held_services(t, self._layouts(), self.engine.config_files(), root))
+        return {f for t in started for f in t.files}
+
     def _reload(self, todo: Plan) -> Plan | None:
         try:
             new = config_mod.load(self.config.file, self.config.root)
+            cmds.check(new.commands if self.commands else (), new.source)  # a missing program: the running configuration stays
         except DevloopError as e:
             self.out.error(e)
             self.out.warn("keeping the previous configuration", "fix the file and save it again")
             return None
         before = {s.name for s in self.config.services}
         kept = self.engine.reconfigure(new)
+        if self.commands is not None:
+            self.commands.reconfigure(new.commands)
         for part in kept:
             self.out.warn(f"{part} changed in the configuration; keeping the running one", "restart `devloop dev` to switch")
         gone = before - {s.name for s in new.services}
@@ -458,7 +508,7 @@ class DevSession:
         if self.watcher is not None:
             roots, extra = self._watch_inputs()
             self.watcher.update(roots, extra)
-            self.engine.hasher.follow(p for p, _ in roots)
+            self._follow_contexts()
         self._publish()
         self.out.info(f"configuration reloaded from {', '.join(todo.config_files)}")
         return everything(self._layouts(), "configuration changed", todo.config_files)
@@ -489,6 +539,8 @@ class DevSession:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.commands is not None:
+            self.commands.stop()
         if self.pods is not None:
             self.pods.stop()
         self.api.stop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from devloop import kinds
+from devloop.commands import read_results
 from devloop.config import Config
 from devloop.engine import Engine
 from devloop.errors import DevloopError
@@ -17,6 +19,9 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
     info: dict[str, Any] = {"cluster": target.label, "context": target.spec.context, "exists": False, "reachable": False, "services": []}
     if not target.owns_cluster:
         info["target"] = target.label
+    if cfg.commands:  # each configured command's last result, as the last `devloop dev` here left it
+        configured = {c.name for c in cfg.commands}
+        info["commands"] = [r for r in read_results(cfg.root) if r.get("name") in configured]
     if not target.exists():
         return info
     info["exists"] = True
@@ -82,7 +87,29 @@ def healthy(info: dict[str, Any]) -> bool:
     return bool(info["reachable"]) and bool(info["services"]) and all(s["healthy"] for s in info["services"])
 
 
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.0f} h ago"
+
+
+def commands_human(info: dict[str, Any], now: float | None = None) -> list[str]:
+    """Each command's last result ("unit-tests: failed (exit 1) in 1.20s, 3 min ago")."""
+    if "commands" not in info:
+        return []
+    now = time.time() if now is None else now
+    lines = ["commands (their last run in `devloop dev`):"]
+    for r in info["commands"]:
+        said = "passed" if r.get("status") == "passed" else str(r.get("message") or r.get("status"))
+        lines.append(f"  {r['name']}: {said} in {float(r.get('seconds', 0)):.2f}s, {_ago(max(0.0, now - float(r.get('at', now))))}")
+    if not info["commands"]:
+        lines.append("  none run yet")
+    return lines
+
+
 def human(info: dict[str, Any]) -> str:
+    return "\n".join([_cluster_human(info), *commands_human(info)])
+
+
+def _cluster_human(info: dict[str, Any]) -> str:
     name = info["cluster"]
     if info.get("target"):
         if not info["exists"]:

@@ -109,6 +109,46 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class CommandView:
+    """A command on the host (devloop.commands): its run going on, else its last result."""
+
+    name: str
+    status: str = "running"  # running, passed, failed, error, timeout
+    ts: float = 0.0  # when the run started (running) or ended
+    exit_code: int | None = None
+    seconds: float | None = None
+    message: str = ""
+    hint: str = ""
+    excerpt: tuple[str, ...] = ()
+    trigger: str = ""
+    files: tuple[str, ...] = ()
+
+
+def _command_event(commands: Mapping[str, CommandView], kind: str, r: Mapping[str, Any], ts: float) -> Mapping[str, CommandView] | None:
+    """The commands after a command_start / command_end (None: nothing shown changes). A cancelled
+    run says nothing: the run that replaced it has started already (or devloop is stopping)."""
+    name = str(r.get("name") or "")
+    if kind == "command_start":
+        c = CommandView(name, "running", ts, trigger=str(r.get("trigger") or ""), files=tuple(r.get("files") or ()))
+    elif kind == "command_end" and r.get("status") != "cancelled":
+        c = CommandView(
+            name,
+            str(r.get("status") or "failed"),
+            ts,
+            r.get("exit_code"),
+            r.get("seconds"),
+            str(r.get("message") or ""),
+            str(r.get("hint") or ""),
+            tuple(r.get("excerpt") or ()),
+            str(r.get("trigger") or ""),
+            tuple(r.get("files") or ()),
+        )
+    else:
+        return None
+    return MappingProxyType({**commands, name: c})
+
+
+@dataclass(frozen=True)
 class ServiceView:
     name: str
     named: bool = False  # an event named it (devloop's own parts, e.g. "monitoring", report under a name too)
@@ -144,6 +184,7 @@ class SessionView:
     configured: tuple[str, ...] = ()  # the configuration's services, in its order (empty until the worker publishes)
     services: Mapping[str, ServiceView] = field(default_factory=lambda: MappingProxyType({}))
     notices: tuple[Notice, ...] = ()
+    commands: Mapping[str, CommandView] = field(default_factory=lambda: MappingProxyType({}))  # by name, in the order first run
 
     def names(self) -> list[str]:
         """The services a page shows: the configured ones, else (no worker) those events named."""
@@ -266,12 +307,17 @@ def fold(view: SessionView, r: Mapping[str, Any]) -> SessionView:
         v = _service_event(before if before.named else dataclasses.replace(before, named=True), kind, r, ts)
         if v is not before:
             services[service], changed = v, True
+    commands = view.commands
+    if kind in ("command_start", "command_end"):
+        after = _command_event(commands, kind, r, ts)
+        if after is not None:
+            commands, changed = after, True
     notices = view.notices
     if kind in ("warning", "error", "info"):
         notices, changed = _bounded(notices, Notice(kind, ts, str(r.get("message", "")), r.get("hint"), service), NOTICES), True
     if not changed:
         return view  # a log line, a detail: nothing shown changes
-    return dataclasses.replace(view, services=MappingProxyType(services), notices=notices)
+    return dataclasses.replace(view, services=MappingProxyType(services), notices=notices, commands=commands)
 
 
 def publish_running(view: SessionView, running: Sequence[Running]) -> SessionView:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from devloop import gc, tools
+from devloop import gc, proc, tools
 from devloop.api import ApiCluster
 from devloop.builder import detect_builder
+from devloop.commands import CommandRunner, results_file
 from devloop.config import Config, RegistryConfig
 from devloop.engine import Engine
 from devloop.helm import Helm
@@ -28,6 +29,8 @@ from devloop.remote import Address, RemotePublisher
 from devloop.targets import Target, TargetSpec, resolve
 from devloop.targets.local import Collector, KindTarget, Transport
 from devloop.targets.remote import RemoteTarget
+
+Hold = Callable[[str, Callable[[str], None]], None]
 
 
 class DetectedBuilder:
@@ -124,7 +127,9 @@ def target(config: Config, spec: TargetSpec, out: Output, kube: Cluster, docker:
     return KindTarget(spec, config, kind=kind, kube=kube, images=docker, transport=_kind_transport(docker, kind, kube, out), out=out)
 
 
-def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: bool, force_conflicts: bool = False) -> tuple[Engine, Images]:
+def _wire(
+    config: Config, out: Output, target_name: str | None, fetch_tools: bool, force_conflicts: bool = False, hold: Hold | None = None
+) -> tuple[Engine, Images]:
     spec = resolve(config, target_name)  # an undeclared target is refused before any tool runs
     charted = any(s.deploy.helm for s in config.services)
     if fetch_tools:
@@ -142,16 +147,30 @@ def _wire(config: Config, out: Output, target_name: str | None, fetch_tools: boo
         target=target(config, spec, out, kube, docker),
         charts=Helm(),
         force_conflicts=force_conflicts,
+        hold=hold,
     )
     return built, docker
 
 
 def engine(
-    config: Config, out: Output, target_name: str | None = None, *, fetch_tools: bool = True, force_conflicts: bool = False
+    config: Config,
+    out: Output,
+    target_name: str | None = None,
+    *,
+    fetch_tools: bool = True,
+    force_conflicts: bool = False,
+    hold: Hold | None = None,
 ) -> Engine:
     """The engine for `up`, `dev`, `down` and `status` on the named target (None: the local kind cluster).
-    `force_conflicts`: on a target devloop does not own, take the fields other managers own."""
-    return _wire(config, out, target_name, fetch_tools, force_conflicts)[0]
+    `force_conflicts`: on a target devloop does not own, take the fields other managers own. `hold`:
+    asked before each service is deployed (`dev`'s commands with blocksDeploy)."""
+    return _wire(config, out, target_name, fetch_tools, force_conflicts, hold)[0]
+
+
+def commands(config: Config, out: Output) -> CommandRunner:
+    """`dev`'s commands on the host (devloop.commands), through the one subprocess runner; their last
+    results kept where `devloop status` reads them."""
+    return CommandRunner(config.commands, out, proc.DEFAULT, config.root, state_file=results_file(config.root))
 
 
 def release(config: Config, out: Output, target_name: str, version: str, *, rollback: bool, force_conflicts: bool = False) -> Release:
