@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Devloop, Harness, devloop_argv, run_cli
+from tests.e2e.conftest import Devloop, Harness, devloop_argv, leave_cluster, run_cli
 from tests.e2e.test_loop import get, local_port, served_by_every_pod
 from tests.e2e.test_promises import set_message
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 V2 = "Hello from devloop sample-app, tested on save"
 BROKEN = "Hello from devloop sample-app v3 BROKEN"
@@ -45,11 +45,11 @@ test('the message is not broken', () => assert.ok(!MESSAGE.includes('BROKEN'), M
 
 
 @pytest.fixture(scope="module", autouse=True)
-def with_commands(harness: Harness, project: Path) -> Iterator[None]:
+def with_commands(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     (project / "devloop.yaml").write_text((project / "devloop.yaml").read_text() + COMMANDS)
     (project / "sample-app" / "test" / "message.test.js").write_text(MESSAGE_TEST)
     yield
-    run_cli(harness, project, "down", "--cluster")
+    leave_cluster(harness, project, request)
 
 
 def running_in(project: Path) -> list[str]:
