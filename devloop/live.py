@@ -62,7 +62,11 @@ done"""
 RUN = "@@devloop-run"
 RUN_STEPS = f"""if [ "$steps" != - ]; then
   script=$(printf '%s' "$steps" | base64 -d) || fail "cannot decode the liveUpdate.run steps (no base64 in the image?)"
-  step() {{ n=$1; shift; echo "{RUN} start $n" >&2; "$@" </dev/null >&2 2>&1; rc=$?; printf '\n%s end %s %s\n' "{RUN}" "$n" "$rc" >&2; return $rc; }}
+  step() {{
+    n=$1; shift; echo "{RUN} start $n" >&2
+    "$@" </dev/null >&2 2>&1; rc=$?
+    printf '\n%s end %s %s\n' "{RUN}" "$n" "$rc" >&2; return $rc
+  }}
   (cd "$target" && eval "$script") || exit 4
 fi"""
 
