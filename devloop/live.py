@@ -10,6 +10,8 @@ rebuilds when it sees that happen (see session.py): synced changes are never sil
 `LiveSync` does one sync: every ready replica of the good version gets the files over its exec
 channel (one replica first, alone, then the others together), restarts paced for the liveness
 probes; anything that makes the sync dishonest raises `NoSync` and the service rebuilds instead.
+Build steps (`liveUpdate.run`: tsc, npm ci) run in the pod between the copy and the restart; one that
+fails in the first replica raises `RunFailed`: nothing restarted, nothing rebuilt.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ fi"""
 
 # Run in the app container with the tar on stdin ($1: target dir, $2: the liveUpdate.run steps as a
 # base64 sh script or "-", $3...: container ports as the 4-digit hex /proc/net/tcp uses): unpack, run
-# the steps in the target directory (one failing: exit 4, no restart), ask for a restart, wait until the supervisor has started
-# the new process (its pid changes) and, when the container declares ports, until one listens
+# the steps in the target directory (one failing: exit 4, no restart), ask for a restart, wait until
+# the supervisor has started the new process (its pid changes) and, when the container declares ports, until one listens
 # again; at most 30 s each (a restart under a CPU limit on a busy node is slow; the TERM is sent
 # again every second meanwhile, as one sent right after a restart can be lost); exit 3 when it
 # never listens; any failure says why on stderr (devloop shows it). The supervisor rewrites the pid
