@@ -84,6 +84,9 @@ def test_a_ts_edit_is_compiled_in_the_pod_and_a_type_error_keeps_the_old_code_se
         assert done["synced"] and "sync" in done["phases"] and "build" not in done["phases"], done
         assert get(port)[1] == "hello v2"
 
+        (pod,) = [p["metadata"]["name"] for p in harness.kubectl_json("get", "pods", "-l", "app=ts-api")["items"]]
+        app_pid = harness.kubectl_run("exec", pod, "--", "cat", "/tmp/.devloop-child").stdout.strip()
+
         # 2. a type error: the cycle fails in `run` with tsc's first lines; no rebuild, the old code serves
         edit(greeting, 'return "hello v2";', "return 42;")
         failed = d.wait_for(lambda e: e["event"] == "cycle_done", 300, "the type error's cycle")
@@ -97,6 +100,7 @@ def test_a_ts_edit_is_compiled_in_the_pod_and_a_type_error_keeps_the_old_code_se
         streamed = [e for e in d.seen if e["event"] == "log" and "TS2322" in e["line"]]
         assert streamed and streamed[0]["service"] == "ts-api" and streamed[0]["pod"].startswith("ts-api-"), streamed
         assert get(port)[1] == "hello v2"
+        assert harness.kubectl_run("exec", pod, "--", "cat", "/tmp/.devloop-child").stdout.strip() == app_pid  # the same process
 
         # 3. the fix: the step runs again, the app restarts with the new code
         edit(greeting, "return 42;", 'return "hello v3";')
