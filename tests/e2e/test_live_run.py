@@ -39,7 +39,9 @@ def node_modules() -> Path:
         tmp.mkdir(parents=True)
         for f in ("package.json", "package-lock.json"):
             shutil.copy(EXAMPLE / f, tmp / f)
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=tmp, check=True, capture_output=True)
+        npm = shutil.which("npm")
+        assert npm, "the host's npm installs examples/ts-api's dependencies (tests/run installs it: apt-get install npm)"
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=tmp, check=True, capture_output=True)
         shutil.rmtree(where, ignore_errors=True)
         tmp.rename(where)
     return where / "node_modules"
