@@ -66,7 +66,8 @@ def ts_api(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (root / "devloop.yaml").write_text(yaml.safe_dump(doc))
     yield root, port
     if CLUSTER in harness.kind_clusters():  # the shared cluster keeps nothing of this file's; one it created goes
-        run_cli(harness, root, "down") if existed else run_cli(harness, root, "down", "--cluster")
+        code, _, output = run_cli(harness, root, "down", *([] if existed else ["--cluster"]))
+        assert code == 0, output
 
 
 def test_a_ts_edit_is_compiled_in_the_pod_and_a_type_error_keeps_the_old_code_serving(harness: Harness, ts_api: tuple[Path, int]) -> None:
