@@ -247,6 +247,20 @@ class PortForwardConfig(_Model):
     local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 8080
 
 
+class RunStep(_Model):
+    """A command run in the container after the files are copied and before the app restarts (liveUpdate.run)."""
+
+    cmd: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]  # argv, no shell: [npx, tsc, -p, .]
+    trigger: Annotated[StrList, Field(min_length=1)]  # globs, as fallback's: the step runs when a synced file matches one
+
+    @field_validator("cmd", mode="before")
+    @classmethod
+    def _argv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            raise ValueError(f"must be a list (argv, no shell), e.g. {v.split()!r}")
+        return v
+
+
 class LiveUpdateConfig(_Model):
     """Sync changed source files into the running containers and restart the app process.
     Off by default: devloop then wraps the container's command in a small restart loop (dev only)."""
@@ -257,6 +271,7 @@ class LiveUpdateConfig(_Model):
     target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@+/-]*$")] = ""
     fallback: StrList = DEFAULT_FALLBACK  # globs that always mean a full rebuild
     command: StrList = ()  # what the restart loop runs; empty = the container's own command
+    run: tuple[RunStep, ...] = ()  # build steps between the copy and the restart (tsc, npm ci)
 
 
 def _argv_list(v: Any) -> Any:
@@ -591,6 +606,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "target": "Where the Dockerfile copies the build context; default: the WORKDIR of its build stage, else /app.",
         "fallback": "Globs that always mean a full rebuild.",
         "command": "What the restart loop runs; empty: the container's own command.",
+        "run": "Build steps run in the container (in target, as its user) after the files are copied and before the app "
+        "restarts, each when a synced file matches its trigger; a failing step leaves the app unrestarted.",
+    },
+    "RunStep": {
+        "cmd": "The command as a list (argv, no shell), e.g. [npx, tsc, -p, .]; run in liveUpdate.target.",
+        "trigger": "Globs (as fallback's) of the synced files that run this step, e.g. [src/**/*.ts, tsconfig.json].",
     },
     "ServiceConfig": {
         "name": "A lowercase DNS label naming the service in events, logs and status; default: deploy.deployment, "

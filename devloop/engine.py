@@ -274,16 +274,24 @@ class Engine:
         result.image = ref
         if change.sync:
             self._wait_until_allowed(svc, deployed, result, dependencies=False)  # a sync is a deploy too (blocksDeploy)
+            # after a failed liveUpdate.run step: its files and steps go again (files reached only one replica)
+            files = tuple(sorted(set(change.sync) | st.unsynced))
+            steps = tuple(sorted(set(change.run) | st.unrun))
             try:
                 with self._phase(svc.name, result, "sync"):
-                    result.ready_pods = self.live.sync(svc, deployed, st, change.sync)
+                    result.ready_pods = self.live.sync(svc, deployed, st, files, steps)
+                ran = f", ran {len(steps)} liveUpdate.run steps" if steps else ""
                 self.out.phase_done(
-                    "sync", result.phases["sync"], f"{len(change.sync)} files into {len(result.ready_pods)} pods", service=svc.name
+                    "sync", result.phases["sync"], f"{len(files)} files into {len(result.ready_pods)} pods{ran}", service=svc.name
                 )
-                st.live_synced(change.sync, ref)
+                st.live_synced(files, ref)
                 result.image = st.good
                 result.synced = True
                 return
+            except live.RunFailed as e:  # no rebuild: the app was not restarted, the next save runs the steps again
+                st.run_failed(files, steps)
+                result.outcome = e.outcome
+                raise
             except (live.NoSync, CycleFailed) as e:
                 result.phases.pop("sync", None)
                 self.out.detail(f"{svc.name}: live update not possible ({e}); rebuilding", service=svc.name)

@@ -10,12 +10,16 @@ rebuilds when it sees that happen (see session.py): synced changes are never sil
 `LiveSync` does one sync: every ready replica of the good version gets the files over its exec
 channel (one replica first, alone, then the others together), restarts paced for the liveness
 probes; anything that makes the sync dishonest raises `NoSync` and the service rebuilds instead.
+Build steps (`liveUpdate.run`: tsc, npm ci) run in the pod between the copy and the restart; one that
+fails in the first replica raises `RunFailed`: nothing restarted, nothing rebuilt.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import shlex
 import tarfile
 import threading
 import time
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from devloop.errors import DevloopError
+from devloop.errors import CommandFailed, CycleFailed, DevloopError
 from devloop.proc import SIGNAL_CHECK
 from devloop.workload import pod_images, pod_name, pod_ready
 
@@ -53,9 +57,25 @@ while :; do
   exit "$code"
 done"""
 
-# Run in the app container with the tar on stdin ($1: target dir, $2...: container ports as the
-# 4-digit hex /proc/net/tcp uses): unpack, ask for a restart, wait until the supervisor has started
-# the new process (its pid changes) and, when the container declares ports, until one listens
+# liveUpdate.run, inside SYNC after the unpack: `steps` decodes to one `step N argv...` line per step
+# (steps_script). Each step runs in the target directory as the container's user, its output (both
+# streams) on stderr between RUN markers that devloop reads (RunLog); the first failing step ends
+# the sync with exit 4 before the app is asked to restart: the old process keeps running.
+RUN = "@@devloop-run"
+RUN_STEPS = f"""if [ "$steps" != - ]; then
+  script=$(printf '%s' "$steps" | base64 -d) || fail "cannot decode the liveUpdate.run steps (no base64 in the image?)"
+  step() {{
+    n=$1; shift; echo "{RUN} start $n" >&2
+    "$@" </dev/null >&2 2>&1; rc=$?
+    printf '\n%s end %s %s\n' "{RUN}" "$n" "$rc" >&2; return $rc
+  }}
+  (cd "$target" && eval "$script") || exit 4
+fi"""
+
+# Run in the app container with the tar on stdin ($1: target dir, $2: the liveUpdate.run steps as a
+# base64 sh script or "-", $3...: container ports as the 4-digit hex /proc/net/tcp uses): unpack, run
+# the steps in the target directory (one failing: exit 4, no restart), ask for a restart, wait until
+# the supervisor has started the new process (its pid changes) and, when the container declares ports, until one listens
 # again; at most 30 s each (a restart under a CPU limit on a busy node is slow; the TERM is sent
 # again every second meanwhile, as one sent right after a restart can be lost); exit 3 when it
 # never listens; any failure says why on stderr (devloop shows it). The supervisor rewrites the pid
@@ -63,8 +83,9 @@ done"""
 # exit 1) means "not yet". Shell builtins only (read, case) besides `sleep`: under a CPU limit,
 # spawning a grep every few ms visibly slows the app's start.
 SYNC = f"""fail() {{ echo "devloop sync: $*" >&2; exit "${{code:-1}}"; }}
-target=$1; shift
+target=$1; steps=$2; shift 2
 tar -xf - -C "$target" || fail "cannot unpack the files into $target"
+{RUN_STEPS}
 read -r old < {CHILD_PID} || fail "no app process started by the devloop supervisor ({CHILD_PID} missing)"
 : > {RESTART_FLAG} || fail "cannot write {RESTART_FLAG}"
 kill -TERM "$old" || fail "the app process $old was already gone"
@@ -266,12 +287,55 @@ class ChannelFailed(Exception):
 
 
 class SyncFailed(Exception):
-    """The sync script ran and failed (exit code, its last lines)."""
+    """The sync script ran and failed (exit code, its last lines; `log`: what its run steps said)."""
 
-    def __init__(self, code: int, lines: list[str]) -> None:
+    def __init__(self, code: int, lines: list[str], log: RunLog | None = None) -> None:
         super().__init__(f"exit {code}")
         self.code = code
         self.lines = lines
+        self.log = log
+
+
+FIRST_LINES = 10  # of a failing run step's output, in the cycle's failure (all of it streams as it comes)
+RUN_TIMEOUT = 300.0  # seconds the run steps of one sync may take, on top of the copy and restart
+
+
+def steps_script(steps: Sequence[tuple[int, Sequence[str]]]) -> str:
+    """RUN_STEPS' script: one `step N argv...` line per (index, argv), each word quoted for sh."""
+    return "".join(f"step {n} {shlex.join(argv)} || exit 1\n" for n, argv in steps)
+
+
+class RunLog:
+    """Reads the sync's output line by line: run step output goes to `on_line` as it comes (and its
+    first lines are kept), the sync's own messages are kept apart; a step that failed is noted."""
+
+    def __init__(self, on_line: Callable[[str], None] = lambda line: None) -> None:
+        self.on_line = on_line
+        self.step: int | None = None  # the step running
+        self.first: dict[int, list[str]] = {}  # each step's first lines
+        self.failed: tuple[int, int] | None = None  # (step, exit code)
+        self.said: list[str] = []  # the sync script's own lines
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if line.startswith(RUN + " "):
+            word = line.split()
+            if len(word) >= 3 and word[1] == "start" and word[2].isdigit():
+                self.step = int(word[2])
+                self.first[self.step] = []
+            elif len(word) >= 4 and word[1] == "end" and word[2].isdigit() and word[3].isdigit():
+                if word[3] != "0":
+                    self.failed = (int(word[2]), int(word[3]))
+                self.step = None
+            return
+        if not line.strip():
+            return
+        if self.step is None:
+            self.said.append(line.strip())
+            return
+        if len(self.first[self.step]) < FIRST_LINES:
+            self.first[self.step].append(line)
+        self.on_line(line)
 
 
 class Channel:
@@ -300,20 +364,21 @@ class Channel:
             if not self.stream.is_open() or time.monotonic() >= deadline:
                 return None
 
-    def sync(self, target: str, ports: Sequence[str], payload: bytes, timeout: float = 75.0) -> None:
-        """Run SYNC in the pod with this payload; raises SyncFailed (the script failed) or
-        ChannelFailed (no answer: the channel is broken, nothing is known about the pod)."""
-        import base64
-
+    def sync(
+        self, target: str, ports: Sequence[str], payload: bytes, timeout: float = 75.0, steps: str = "-", log: RunLog | None = None
+    ) -> None:
+        """Run SYNC in the pod with this payload (and run steps, `steps`: base64, "-" for none, their
+        output to `log`); raises SyncFailed (the script failed) or ChannelFailed (no answer: the
+        channel is broken, nothing is known about the pod)."""
+        log = log or RunLog()
         with self.lock:
             if not self.stream.is_open():
                 raise ChannelFailed("the channel closed")
             try:
-                self.stream.write_stdin(" ".join([target, *ports]) + "\n" + base64.b64encode(payload).decode() + "\n")
+                self.stream.write_stdin(" ".join([target, steps, *ports]) + "\n" + base64.b64encode(payload).decode() + "\n")
             except Exception as e:  # the websocket closed under us (a pod that went away)
                 self.close()
                 raise ChannelFailed(f"the channel closed ({type(e).__name__})") from e
-            said: list[str] = []
             deadline = time.monotonic() + timeout
             while True:
                 line = self._line(max(0.01, deadline - time.monotonic()))
@@ -323,10 +388,9 @@ class Channel:
                 if line.startswith(DONE):
                     code = int(line.split()[-1]) if line.split()[-1].isdigit() else 1
                     if code != 0:
-                        raise SyncFailed(code, said[-3:])
+                        raise SyncFailed(code, log.said[-3:], log)
                     return
-                if line.strip():
-                    said.append(line.strip())
+                log.feed(line)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -392,6 +456,45 @@ class NoSync(Exception):
     """A live update cannot be done honestly here; the service rebuilds instead."""
 
 
+class RunFailed(CycleFailed):
+    """A liveUpdate.run step failed in the first replica: no replica was restarted (the app runs its
+    previous code), the files were copied there; the next sync runs the step again. No rebuild."""
+
+    def __init__(self, message: str, hint: str, details: list[str], outcome: str) -> None:
+        super().__init__("run", message, hint, details)
+        self.outcome = outcome
+
+
+def run_failure(svc: ServiceConfig, pod: str, log: RunLog) -> RunFailed | None:
+    """The failure a run step's exit makes: one line, a hint, the step's first lines."""
+    if log.failed is None:
+        return None
+    n, code = log.failed
+    argv = svc.live_update.run[n].cmd
+    what = f"liveUpdate.run[{n}] `{shlex.join(argv)}`"
+    outcome = f"the app was not restarted: {pod} runs the code it ran before this save"
+    if code == 127:
+        return RunFailed(
+            f"{what}: {argv[0]} not found in {pod} (exit 127)",
+            f"install {argv[0]} in the image (its Dockerfile), or change liveUpdate.run[{n}].cmd (an argv list, run without a shell)",
+            log.first.get(n, []),
+            outcome,
+        )
+    if code == 126:
+        return RunFailed(
+            f"{what}: {argv[0]} cannot be executed in {pod} (exit 126)",
+            f"make it executable for the container's user, or change liveUpdate.run[{n}].cmd",
+            log.first.get(n, []),
+            outcome,
+        )
+    return RunFailed(
+        f"{what} failed in {pod} (exit {code})",
+        "fix it and save: the step runs again on the next save; until then the app keeps its previous code",
+        log.first.get(n, []),
+        outcome,
+    )
+
+
 class LiveSync:
     def __init__(self, kube: Cluster, out: Output, rollout: Rollout, clock: Callable[[], float], stop: threading.Event) -> None:
         self.kube = kube
@@ -424,9 +527,12 @@ class LiveSync:
             if not mine or self.clock() >= deadline or self.rollout.next_change(feed, seen):
                 raise NoSync(f"{sum(pod_ready(p) for p in current)}/{want} replicas ready")
 
-    def sync(self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, files: tuple[str, ...]) -> list[str]:
-        """Copy files into every ready replica and restart the app there. Returns the pods, or
-        raises NoSync when a full rebuild is the honest path (pods not all ready, exec failed)."""
+    def sync(
+        self, svc: ServiceConfig, deployed: Deployed, st: ServiceState, files: tuple[str, ...], run: tuple[int, ...] = ()
+    ) -> list[str]:
+        """Copy files into every ready replica, run the liveUpdate.run steps `run` there, and restart
+        the app. Returns the pods, or raises NoSync when a full rebuild is the honest path (pods not
+        all ready, exec failed), or RunFailed when a step failed in the first replica (none restarted)."""
         if st.good is None or not st.healthy:
             raise NoSync("no healthy version deployed yet")
         ns = deployed.namespace
@@ -443,25 +549,40 @@ class LiveSync:
         errors: list[str] = []
         waited: list[float] = []
         target = svc.live_update.target
+        steps = base64.b64encode(steps_script([(n, svc.live_update.run[n].cmd) for n in run]).encode()).decode() if run else "-"
+        timeout = 75.0 + (RUN_TIMEOUT if run else 0.0)
+        failed: list[RunFailed] = []
 
-        def run(pod: str) -> None:
+        def sync_in(pod: str) -> None:
             """The sync in one replica: over its exec channel, else a one-shot exec."""
+            log = RunLog(lambda line: self.out.pod_log(pod, line, service=svc.name))
             if len(payload) <= CHANNEL_MAX and not any(c.isspace() for c in target):
                 try:
-                    self.channels.get(pod, ns).sync(target, ports, payload)
+                    self.channels.get(pod, ns).sync(target, ports, payload, timeout, steps, log)
                     return
                 except ChannelFailed as e:
                     self.channels.drop(pod)
                     if not self._said_channel:
                         self._said_channel = True
                         self.out.detail(f"{svc.name}: no exec channel to {pod} ({e}); syncing with one-shot execs", service=svc.name)
-            self.kube.exec(pod, ns, ["sh", "-c", SYNC, "sh", target, *ports], stdin=payload, timeout=75)
+            try:
+                self.kube.exec(pod, ns, ["sh", "-c", SYNC, "sh", target, steps, *ports], stdin=payload, timeout=timeout)
+            except CommandFailed as e:  # the steps' output came on stderr, after the fact
+                for line in e.stderr.splitlines():
+                    log.feed(line)
+                if log.failed is not None:
+                    raise SyncFailed(e.returncode, log.said[-3:], log) from None
+                raise
 
         def one(pod: str) -> None:
             try:
-                _, w = self.restarts.restart(pod, budget, lambda: run(pod), self._stop)
+                _, w = self.restarts.restart(pod, budget, lambda: sync_in(pod), self._stop)
                 waited.append(w)
             except SyncFailed as e:
+                failure = run_failure(svc, pod, e.log) if e.log is not None else None
+                if failure is not None and pod == names[0]:
+                    failed.append(failure)  # the first replica: nothing restarted anywhere
+                    return
                 errors.append(f"{pod}: the sync in the pod failed (exit {e.code})" + (f" ({' / '.join(e.lines)})" if e.lines else ""))
             except DevloopError as e:
                 said = [line for line in str(getattr(e, "stderr", "")).splitlines() if line.strip()][-3:]
@@ -473,6 +594,8 @@ class LiveSync:
         # soonest (what the developer sees first); then the others together
         if names:
             one(names[0])
+        if failed:
+            raise failed[0]
         threads = [threading.Thread(target=one, args=(n,)) for n in names[1:]] if not errors else []
         for t in threads:
             t.start()

@@ -117,6 +117,9 @@ class ServiceState:
     live_ref: ImageRef | None = None  # content tag of the tree as last live-synced over `good`
     synced: set[str] = field(default_factory=set)  # files live-synced since `good` rolled out
     failed: bool = False  # the service's last cycle failed
+    # a liveUpdate.run step failed: files copied into the first replica only, steps to run again (next sync)
+    unsynced: set[str] = field(default_factory=set)
+    unrun: set[int] = field(default_factory=set)
 
     @property
     def running(self) -> ImageRef | None:
@@ -129,6 +132,8 @@ class ServiceState:
         self.healthy = True
         self.synced.clear()
         self.live_ref = None
+        self.unsynced.clear()
+        self.unrun.clear()
 
     def applying(self, ref: ImageRef) -> None:
         """The Deployment was just told to run `ref`; its rollout is not complete yet."""
@@ -142,6 +147,15 @@ class ServiceState:
         """`files` were copied into every replica of `good`: the pods run the content `ref` names."""
         self.synced.update(files)
         self.live_ref = ref
+        if self.unrun:  # the run steps that failed have run: the failure is behind us
+            self.failed = False
+        self.unsynced.clear()
+        self.unrun.clear()
+
+    def run_failed(self, files: tuple[str, ...], steps: tuple[int, ...]) -> None:
+        """A liveUpdate.run step failed: these files and steps go with the next sync."""
+        self.unsynced.update(files)
+        self.unrun.update(steps)
 
     def forget(self) -> None:
         """A new cluster runs nothing yet."""
@@ -149,6 +163,8 @@ class ServiceState:
         self.good_revision = ""
         self.healthy = self.failed = False
         self.synced.clear()
+        self.unsynced.clear()
+        self.unrun.clear()
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class ServiceLayout:
     kustomize: tuple[str, ...] = ()  # kustomize dirs (and what they refer to), Helm charts and values files: any file below counts
     foreign: tuple[str, ...] = ()  # files in a shared manifests directory that hold only other services' objects
     live_fallback: tuple[str, ...] | None = None  # live update on: globs that still need a rebuild
+    live_run: tuple[tuple[str, ...], ...] = ()  # liveUpdate.run: each step's trigger globs, in order
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ServiceChange:
     service: str
     rebuild: bool = False  # build (when the content tag is new), publish, apply, wait
     sync: tuple[str, ...] = ()  # context-relative files to copy into the running containers
+    run: tuple[int, ...] = ()  # liveUpdate.run steps (indexes, in order) to run after the copy, before the restart
     reapply: bool = False  # apply the manifests even when the image is unchanged
     image_files: tuple[str, ...] = ()  # context-relative (as the Dockerfile and .dockerignore see them)
     manifest_files: tuple[str, ...] = ()  # project-relative (as devloop.yaml names them)
@@ -103,9 +105,26 @@ def is_manifest(path: str, layout: ServiceLayout) -> bool:
     return False
 
 
-def _syncable(rel: str, fallback: tuple[str, ...]) -> bool:
+def matches(rel: str, globs: Iterable[str]) -> bool:
+    """A context-relative file matches one of these globs: on its path (`*` also crosses '/', and
+    `**/` also matches no directory: `src/**/*.ts` takes src/a.ts) or on its name (`*.ts`)."""
     name = os.path.basename(rel)
-    return not any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(name, g) for g in fallback)
+    for g in globs:
+        if fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(name, g):
+            return True
+        if "**/" in g and fnmatch.fnmatchcase(rel, g.replace("**/", "")):
+            return True
+    return False
+
+
+def _syncable(rel: str, fallback: tuple[str, ...]) -> bool:
+    return not matches(rel, fallback)
+
+
+def run_steps(files: Sequence[str], triggers: Sequence[tuple[str, ...]]) -> tuple[int, ...]:
+    """The liveUpdate.run steps (indexes, in their order) a sync of `files` runs: those whose
+    trigger globs one of the files matches."""
+    return tuple(n for n, globs in enumerate(triggers) if any(matches(f, globs) for f in files))
 
 
 def settle(changes: Iterable[Change]) -> list[Change]:
@@ -164,7 +183,8 @@ def plan(changes: Iterable[Change], layouts: Sequence[ServiceLayout], config_fil
         fallback = layout.live_fallback
         files = tuple(sorted(image))
         if fallback is not None and image and not manifests and not deleted and all(_syncable(f, fallback) for f in image):
-            out.append(ServiceChange(layout.name, sync=files, image_files=files, reason=_reason(True, False, False)))
+            run = run_steps(files, layout.live_run)
+            out.append(ServiceChange(layout.name, sync=files, run=run, image_files=files, reason=_reason(True, False, False)))
         else:
             out.append(
                 ServiceChange(

@@ -215,7 +215,14 @@ class Project:
         foreign = tuple(sorted({str(f) for f in files} - mine))
         manifests = tuple(sorted(mine | {str(d) for d in dirs}))
         return ServiceLayout(
-            svc.name, str(img.context) if img else "", rules, manifests, tuple(str(k) for k in kustomize), foreign, fallback
+            svc.name,
+            str(img.context) if img else "",
+            rules,
+            manifests,
+            tuple(str(k) for k in kustomize),
+            foreign,
+            fallback,
+            tuple(step.trigger for step in svc.live_update.run),
         )
 
     def layouts(self) -> list[ServiceLayout]:
