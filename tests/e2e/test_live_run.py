@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import CACHE, CLUSTER, REPO, Devloop, Harness, devloops, free_port, run_cli
+from tests.e2e.conftest import CACHE, CLUSTER, REPO, Devloop, Harness, devloops, free_port, leave_cluster
 from tests.e2e.test_loop import edit, get
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 EXAMPLE = REPO / "examples" / "ts-api"
 
@@ -48,8 +48,7 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def ts_api(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
-    existed = CLUSTER in harness.kind_clusters()
+def ts_api(harness: Harness, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[tuple[Path, int]]:
     root = tmp_path_factory.mktemp("e2e-ts") / "ts-api"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("node_modules", "dist"))
     shutil.copytree(node_modules(), root / "node_modules", symlinks=True)
@@ -65,9 +64,7 @@ def ts_api(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     svc["portForward"][0]["localPort"] = port
     (root / "devloop.yaml").write_text(yaml.safe_dump(doc))
     yield root, port
-    if CLUSTER in harness.kind_clusters():  # the shared cluster keeps nothing of this file's; one it created goes
-        code, _, output = run_cli(harness, root, "down", *([] if existed else ["--cluster"]))
-        assert code == 0, output
+    leave_cluster(harness, root, request)
 
 
 def test_a_ts_edit_is_compiled_in_the_pod_and_a_type_error_keeps_the_old_code_serving(harness: Harness, ts_api: tuple[Path, int]) -> None:
