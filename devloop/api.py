@@ -25,7 +25,6 @@ from devloop.kubectl import Kubectl
 from devloop.ownership import FIELD_MANAGER, Conflict, FieldConflicts, conflicts_of, label_of, namespace_of
 from devloop.workload import PodEvent, selector_arg
 
-
 # Threads the kubernetes client starts itself, whose end by an exception is not devloop's failure:
 # the port-forward proxy's (one per forwarded connection) ends with ConnectionResetError whenever a
 # pod's side goes away mid-stream (a rollout, a gRPC client closing). Python would print its traceback.

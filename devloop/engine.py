@@ -354,7 +354,8 @@ class Engine:
             return [m.doc for m in deployed.docs]
         command: Callable[[dict[str, Any]], list[str]] | None = None
         lu = svc.live_update
-        looped = dev and lu.enabled and self.live.possible(svc, deployed.looped(svc.built.name))  # a pod spec live update cannot write in: no restart loop
+        # a pod spec live update cannot write in (live.cannot_write): no restart loop, said once
+        looped = dev and lu.enabled and self.live.possible(svc, deployed.looped(svc.built.name))
         if looped and lu.command:
             command = lambda c: list(lu.command)  # noqa: E731
         elif looped:

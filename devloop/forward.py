@@ -4,8 +4,8 @@ A forward is devloop's own listener on 127.0.0.1 (`proxy.Proxy`), bound once for
 connection goes in-process through the API server's portforward to the newest Ready pod behind the
 Service, as the pod watch reports them: a rollout moves new connections to its first Ready new pod
 without the URL ever refusing one (no `kubectl port-forward` to restart). The forward reports ready
-only once it answers as its Service port speaks (portcheck.py: HTTP, HTTP/2 for gRPC, else TCP). Logs follow each ready pod with a coloured pod
-prefix. `ApiWatch` notices the API server going away (a paused or restarting kind node), says so
+only once it answers as its Service port speaks (portcheck.py: HTTP, HTTP/2 for gRPC, else TCP).
+Logs follow each ready pod with a coloured pod prefix. `ApiWatch` notices the API server going away (a paused or restarting kind node), says so
 once, and tells the forwards and the session when it answers again.
 """
 
@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from devloop import portcheck
 from devloop.errors import DevloopError, StepFailed
 from devloop.model import Outage
-from devloop import portcheck
 from devloop.output import Output
 from devloop.portcheck import Answer
 from devloop.ports import Cluster
