@@ -5,8 +5,9 @@ connection goes in-process through the API server's portforward to the newest Re
 Service, as the pod watch reports them: a rollout moves new connections to its first Ready new pod
 without the URL ever refusing one (no `kubectl port-forward` to restart). The forward reports ready
 only once it answers as its Service port speaks (portcheck.py: HTTP, HTTP/2 for gRPC, else TCP).
-Logs follow each ready pod with a coloured pod prefix. `ApiWatch` notices the API server going away (a paused or restarting kind node), says so
-once, and tells the forwards and the session when it answers again.
+Logs follow each ready pod with a coloured pod prefix. `ApiWatch` notices the API server going
+away (a paused or restarting kind node), says so once, and tells the forwards and the session when
+it answers again.
 """
 
 from __future__ import annotations
