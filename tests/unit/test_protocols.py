@@ -268,7 +268,10 @@ def test_nothing_to_roll_back_to_only_when_no_ready_pod_runs_another_version(sam
 # -- live update in a pod it cannot write in -----------------------------------------------------------
 
 
-def pair(security: dict[str, Any] | None = None, mounts: list[dict[str, Any]] | None = None, volumes: list[dict[str, Any]] | None = None):  # type: ignore[no-untyped-def]
+def pair(
+    security: dict[str, Any] | None = None, mounts: list[dict[str, Any]] | None = None, volumes: list[dict[str, Any]] | None = None
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """One (pod spec, container) as live update reads them."""
     container: dict[str, Any] = {"name": "app", "securityContext": security or {}, "volumeMounts": mounts or []}
     return [({"volumes": volumes or []}, container)]
 
@@ -292,7 +295,11 @@ def test_what_live_update_needs_to_write_is_read_from_the_pod_spec() -> None:
 
 def test_a_read_only_pod_is_said_once_not_wrapped_and_each_save_rebuilds(sample_copy: Path) -> None:
     deployment = sample_copy / "sample-app" / "k8s" / "deployment.yaml"
-    deployment.write_text(deployment.read_text().replace("        - name: web-app\n", "        - name: web-app\n          securityContext: {readOnlyRootFilesystem: true}\n", 1))
+    deployment.write_text(
+        deployment.read_text().replace(
+            "        - name: web-app\n", "        - name: web-app\n          securityContext: {readOnlyRootFilesystem: true}\n", 1
+        )
+    )
     w = World(sample_copy, "liveUpdate: {enabled: true}\n")
     assert all(r.ok for r in w.engine.up())
     warned = [e["message"] for e in w.events("warning") if "live update cannot work" in e["message"]]
