@@ -119,9 +119,10 @@ def grpc_node_modules(harness: Harness) -> Path:
         cache.mkdir(parents=True)
         for name in ("package.json", "package-lock.json"):
             shutil.copy(GRPC_APP / name, cache / name)
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=cache, env=harness.env, check=True, capture_output=True
+        npm = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=cache, env=harness.env, capture_output=True, text=True
         )
+        assert npm.returncode == 0, f"npm ci (host) for tests/e2e/grpc failed:\n{npm.stdout}{npm.stderr}"
     return cache / "node_modules"
 
 
