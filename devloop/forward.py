@@ -331,10 +331,8 @@ class PortForward:
     # -- checks -------------------------------------------------------------------------------------
     def _ask(self) -> Answer | None:
         """One check through the forward, as its port speaks (portcheck.py)."""
-        if self.protocol == portcheck.HTTP:
-            return portcheck.http_check(self.proxy.port)
         if self.protocol != portcheck.TCP:
-            return portcheck.h2_check(self.proxy.port, self.protocol)
+            return portcheck.answer_as(self.protocol, self.proxy.port)
         pods = self.upstreams.ready()
         if not pods:
             return None

@@ -17,6 +17,11 @@ forward the way that protocol can answer:
   listens on by closing that stream at once; a stream still open after TCP_SETTLE (or one the
   server already wrote a greeting on) answers.
 
+An HTTP port whose server answers in HTTP/2 instead (a gRPC server on an unnamed port) is asked
+HTTP/2, and a gRPC or HTTP/2 port whose server answers in HTTP/1 (a port named grpc that serves
+HTTP) is asked HTTP/1: what answered is said, with the name to give the port. A port where nothing
+answers gets no second check (no extra wait while an app starts).
+
 Pure rules plus small socket exchanges; no retries here (the forward decides when to check again).
 """
 
@@ -27,7 +32,7 @@ import http.client
 import select
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 HTTP, HTTP2, GRPC, TCP = "http", "http2", "grpc", "tcp"
@@ -82,13 +87,20 @@ class Answer:
 
 def http_check(port: int, timeout: float = 3.0) -> Answer | None:
     """GET / on 127.0.0.1:port; None when nothing answers."""
+    return _http(port, timeout)[0]
+
+
+def _http(port: int, timeout: float = 3.0) -> tuple[Answer | None, bool]:
+    """GET / on 127.0.0.1:port: (the answer, whether something that is not HTTP/1 answered instead)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", "/")
         resp = conn.getresponse()
-        return Answer(HTTP, f"HTTP {resp.status}", resp.status, resp.read(4096).decode(errors="replace"))
+        return Answer(HTTP, f"HTTP {resp.status}", resp.status, resp.read(4096).decode(errors="replace")), False
+    except http.client.BadStatusLine as e:  # bytes that are no status line (an HTTP/2 server's SETTINGS), or a close without any
+        return None, not isinstance(e, http.client.RemoteDisconnected)
     except (OSError, http.client.HTTPException):
-        return None
+        return None, False
     finally:
         conn.close()
 
@@ -96,15 +108,37 @@ def http_check(port: int, timeout: float = 3.0) -> Answer | None:
 def h2_check(port: int, protocol: str = HTTP2, timeout: float = 3.0) -> Answer | None:
     """The HTTP/2 preface and an empty SETTINGS frame to 127.0.0.1:port: an Answer when the first
     frame back is the server's SETTINGS (RFC 9113 3.4), else None."""
+    return _h2(port, protocol, timeout)[0]
+
+
+def _h2(port: int, protocol: str = HTTP2, timeout: float = 3.0) -> tuple[Answer | None, bool]:
+    """(the answer, whether something that is not HTTP/2 answered instead: an HTTP/1 server's 400)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(PREFACE + EMPTY_SETTINGS)
             head = _read(s, 9)
     except OSError:
-        return None
+        return None, False
     if len(head) < 9 or head[3] != SETTINGS or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF != 0:
-        return None
-    return Answer(protocol, "gRPC port answers HTTP/2" if protocol == GRPC else "answers HTTP/2")
+        return None, bool(head) and not head.startswith(b"\x00")
+    return Answer(protocol, "gRPC port answers HTTP/2" if protocol == GRPC else "answers HTTP/2"), False
+
+
+def answer_as(protocol: str, port: int) -> Answer | None:
+    """The check of an HTTP, HTTP/2 or gRPC port, through the forward's listener on 127.0.0.1:port.
+    A server that answered in the other one of HTTP/1 and HTTP/2 is asked in that one, and the
+    answer says so: an unnamed port with a gRPC server, a port named grpc that serves HTTP/1."""
+    if protocol == HTTP:
+        answer, other = _http(port)
+        if answer is None and other:
+            answer = h2_check(port)
+            return replace(answer, said="answers HTTP/2, not HTTP/1 (gRPC? name the Service port grpc)") if answer else None
+        return answer
+    answer, other = _h2(port, protocol)
+    if answer is None and other:
+        answer = http_check(port)
+        return replace(answer, said=f"{answer.said} (the port is named for {checked(protocol)} but speaks HTTP/1)") if answer else None
+    return answer
 
 
 def _read(s: socket.socket, n: int) -> bytes:

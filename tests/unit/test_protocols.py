@@ -60,10 +60,11 @@ def test_a_service_port_is_checked_as_its_name_or_app_protocol_says(port: dict[s
 
 
 class RawPod:
-    """A pod's app on 127.0.0.1 that speaks no HTTP/1: `h2` answers the HTTP/2 preface with its
-    SETTINGS (a gRPC server), `silent` takes connections and never writes (a Redis or an echo
-    server, waiting for its client), `closing` closes each connection at once (how the API server
-    reports a port nobody listens on). Records what each connection sent first."""
+    """A pod's app on 127.0.0.1: `h2` sends its SETTINGS on every connection, and closes one that
+    did not start with the HTTP/2 preface (as a gRPC server does), `http1` answers HTTP/1 (400 to
+    the HTTP/2 preface), `silent` takes connections and never writes (a Redis or an echo server,
+    waiting for its client), `closing` closes each connection at once (how the API server reports a
+    port nobody listens on). Records what each connection sent first."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -89,8 +90,15 @@ class RawPod:
         try:
             first = conn.recv(len(portcheck.PREFACE))
             self.received.append(first)
-            if self.mode == "h2" and first == portcheck.PREFACE:
+            if self.mode == "h2":
                 conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00\x64")  # SETTINGS: max streams 100
+                if first != portcheck.PREFACE:
+                    conn.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(7) + b"\x01")  # GOAWAY: PROTOCOL_ERROR
+                    conn.close()
+            elif self.mode == "http1":
+                status, body = (b"400 Bad Request", b"") if first == portcheck.PREFACE else (b"200 OK", b"ok")
+                conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+                conn.close()
         except OSError:
             pass
 
@@ -180,10 +188,26 @@ def test_a_tcp_port_nobody_listens_on_is_not_ready_and_says_what_was_checked(raw
         f.stop()
 
 
-def test_a_grpc_server_on_an_unnamed_port_is_said_to_be_checked_as_http_with_the_fix(raw: list[RawPod]) -> None:
-    f, _out, _app = forward_to(raw, "h2", {})
+def test_a_grpc_server_on_an_unnamed_port_answers_http2_and_is_told_its_name(raw: list[RawPod]) -> None:
+    f, _out, app = forward_to(raw, "h2", {})
+    answer = f.probe(within=15.0)
+    assert answer is not None and answer.said == "answers HTTP/2, not HTTP/1 (gRPC? name the Service port grpc)"
+    wait_until("both checks seen", lambda: len(app.received) >= 2)
+    assert app.received[0].startswith(b"GET / HTTP/1.1") and portcheck.PREFACE in app.received
+
+
+def test_a_port_named_grpc_that_serves_http1_answers_http_and_says_so(raw: list[RawPod]) -> None:
+    f, _out, _app = forward_to(raw, "http1", {"name": "grpc"})
+    answer = f.probe(within=15.0)
+    assert answer is not None and (answer.status, answer.body) == (200, "ok")
+    assert answer.said == "HTTP 200 (the port is named for gRPC (HTTP/2) but speaks HTTP/1)"
+
+
+def test_a_port_checked_as_http_where_nothing_answers_says_how_to_name_it(raw: list[RawPod]) -> None:
+    f, _out, app = forward_to(raw, "silent", {})
     assert f.probe(within=0.5) is None
     assert "checked as HTTP" in f.why_no_answer() and "appProtocol" in f.why_no_answer()
+    assert not [r for r in app.received if r.startswith(portcheck.PREFACE)]  # nothing answered: no second check
 
 
 def test_the_http2_check_wants_the_servers_settings_frame(raw: list[RawPod]) -> None:
