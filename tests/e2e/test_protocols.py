@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,19 @@ def test_up_checks_each_forward_by_what_its_port_speaks_and_says_once_that_live_
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in container and "args" not in container, container
     no_library_noise(output)
+
+
+def test_a_second_up_builds_nothing_and_each_forward_answers_at_the_first_check(harness: Harness, echo: Path) -> None:
+    started = time.monotonic()
+    code, events, output = run_cli(harness, echo, "up")
+    took = time.monotonic() - started
+    assert code == 0, output
+    services = {s["service"]: s for s in next(e for e in events if e["event"] == "up")["services"]}
+    assert not any(s["built"] or s["published"] for s in services.values()), output
+    assert [s["forwards"][0]["answer"] for s in services.values()] == ["answers TCP", "gRPC port answers HTTP/2"], output
+    assert not [e for e in events if e["event"] == "warning" and "did not answer" in e["message"]], output
+    no_library_noise(output)
+    print(f"a second, no-op `up` of a TCP and a gRPC service: {took:.1f}s")  # a figure for the report, not an assertion
 
 
 def test_dev_forwards_tcp_and_a_save_rebuilds_instead_of_a_live_update_it_cannot_do(harness: Harness, echo: Path) -> None:
