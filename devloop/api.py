@@ -25,11 +25,41 @@ from devloop.kubectl import Kubectl
 from devloop.ownership import FIELD_MANAGER, Conflict, FieldConflicts, conflicts_of, label_of, namespace_of
 from devloop.workload import PodEvent, selector_arg
 
+# Threads the kubernetes client starts itself, whose end by an exception is not devloop's failure:
+# the port-forward proxy's (one per forwarded connection) ends with ConnectionResetError whenever a
+# pod's side goes away mid-stream (a rollout, a gRPC client closing). Python would print its traceback.
+LIBRARY_THREADS = ("Kubernetes port forward proxy",)
+_noise: dict[str, Any] = {}  # "report": where such an end is said; "previous": the hook for every other thread
+
+
+def quiet_library_threads(report: Callable[[str], None]) -> None:
+    """An exception that ends one of the client library's own threads (LIBRARY_THREADS) becomes one
+    line for `report` (devloop's -v detail), never a traceback on the terminal; other threads' go to
+    the hook that was there. Installed once per process; the latest `report` is used."""
+    _noise["report"] = report
+    if "previous" in _noise:
+        return
+    _noise["previous"] = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else ""
+        if name.startswith(LIBRARY_THREADS) and args.exc_type is not SystemExit:
+            with contextlib.suppress(Exception):
+                what = f"{args.exc_type.__name__}: {_first_line(args.exc_value)}" if args.exc_value else args.exc_type.__name__
+                _noise["report"](f"{name}: ended by {what}")
+            return
+        _noise["previous"](args)
+
+    threading.excepthook = hook
+
 
 class ApiCluster:
-    """The cluster of one kube context: an API connection, and kubectl for what it leaves to kubectl."""
+    """The cluster of one kube context: an API connection, and kubectl for what it leaves to kubectl.
+    `on_noise`: where the client library's own threads' failures are said (quiet_library_threads)."""
 
-    def __init__(self, context: str, kubectl: Kubectl | None = None) -> None:
+    def __init__(self, context: str, kubectl: Kubectl | None = None, on_noise: Callable[[str], None] | None = None) -> None:
+        if on_noise is not None:
+            quiet_library_threads(on_noise)
         self.context = context
         self.kubectl = kubectl or Kubectl(context)
         self.api = ApiConnection(context)
@@ -482,7 +512,7 @@ def reclaim_managed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) 
     return _replace_managed_fields(meta, [f for f in kept if not _ours(f)], ours)
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
 

@@ -205,14 +205,22 @@ def up(ctx: typer.Context, target: TargetOption = None, force_conflicts: ForceCo
                 probe = PortForward(engine.kube, out, ns, f.service, f.port, free_port(), label=svc.name)
                 answer = probe.probe()
                 forwards.append(
-                    {"service": f.service, "http_status": answer[0] if answer else None, "response": answer[1] if answer else None}
+                    {
+                        "service": f.service,
+                        "protocol": probe.protocol,
+                        "answer": answer.said if answer else None,
+                        "http_status": answer.status if answer else None,
+                        "response": answer.body if answer and answer.status is not None else None,
+                    }
                 )
                 if answer is None:
                     out.warn(f"{svc.name}: service {f.service} did not answer through a port-forward", probe.why_no_answer())
+                elif answer.status is not None:
+                    lines.append(f"  service {f.service} answers: HTTP {answer.status} {answer.body.strip()[:60]!r}")
                 else:
-                    lines.append(f"  service {f.service} answers: HTTP {answer[0]} {answer[1].strip()[:60]!r}")
+                    lines.append(f"  service {f.service} {answer.said}")
                 lines.append(
-                    f"  reach it: `devloop dev` forwards http://127.0.0.1:{f.local_port}, or "
+                    f"  reach it: `devloop dev` forwards {'http://' if probe.protocol == 'http' else ''}127.0.0.1:{f.local_port}, or "
                     f"`kubectl --context {engine.target.spec.context} -n {ns} port-forward service/{f.service} {f.local_port}:{f.port}`"
                 )
         if failed:

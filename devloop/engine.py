@@ -373,9 +373,11 @@ class Engine:
             return [m.doc for m in deployed.docs]
         command: Callable[[dict[str, Any]], list[str]] | None = None
         lu = svc.live_update
-        if dev and lu.enabled and lu.command:
+        # a pod spec live update cannot write in (live.cannot_write): no restart loop, said once
+        looped = dev and lu.enabled and self.live.possible(svc, deployed.looped(svc.built.name))
+        if looped and lu.command:
             command = lambda c: list(lu.command)  # noqa: E731
-        elif dev and lu.enabled:
+        elif looped:
             entrypoint, cmd = self.images.command(ref.local)
             command = lambda c: live.original_command(c, entrypoint, cmd)  # noqa: E731
         rendered = mf.rewrite(

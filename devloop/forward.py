@@ -4,24 +4,26 @@ A forward is devloop's own listener on 127.0.0.1 (`proxy.Proxy`), bound once for
 connection goes in-process through the API server's portforward to the newest Ready pod behind the
 Service, as the pod watch reports them: a rollout moves new connections to its first Ready new pod
 without the URL ever refusing one (no `kubectl port-forward` to restart). The forward reports ready
-only once an HTTP request through it gets an answer. Logs follow each ready pod with a coloured pod
-prefix. `ApiWatch` notices the API server going away (a paused or restarting kind node), says so
-once, and tells the forwards and the session when it answers again.
+only once it answers as its Service port speaks (portcheck.py: HTTP, HTTP/2 for gRPC, else TCP).
+Logs follow each ready pod with a coloured pod prefix. `ApiWatch` notices the API server going
+away (a paused or restarting kind node), says so once, and tells the forwards and the session when
+it answers again.
 """
 
 from __future__ import annotations
 
 import functools
-import http.client
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from devloop import portcheck
 from devloop.errors import DevloopError, StepFailed
 from devloop.model import Outage
 from devloop.output import Output
+from devloop.portcheck import Answer
 from devloop.ports import Cluster
 from devloop.proc import Background
 from devloop.proxy import Proxy, Upstreams
@@ -32,19 +34,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def http_check(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
-    """GET / on 127.0.0.1:port; (status, body) or None when nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        return resp.status, resp.read(4096).decode(errors="replace")
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
 
 
 RETRY_TAKEN = 3.0  # seconds between checks of a taken local port while idle
@@ -161,6 +150,7 @@ class PortForward:
         self.upstreams = Upstreams()
         self.proxy = Proxy(local_port, self.upstreams, self._connect, on_fail=self._failed, name=f"forward-{local_port}")
         self.ready = False
+        self.protocol = portcheck.HTTP  # what the Service's port speaks (its name or appProtocol), as the check asks it
         self.last_error = ""  # the last pod connection that failed, and why (for the hint)
         self._selector: dict[str, str] = {}
         self._target: int | str | None = None  # the Service's targetPort for `port`: a number or a container port's name
@@ -171,7 +161,7 @@ class PortForward:
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._warned_taken = False
-        self._failed_checks = 0  # HTTP checks in a row without an answer (the pause between them grows)
+        self._failed_checks = 0  # checks in a row without an answer (the pause between them grows)
         self._rewatches = 0  # pod watches in a row that ended before reporting anything (the pause grows)
         self._said_not_ready = False  # a "not ready" event was printed since the last "ready" one
         self._problem = ""  # what kept the last start() from following the Service ('' when it did)
@@ -179,7 +169,7 @@ class PortForward:
     # -- what the session calls ---------------------------------------------------------------------
     def start(self, fresh: bool = False) -> bool:
         """Follow the Service (again: after a rollout its pods and maybe its selector or ports
-        changed) and check the forward; True once HTTP answers through it. The listener is bound
+        changed) and check the forward; True once it answers (as its port speaks). The listener is bound
         once; a taken local port is warned about once and retried while idle. `fresh`: a new pod
         watch even when the old one still runs (after an API outage it may be stuck)."""
         with self._lock:
@@ -204,9 +194,10 @@ class PortForward:
             return False
         return self._check()
 
-    def probe(self, within: float = 15.0) -> tuple[int, str] | None:
-        """One HTTP answer through a short-lived forward (for `devloop up`), then stop it. Retries for
-        `within` seconds: without a readiness probe a pod is ready before the app listens."""
+    def probe(self, within: float = 15.0) -> Answer | None:
+        """One answer through a short-lived forward (for `devloop up`), then stop it. Retries for
+        `within` seconds while it does not answer: without a readiness probe a pod is ready before
+        the app listens."""
         deadline = time.monotonic() + within
         problem = "not started"
         try:
@@ -216,7 +207,7 @@ class PortForward:
                         problem = self._follow(False)
                 version = self.upstreams.version
                 if not problem and self.proxy.listen() and self.upstreams.ready():
-                    answer = http_check(self.proxy.port)
+                    answer = self._ask()
                     if answer is not None:
                         return answer
                 if time.monotonic() >= deadline or self._stopped.is_set():
@@ -230,8 +221,13 @@ class PortForward:
         if not self.upstreams.ready():
             selector = ",".join(f"{k}={v}" for k, v in sorted(self._selector.items()))
             return f"no pod of service {self.service} is Ready (`kubectl get pods -n {self.namespace} -l {selector}`)"
-        if "refused" in self.last_error:
+        if "refused" in self.last_error or "does not listen" in self.last_error:
             return "the pod refused the connection: the app is not listening (yet), or not on the Service's targetPort"
+        if self.protocol != portcheck.TCP:
+            return (
+                f"the port was checked as {portcheck.checked(self.protocol)} (its name or appProtocol says so): "
+                "if it speaks something else, name the Service port after it (`tcp`, `grpc`, `http`) or set appProtocol"
+            )
         return "check the Service's selector and ports (`kubectl get endpoints`)"
 
     def stop(self) -> None:
@@ -267,6 +263,7 @@ class PortForward:
         if entry is None:
             have = ", ".join(str(p.get("port")) for p in ports) or "none"
             return f"service {self.service} has no port {self.port} (its ports: {have})"
+        self.protocol = portcheck.protocol_of(entry)
         target = entry.get("targetPort", self.port)
         self._target = int(target) if isinstance(target, int) or str(target).isdigit() else str(target)
         watching = not fresh and self._watch is not None and self._watch.alive() and selector == self._selector
@@ -332,17 +329,34 @@ class PortForward:
             self.api.suspect()  # it may be the API server that does not answer (a refused port, a closed connection: the pod's)
 
     # -- checks -------------------------------------------------------------------------------------
+    def _ask(self) -> Answer | None:
+        """One check through the forward, as its port speaks (portcheck.py)."""
+        if self.protocol != portcheck.TCP:
+            return portcheck.answer_as(self.protocol, self.proxy.port)
+        pods = self.upstreams.ready()
+        if not pods:
+            return None
+        try:
+            why = portcheck.tcp_check(self._connect(pods[0]))
+        except (OSError, DevloopError) as e:
+            why = str(e)
+        if why is not None:
+            self._failed(pods[0], ConnectionRefusedError(why))
+            return None
+        return Answer(portcheck.TCP, "answers TCP")
+
     def _check(self) -> bool:
-        """One HTTP request through the forward; says ready (each time) or not ready (once)."""
-        answer = http_check(self.proxy.port)
+        """One check through the forward; says ready (each time) or not ready (once)."""
+        answer = self._ask()
         self.ready = answer is not None
         self._failed_checks = 0 if self.ready else self._failed_checks + 1
+        what = portcheck.checked(self.protocol)
         if answer is not None:
-            self._say(True, f"HTTP {answer[0]}")
+            self._say(True, answer.said)
         elif not self.upstreams.ready():
-            self._say(False, f"no HTTP answer yet: no pod of service {self.service} is Ready")
+            self._say(False, f"no {what} answer yet: no pod of service {self.service} is Ready")
         else:
-            self._say(False, "no HTTP answer yet" + (f" ({self.last_error})" if self.last_error else ""))
+            self._say(False, f"no {what} answer yet" + (f" ({self.last_error})" if self.last_error else ""))
         return self.ready
 
     def _say(self, ready: bool, message: str) -> None:
@@ -362,7 +376,7 @@ class PortForward:
     def _run(self) -> None:
         """The forward's one background thread: binds a taken port once it is free; notices the pod
         watch ending or the API server going away (then waits for it and follows the Service
-        afresh); checks HTTP until the forward answers (at once when a pod gets Ready)."""
+        afresh); checks the forward until it answers (at once when a pod gets Ready)."""
         while not self._stopped.is_set():
             if not self.proxy.listening:
                 if self._stopped.wait(RETRY_TAKEN):

@@ -23,7 +23,7 @@ import shlex
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -108,6 +108,43 @@ listening() {{
 }}
 i=0
 until listening "$@"; do [ $i -ge 600 ] && code=3 fail "the restarted app does not listen after 30s"; sleep 0.05; i=$((i+1)); done"""
+
+
+# Volumes a container can never write to, whatever the mount says.
+READ_ONLY_VOLUMES = ("configMap", "secret", "downwardAPI", "projected")
+
+
+def _writable(path: str, pod: Mapping[str, Any], container: Mapping[str, Any]) -> bool:
+    """Whether the container can write under `path`: the volume mounted deepest above it is
+    writable, or no volume is and the root filesystem is not read-only."""
+    volumes = {str(v.get("name")): v for v in pod.get("volumes") or [] if isinstance(v, dict)}
+    best: tuple[int, bool] | None = None
+    for m in container.get("volumeMounts") or []:
+        mount = str(m.get("mountPath") or "").rstrip("/") or "/"
+        if path == mount or path.startswith(mount.rstrip("/") + "/"):
+            volume = volumes.get(str(m.get("name")), {})
+            ok = not m.get("readOnly") and not any(k in volume for k in READ_ONLY_VOLUMES)
+            if best is None or len(mount) > best[0]:
+                best = (len(mount), ok)
+    if best is not None:
+        return best[1]
+    return not (container.get("securityContext") or {}).get("readOnlyRootFilesystem")
+
+
+def cannot_write(containers: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], target: str) -> str | None:
+    """Why live update cannot work in these (pod spec, container) pairs, read from the spec: the
+    restart loop writes its pid file and restart flag in /tmp, and a sync unpacks into `target`.
+    Under `readOnlyRootFilesystem: true` each needs a writable volume mounted there (an emptyDir);
+    a read-only volume (a ConfigMap) at `target` blocks it too. None when every one can."""
+    for pod, c in containers:
+        ro = bool((c.get("securityContext") or {}).get("readOnlyRootFilesystem"))
+        name = c.get("name", "?")
+        if not _writable("/tmp", pod, c):
+            return f"container {name} cannot write /tmp (readOnlyRootFilesystem: true, no writable volume there)"
+        if not _writable(target, pod, c):
+            why = "readOnlyRootFilesystem: true, no writable volume there" if ro else "a read-only volume is mounted there"
+            return f"container {name} cannot write {target}, where the files are synced ({why})"
+    return None
 
 
 def port_args(container: dict[str, Any]) -> list[str]:
@@ -505,9 +542,30 @@ class LiveSync:
         self.restarts = RestartPacer(clock)  # restarts paced for the liveness probes
         self.channels = Channels(lambda pod, ns, argv: kube.exec_stream(pod, ns, argv))  # one exec channel per replica
         self._said_channel = False
+        self._blocked: dict[str, str] = {}  # service → why live update cannot work in its pods (cannot_write)
 
     def close(self) -> None:
         self.channels.close()
+
+    def possible(self, svc: ServiceConfig, containers: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> bool:
+        """Whether live update can work in the service's pods as their spec says (cannot_write):
+        when it cannot, the command is not wrapped, every save rebuilds, and that is said once (a
+        warning, before the first save), again only when the reason changes."""
+        why = cannot_write(containers, svc.live_update.target)
+        if why is None:
+            self._blocked.pop(svc.name, None)
+            return True
+        if self._blocked.get(svc.name) != why:
+            self.out.warn(
+                f"{svc.name}: live update cannot work in this pod: {why}; each save rebuilds the image instead",
+                f"mount an emptyDir at /tmp and at {svc.live_update.target}, or set liveUpdate.enabled: false to silence this",
+            )
+        self._blocked[svc.name] = why
+        return False
+
+    def blocked(self, service: str) -> bool:
+        """Live update was found impossible in this service's pods (possible() said why)."""
+        return service in self._blocked
 
     def _replicas(self, deployed: Deployed, st: ServiceState) -> list[str]:
         """Every replica runs the good version and is ready (a replica devloop itself just restarted
@@ -533,6 +591,8 @@ class LiveSync:
         """Copy files into every ready replica, run the liveUpdate.run steps `run` there, and restart
         the app. Returns the pods, or raises NoSync when a full rebuild is the honest path (pods not
         all ready, exec failed), or RunFailed when a step failed in the first replica (none restarted)."""
+        if svc.name in self._blocked:
+            raise NoSync(self._blocked[svc.name])
         if st.good is None or not st.healthy:
             raise NoSync("no healthy version deployed yet")
         ns = deployed.namespace

@@ -261,6 +261,20 @@ def containers_of(manifest: Manifest, image_name: str) -> list[dict[str, Any]]:
     return [c for c in _containers(manifest.doc) if isinstance(c.get("image"), str) and image_repository(c["image"]) == want]
 
 
+def looped_containers(manifest: Manifest, image_name: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, container) of each long-running container that runs devloop's image: those live
+    update's restart loop would wrap."""
+    if manifest.kind not in LONG_RUNNING:
+        return []
+    want = image_repository(image_name)
+    return [
+        (pod, c)
+        for pod in _pod_specs(manifest.doc)
+        for c in pod.get("containers") or []
+        if isinstance(c, dict) and isinstance(c.get("image"), str) and image_repository(c["image"]) == want
+    ]
+
+
 def to_yaml(manifests: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all([m.doc for m in manifests], sort_keys=False)
 

@@ -56,6 +56,10 @@ class Deployed:
         """The Deployment's containers that run this image."""
         return mf.containers_of(self.deployment, image_name)
 
+    def looped(self, image_name: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(pod spec, container) of every long-running container of the service that runs this image."""
+        return [pc for m in self.docs for pc in mf.looped_containers(m, image_name)]
+
     @property
     def replicas(self) -> int:
         return int(self.deployment.doc.get("spec", {}).get("replicas", 1))

@@ -215,10 +215,7 @@ class Rollout:
         if not images:
             return ""
         ready, want = self.serving(ns, w, images[0])
-        try:
-            name = ImageRef.parse(images[0]).tag or images[0]
-        except ValueError:
-            name = images[0]
+        name = _tag(images[0])
         return f"{name} keeps serving ({ready}/{want} ready pods run it; not rolled out)"
 
     def roll_back(self, svc: ServiceConfig, deployed: Deployed, revision: str, image: ImageRef | str) -> tuple[list[str], str]:
@@ -253,7 +250,7 @@ class Rollout:
             counted = [(w, *self.serving(ns, w, _image_of(w, None))) for w in servers]
             return "; ".join(f"{w.kind} {w.name}: {r}/{n} pods ready" for w, r, n in counted) + " (no rollback without an image)", False, []
         if good is None or good == failed:
-            return "nothing to roll back to: no version of this service has served yet", False, []
+            return self._no_good_version(ns, servers, failed), False, []
         counted = [(w, *self.serving(ns, w, good.cluster)) for w in servers]
         ready, want = sum(r for _, r, _ in counted), sum(n for _, _, n in counted)
         serving_now = all(r >= n for _, r, n in counted)
@@ -284,6 +281,25 @@ class Rollout:
         st.rolled_back(good, revision)
         return f"rolled back to {good.tag}, which serves again ({len(pods)}/{want} pods ready)", True, pods
 
+    def _no_good_version(self, ns: str, servers: list[mf.Manifest], failed: ImageRef | None) -> str:
+        """No version devloop deployed has served (in this session): what serves is asked, not
+        assumed. A version from before (a previous session's, the manifests' own) may well be Ready."""
+        serving: dict[str, int] = {}
+        want = 0
+        for w in servers:
+            kind = kinds.of(w.kind) or kinds.Deployment()
+            live = self.kube.get(kind.resource, w.name, ns) or w.doc
+            want += kind.replicas(live)
+            for p in self.kube.pods(ns, kinds.pod_selector(live) or mf.selector_of(w)):
+                if pod_ready(p) and (failed is None or not _runs(p, failed.cluster)):
+                    for c in p.get("spec", {}).get("containers") or []:
+                        serving[str(c.get("image"))] = serving.get(str(c.get("image")), 0) + 1
+                        break
+        if not serving:
+            return "nothing to roll back to: no version of this service has served yet, and no ready pod runs another"
+        said = ", ".join(f"{n}/{want} ready pods run {_tag(image)}" for image, n in sorted(serving.items()))
+        return f"the version from before keeps serving ({said}); devloop did not deploy it in this session: no rollback"
+
     def _unstick(self, ns: str, servers: list[mf.Manifest], image: str) -> None:
         """Delete the StatefulSets' pods that run the failed image: with the good template applied
         again, Kubernetes recreates them from it (it would wait forever for them to become ready)."""
@@ -308,6 +324,14 @@ def unpullable(w: mf.Manifest, image: str, reason: str) -> CycleFailed:
         "or leave it out of these manifests",
         details=[reason[:300]],
     )
+
+
+def _tag(image: str) -> str:
+    """An image reference as devloop names versions: its tag, else the reference."""
+    try:
+        return ImageRef.parse(image).tag or image
+    except ValueError:
+        return image
 
 
 def _runs(pod: Pod, image: str) -> bool:

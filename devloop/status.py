@@ -58,17 +58,18 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
                         "ready": pod_ready(p),
                         "images": pod_images(p),
                         "restarts": sum(int(c.get("restartCount", 0)) for c in p.get("status", {}).get("containerStatuses") or []),
-                        "failing": pod_failure(p),
+                        "failing": pod_failure(p) or _unschedulable(p),
                         "terminating": bool(p.get("metadata", {}).get("deletionTimestamp")),
                     }
                     for p in pods
                 ],
             )
             failing = [p for p in entry["pods"] if p["failing"]]
+            # a rollout that has not finished is not healthy, even while the old pods serve (as `kubectl rollout status` judges it)
+            entry["rolledOut"] = done
+            entry["healthy"] = done and kind.failure(dep) is None and not failing
             if main.kind == "Deployment":
-                entry["healthy"] = entry["ready"] == entry["replicas"] and entry["updated"] == entry["replicas"] and not failing
-            else:
-                entry["healthy"] = done and kind.failure(dep) is None and not failing
+                entry["healthy"] = entry["healthy"] and entry["ready"] >= entry["replicas"]
             mon = engine.monitoring()
             if mon is not None:
                 try:
@@ -81,6 +82,16 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
         entry["forwards"] = [{"service": f.service, "port": f.port, "localPort": f.local_port} for f in svc.port_forward]
         info["services"].append(entry)
     return info
+
+
+def _unschedulable(pod: dict[str, Any]) -> str | None:
+    """The scheduler's refusal of a pod (PodScheduled False, Unschedulable), whatever its reason."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return "Unschedulable: " + " ".join(str(cond.get("message", "")).split())[:200]
+    return None
 
 
 def healthy(info: dict[str, Any]) -> bool:
@@ -130,6 +141,8 @@ def _cluster_human(info: dict[str, Any]) -> str:
         else:
             mark = "healthy" if s["healthy"] else "UNHEALTHY"
             said = f"{s['ready']}/{s['replicas']} ready" if s.get("kind", "Deployment") != "Job" else s["progress"]
+            if not s.get("rolledOut", True) and s.get("kind", "Deployment") != "Job":
+                said += f", rollout not complete ({s['progress']})"
             lines.append(head + f"{mark}, {said}, image {', '.join(s['images'])}")
             for p in s["pods"]:
                 state = "terminating" if p.get("terminating") else "ready" if p["ready"] else "not ready"

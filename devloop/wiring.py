@@ -136,7 +136,7 @@ def _wire(
         tools.ensure_tools([*spec.tools, *(["helm"] if charted else [])], out)
     else:
         tools.add_cache_to_path()
-    kube = ApiCluster(spec.context)
+    kube = ApiCluster(spec.context, on_noise=lambda line: out.detail(f"kubernetes client: {line}"))
     docker = Images()
     built = Engine(
         config,

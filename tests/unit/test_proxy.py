@@ -634,7 +634,8 @@ def test_up_probe_answers_and_leaves_nothing_behind(pods: Connector) -> None:
     kube.add("web-a", True, 1)
     port = free_port()
     probe = PortForward(kube, out, "default", "web", 80, port, label="web")
-    assert probe.probe() == (200, "web-a")
+    answer = probe.probe()
+    assert answer is not None and (answer.status, answer.body, answer.said) == (200, "web-a", "HTTP 200")
     assert threads_named(f"forward-{port}") == []
     with socket.socket() as s:  # released (SO_REUSEADDR: as devloop binds, over TIME-WAIT entries)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
