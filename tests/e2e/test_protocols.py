@@ -17,7 +17,6 @@ The tests run in file order and share one cluster: `up` creates it (or finds it)
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -29,10 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CACHE, CLUSTER, REPO, Devloop, Harness, devloops, free_port, poll, run_cli
+from tests.e2e.conftest import CACHE, CLUSTER, REPO, Devloop, Harness, devloops, free_port, leave_cluster, poll, run_cli
 from tests.e2e.test_loop import edit
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 SERVER = """const net = require("net");
 const VERSION = "echo v1";
@@ -168,10 +167,9 @@ def echo(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_cluster_left(harness: Harness, echo: Path) -> Iterator[None]:
+def no_cluster_left(harness: Harness, echo: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if os.environ.get("DEVLOOP_E2E_KEEP_CLUSTER") != "1" and CLUSTER in harness.kind_clusters():
-        run_cli(harness, echo, "down", "--cluster")
+    leave_cluster(harness, echo, request)
 
 
 def local_port(echo: Path, service: str) -> int:
