@@ -14,8 +14,8 @@ The tests run in file order and share one cluster: the first `up` creates it, th
 from __future__ import annotations
 
 import contextlib
-import itertools
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
