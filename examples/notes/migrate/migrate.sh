@@ -3,6 +3,7 @@
 # schema_migrations in one transaction, stopping at the first error (the Job fails with psql's message).
 # The connection: PGHOST, PGDATABASE, PGUSER, PGPASSWORD (the Job's environment).
 set -eu
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"  # no NOTICE for what already exists
 psql -v ON_ERROR_STOP=1 -q -c 'CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())'
 for file in /migrations/*.sql; do
   name=$(basename "$file")
