@@ -175,9 +175,12 @@ def test_a_failing_migration_fails_up_and_the_previous_api_keeps_serving(harness
     assert sql(harness, "SELECT count(*) FROM schema_migrations") == "1"  # the bad migration's transaction rolled back
 
 
-def test_down_deletes_what_up_applied(harness: Harness, notes: Path) -> None:
+def test_down_deletes_what_up_applied_and_keeps_the_database_volume(harness: Harness, notes: Path) -> None:
     code, _, output = run_cli(harness, notes, "down")
     assert code == 0, output
     left = harness.kubectl_run("get", "statefulset,job,deployment", "-l", "app.kubernetes.io/part-of=notes", "-o", "name").stdout
     assert left.strip() == "", left
+    # the database's volume is not in the manifests (the StatefulSet's controller claimed it): it stays,
+    # with the data, for the next `up` (README: `kubectl delete pvc data-db-0` starts from an empty database)
+    assert harness.kubectl_json("get", "pvc", "data-db-0")["status"]["phase"] == "Bound"
     assert children_of_cluster() == []
