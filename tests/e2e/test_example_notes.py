@@ -142,6 +142,14 @@ def test_up_from_nothing_brings_the_example_up_in_dependency_order(harness: Harn
         assert phase_index(events, first, "rollout") < phase_index(events, then, "deploy"), (first, then, output)
     # Postgres: the local image, side-loaded, on a volume claimed from the cluster's default StorageClass
     assert by_name["db"]["image"] == postgres_image and len(by_name["db"]["ready_pods"]) == 1
+    assert [by_name[s]["summary"] for s in order] == [
+        "1/1 pods ready",
+        "job migrate completed",
+        "job seed completed",
+        "2/2 pods ready",
+        "1/1 pods ready",
+    ]
+    assert by_name["api"]["forwards"][0]["http_status"] == 200 and '"version":"api v1"' in by_name["api"]["forwards"][0]["response"]
     assert harness.kubectl_json("get", "pvc", "data-db-0")["status"]["phase"] == "Bound"
     assert sql(harness, "SELECT name FROM schema_migrations ORDER BY name") == "001_notes.sql"
     # the page through its forward shows the seeded rows, read from the database by the API

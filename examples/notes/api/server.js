@@ -1,5 +1,6 @@
 'use strict';
 // devloop notes example, api: the notes, stored in Postgres (the `pg` client, pinned in package-lock.json).
+//   GET  /          -> {"service": "notes api", "version": "api v1", "endpoints": [...]}
 //   GET  /api/notes -> {"version": "api v1", "notes": [{"id", "title", "body"}, ...]}, oldest first
 //   POST /api/notes {"title", "body"} -> 201 and the new note
 //   GET  /healthz   -> 200 ok when the database answers `select 1`, else 503 (the readiness probe:
@@ -61,6 +62,7 @@ async function handler(req, res) {
       return send(res, 503, `database unavailable: ${err.message}\n`);
     }
   }
+  if (path === '/') return send(res, 200, { service: 'notes api', version: VERSION, endpoints: ['/api/notes', '/healthz'] });
   if (path !== '/api/notes') return send(res, 404, 'not found\n');
   if (req.method === 'GET') {
     const { rows } = await pool.query('SELECT id, title, body FROM notes ORDER BY id');
