@@ -198,7 +198,9 @@ def up(ctx: typer.Context, target: TargetOption = None, force_conflicts: ForceCo
                     f"[red]failed:[/red] {r.service} in {r.error.phase if r.error else '?'}" + (f"; {r.outcome}" if r.outcome else "")
                 )
                 continue
-            lines.append(f"[green]ready:[/green] {r.service} runs {r.image} ({len(r.ready_pods)} pods ready)")
+            # what "ready" meant for its main workload: `2/2 pods ready`, or `job migrate completed`
+            entry["summary"] = engine.manifests(svc).summary(r.ready_pods)
+            lines.append(f"[green]ready:[/green] {r.service} runs {r.image} ({entry['summary']})")
             ns = engine.namespace(svc)
             for f in svc.port_forward:
                 # an honest "ready": one request through the Service, on a throwaway local port

@@ -131,3 +131,30 @@ def test_a_missing_dependency_is_named_and_helm_agrees_it_cannot_render(project:
     # helm itself refuses too (devloop only says it first, and says what to do)
     p = subprocess.run(["helm", "template", "web", str(chart)], capture_output=True, text=True)
     assert p.returncode != 0 and "redis" in p.stderr
+
+
+def test_the_notes_example_gives_each_service_of_its_chart_its_own_template() -> None:
+    """examples/notes: api and web render one chart; each applies the template that runs its image,
+    with devloop's image in it, and the database and the Jobs are plain manifests."""
+    from devloop.output import Output
+    from devloop.project import Project
+    from devloop.targets import TargetSpec
+    from tests.unit.fakes import FakeCluster
+
+    cfg = config.load(None, REPO / "examples" / "notes")
+    project = Project(cfg, FakeCluster(), TargetSpec("kind", cfg.cluster.context), Output(json_mode=True), Helm())
+    got = {}
+    for svc in cfg.services:
+        d = project.manifests(svc)
+        got[svc.name] = (d.deployment.kind, sorted(f"{m.kind}/{m.name}" for m in d.docs))
+        if svc.image is not None:
+            (container,) = d.deployment.doc["spec"]["template"]["spec"]["containers"]
+            assert container["image"] == f"{svc.image.name}:{charts.PLACEHOLDER_TAG}" or svc.deploy.helm is None, container
+    assert got == {
+        "db": ("StatefulSet", ["Secret/db", "Service/db", "StatefulSet/db"]),
+        "migrate": ("Job", ["Job/migrate"]),
+        "seed": ("Job", ["Job/seed"]),
+        "api": ("Deployment", ["Deployment/api", "Service/api"]),
+        "web": ("Deployment", ["Deployment/web", "Service/web"]),
+    }
+    assert [s.depends_on for s in cfg.services] == [(), ("db",), ("migrate",), ("migrate", "seed"), ("api",)]
