@@ -8,7 +8,8 @@ Debian's postgresql-15; DEVLOOP_TEST_POSTGRES_IMAGE=postgres:16-alpine on a lapt
 build from the harness's base, and the API's `pg` comes from the host's npm (put into the build
 context's vendor/node_modules, which the Dockerfile uses instead of `npm ci`), as the example's README says.
 
-The tests run in file order and share one cluster: the first `up` creates it, the module's end deletes it.
+The tests run in file order on the e2e cluster the modules share (`shared_cluster`, tests/e2e/conftest.py):
+the first `up` finds it or creates it; the module's end removes the example, its volume too.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import CLUSTER, REPO, Harness, children_of_cluster, free_port, poll, run_cli
+from tests.e2e.conftest import CLUSTER, REPO, Harness, children_of_cluster, free_port, leave_cluster, poll, run_cli
 from tests.e2e.test_loop import edit, get
 from tests.e2e.test_workloads import phase_index
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 EXAMPLE = REPO / "examples" / "notes"
 LOCAL_POSTGRES = "devloop-test/postgres:bookworm"
@@ -94,7 +95,7 @@ def notes(harness: Harness, postgres_image: str, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="module", autouse=True)
-def from_nothing(harness: Harness, notes: Path) -> Iterator[None]:
+def from_nothing(harness: Harness, notes: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     """No earlier release of the example (objects or the database's volume) on a cluster left running."""
     if CLUSTER in harness.kind_clusters():
         harness.kubectl_run(
@@ -102,8 +103,10 @@ def from_nothing(harness: Harness, notes: Path) -> Iterator[None]:
             "--ignore-not-found", "--wait",
         )  # fmt: skip
     yield
-    if CLUSTER in harness.kind_clusters():
-        run_cli(harness, notes, "down", "--cluster")
+    if CLUSTER in harness.kind_clusters():  # the volume `down` keeps (tested above) is not left to the next module
+        run_cli(harness, notes, "down")
+        harness.kubectl_run("delete", "pvc/data-db-0", "--ignore-not-found", "--wait")
+    leave_cluster(harness, notes, request)
 
 
 @contextlib.contextmanager
