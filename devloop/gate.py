@@ -78,6 +78,21 @@ class StartOrder:
         self.blocked[service] = failed[0]
         if self._stop.is_set():
             raise CycleFailed("waiting", "stopped while waiting for dependencies")
-        raise CycleFailed(
-            "waiting", f"not rolled out: {', '.join(failed)} (dependsOn) failed", f"fix {failed[0]}: {service} rolls out once it is ready"
-        )
+        raise CycleFailed("waiting", f"not rolled out: {self._why(failed)}", f"fix {self._root(failed[0])}: {service} rolls out once it is ready")
+
+    def _why(self, deps: Sequence[str]) -> str:
+        """Which dependencies failed and which were held back themselves (by the one that failed)."""
+        failed = [d for d in deps if d not in self.blocked]
+        held = [d for d in deps if d in self.blocked]
+        parts = [f"{', '.join(failed)} (dependsOn) failed"] if failed else []
+        if held:
+            parts.append(f"{', '.join(held)} (dependsOn) held back by {', '.join(dict.fromkeys(self._root(d) for d in held))}")
+        return "; ".join(parts)
+
+    def _root(self, service: str) -> str:
+        """The service whose failure holds `service` back, along the chain of held-back dependencies."""
+        seen: set[str] = set()
+        while service in self.blocked and service not in seen:
+            seen.add(service)
+            service = self.blocked[service]
+        return service

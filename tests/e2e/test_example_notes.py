@@ -173,8 +173,13 @@ def test_a_failing_migration_fails_up_and_the_previous_api_keeps_serving(harness
     migrate = done["migrate"]
     assert not migrate["ok"] and "job migrate: job failed" in migrate["error"]["message"], output
     assert any('syntax error at or near "NUL"' in line for line in migrate["error"]["details"]), output
-    for held, on in (("seed", "migrate"), ("api", "migrate, seed"), ("web", "api")):
-        assert not done[held]["ok"] and done[held]["error"]["message"] == f"not rolled out: {on} (dependsOn) failed", output
+    for held, why in (
+        ("seed", "migrate (dependsOn) failed"),
+        ("api", "migrate (dependsOn) failed; seed (dependsOn) held back by migrate"),
+        ("web", "api (dependsOn) held back by migrate"),
+    ):
+        error = done[held]["error"]
+        assert not done[held]["ok"] and error["message"] == f"not rolled out: {why}" and error["hint"].startswith("fix migrate:"), output
     assert "keeps serving (2/2 ready pods run it; not rolled out)" in done["api"]["outcome"], output
     assert "keeps serving (1/1 ready pods run it; not rolled out)" in done["web"]["outcome"], output
     assert done["db"]["ok"] and PASSWORD not in output

@@ -214,6 +214,8 @@ def test_an_image_nobody_builds_and_the_cluster_cannot_pull_is_named_at_once(pro
     assert "Docker here" in db.error.hint and db.error.details == ['ErrImagePull: failed to pull image "postgres:16": not found']
     assert not results["migrate"].ok and results["migrate"].error is not None
     assert results["migrate"].error.message == "not rolled out: db (dependsOn) failed"
+    api = results["api"].error  # held back by migrate, which db held back: the hint names the one to fix
+    assert api is not None and api.message == "not rolled out: migrate (dependsOn) held back by db" and api.hint.startswith("fix db:")
     assert ("default", "Job", "migrate") not in w.cluster.objects  # nothing of the dependents was applied
 
 
