@@ -78,7 +78,8 @@ class StartOrder:
         self.blocked[service] = failed[0]
         if self._stop.is_set():
             raise CycleFailed("waiting", "stopped while waiting for dependencies")
-        raise CycleFailed("waiting", f"not rolled out: {self._why(failed)}", f"fix {self._root(failed[0])}: {service} rolls out once it is ready")
+        root = self._root(failed[0])
+        raise CycleFailed("waiting", f"not rolled out: {self._why(failed)}", f"fix {root}: {service} rolls out once it is ready")
 
     def _why(self, deps: Sequence[str]) -> str:
         """Which dependencies failed and which were held back themselves (by the one that failed)."""
