@@ -162,6 +162,7 @@ class FakeCluster(Cluster):
         self.foreign: dict[str, list[Conflict]] = {}  # "kind/name" → fields other managers own there (conflicts)
         self.handovers: list[dict[str, Any]] = []  # what another field manager of devloop's applied (replicas handed over)
         self.undos: list[tuple[str, str]] = []
+        self.revisions: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a StatefulSet's templates as applied, oldest first
         self.execs: list[tuple[str, list[str]]] = []
         self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool, bool]] = {}  # StatefulSets, Jobs
         self.stuck: set[str] = set()  # images whose StatefulSet or Job pods run and never become ready (or complete)
@@ -242,6 +243,10 @@ class FakeCluster(Cluster):
         labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
         crash = image in self.crashing
         stuck = image in self.stuck or image in self.unpullable
+        if kind == "StatefulSet":
+            history = self.revisions.setdefault((ns, name), [])
+            if not history or history[-1]["spec"]["template"] != doc["spec"]["template"]:
+                history.append(doc)
         self.workloads[(ns, kind, name)] = (doc, labels, crash, stuck)
         self.jobs_run += [name] if kind == "Job" else []
         self._pod_seq += 1
@@ -383,7 +388,13 @@ class FakeCluster(Cluster):
         self.execs.append((pod, argv))
         return ""
 
-    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "", resource: str = "deployment") -> None:
+        if resource == "statefulset":  # to the previous ControllerRevision, as kubectl does without --to-revision
+            self.undos.append((f"statefulset/{deployment}", revision))
+            history = self.revisions[(namespace, deployment)]
+            history.append(history[-2])
+            self._run_workload(history[-1], namespace)
+            return
         d = self.deployments[(namespace, deployment)]
         self.undos.append((deployment, revision))
         image = d.history[int(revision) - 1] if revision else d.history[-2]

@@ -301,7 +301,7 @@ def test_a_database_a_migration_job_and_an_api_are_released_in_dependson_order(r
     )
     build = f"    buildArgs: {{NODE_IMAGE: {remote.harness.node_base}}}\n"
     (root / "devloop.yaml").write_text(
-        "apiVersion: devloop/v1\nmonitoring: {enabled: false}\ndashboard: {enabled: false}\n"
+        "apiVersion: devloop/v2\nmonitoring: {enabled: false}\ndashboard: {enabled: false}\n"
         "services:\n"
         "  - name: db\n    deploy: {manifests: [k8s/db.yaml], rolloutTimeout: 120}\n"
         f"  - name: api\n    image:\n      name: shop-api\n      context: api\n  {build}"
