@@ -114,14 +114,17 @@ class Shop:
         self.docker = RegistryDocker(self.registry)
         self.stdout = io.StringIO()
 
-    def release(self, version: str, *, rollback: bool = True) -> tuple[Release, dict[str, Released]]:
-        out = Output(json_mode=True, stdout=self.stdout)
+    def prepare(self, out: Output, version: str, *, rollback: bool = True) -> Release:
+        """The release as wiring.py wires it, over the fakes."""
         publisher = RemotePublisher(cast(Images, self.docker), FakeRegistry(self.registry), Address.parse(REGISTRY))
         spec = TargetSpec("prod", "kind-prod", REGISTRY, NS, None, remote=True)
         target = RemoteTarget(spec, kube=self.cluster, publisher=publisher, registry_host=REGISTRY.split("/")[0], out=out)
         config = config_mod.load(None, self.root)
         engine = make_engine(config, out, images=self.docker, kube=self.cluster, publisher=publisher, target=target)
-        rel = Release(engine, cast(Images, self.docker), version, rollback=rollback)
+        return Release(engine, cast(Images, self.docker), version, rollback=rollback)
+
+    def release(self, version: str, *, rollback: bool = True) -> tuple[Release, dict[str, Released]]:
+        rel = self.prepare(Output(json_mode=True, stdout=self.stdout), version, rollback=rollback)
         return rel, {r.service: r for r in rel.run()}
 
     def events(self) -> list[dict[str, Any]]:
@@ -213,12 +216,7 @@ def test_no_rollback_leaves_the_failed_statefulset(tmp_path: Path) -> None:
 
 
 def test_the_dry_run_plans_every_service_in_order_including_the_one_without_image(shop: Shop) -> None:
-    out = Output(json_mode=True, stdout=shop.stdout)
-    publisher = RemotePublisher(cast(Images, shop.docker), FakeRegistry(shop.registry), Address.parse(REGISTRY))
-    spec = TargetSpec("prod", "kind-prod", REGISTRY, NS, None, remote=True)
-    target = RemoteTarget(spec, kube=shop.cluster, publisher=publisher, registry_host="r.example:5443", out=out)
-    engine = make_engine(config_mod.load(None, shop.root), out, images=shop.docker, kube=shop.cluster, publisher=publisher, target=target)
-    plans = Release(engine, cast(Images, shop.docker), "v1").dry_run()
+    plans = shop.prepare(Output(json_mode=True, stdout=shop.stdout), "v1").dry_run()
     assert [p["service"] for p in plans] == ["db", "migrate", "api"]
     db, migrate, _ = plans
     assert (db["image"], db["workload"], db["after"]) == ("postgres:16", "StatefulSet/db", [])
@@ -229,6 +227,42 @@ def test_the_dry_run_plans_every_service_in_order_including_the_one_without_imag
     assert migrate["after"] == ["db"]
     assert f"kubectl --context kind-prod -n {NS} wait --for=condition=complete job/migrate" in migrate["commands"]
     assert shop.cluster.applies == [] and shop.docker.pushed == []  # nothing changed
+
+
+def cli(shop: Shop, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from devloop import wiring
+    from devloop.cli import app
+
+    monkeypatch.chdir(shop.root)
+    monkeypatch.setattr(wiring, "release", lambda cfg, out, target, version, rollback, force_conflicts: shop.prepare(out, version))
+    result = CliRunner().invoke(app, ["release", *args, "--target", "prod"])
+    return result.exit_code, result.output
+
+
+def test_the_terminal_says_the_order_and_what_each_service_became(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = cli(shop, monkeypatch, "v1")
+    assert code == 0, output
+    assert "order (dependsOn): db → migrate → api" in output
+    assert "db: postgres:16 (StatefulSet/db as its manifests say; 1/1 pods ready)" in output
+    assert "migrate: " + pinned("shop-migrate", "v1") + " (pushed 100 B of 100 B; job migrate completed)" in output
+    shop.cluster.crashing.add(pinned("shop-migrate", "v2"))
+    code, output = cli(shop, monkeypatch, "v2")
+    assert code == 1, output
+    assert "api failed: not rolled out: migrate (dependsOn) failed" in output
+    assert "v1 keeps serving (1/1 ready pods run it; not rolled out)" in output
+    assert "2 of 3 services failed" in output
+
+
+def test_the_dry_run_in_the_terminal_lists_the_services_in_order(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = cli(shop, monkeypatch, "v1", "--dry-run")
+    assert code == 0, output
+    lines = output.splitlines()
+    assert "  order (dependsOn): db → migrate → api" in lines
+    assert any(line.startswith("  db: StatefulSet/db: postgres:16 (no image of devloop's") for line in lines), output
+    assert any(line.startswith("  migrate: Job/migrate:") and line.endswith("; after db)") for line in lines), output
+    assert shop.cluster.applies == []
 
 
 # -- what is rolled back, per kind (pure) -------------------------------------------------------------
