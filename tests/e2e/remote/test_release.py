@@ -275,7 +275,7 @@ def test_a_database_a_migration_job_and_an_api_are_released_in_dependson_order(r
     assert push.returncode == 0, push.stderr
     root = tmp_path / "shop"
     for name, cmd in {
-        "migrate": "const s=require('net').connect(5432,'db-0.db',()=>{console.log('migrated to '+process.env.DEVLOOP_IMAGE_TAG);s.end()})",
+        "migrate": "let n=0;const go=()=>require('net').connect(5432,'db-0.db',function(){console.log('migrated to '+process.env.DEVLOOP_IMAGE_TAG);this.end()}).on('error',e=>{if(++n>40)throw e;setTimeout(go,250)});go()",
         "api": "require('http').createServer((q,r)=>r.end('api '+process.env.DEVLOOP_IMAGE_TAG)).listen(3000)",
     }.items():
         (root / name).mkdir(parents=True)
