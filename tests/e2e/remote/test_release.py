@@ -6,7 +6,8 @@ In order, as a team ships: v1.0.0 released (pods run the digest-pinned ref and s
 crashes at start (rolled back, v1.0.0 keeps serving, exit 1); v1.0.0 again with the same sources (a
 no-op) and with changed sources (refused, exit 2); a wrong password (exit 3); the registry down
 (exit 3, nothing deployed); an undeclared target (refused); then `dev --target` with an edit that
-reaches every replica.
+reaches every replica; last, a project with a database without image, a migration Job and an API,
+released in `dependsOn` order.
 """
 
 from __future__ import annotations
