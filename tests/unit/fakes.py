@@ -131,6 +131,7 @@ class _Deployment:
     image: str
     probes: bool
     history: list[str] = field(default_factory=list)  # image per revision (revision = index + 1)
+    container: str = "app"  # its (first) container's name, as the manifest says
     pods: list[dict[str, Any]] = field(default_factory=list)
     applied_docs: int = 0
 
@@ -229,6 +230,7 @@ class FakeCluster(Cluster):
             d = _Deployment(doc["metadata"]["name"], ns, dict(spec["selector"]["matchLabels"]), int(spec.get("replicas", 1)), "", False)
             self.deployments[key] = d
         d.probes = bool(container.get("readinessProbe"))
+        d.container = str(container.get("name", "app"))
         if container["image"] != d.image:
             d.history.append(container["image"])
             self._roll(d, container["image"])
@@ -360,7 +362,7 @@ class FakeCluster(Cluster):
         )
         return {
             "metadata": {"generation": len(d.history), "annotations": {"deployment.kubernetes.io/revision": str(len(d.history))}},
-            "spec": {"replicas": d.replicas, "template": {"spec": {"containers": [{"image": d.image}]}}},
+            "spec": {"replicas": d.replicas, "template": {"spec": {"containers": [{"name": d.container, "image": d.image}]}}},
             "status": {
                 "observedGeneration": len(d.history),
                 "updatedReplicas": updated,

@@ -204,6 +204,18 @@ def test_a_failed_statefulset_goes_back_to_its_previous_revision(tmp_path: Path)
     assert not results["migrate"].deployed and not results["api"].deployed  # they waited for db: not applied
 
 
+def test_a_failed_deployment_goes_back_to_the_revision_it_replaced(shop: Shop) -> None:
+    shop.release("v1")
+    shop.cluster.crashing.add(pinned("shop-api", "v2"))
+    _, results = shop.release("v2")
+    api = results["api"]
+    assert not api.ok and api.rolled_back and any("SyntaxError" in line for line in api.details), api
+    assert shop.cluster.undos == [("api", "1")]
+    assert shop.cluster.serving("api", NS) == [pinned("shop-api", "v1")]
+    assert api.outcome == f"rolled back to {pinned('shop-api', 'v1')}, which serves again (1/1 pods ready)"
+    assert results["migrate"].ok and results["db"].ok  # the Job ran the new version: a Job has no rollback
+
+
 def test_no_rollback_leaves_the_failed_statefulset(tmp_path: Path) -> None:
     write_project(tmp_path, "postgres:16")
     shop = Shop(tmp_path)
