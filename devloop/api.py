@@ -86,15 +86,15 @@ class ApiCluster:
     def exec(self, pod: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
         return self.kubectl.exec(pod, namespace, argv, stdin, timeout)
 
-    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "", resource: str = "deployment") -> None:
         """`kubectl rollout undo`; then the fields it set are devloop's (kubectl's update took them from
         devloop's apply: on a cluster devloop does not own, its next apply would conflict with its own rollback)."""
         path = ""
         before = None  # unknown: nothing is taken (what kubectl held before cannot be told from what the undo set)
         with contextlib.suppress(ApiError, ClusterUnavailable, StepFailed):
-            path = self.api.path("apps/v1", "deployment", namespace, deployment)
+            path = self.api.path("apps/v1", resource, namespace, deployment)
             before = self.api.get(path)
-        self.kubectl.rollout_undo(deployment, namespace, revision)
+        self.kubectl.rollout_undo(deployment, namespace, revision, resource)
         if before is None:
             return
         for _ in range(RECLAIM_ATTEMPTS):  # the controller updates the status meanwhile: the patch's test op fails, read again

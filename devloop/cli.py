@@ -336,7 +336,7 @@ def release(
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="leave a failed rollout as it is")] = False,
     force_conflicts: ForceConflictsOption = False,
 ) -> None:
-    """Build every service, push <registry>/<image>:VERSION and roll it out on a target, pinned by digest."""
+    """Build and push <registry>/<image>:VERSION, roll every service out on a target in dependsOn order, pinned by digest."""
 
     def body(out: Output) -> int:
         from devloop import wiring
@@ -350,8 +350,10 @@ def release(
             if dry_run:
                 plans = rel.dry_run()
                 lines = [f"release {version} to {engine.target.describe()} (dry run: nothing built, pushed or applied)"]
+                lines += [f"  order (dependsOn): {' → '.join(p['service'] for p in plans)}"] if any(p["after"] for p in plans) else []
                 for p in plans:
-                    lines += [f"  {p['service']}: {p['image']} ({p['registry']})"]
+                    after = f"; after {', '.join(p['after'])}" if p["after"] else ""
+                    lines += [f"  {p['service']}: {p['workload']}: {p['image']} ({p['registry']}{after})"]
                     verb = "would take (--force-conflicts)" if force_conflicts else "REFUSED: fields another manager owns"
                     lines += [f"    {verb}: {out.plain(c)}" for c in p["conflicts"]] + ["    equivalent to:"]
                     lines += [f"      {c}" for c in p["commands"]]
@@ -362,11 +364,13 @@ def release(
             results = rel.run()
         failed = [r for r in results if not r.ok]
         lines = [f"release {version} to {engine.target.describe()}:"]
+        lines += [f"  order (dependsOn): {' → '.join(r.service for r in results)}"] if any(r.after for r in results) else []
         for r in results:
             if r.ok:
                 moved = f"pushed {fmt_bytes(r.bytes_pushed)} of {fmt_bytes(r.size)}" if r.pushed else "already in the registry"
+                moved = moved if r.digest else f"{r.workload} as its manifests say"
                 timing = " · ".join(f"{p} {s:.1f}s" for p, s in r.phases.items())
-                lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {len(r.ready_pods)} pods ready)")
+                lines.append(f"  [green]{r.service}[/green]: {r.ref} ({moved}; {r.summary})")
                 lines.append(f"    [dim]{timing}[/dim]")
             else:
                 lines.append(f"  [red]{r.service} failed[/red]: {out.plain(r.error or '')}")

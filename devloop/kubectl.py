@@ -49,8 +49,10 @@ class Kubectl:
         except CommandFailed as e:
             raise StepFailed(f"kubectl kustomize {directory} failed: {_first_error(e.stderr)}", "fix the kustomization") from e
 
-    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
-        argv = self._argv("rollout", "undo", f"deployment/{deployment}", "-n", namespace)
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "", resource: str = "deployment") -> None:
+        """`kubectl rollout undo RESOURCE/NAME` (a Deployment's ReplicaSets; a StatefulSet's or DaemonSet's
+        ControllerRevisions); without `revision`, to the one before the current."""
+        argv = self._argv("rollout", "undo", f"{resource}/{deployment}", "-n", namespace)
         if revision:
             argv.append(f"--to-revision={revision}")
         try:

@@ -223,6 +223,16 @@ class Rollout:
         self.kube.rollout_undo(deployed.deployment.name, deployed.namespace, revision)
         return self.wait_ready(svc, deployed, image)
 
+    def undo(self, svc: ServiceConfig, ns: str, w: mf.Manifest, revision: str, image: str, failed: str) -> list[str]:
+        """`kubectl rollout undo` one workload (a Deployment to `revision`; a StatefulSet or DaemonSet to
+        its previous ControllerRevision when `revision` is empty), free the StatefulSet's pods stuck on
+        the `failed` image, and wait until `image` serves again: the ready pods."""
+        kind = kinds.of(w.kind) or kinds.Deployment()
+        self.kube.rollout_undo(w.name, ns, revision, kind.resource)
+        self._unstick(ns, [w], failed)
+        pods, _ = self._wait_one(svc, ns, w, kind, image, self.clock() + svc.deploy.rollout_timeout, svc.image is not None)
+        return pods
+
     def after_failure(
         self,
         svc: ServiceConfig,

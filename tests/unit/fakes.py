@@ -131,6 +131,7 @@ class _Deployment:
     image: str
     probes: bool
     history: list[str] = field(default_factory=list)  # image per revision (revision = index + 1)
+    container: str = "app"  # its (first) container's name, as the manifest says
     pods: list[dict[str, Any]] = field(default_factory=list)
     applied_docs: int = 0
 
@@ -162,6 +163,7 @@ class FakeCluster(Cluster):
         self.foreign: dict[str, list[Conflict]] = {}  # "kind/name" → fields other managers own there (conflicts)
         self.handovers: list[dict[str, Any]] = []  # what another field manager of devloop's applied (replicas handed over)
         self.undos: list[tuple[str, str]] = []
+        self.revisions: dict[tuple[str, str], list[dict[str, Any]]] = {}  # a StatefulSet's templates as applied, oldest first
         self.execs: list[tuple[str, list[str]]] = []
         self.workloads: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, str], bool, bool]] = {}  # StatefulSets, Jobs
         self.stuck: set[str] = set()  # images whose StatefulSet or Job pods run and never become ready (or complete)
@@ -228,6 +230,7 @@ class FakeCluster(Cluster):
             d = _Deployment(doc["metadata"]["name"], ns, dict(spec["selector"]["matchLabels"]), int(spec.get("replicas", 1)), "", False)
             self.deployments[key] = d
         d.probes = bool(container.get("readinessProbe"))
+        d.container = str(container.get("name", "app"))
         if container["image"] != d.image:
             d.history.append(container["image"])
             self._roll(d, container["image"])
@@ -242,6 +245,10 @@ class FakeCluster(Cluster):
         labels = {"job-name": name} if kind == "Job" else dict(doc["spec"]["selector"]["matchLabels"])
         crash = image in self.crashing
         stuck = image in self.stuck or image in self.unpullable
+        if kind == "StatefulSet":
+            history = self.revisions.setdefault((ns, name), [])
+            if not history or history[-1]["spec"]["template"] != doc["spec"]["template"]:
+                history.append(doc)
         self.workloads[(ns, kind, name)] = (doc, labels, crash, stuck)
         self.jobs_run += [name] if kind == "Job" else []
         self._pod_seq += 1
@@ -355,7 +362,7 @@ class FakeCluster(Cluster):
         )
         return {
             "metadata": {"generation": len(d.history), "annotations": {"deployment.kubernetes.io/revision": str(len(d.history))}},
-            "spec": {"replicas": d.replicas, "template": {"spec": {"containers": [{"image": d.image}]}}},
+            "spec": {"replicas": d.replicas, "template": {"spec": {"containers": [{"name": d.container, "image": d.image}]}}},
             "status": {
                 "observedGeneration": len(d.history),
                 "updatedReplicas": updated,
@@ -383,7 +390,13 @@ class FakeCluster(Cluster):
         self.execs.append((pod, argv))
         return ""
 
-    def rollout_undo(self, deployment: str, namespace: str, revision: str = "") -> None:
+    def rollout_undo(self, deployment: str, namespace: str, revision: str = "", resource: str = "deployment") -> None:
+        if resource == "statefulset":  # to the previous ControllerRevision, as kubectl does without --to-revision
+            self.undos.append((f"statefulset/{deployment}", revision))
+            history = self.revisions[(namespace, deployment)]
+            history.append(history[-2])
+            self._run_workload(history[-1], namespace)
+            return
         d = self.deployments[(namespace, deployment)]
         self.undos.append((deployment, revision))
         image = d.history[int(revision) - 1] if revision else d.history[-2]

@@ -16,6 +16,12 @@ def test_rollback_names_the_context_and_the_revision() -> None:
     runner.done()
 
 
+def test_a_statefulset_is_rolled_back_to_its_previous_controller_revision() -> None:
+    runner = FakeRunner().expect("kubectl", "--context", "kind-dev", "rollout", "undo", "statefulset/db", "-n", "shop")
+    Kubectl("kind-dev", runner).rollout_undo("db", "shop", "", "statefulset")
+    runner.done()
+
+
 def test_a_failed_rollback_is_a_step_failure_with_kubectls_reason() -> None:
     runner = FakeRunner().expect(
         "kubectl",

@@ -6,7 +6,8 @@ In order, as a team ships: v1.0.0 released (pods run the digest-pinned ref and s
 crashes at start (rolled back, v1.0.0 keeps serving, exit 1); v1.0.0 again with the same sources (a
 no-op) and with changed sources (refused, exit 2); a wrong password (exit 3); the registry down
 (exit 3, nothing deployed); an undeclared target (refused); then `dev --target` with an edit that
-reaches every replica.
+reaches every replica; last, a project with a database without image, a migration Job and an API,
+released in `dependsOn` order.
 """
 
 from __future__ import annotations
@@ -263,3 +264,83 @@ def test_dev_on_the_target_reaches_every_replica(remote: Remote, project: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_database_a_migration_job_and_an_api_are_released_in_dependson_order(remote: Remote, tmp_path: Path) -> None:
+    """A team's project: Postgres' stand-in (a StatefulSet from an image devloop does not build, which the
+    team pushed to its registry), a migration Job built by devloop that dependsOn it, and the API that
+    dependsOn the Job. The release applies them in that order, the Job runs the release's pinned version."""
+    base = f"{remote.registry}/{RUN}/node-base:bookworm"
+    subprocess.run(["docker", "tag", remote.harness.node_base, base], check=True)
+    push = subprocess.run(["docker", "push", base], env=remote.env, capture_output=True, text=True, timeout=600)
+    assert push.returncode == 0, push.stderr
+    root = tmp_path / "shop"
+    for name, cmd in {
+        "migrate": "let n=0;const go=()=>require('net').connect(5432,'db-0.db',function(){console.log('migrated to '+process.env.DEVLOOP_IMAGE_TAG);this.end()}).on('error',e=>{if(++n>40)throw e;setTimeout(go,250)});go()",
+        "api": "require('http').createServer((q,r)=>r.end('api '+process.env.DEVLOOP_IMAGE_TAG)).listen(3000)",
+    }.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "Dockerfile").write_text(f'ARG NODE_IMAGE\nFROM $NODE_IMAGE\nCMD ["node", "-e", "{cmd}"]\n')
+    pod = f"imagePullSecrets: [{{name: {remote.pull_secret}}}]\n      terminationGracePeriodSeconds: 0\n"
+    (root / "k8s").mkdir()
+    (root / "k8s" / "db.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}\n"
+        "---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\n"
+        "spec:\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n"
+        f"    spec:\n      {pod}      containers:\n      - name: db\n        image: {base}\n"
+        "        command: [node, -e, \"require('net').createServer(s=>s.end()).listen(5432)\"]\n"
+        "        readinessProbe: {tcpSocket: {port: 5432}, periodSeconds: 1}\n"
+    )
+    (root / "k8s" / "migrate.yaml").write_text(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate}\nspec:\n  backoffLimit: 0\n  template:\n"
+        f"    spec:\n      {pod}      restartPolicy: Never\n      containers: [{{name: migrate, image: shop-migrate}}]\n"
+    )
+    (root / "k8s" / "api.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  selector: {matchLabels: {app: api}}\n  template:\n"
+        f"    metadata: {{labels: {{app: api}}}}\n    spec:\n      {pod}      containers:\n      - name: api\n        image: shop-api\n"
+        "        readinessProbe: {tcpSocket: {port: 3000}, periodSeconds: 1}\n"
+    )
+    build = f"    buildArgs: {{NODE_IMAGE: {remote.harness.node_base}}}\n"
+    (root / "devloop.yaml").write_text(
+        "apiVersion: devloop/v2\nmonitoring: {enabled: false}\ndashboard: {enabled: false}\n"
+        "services:\n"
+        "  - name: db\n    deploy: {manifests: [k8s/db.yaml], rolloutTimeout: 120}\n"
+        f"  - name: api\n    image:\n      name: shop-api\n      context: api\n  {build}"
+        "    deploy: {manifests: [k8s/api.yaml], rolloutTimeout: 120}\n    dependsOn: [migrate]\n"
+        f"  - name: migrate\n    image:\n      name: shop-migrate\n      context: migrate\n  {build}"
+        "    deploy: {manifests: [k8s/migrate.yaml], rolloutTimeout: 120}\n    dependsOn: [db]\n"
+        f"targets:\n  - name: {TARGET}\n    context: {remote.context}\n    registry: {remote.registry}/{RUN}\n"
+        f"    namespace: {remote.namespace}\n    pullSecret: {remote.pull_secret}\n"
+    )
+    try:
+        code, events, output = cli(remote, root, "release", "v2.0.0", "--target", TARGET, "--dry-run")
+        assert code == 0, output
+        plans = {p["service"]: p for p in result(events)["services"]}
+        assert list(plans) == ["db", "migrate", "api"], plans  # the order, dependencies first
+        assert plans["db"]["image"] == base and "nothing pushed" in plans["db"]["registry"]
+        assert plans["migrate"]["after"] == ["db"] and any(
+            "wait --for=condition=complete job/migrate" in c for c in plans["migrate"]["commands"]
+        )
+
+        code, events, output = cli(remote, root, "release", "v2.0.0", "--target", TARGET)
+        assert code == 0, output
+        said = [e for e in events if e["event"] == "info"]
+        assert any(e.get("order") == ["db", "migrate", "api"] for e in said), said  # the order is said
+        services = {s["service"]: s for s in result(events)["services"]}
+        assert all(s["ok"] for s in services.values()), services
+        assert services["db"]["ref"] == base and services["db"]["workload"] == "StatefulSet/db" and not services["db"]["pushed"]
+        assert services["migrate"]["summary"] == "job migrate completed"
+        assert services["api"]["ref"] == f"{remote.registry}/{RUN}/shop-api:v2.0.0@{services['api']['digest']}"
+        applied = [e["service"] for e in events if e["event"] == "phase" and e.get("phase") == "deploy"]
+        assert applied == ["db", "migrate", "api"], applied  # each applied once the one it depends on was ready
+        assert any(e["event"] == "info" and "waiting for migrate" in e["message"] for e in events)
+        job = remote.kubectl_json("-n", remote.namespace, "get", "job", "migrate")
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == services["migrate"]["ref"]  # the pinned version ran
+        assert "migrated to v2.0.0" in remote.kubectl("-n", remote.namespace, "logs", "job/migrate").stdout
+        (api,) = remote.kubectl_json("-n", remote.namespace, "get", "pods", "-l", "app=api")["items"]
+        body = remote.kubectl("get", "--raw", f"/api/v1/namespaces/{remote.namespace}/pods/{api['metadata']['name']}:3000/proxy/").stdout
+        assert body == "api v2.0.0"
+    finally:
+        remote.kubectl(
+            "-n", remote.namespace, "delete", "statefulset/db", "service/db", "job/migrate", "deployment/api", "--ignore-not-found"
+        )
