@@ -1,0 +1,175 @@
+"""`devloop dev --inspect SERVICE` (debugger.py): the dev render opens the Node.js inspector and drops
+the liveness probe (a release never does), the preload opens it in the app's node process and not in
+npm's, the forward pins one pod and follows rollouts, a taken local port is exit 3 with a hint."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devloop import config as config_mod
+from devloop import debugger
+from devloop.debugger import InspectorPortTaken, PinnedUpstreams, claim, instrument, node_options, with_inspect
+from devloop.errors import EXIT_ENVIRONMENT, ConfigError
+from devloop.model import ImageRef
+from devloop.output import Output
+from tests.unit.fakes import FakeCluster, FakeDocker, FakePublisher, make_engine
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = shutil.which("node")
+
+
+def sample(tmp_path: Path) -> config_mod.Config:
+    shutil.copytree(REPO / "sample-app", tmp_path / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copy(REPO / "kind-config.yaml", tmp_path / "kind-config.yaml")
+    return config_mod.load(None, tmp_path)
+
+
+def rendered_container(cfg: config_mod.Config, *, dev: bool) -> dict[str, Any]:
+    engine = make_engine(
+        cfg, Output(json_mode=True, stdout=io.StringIO()), images=FakeDocker(), kube=FakeCluster(), publisher=FakePublisher()
+    )
+    svc = engine.config.services[0]
+    docs = engine.render(svc, engine.manifests(svc), ImageRef("my-web-app", "v1"), dev=dev)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return dict(dep["spec"]["template"]["spec"]["containers"][0])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+def test_the_dev_render_opens_the_inspector_and_drops_the_liveness_probe_only_when_inspecting(tmp_path: Path) -> None:
+    cfg = sample(tmp_path)
+    plain = rendered_container(cfg, dev=True)
+    assert "NODE_OPTIONS" not in env_of(plain) and "livenessProbe" in plain
+
+    inspected = with_inspect(cfg, "web-app", None)
+    dev = rendered_container(inspected, dev=True)
+    assert env_of(dev)["NODE_OPTIONS"] == node_options(9229)
+    assert "livenessProbe" not in dev  # a process paused at a breakpoint must not be killed
+    assert dev["readinessProbe"] == plain["readinessProbe"]
+
+
+def test_a_release_render_never_opens_the_inspector(tmp_path: Path) -> None:
+    release = rendered_container(with_inspect(sample(tmp_path), "web-app", None), dev=False)
+    assert "NODE_OPTIONS" not in env_of(release)
+    assert "livenessProbe" in release
+
+
+def test_node_options_keep_what_the_manifest_set() -> None:
+    c: dict[str, Any] = {"env": [{"name": "NODE_OPTIONS", "value": "--max-old-space-size=256"}, {"name": "A", "value": "1"}]}
+    assert instrument(c, 9230) is False  # no liveness probe to drop
+    env = env_of(c)
+    assert env["A"] == "1"
+    assert env["NODE_OPTIONS"].startswith("--max-old-space-size=256 --import=data:text/javascript,")
+    assert " " not in env["NODE_OPTIONS"].split(" ", 1)[1]  # one option: NODE_OPTIONS splits on spaces
+
+
+@pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
+def test_the_preload_opens_the_inspector_in_the_app_and_not_in_npm(tmp_path: Path) -> None:
+    """What the container runs: `npm start` is a node process too; only the app gets the inspector."""
+    assert NODE is not None, "node is not installed (CI has it)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = "console.log(JSON.stringify({url: require('inspector').url() || null, marked: process.env.DEVLOOP_INSPECTING || null}))"
+    (tmp_path / "app.js").write_text(script)
+    (tmp_path / "npm").mkdir()
+    (tmp_path / "npm" / "npm-cli.js").write_text(script)
+    env = {**os.environ, "NODE_OPTIONS": node_options(port)}
+    env.pop("DEVLOOP_INSPECTING", None)
+
+    def run(path: Path) -> dict[str, Any]:
+        p = subprocess.run([NODE, str(path)], env=env, capture_output=True, text=True, timeout=30, check=True)
+        return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+
+    app = run(tmp_path / "app.js")
+    assert app["url"] and f"127.0.0.1:{port}/" in app["url"] and app["marked"]
+    npm = run(tmp_path / "npm" / "npm-cli.js")
+    assert npm == {"url": None, "marked": None}
+
+
+def test_the_pin_is_the_newest_ready_pod_and_stays_while_it_is_paused() -> None:
+    said: list[tuple[str, int]] = []
+    up = PinnedUpstreams(lambda pod, ready: said.append((pod, ready)))
+    up.seen("web-a", True, "2026-01-01T10:00:00Z")
+    up.seen("web-b", True, "2026-01-01T10:00:05Z")
+    up.seen("web-c", True, "2026-01-01T10:00:02Z")
+    assert up.ready() == ["web-b"]
+    assert said == [("web-b", 3)]  # said once, with how many were Ready
+    up.seen("web-b", False)  # paused at a breakpoint: its readiness probe fails
+    assert up.ready() == ["web-b"]
+    assert said == [("web-b", 3)]
+
+
+def test_the_pin_follows_a_rollout_and_a_pod_that_goes_away() -> None:
+    said: list[tuple[str, int]] = []
+    up = PinnedUpstreams(lambda pod, ready: said.append((pod, ready)))
+    up.seen("old", True, "2026-01-01T10:00:00Z")
+    assert up.ready() == ["old"]
+    up.seen("new", False, "2026-01-01T10:01:00Z")
+    assert up.ready() == ["old"]  # not Ready yet: the debugger stays where it is
+    up.seen("new", True)
+    assert up.ready() == ["new"]
+    up.seen("older", True, "2026-01-01T09:00:00Z")
+    assert up.ready() == ["new"]
+    up.gone("new")
+    assert up.ready() == ["old"]  # the newest Ready pod left
+    up.gone("old")
+    assert up.ready() == ["older"]
+    assert [p for p, _ in said] == ["old", "new", "old", "older"]
+    up.gone("older")
+    assert up.ready() == []
+
+
+def test_a_taken_inspector_port_is_an_environment_error_with_a_hint() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(InspectorPortTaken) as e:
+            claim(port, "web")
+    assert e.value.exit_code == EXIT_ENVIRONMENT == 3
+    assert f"127.0.0.1:{port}" in e.value.message and "web" in e.value.message
+    assert "--inspect-port" in e.value.hint and "inspect.localPort" in e.value.hint
+
+
+def test_a_free_inspector_port_is_claimed_and_0_is_any(tmp_path: Path) -> None:
+    s = claim(0, "web")
+    try:
+        assert s.getsockname()[1] > 0
+    finally:
+        s.close()
+
+
+def test_inspect_names_a_service_that_devloop_builds(tmp_path: Path) -> None:
+    cfg = sample(tmp_path)
+    with pytest.raises(ConfigError, match="no such service") as e:
+        with_inspect(cfg, "nope", None)
+    assert "web-app" in e.value.hint
+    with pytest.raises(ConfigError, match="--inspect-port needs --inspect"):
+        with_inspect(cfg, None, 9230)
+    assert with_inspect(cfg, None, None) is cfg
+    svc = with_inspect(cfg, "web-app", 0).service("web-app")
+    assert svc.inspect.enabled and svc.inspect.local_port == 0 and svc.inspect.port == debugger.DEFAULT_PORT
+
+
+def test_inspect_in_devloop_yaml(tmp_path: Path) -> None:
+    cfg = sample(tmp_path)
+    text = (
+        "apiVersion: devloop/v2\nservices:\n  - name: web\n    image: {name: my-web-app, context: sample-app}\n"
+        "    deploy: {deployment: web-app}\n    inspect: {enabled: true, localPort: 9300}\n"
+    )
+    (tmp_path / "devloop.yaml").write_text(text)
+    svc = config_mod.load(None, tmp_path).service("web")
+    assert svc.inspect.enabled and svc.inspect.local_port == 9300 and svc.inspect.port == 9229
+    assert cfg.services[0].inspect.enabled is False  # off by default
