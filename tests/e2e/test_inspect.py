@@ -118,7 +118,15 @@ def round_trip(harness: Harness, project: Path, port: int, pod: str) -> float:
             paused = cdp.wait_event("Debugger.paused")
             hit = time.monotonic()
             frame = paused["callFrames"][0]
-            assert frame["url"].endswith("server.js") and frame["location"]["lineNumber"] == line, frame
+            script = next(
+                e["params"]["url"]
+                for e in cdp.events
+                if e.get("method") == "Debugger.scriptParsed" and e["params"]["scriptId"] == frame["location"]["scriptId"]
+            )
+            assert script.endswith("/server.js") and frame["location"]["lineNumber"] == line and frame["functionName"] == "handler", (
+                script,
+                frame,
+            )
             assert paused["hitBreakpoints"] == [bp["breakpointId"]], paused
             assert client.poll() is None, "the request answered while the app was paused"
             cdp.call("Debugger.resume")
