@@ -370,7 +370,7 @@ class Engine:
         )
         if dev and svc.inspect.enabled:  # the Node.js inspector (debugger.py): never in a release
             for m in rendered:
-                for c in mf.containers_of(m, svc.built.name):
+                for c in mf.containers_of(m, ref.cluster):  # (the image as swapped in: on a registry's host)
                     debugger.instrument(c, svc.inspect.port)
         ru = svc.deploy.rolling_update
         if dev and ru is not None:

@@ -38,7 +38,9 @@ def rendered_container(cfg: config_mod.Config, *, dev: bool) -> dict[str, Any]:
         cfg, Output(json_mode=True, stdout=io.StringIO()), images=FakeDocker(), kube=FakeCluster(), publisher=FakePublisher()
     )
     svc = engine.config.services[0]
-    docs = engine.render(svc, engine.manifests(svc), ImageRef("my-web-app", "v1"), dev=dev)
+    docs = engine.render(
+        svc, engine.manifests(svc), ImageRef("my-web-app", "v1", "localhost:5001"), dev=dev
+    )  # pushed to the local registry
     dep = next(d for d in docs if d["kind"] == "Deployment")
     return dict(dep["spec"]["template"]["spec"]["containers"][0])
 
