@@ -13,9 +13,9 @@ containers it inspects (the kubelet would kill the paused app and its synced fil
 probe stays (a replica paused for long is taken out of the Service's endpoints, then back).
 
 `InspectorForward` owns 127.0.0.1:<localPort> (`proxy.Proxy`) and relays each connection to ONE
-pod of the service, pinned: the newest Ready one. The pin moves only to a newer Ready pod (a
-rollout) or when the pinned pod goes away, never because it is paused (unready) at a breakpoint;
-with several replicas it says which one it pinned. A debugger that reconnects to the same local
+pod of the service, pinned: the newest Ready one. The pin moves only when the pinned pod goes away
+(a rebuild's rollout deletes it: the newest Ready pod takes it), never because it is paused
+(unready) at a breakpoint; with several replicas it says which one it pinned. A debugger that reconnects to the same local
 port (VS Code's `restart: true`) finds the new process or the new pod.
 """
 
@@ -118,15 +118,14 @@ def claim(port: int, service: str) -> socket.socket:
 
 class PinnedUpstreams(Upstreams):
     """The pod table of an inspector forward: new connections all go to one pod, pinned. The pin
-    is the newest Ready pod when it is made, and moves only to a Ready pod newer than it or when
-    the pinned pod is gone; a pinned pod that stops being Ready (paused at a breakpoint: its
-    readiness probe fails) keeps the pin."""
+    is the newest Ready pod when it is made and stays until that pod goes away (a rollout deletes
+    it: the newest Ready pod then takes it, once, not once per new replica as they get Ready); a
+    pinned pod that stops being Ready (paused at a breakpoint: its readiness probe fails) keeps it."""
 
     def __init__(self, on_pin: Callable[[str, int], None] = lambda pod, ready: None) -> None:
         super().__init__()
         self.on_pin = on_pin  # (pod, how many pods were Ready when it was pinned)
         self.pin: str | None = None
-        self._pin_created = 0.0
         self._gone: set[str] = set()
 
     def gone(self, name: str) -> None:
@@ -140,22 +139,14 @@ class PinnedUpstreams(Upstreams):
         pinned: tuple[str, int] | None = None
         with self._cond:
             alive = self.pin is not None and self.known(self.pin) and self.pin not in self._gone
-            if newest:
-                created = self._created(newest[0])
-                if not alive or (newest[0] != self.pin and created > self._pin_created):
-                    self.pin, self._pin_created = newest[0], created
-                    pinned = (newest[0], len(newest))
-            elif not alive:
-                self.pin = None
+            if not alive:
+                self.pin = newest[0] if newest else None
+                if self.pin is not None:
+                    pinned = (self.pin, len(newest))
             pin = self.pin
         if pinned is not None:
             self.on_pin(*pinned)
         return [pin] if pin is not None else []
-
-    def _created(self, name: str) -> float:
-        with self._cond:
-            pod = self._pods.get(name)
-            return pod.created if pod is not None else 0.0
 
 
 class InspectorForward:
@@ -218,7 +209,7 @@ class InspectorForward:
         if event.deleting:
             self.upstreams.gone(event.name)
         self.upstreams.seen(event.name, event.ready, event.created)
-        self.upstreams.ready()  # a newer Ready pod takes the pin at once (and it is said)
+        self.upstreams.ready()  # a pinned pod that goes away hands the pin on at once (and it is said)
 
     def _connect(self, pod: str) -> socket.socket:
         return self.kube.connect(self.namespace, pod, self.port, CONNECT_TIMEOUT)

@@ -113,24 +113,26 @@ def test_the_pin_is_the_newest_ready_pod_and_stays_while_it_is_paused() -> None:
     assert said == [("web-b", 3)]
 
 
-def test_the_pin_follows_a_rollout_and_a_pod_that_goes_away() -> None:
+def test_the_pin_follows_a_rollout_once_its_pod_goes_away() -> None:
     said: list[tuple[str, int]] = []
     up = PinnedUpstreams(lambda pod, ready: said.append((pod, ready)))
-    up.seen("old", True, "2026-01-01T10:00:00Z")
-    assert up.ready() == ["old"]
-    up.seen("new", False, "2026-01-01T10:01:00Z")
-    assert up.ready() == ["old"]  # not Ready yet: the debugger stays where it is
-    up.seen("new", True)
-    assert up.ready() == ["new"]
-    up.seen("older", True, "2026-01-01T09:00:00Z")
-    assert up.ready() == ["new"]
-    up.gone("new")
-    assert up.ready() == ["old"]  # the newest Ready pod left
-    up.gone("old")
-    assert up.ready() == ["older"]
-    assert [p for p, _ in said] == ["old", "new", "old", "older"]
-    up.gone("older")
+    up.seen("old-a", True, "2026-01-01T10:00:00Z")
+    up.seen("old-b", True, "2026-01-01T10:00:01Z")
+    assert up.ready() == ["old-b"]
+    up.seen("new-a", True, "2026-01-01T10:01:00Z")  # a rollout's first new replica is Ready
+    assert up.ready() == ["old-b"]  # the debugger stays on its process until that goes away
+    up.gone("old-a")
+    assert up.ready() == ["old-b"]
+    up.gone("old-b")
+    assert up.ready() == ["new-a"]
+    up.seen("new-b", True, "2026-01-01T10:01:05Z")
+    assert up.ready() == ["new-a"]  # not once per new replica
+    assert said == [("old-b", 2), ("new-a", 1)]
+    up.gone("new-a")
+    up.gone("new-b")
     assert up.ready() == []
+    up.seen("new-c", False, "2026-01-01T10:02:00Z")
+    assert up.ready() == []  # none Ready: a new connection waits (the proxy holds it)
 
 
 def test_a_taken_inspector_port_is_an_environment_error_with_a_hint() -> None:
