@@ -4,12 +4,15 @@ npm's, the forward pins one pod and follows rollouts, a taken local port is exit
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +180,95 @@ def test_inspect_in_devloop_yaml(tmp_path: Path) -> None:
     svc = config_mod.load(None, tmp_path).service("web")
     assert svc.inspect.enabled and svc.inspect.local_port == 9300 and svc.inspect.port == 9229
     assert cfg.services[0].inspect.enabled is False  # off by default
+
+
+# -- the forward, over pods that are local HTTP servers answering as an inspector does --------------
+
+
+class _Inspector(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps([{"type": "node", "title": self.server.pod}]).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class PodsCluster(FakeCluster):
+    """Pods whose port 9229 is a local inspector-like server; the pod watch is driven by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
+        self.listed: list[dict[str, Any]] = []
+        self.on_event: Any = None
+
+    def pod(self, name: str, ready: bool, created: str) -> dict[str, Any]:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Inspector)
+        server.pod = name  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers[name] = server
+        status = "True" if ready else "False"
+        return {
+            "metadata": {"name": name, "creationTimestamp": created, "labels": {"app": "web"}},
+            "status": {"conditions": [{"type": "Ready", "status": status}], "containerStatuses": []},
+        }
+
+    def pods(self, namespace: str, labels: Any) -> list[dict[str, Any]]:
+        return list(self.listed)
+
+    def watch_pods(self, namespace: str, labels: Any, on_event: Any) -> Any:
+        self.on_event = on_event
+        return super().watch_pods(namespace, labels, on_event)
+
+    def connect(self, namespace: str, pod: str, port: int, timeout: float = 5.0) -> socket.socket:
+        assert port == 9229
+        return socket.create_connection(self.servers[pod].server_address[:2], timeout)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            s.shutdown()
+            s.server_close()
+
+
+def said(buf: io.StringIO, n: int) -> list[dict[str, Any]]:
+    """The forward's "attach" lines, once there are `n` of them (its check runs in a thread)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [e for e in map(json.loads, buf.getvalue().splitlines()) if e.get("inspector")]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)  # polling the forward's own thread's output, with a deadline
+
+
+def test_the_inspector_forward_pins_one_of_the_replicas_says_which_and_follows_a_rollout() -> None:
+    from devloop.debugger import InspectorForward, inspector_targets
+    from devloop.workload import PodEvent
+
+    cluster = PodsCluster()
+    cluster.listed = [
+        cluster.pod("web-1", True, "2026-01-01T10:00:00Z"),
+        cluster.pod("web-2", True, "2026-01-01T10:00:03Z"),
+        cluster.pod("web-3", True, "2026-01-01T10:00:01Z"),
+    ]
+    buf = io.StringIO()
+    forward = InspectorForward(cluster, Output(json_mode=True, stdout=buf), "default", {"app": "web"}, 9229, claim(0, "web"), "web")
+    try:
+        forward.start()
+        first = said(buf, 1)
+        assert [(e["pod"], e["replicas"]) for e in first] == [("web-2", 3)]
+        assert "→ pod web-2 (one of 3 Ready replicas" in first[0]["message"] and "liveness probe is off" in first[0]["message"]
+        assert inspector_targets(forward.local_port) == [{"type": "node", "title": "web-2"}]
+
+        new = cluster.pod("web-4", True, "2026-01-01T10:05:00Z")  # a rebuild's first new replica is Ready
+        cluster.on_event(PodEvent.of(new))
+        assert inspector_targets(forward.local_port) == [{"type": "node", "title": "web-2"}]  # the debugger stays on its process
+        cluster.on_event(PodEvent("web-2", 0, (), True))  # ... until its pod is deleted
+        assert inspector_targets(forward.local_port) == [{"type": "node", "title": "web-4"}]
+        assert [e["pod"] for e in said(buf, 2)] == ["web-2", "web-4"]
+    finally:
+        forward.stop()
+        cluster.close()
