@@ -341,6 +341,8 @@ class DevSession:
                 if len(pods) >= want or self.clock() >= deadline or self._stopping.wait(1.0):
                     break  # polling a real cluster with a deadline
             a.logs.follow(pods, since=since)
+            if a.inspector is not None:  # its pod watch ended with the API server: watched again
+                a.inspector.start()
             if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
                 d = self.engine.manifests(svc)
                 a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
