@@ -68,9 +68,10 @@ def instrument(container: dict[str, Any], port: int) -> bool:
     """The dev render of one inspected container: NODE_OPTIONS opens the inspector, the liveness
     probe is dropped (a paused process answers none). True when a liveness probe was dropped."""
     env = [e for e in container.get("env") or [] if isinstance(e, dict)]
-    mine = next((e for e in env if e.get("name") == "NODE_OPTIONS" and "value" in e), None)
-    others = [e for e in env if e is not mine]
-    existing = str(mine.get("value") or "") if mine else ""
+    # the manifest's own value goes first; one read from a ConfigMap or Secret (valueFrom) is replaced
+    # while inspecting (two entries of one name are refused by server-side apply)
+    existing = " ".join(str(e.get("value") or "") for e in env if e.get("name") == "NODE_OPTIONS")
+    others = [e for e in env if e.get("name") != "NODE_OPTIONS"]
     container["env"] = [*others, {"name": "NODE_OPTIONS", "value": node_options(port, existing)}]
     return container.pop("livenessProbe", None) is not None
 

@@ -77,6 +77,9 @@ def test_node_options_keep_what_the_manifest_set() -> None:
     assert env["A"] == "1"
     assert env["NODE_OPTIONS"].startswith("--max-old-space-size=256 --import=data:text/javascript,")
     assert " " not in env["NODE_OPTIONS"].split(" ", 1)[1]  # one option: NODE_OPTIONS splits on spaces
+    from_map: dict[str, Any] = {"env": [{"name": "NODE_OPTIONS", "valueFrom": {"configMapKeyRef": {"name": "n", "key": "k"}}}]}
+    instrument(from_map, 9229)
+    assert from_map["env"] == [{"name": "NODE_OPTIONS", "value": node_options(9229)}]  # one entry: apply refuses two
 
 
 @pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
