@@ -53,6 +53,7 @@ class Cdp:
         # the URL names the inspector's own address in the pod (127.0.0.1:9229): the debugger uses the forward's, as VS Code does
         url = re.sub(r"^ws://[^/]+", f"ws://127.0.0.1:{port}", targets[0]["webSocketDebuggerUrl"])
         self.ws = websocket.create_connection(url, timeout=60)
+        self.ws.settimeout(60)  # every recv: a pause that never comes fails the test, it does not hang it
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
@@ -66,16 +67,22 @@ class Cdp:
                 return dict(msg.get("result") or {})
             self.events.append(msg)
 
-    def wait_event(self, method: str) -> dict[str, Any]:
-        """The next event `method` (the websocket's timeout bounds the wait)."""
+    def wait_event(self, method: str, timeout: float) -> dict[str, Any] | None:
+        """The next event `method`; None when none came within `timeout` seconds."""
         for i, msg in enumerate(self.events):
             if msg.get("method") == method:
                 return dict(self.events.pop(i)["params"])
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("method") == method:
-                return dict(msg["params"])
-            self.events.append(msg)
+        self.ws.settimeout(timeout)
+        try:
+            while True:
+                msg = json.loads(self.ws.recv())
+                if msg.get("method") == method:
+                    return dict(msg["params"])
+                self.events.append(msg)
+        except websocket.WebSocketTimeoutException:
+            return None
+        finally:
+            self.ws.settimeout(60)
 
     def close(self) -> None:
         self.ws.close()
@@ -95,7 +102,7 @@ def pinned(d: Devloop, port: int, not_in: frozenset[str] | set[str] = frozenset(
 def request(harness: Harness, pod: str) -> subprocess.Popen[str]:
     """GET /?inspect-test to that pod through the API server's pod proxy (a real HTTP request, in the background)."""
     return subprocess.Popen(
-        ["kubectl", "get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:3000/proxy/?{QUERY}"],
+        [harness.kubectl, "--context", harness.context, "get", "--raw", f"/api/v1/namespaces/default/pods/{pod}:3000/proxy/?{QUERY}"],
         env=harness.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -115,7 +122,10 @@ def round_trip(harness: Harness, project: Path, port: int, pod: str) -> float:
         assert bp["locations"], f"no script matched server.js: {bp}"
         client = request(harness, pod)
         try:
-            paused = cdp.wait_event("Debugger.paused")
+            deadline = time.monotonic() + 60
+            while (paused := cdp.wait_event("Debugger.paused", 0.5)) is None:
+                assert client.poll() is None, f"the request was answered without stopping at the breakpoint: {client.communicate()[0]!r}"
+                assert time.monotonic() < deadline, "no pause within 60 s of the request"
             hit = time.monotonic()
             frame = paused["callFrames"][0]
             script = next(
