@@ -46,13 +46,16 @@ CHECK_EVERY = 0.5
 
 # Preloaded into every node process of the container (NODE_OPTIONS --import, Node >= 18.18): opens
 # the inspector in the first one that is not a package manager; its children (cluster workers,
-# `node --test`) see DEVLOOP_INSPECTING and leave the port alone.
+# `node --test`) see DEVLOOP_INSPECTING and leave the port alone. A port still held by the process a
+# live sync just stopped (npm may be gone before its node is) is asked again every 0.1 s, for 5 s.
 _PRELOAD = (
     "const a = process.argv[1] || ''; "
-    "if (!/[\\\\/](npm|npx|yarn|pnpm|corepack)([\\\\/]|-cli\\.js$|\\.c?js$|$)/.test(a) && !process.env.DEVLOOP_INSPECTING) { "
+    "if (!/[\\/](npm|npx|yarn|pnpm|corepack)([\\/]|-cli\\.js$|\\.c?js$|$)/.test(a) && !process.env.DEVLOOP_INSPECTING) { "
     "process.env.DEVLOOP_INSPECTING = String(process.pid); "
-    "try { (await import('node:inspector')).open(PORT, '127.0.0.1'); } "
-    "catch (e) { console.error('devloop: the inspector did not start: ' + e.message); } }"
+    "const inspector = await import('node:inspector'); "
+    "const open = (left) => { inspector.open(PORT, '127.0.0.1'); "
+    "if (!inspector.url() && left > 0) setTimeout(open, 100, left - 1).unref(); }; "
+    "open(50); }"
 )
 
 

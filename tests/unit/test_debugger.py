@@ -275,3 +275,30 @@ def test_the_inspector_forward_pins_one_of_the_replicas_says_which_and_follows_a
     finally:
         forward.stop()
         cluster.close()
+
+
+@pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
+def test_the_preload_waits_for_a_port_the_stopped_process_still_holds(tmp_path: Path) -> None:
+    """A live sync's new process may start while the old one still holds the port: it asks again."""
+    assert NODE is not None, "node is not installed (CI has it)"
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    (tmp_path / "app.js").write_text(
+        "const t = setInterval(() => { const u = require('inspector').url(); if (u) { console.log(u); clearInterval(t); process.exit(0); } }, 20);"
+        "setTimeout(() => { console.log('none'); process.exit(1); }, 10000);"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DEVLOOP_INSPECTING"} | {"NODE_OPTIONS": node_options(port)}
+    p = subprocess.Popen([NODE, str(tmp_path / "app.js")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        assert "address already in use" in p.stderr.readline()  # its first try failed ...
+        held.close()  # ... the old process is gone
+        out, _ = p.communicate(timeout=15)
+    finally:
+        held.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0 and f"127.0.0.1:{port}/" in out, out
