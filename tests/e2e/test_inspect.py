@@ -31,7 +31,7 @@ from tests.e2e.test_loop import set_config
 
 pytestmark = pytest.mark.e2e
 
-QUERY = "inspect-test"  # the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks)
+QUERY = "inspect-test"  # the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks); the API server passes it on as ?inspect-test=
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +118,7 @@ def round_trip(harness: Harness, project: Path, port: int, pod: str) -> float:
     try:
         cdp.call("Debugger.enable")
         assert cdp.call("Runtime.evaluate", expression="process.env.HOSTNAME")["result"]["value"] == pod  # the pod devloop named
-        bp = cdp.call("Debugger.setBreakpointByUrl", lineNumber=line, urlRegex=r"server\.js$", condition=f"req.url === '/?{QUERY}'")
+        bp = cdp.call("Debugger.setBreakpointByUrl", lineNumber=line, urlRegex=r"server\.js$", condition=f"req.url.includes('{QUERY}')")
         assert bp["locations"], f"no script matched server.js: {bp}"
         client = request(harness, pod)
         try:
