@@ -31,7 +31,10 @@ from tests.e2e.test_loop import set_config
 
 pytestmark = pytest.mark.e2e
 
-QUERY = "inspect-test"  # the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks); the API server passes it on as ?inspect-test=
+QUERY = "inspect-test"
+# the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks): the
+# query as the app sees it through the API server's pod proxy (kubectl may send it as ?inspect-test=), or kubectl's own User-Agent
+CONDITION = f"req.url.includes('{QUERY}') || String(req.headers['user-agent']).startsWith('kubectl/')"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +121,7 @@ def round_trip(harness: Harness, project: Path, port: int, pod: str) -> float:
     try:
         cdp.call("Debugger.enable")
         assert cdp.call("Runtime.evaluate", expression="process.env.HOSTNAME")["result"]["value"] == pod  # the pod devloop named
-        bp = cdp.call("Debugger.setBreakpointByUrl", lineNumber=line, urlRegex=r"server\.js$", condition=f"req.url.includes('{QUERY}')")
+        bp = cdp.call("Debugger.setBreakpointByUrl", lineNumber=line, urlRegex=r"server\.js$", condition=CONDITION)
         assert bp["locations"], f"no script matched server.js: {bp}"
         client = request(harness, pod)
         try:
