@@ -98,8 +98,14 @@ def handler_line(project: Path) -> int:
 
 
 def pinned(d: Devloop, port: int, not_in: frozenset[str] | set[str] = frozenset(), timeout: float = 300) -> dict[str, Any]:
-    """devloop's word that the debugger can attach on `port` (to a pod not in `not_in`)."""
-    return d.wait_for(lambda e: e.get("inspector") == f"127.0.0.1:{port}" and e.get("pod") not in not_in, timeout, "the inspector forward")
+    """devloop's word that the debugger can attach on `port` (to a pod not in `not_in`): said
+    already (while the test waited for something else), or to come."""
+
+    def match(e: dict[str, Any]) -> bool:
+        return e.get("inspector") == f"127.0.0.1:{port}" and e.get("pod") not in not_in
+
+    said = [e for e in d.seen if match(e)]
+    return said[-1] if said else d.wait_for(match, timeout, "the inspector forward")
 
 
 def request(harness: Harness, pod: str) -> subprocess.Popen[str]:
