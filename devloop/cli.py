@@ -239,18 +239,30 @@ def dev(
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="serve the dashboard on 127.0.0.1 (dashboard.port)")] = True,
     target: TargetOption = None,
     force_conflicts: ForceConflictsOption = False,
+    inspect: Annotated[
+        str | None, typer.Option("--inspect", metavar="SERVICE", help="open the Node.js inspector of SERVICE on 127.0.0.1 (dev only)")
+    ] = None,
+    inspect_port: Annotated[
+        int | None, typer.Option("--inspect-port", metavar="PORT", min=0, max=65535, help="its local port (default 9229; 0: any free port)")
+    ] = None,
 ) -> None:
     """`up`, then watch every service: each save is built, published and rolled out. Ctrl-C stops."""
 
     def body(out: Output) -> int:
         from devloop import wiring
+        from devloop.debugger import with_inspect
         from devloop.lock import ProjectLock
         from devloop.session import DevSession
 
-        cfg = _load(ctx.obj)
+        def adjust(c: config_mod.Config) -> config_mod.Config:
+            return with_inspect(c, inspect, inspect_port)
+
+        cfg = adjust(_load(ctx.obj))
         with ProjectLock(cfg.root, "dev"):
             commands = wiring.commands(cfg, out)  # on the host beside the cycle; blocksDeploy holds a service's deploy
-            session = DevSession(_engine(cfg, out, target=target, force_conflicts=force_conflicts, hold=commands.hold), commands=commands)
+            session = DevSession(
+                _engine(cfg, out, target=target, force_conflicts=force_conflicts, hold=commands.hold), commands=commands, adjust=adjust
+            )
             dashboard = None
             if ui and cfg.dashboard.enabled:
                 from devloop.dashboard import Dashboard, DashboardError

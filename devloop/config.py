@@ -303,6 +303,14 @@ class CommandConfig(_Model):
         return data
 
 
+class InspectConfig(_Model):
+    """`devloop dev` opens the Node.js inspector of this service (dev render only; `--inspect SERVICE`)."""
+
+    enabled: bool = False
+    port: Port = 9229  # in the pod (127.0.0.1 there)
+    local_port: Annotated[int, Field(ge=0, le=65535, strict=True)] = 9229  # on 127.0.0.1; 0: any free port
+
+
 class ServiceConfig(_Model):
     name: Annotated[str, Field(pattern=_DNS_LABEL, strict=True)] = ""  # empty: deploy.deployment, else the image's last name part
     image: ImageConfig | None = None  # none: the manifests' own images (Postgres, Redis), applied and waited for
@@ -310,11 +318,14 @@ class ServiceConfig(_Model):
     port_forward: tuple[PortForwardConfig, ...] = ()
     live_update: LiveUpdateConfig = LiveUpdateConfig()
     depends_on: StrList = ()  # services that must be ready (a Job: completed) before this one rolls out
+    inspect: InspectConfig = InspectConfig()
 
     @model_validator(mode="after")
     def _live_update_needs_image(self) -> ServiceConfig:
         if self.live_update.enabled and self.image is None:
             raise ValueError(f"service {self.name!r}: liveUpdate needs an image that devloop builds")
+        if self.inspect.enabled and self.image is None:
+            raise ValueError(f"service {self.name!r}: inspect needs an image that devloop builds")
         return self
 
     @field_validator("port_forward", mode="before")
@@ -613,6 +624,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "cmd": "The command as a list (argv, no shell), e.g. [npx, tsc, -p, .]; run in liveUpdate.target.",
         "trigger": "Globs (as fallback's) of the synced files that run this step, e.g. [src/**/*.ts, tsconfig.json].",
     },
+    "InspectConfig": {
+        "enabled": "`devloop dev` opens the Node.js inspector of this service (as `--inspect SERVICE` does); dev only.",
+        "port": "The inspector's port inside the pod (bound on the pod's 127.0.0.1).",
+        "localPort": "The local port a debugger attaches to, on 127.0.0.1 only; 0: any free port.",
+    },
     "ServiceConfig": {
         "name": "A lowercase DNS label naming the service in events, logs and status; default: deploy.deployment, "
         "else the image name's last part.",
@@ -621,6 +637,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "deploy": "How the image is rolled out.",
         "portForward": "Local forwards to Services, kept alive across rollouts.",
         "liveUpdate": "Sync saves into the running pods instead of rebuilding (off by default).",
+        "inspect": "A debugger that survives saves: the Node.js inspector, forwarded to 127.0.0.1 (off by default).",
     },
 }
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from devloop import bringup, kinds, live
+from devloop import bringup, debugger, kinds, live
 from devloop import manifests as mf
 from devloop.config import Config, ServiceConfig
 from devloop.errors import CycleFailed, DevloopError
@@ -389,6 +389,10 @@ class Engine:
             pull_secret=self.target.spec.pull_secret,
             version=version,
         )
+        if dev and svc.inspect.enabled:  # the Node.js inspector (debugger.py): never in a release
+            for m in rendered:
+                for c in mf.containers_of(m, ref.cluster):  # (the image as swapped in: on a registry's host)
+                    debugger.instrument(c, svc.inspect.port)
         ru = svc.deploy.rolling_update
         if dev and ru is not None:
             rendered = mf.with_rolling_update(rendered, svc.deployment, str(ru.max_surge), str(ru.max_unavailable))

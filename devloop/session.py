@@ -25,6 +25,7 @@ from devloop import config as config_mod
 from devloop.commands import CommandRunner
 from devloop.config import Config, ServiceConfig
 from devloop.debounce import ChangeQueue, LoopGuard
+from devloop.debugger import InspectorForward, claim
 from devloop.engine import ServiceResult
 from devloop.errors import DevloopError
 from devloop.forward import ApiWatch, LogStreams, PortForward
@@ -148,6 +149,7 @@ class _Access:
     forwards: list[PortForward] = field(default_factory=list)
     pod_watch: Background | None = None
     restarts: dict[str, int] = field(default_factory=dict)
+    inspector: InspectorForward | None = None  # `--inspect SERVICE` (debugger.py)
 
 
 class DevSession:
@@ -157,8 +159,10 @@ class DevSession:
         clock: Callable[[], float] = time.monotonic,
         forward: Callable[..., PortForward] = PortForward,
         commands: CommandRunner | None = None,
+        adjust: Callable[[Config], Config] = lambda c: c,
     ) -> None:
         self.engine = engine
+        self.adjust = adjust  # what the command line changes in a configuration read again (--inspect)
         self.commands = commands  # the commands on the host beside the cycle (devloop.commands); None: none run
         if commands is not None:
             commands.on_release = lambda name, services: self.queue.put(Released(tuple(services), f"{name} passed (blocksDeploy)"))
@@ -176,6 +180,8 @@ class DevSession:
         self._stopping = threading.Event()
         self.api = ApiWatch(engine.kube, self.out, engine.target.outage(), on_back=self._api_back)
         self.board = Board(self.out)  # what other threads read of the session (the dashboard)
+        # the inspectors' local ports, bound now: a taken one stops `dev` before anything is built
+        self._inspect_ports = {s.name: claim(s.inspect.local_port, s.name) for s in self.config.services if s.inspect.enabled}
         self._publish()
 
     @property
@@ -302,6 +308,16 @@ class DevSession:
             self.engine.channels.prepare(pods, a.namespace)  # the service's namespace, as resolved at start (or reload)
         for f in a.forwards:
             f.start()
+        self._inspect(svc, a)
+
+    def _inspect(self, svc: ServiceConfig, a: _Access) -> None:
+        """The service's inspector forward: made at its first `_ready`, then following its pods."""
+        listener = self._inspect_ports.pop(svc.name, None)
+        if a.inspector is None and listener is not None:
+            d = self.engine.manifests(svc)
+            a.inspector = InspectorForward(self.engine.kube, self.out, a.namespace, d.selector, svc.inspect.port, listener, svc.name)
+        if a.inspector is not None:
+            a.inspector.start()
 
     def _watch_pods(self, svc: ServiceConfig, synced: list[str]) -> None:
         """Live update on: watch the service's pods; a replica that restarts comes back from its
@@ -339,6 +355,8 @@ class DevSession:
                 if len(pods) >= want or self.clock() >= deadline or self._stopping.wait(1.0):
                     break  # polling a real cluster with a deadline
             a.logs.follow(pods, since=since)
+            if a.inspector is not None:  # its pod watch ended with the API server: watched again
+                a.inspector.start()
             if a.pod_watch is not None and not a.pod_watch.alive():  # ended with the API server: the same baseline goes on
                 d = self.engine.manifests(svc)
                 a.pod_watch = self.engine.kube.watch_pods(d.namespace, d.selector, _pod_events(self.queue, svc.name))
@@ -481,7 +499,7 @@ class DevSession:
 
     def _reload(self, todo: Plan) -> Plan | None:
         try:
-            new = config_mod.load(self.config.file, self.config.root)
+            new = self.adjust(config_mod.load(self.config.file, self.config.root))
             cmds.check(new.commands if self.commands else (), new.source)  # a missing program: the running configuration stays
         except DevloopError as e:
             self.out.error(e)
@@ -533,6 +551,8 @@ class DevSession:
             return
         for f in a.forwards:
             f.stop()
+        if a.inspector is not None:
+            a.inspector.stop()
         a.logs.stop()
         if a.pod_watch is not None:
             a.pod_watch.stop()
@@ -550,3 +570,5 @@ class DevSession:
             self.watcher.stop()
         for name in list(self.access):
             self._close_access(name)
+        for listener in self._inspect_ports.values():
+            listener.close()
