@@ -14,7 +14,6 @@ The module brings the cluster up once and deletes it at the end (DEVLOOP_E2E_KEE
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -26,10 +25,10 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.e2e.conftest import Devloop, Harness, free_port, poll, run_cli
+from tests.e2e.conftest import Devloop, Harness, free_port, leave_cluster, poll, run_cli
 from tests.e2e.test_loop import set_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
 
 QUERY = "inspect-test"
 # the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks): the
@@ -38,12 +37,11 @@ CONDITION = f"req.url.includes('{QUERY}') || String(req.headers['user-agent']).s
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path) -> Iterator[None]:
+def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     code, _events, output = run_cli(harness, project, "up")
     assert code == 0, output
     yield
-    if os.environ.get("DEVLOOP_E2E_KEEP_CLUSTER") != "1":
-        run_cli(harness, project, "down", "--cluster")
+    leave_cluster(harness, project, request)
 
 
 class Cdp:
