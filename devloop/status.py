@@ -60,6 +60,7 @@ def status(cfg: Config, engine: Engine) -> dict[str, Any]:
                         "restarts": sum(int(c.get("restartCount", 0)) for c in p.get("status", {}).get("containerStatuses") or []),
                         "failing": pod_failure(p) or _unschedulable(p),
                         "terminating": bool(p.get("metadata", {}).get("deletionTimestamp")),
+                        "phase": str(p.get("status", {}).get("phase", "")),  # a Job's pod ends Succeeded or Failed
                     }
                     for p in pods
                 ],
@@ -145,7 +146,13 @@ def _cluster_human(info: dict[str, Any]) -> str:
                 said += f", rollout not complete ({s['progress']})"
             lines.append(head + f"{mark}, {said}, image {', '.join(s['images'])}")
             for p in s["pods"]:
-                state = "terminating" if p.get("terminating") else "ready" if p["ready"] else "not ready"
+                state = (
+                    "terminating"
+                    if p.get("terminating")
+                    else "ready"
+                    if p["ready"]
+                    else {"Succeeded": "completed", "Failed": "failed"}.get(p.get("phase", ""), "not ready")
+                )
                 extra = f" — {p['failing']}" if p["failing"] else ""
                 lines.append(f"  {p['name']}: {state}, {p['restarts']} restarts{extra}")
             if "metricsText" in s:

@@ -314,6 +314,8 @@ def test_status_judges_each_service_by_its_main_workloads_kind(project: Path) ->
     assert healthy(info)
     text = human(info)
     assert "db: healthy, 1/1 ready, image postgres:16" in text and "migrate: healthy, completed (1/1 succeeded)" in text
+    (job_pod,) = by["migrate"]["pods"]
+    assert f"  {job_pod['name']}: completed, 0 restarts" in text.splitlines()  # a Job's finished pod, not "not ready"
 
 
 REDIS = """apiVersion: apps/v1
