@@ -307,6 +307,16 @@ def leave_cluster(harness: Harness, project: Path, request: pytest.FixtureReques
         run_cli(harness, project, "down", "--cluster")
 
 
+@pytest.fixture(scope="module")
+def sample_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
+    """The sample up (`devloop up`) for a whole `shared_cluster` module, which asks for it with
+    `pytest.mark.usefixtures("sample_up")`; at the module's end, `leave_cluster`."""
+    code, _events, output = run_cli(harness, project, "up")
+    assert code == 0, output
+    yield
+    leave_cluster(harness, project, request)
+
+
 def children_of_cluster() -> list[str]:
     """Processes still running that devloop would have started for the e2e cluster."""
     # kubectl names the context; kind (`kind load ... --name devloop-e2e`) the cluster

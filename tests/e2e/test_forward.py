@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,11 @@ from typing import Any
 import pytest
 
 from devloop.api import ApiCluster
-from tests.e2e.conftest import Harness, children_of_cluster, leave_cluster, run_cli
+from tests.e2e.conftest import Harness, children_of_cluster
 from tests.e2e.test_faults import dev_ready, message, set_message
 from tests.e2e.test_loop import local_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
-    code, _events, output = run_cli(harness, project, "up")
-    assert code == 0, output
-    yield
-    leave_cluster(harness, project, request)
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster, pytest.mark.usefixtures("sample_up")]
 
 
 def rss_mb(pid: int) -> float:

@@ -23,21 +23,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Harness, leave_cluster, run_cli
+from tests.e2e.conftest import Harness
 from tests.e2e.test_faults import dev_ready, set_message
 from tests.e2e.test_loop import local_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster, pytest.mark.usefixtures("sample_up")]
 
 ROLLOUTS = int(os.environ.get("DEVLOOP_E2E_ROLLOUTS", "4"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
-    code, _events, output = run_cli(harness, project, "up")
-    assert code == 0, output
-    yield
-    leave_cluster(harness, project, request)
 
 
 @pytest.fixture

@@ -18,30 +18,21 @@ import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websocket
 
-from tests.e2e.conftest import Devloop, Harness, free_port, leave_cluster, poll, run_cli
+from tests.e2e.conftest import Devloop, Harness, free_port, poll, run_cli
 from tests.e2e.test_loop import set_config
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster, pytest.mark.usefixtures("sample_up")]
 
 QUERY = "inspect-test"
 # the breakpoint's condition: only the test's requests pause (not the probes, not devloop's checks): the
 # query as the app sees it through the API server's pod proxy (kubectl may send it as ?inspect-test=), or kubectl's own User-Agent
 CONDITION = f"req.url.includes('{QUERY}') || String(req.headers['user-agent']).startsWith('kubectl/')"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
-    code, _events, output = run_cli(harness, project, "up")
-    assert code == 0, output
-    yield
-    leave_cluster(harness, project, request)
 
 
 class Cdp:

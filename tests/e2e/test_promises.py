@@ -19,20 +19,12 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, devloop_argv, leave_cluster, run_cli
+from tests.e2e.conftest import CLUSTER, Devloop, Harness, children_of_cluster, devloop_argv, run_cli
 from tests.e2e.test_loop import edit, get, local_port, served_by_every_pod
 
-pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_cluster, pytest.mark.usefixtures("sample_up")]
 
 REGISTRY = "devloop-registry"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_up(harness: Harness, project: Path, request: pytest.FixtureRequest) -> Iterator[None]:
-    code, _events, output = run_cli(harness, project, "up")
-    assert code == 0, output
-    yield
-    leave_cluster(harness, project, request)
 
 
 def message(project: Path) -> str:
