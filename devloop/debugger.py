@@ -139,9 +139,10 @@ class PinnedUpstreams(Upstreams):
             self._changed()
 
     def ready(self) -> list[str]:
-        newest = [p for p in super().ready() if p not in self._gone]
+        ready = super().ready()
         pinned: tuple[str, int] | None = None
-        with self._cond:
+        with self._cond:  # _gone: added by the pod watch's thread, read by the connections' threads
+            newest = [p for p in ready if p not in self._gone]
             alive = self.pin is not None and self.known(self.pin) and self.pin not in self._gone
             if not alive:
                 self.pin = newest[0] if newest else None

@@ -510,26 +510,21 @@ def run_failure(svc: ServiceConfig, pod: str, log: RunLog) -> RunFailed | None:
     argv = svc.live_update.run[n].cmd
     what = f"liveUpdate.run[{n}] `{shlex.join(argv)}`"
     outcome = f"the app was not restarted: {pod} runs the code it ran before this save"
-    if code == 127:
-        return RunFailed(
-            f"{what}: {argv[0]} not found in {pod} (exit 127)",
-            f"install {argv[0]} in the image (its Dockerfile), or change liveUpdate.run[{n}].cmd (an argv list, run without a shell)",
-            log.first.get(n, []),
-            outcome,
-        )
-    if code == 126:
-        return RunFailed(
-            f"{what}: {argv[0]} cannot be executed in {pod} (exit 126)",
-            f"make it executable for the container's user, or change liveUpdate.run[{n}].cmd",
-            log.first.get(n, []),
-            outcome,
-        )
-    return RunFailed(
+    failed = (
         f"{what} failed in {pod} (exit {code})",
         "fix it and save: the step runs again on the next save; until then the app keeps its previous code",
-        log.first.get(n, []),
-        outcome,
     )
+    message, hint = {
+        127: (
+            f"{what}: {argv[0]} not found in {pod} (exit 127)",
+            f"install {argv[0]} in the image (its Dockerfile), or change liveUpdate.run[{n}].cmd (an argv list, run without a shell)",
+        ),
+        126: (
+            f"{what}: {argv[0]} cannot be executed in {pod} (exit 126)",
+            f"make it executable for the container's user, or change liveUpdate.run[{n}].cmd",
+        ),
+    }.get(code, failed)
+    return RunFailed(message, hint, log.first.get(n, []), outcome)
 
 
 class LiveSync:
@@ -542,7 +537,9 @@ class LiveSync:
         self.restarts = RestartPacer(clock)  # restarts paced for the liveness probes
         self.channels = Channels(lambda pod, ns, argv: kube.exec_stream(pod, ns, argv))  # one exec channel per replica
         self._said_channel = False
-        self._blocked: dict[str, str] = {}  # service → why live update cannot work in its pods (cannot_write)
+        # service → why live update cannot work in its pods (cannot_write); each service's key is read and
+        # written only by that service's own cycle thread (render, then sync), never by another
+        self._blocked: dict[str, str] = {}
 
     def close(self) -> None:
         self.channels.close()
