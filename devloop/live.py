@@ -43,17 +43,124 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RESTART_FLAG = "/tmp/.devloop-restart"
-CHILD_PID = "/tmp/.devloop-child"
+CHILD_PID = "/tmp/.devloop-child"  # "<pid> <generation>" of the app process the supervisor started last
+SUPERVISOR_PID = "/tmp/.devloop-supervisor"
+LISTEN_JS = "/tmp/.devloop-listen.js"  # the preload below, written by the supervisor
+UP = "/tmp/.devloop-up"  # the generation of the app process that last started listening (written by the preload)
+FAILED = "/tmp/.devloop-failed"  # "<generation> <exit code>" of a new process that ended while the one it replaces ran
 
-# $@ is the container's original command. TERM/INT from the kubelet go to the app and end the loop;
-# a restart requested by devloop (flag file + TERM to the child) starts the command again.
-SUPERVISOR = f"""trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' TERM INT
+GO = "/tmp/.devloop-go"  # a FIFO the spare process waits on
+
+# Make-before-break restarts for Node.js apps. Every node process the supervisor starts preloads this
+# (NODE_OPTIONS --require; CommonJS, any Node version); it acts in the app's own process only (not in
+# npm, npx, yarn, pnpm), which takes the DEVLOOP_* variables out of its environment:
+#   - a server whose port is still held by the process it replaces (DEVLOOP_REPLACES, its pid) asks
+#     that process to stop (SIGTERM: a graceful app closes its listener at once, then drains) and
+#     tries the port again every 2 ms for 30 s instead of failing with EADDRINUSE (Node documents
+#     listen() again after an error). The new process loads while the old one serves; the port is
+#     unanswered only from the old listener's close to the new one's (milliseconds: a liveness probe
+#     no longer lands in a restart, no pacing is needed);
+#   - on its first 'listening' it writes its generation to UP (the sync knows the new code answers)
+#     and, once the process it replaced is gone, asks the supervisor (USR2) for a spare;
+#   - a spare (DEVLOOP_GO) is the next process started ahead: Node's own start-up done, it waits on
+#     the GO FIFO before the app's code is read, so a restart costs only the app's own start.
+# No single quotes in here (sh printf '...').
+LISTEN_PRELOAD = f"""(() => {{
+  const net = require("net"), fs = require("fs"), env = process.env;
+  const base = (process.argv[1] || "").split("/").pop();
+  if (/^(npm|npx|yarn|pnpm|corepack)(-cli)?([.]c?js)?$/.test(base) || !env.DEVLOOP_GEN) return;
+  const gen = env.DEVLOOP_GEN, old = Number(env.DEVLOOP_REPLACES || 0), sup = Number(env.DEVLOOP_SUPERVISOR || 0), go = env.DEVLOOP_GO;
+  for (const k of ["DEVLOOP_GEN", "DEVLOOP_REPLACES", "DEVLOOP_SUPERVISOR", "DEVLOOP_GO"]) delete env[k];
+  if (go) {{ try {{ fs.readFileSync(go); }} catch (_) {{}} }}
+  const listen = net.Server.prototype.listen, emit = net.Server.prototype.emit;
+  let until = 0, asked = false, up = false;
+  net.Server.prototype.listen = function (...args) {{
+    this.__devloopListen = args.filter((a) => typeof a !== "function");
+    return listen.apply(this, args);
+  }};
+  net.Server.prototype.emit = function (event, ...rest) {{
+    const e = rest[0];
+    if (event === "error" && e && e.code === "EADDRINUSE" && old > 0 && this.__devloopListen) {{
+      until = until || Date.now() + 30000;
+      if (Date.now() < until) {{
+        if (!asked) {{ asked = true; try {{ process.kill(old, "SIGTERM"); }} catch (_) {{}} }}
+        setTimeout(() => listen.apply(this, this.__devloopListen), 2);
+        return true;
+      }}
+    }}
+    if (event === "listening" && !up) {{
+      up = true;
+      try {{ fs.writeFileSync("{UP}", gen + "\\n"); }} catch (_) {{}}
+      const since = Date.now(), t = setInterval(() => {{
+        try {{ if (old > 0) {{ process.kill(old, 0); if (Date.now() - since < 30000) return; }} }} catch (_) {{}}
+        clearInterval(t);
+        try {{ if (sup > 0) process.kill(sup, "SIGUSR2"); }} catch (_) {{}}
+      }}, 20);
+      t.unref();
+    }}
+    return emit.call(this, event, ...rest);
+  }};
+}})();"""
+
+# $@ is the container's original command. TERM/INT from the kubelet go to the app and end the loop.
+# Two ways devloop restarts the app: USR1, make-before-break (a Node.js app that preloads
+# LISTEN_PRELOAD: the spare, or a new process, is started beside the running one and takes its port
+# over; one that ends while the old one runs leaves the old one serving, and says so in FAILED), or a
+# flag file + TERM to the child (stop, then start: any other program). USR2 starts a spare (mkfifo
+# needed). `wait` returns early on a trapped signal; one that comes outside it is acted on next turn.
+# No "$$" in here: the kubelet expands a container's command, "$$" to "$" ("$(x)" to the env var x).
+SUPERVISOR = f"""trap 'kill -TERM "$child" $old $spare 2>/dev/null; wait "$child"; exit 143' TERM INT
+trap 'next=1' USR1
+trap 'more=1' USR2
+read -r me _ < /proc/self/stat && echo "$me" > {SUPERVISOR_PID}
+warm=
+if printf '%s\\n' '{LISTEN_PRELOAD}' > {LISTEN_JS} 2>/dev/null; then
+  export NODE_OPTIONS="${{NODE_OPTIONS:+$NODE_OPTIONS }}--require {LISTEN_JS}" DEVLOOP_SUPERVISOR="$me"
+  command -v mkfifo >/dev/null 2>&1 && warm=1
+fi
+gen=1; old=; spare=; spare_for=; next=; more=
+DEVLOOP_GEN=$gen "$@" &
+child=$!
+echo "$child $gen" > {CHILD_PID}
 while :; do
-  "$@" &
-  child=$!
-  echo "$child" > {CHILD_PID}
-  wait "$child"; code=$?
-  if [ -f {RESTART_FLAG} ]; then rm -f {RESTART_FLAG}; continue; fi
+  [ -n "$next$more" ] || {{ wait "$child"; code=$?; }}
+  if [ -n "$next" ]; then
+    next=; old=$child; gen=$((gen+1))
+    if [ -n "$spare" ] && [ "$spare_for" = "$old" ] && kill -0 "$spare" 2>/dev/null; then
+      child=$spare
+      echo go > {GO} &
+    else
+      [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null
+      DEVLOOP_GEN=$gen DEVLOOP_REPLACES=$old "$@" &
+      child=$!
+    fi
+    spare=
+    echo "$child $gen" > {CHILD_PID}
+    continue
+  fi
+  if [ -n "$more" ]; then
+    more=
+    if [ -n "$warm" ] && [ -z "$spare" ] && rm -f {GO} && mkfifo -m 600 {GO}; then
+      DEVLOOP_GEN=$((gen+1)) DEVLOOP_REPLACES=$child DEVLOOP_GO={GO} "$@" &
+      spare=$!; spare_for=$child
+    fi
+    continue
+  fi
+  if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+    echo "$gen $code" > {FAILED}
+    child=$old; old=
+    echo "$child $gen" > {CHILD_PID}
+    continue
+  fi
+  old=
+  if [ -f {RESTART_FLAG} ]; then
+    rm -f {RESTART_FLAG}; gen=$((gen+1))
+    DEVLOOP_GEN=$gen "$@" &
+    child=$!
+    echo "$child $gen" > {CHILD_PID}
+    continue
+  fi
+  [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null
   exit "$code"
 done"""
 
@@ -74,24 +181,52 @@ fi"""
 
 # Run in the app container with the tar on stdin ($1: target dir, $2: the liveUpdate.run steps as a
 # base64 sh script or "-", $3...: container ports as the 4-digit hex /proc/net/tcp uses): unpack, run
-# the steps in the target directory (one failing: exit 4, no restart), ask for a restart, wait until
-# the supervisor has started the new process (its pid changes) and, when the container declares ports, until one listens
-# again; at most 30 s each (a restart under a CPU limit on a busy node is slow; the TERM is sent
-# again every second meanwhile, as one sent right after a restart can be lost); exit 3 when it
-# never listens; any failure says why on stderr (devloop shows it). The supervisor rewrites the pid
-# file in place: a read that finds it empty (torn; under the old `set -e` that ended the sync with
-# exit 1) means "not yet". Shell builtins only (read, case) besides `sleep`: under a CPU limit,
-# spawning a grep every few ms visibly slows the app's start.
+# the steps in the target directory (one failing: exit 4, no restart), then restart the app and wait
+# until the new process answers; it says which way on stderr ("{RESTART} overlap|stop-start").
+#   overlap (the supervisor writes its pid, and the running process listened through the preload):
+#     USR1 asks for the new process beside the old one; done when the preload says the new generation
+#     listens (the old one is asked to stop then, in any case); a new process that ends first leaves
+#     the old one serving (exit 5); one that never listens within 30 s is stopped (exit 3).
+#   stop-start (any other program): TERM the child, wait until the supervisor has started the new
+#     one (its pid changes; the TERM is sent again every second, as one sent right after a restart
+#     can be lost) and, when the container declares ports, until one listens again; 30 s each.
+# Any failure says why on stderr (devloop shows it). A read that finds a state file empty (torn, the
+# supervisor rewrites it in place) means "not yet". Shell builtins only (read, case) besides `sleep`:
+# under a CPU limit, spawning a grep every few ms visibly slows the app's start.
+RESTART = "@@devloop-restart"
 SYNC = f"""fail() {{ echo "devloop sync: $*" >&2; exit "${{code:-1}}"; }}
 target=$1; steps=$2; shift 2
 tar -xf - -C "$target" || fail "cannot unpack the files into $target"
 {RUN_STEPS}
-read -r old < {CHILD_PID} || fail "no app process started by the devloop supervisor ({CHILD_PID} missing)"
+read -r old gen < {CHILD_PID} || fail "no app process started by the devloop supervisor ({CHILD_PID} missing)"
+if [ -n "$gen" ] && [ -s {UP} ] && read -r sup < {SUPERVISOR_PID}; then
+  echo "{RESTART} overlap" >&2
+  want=$((gen+1)); i=0
+  kill -USR1 "$sup" || fail "the devloop supervisor ($sup) is gone"
+  while :; do
+    read -r up < {UP} || up=
+    [ "${{up:-0}}" -ge "$want" ] 2>/dev/null && break
+    if [ -f {FAILED} ] && read -r fgen fcode < {FAILED} && [ "$fgen" = "$want" ]; then
+      code=5 fail "the new app process exited (code $fcode) before it listened; the one before keeps serving"
+    fi
+    read -r now _ < {CHILD_PID} || now=$old
+    if [ $i -ge 1500 ]; then
+      [ "$now" != "$old" ] && kill -TERM "$now" 2>/dev/null
+      code=3 fail "the new app process does not listen after 30s (stopped; the one before keeps serving)"
+    fi
+    # a USR1 that came before the supervisor was waiting again is lost: say it again each second
+    [ "$now" = "$old" ] && [ $((i % 50)) -eq 49 ] && kill -USR1 "$sup" 2>/dev/null
+    i=$((i+1)); sleep 0.02
+  done
+  kill -TERM "$old" 2>/dev/null
+  exit 0
+fi
+echo "{RESTART} stop-start" >&2
 : > {RESTART_FLAG} || fail "cannot write {RESTART_FLAG}"
 kill -TERM "$old" || fail "the app process $old was already gone"
 i=0; new=$old
 while [ "$new" = "$old" ] && [ $i -lt 600 ]; do
-  sleep 0.05; read -r new < {CHILD_PID} || new=$old; i=$((i+1))
+  sleep 0.05; read -r new _ < {CHILD_PID} || new=$old; i=$((i+1))
   # a TERM that reaches a process just forked by the supervisor (before its exec) can be lost: say it again each second
   if [ "$new" = "$old" ] && [ $((i % 20)) -eq 0 ]; then kill -TERM "$old" 2>/dev/null; fi
 done
@@ -352,9 +487,13 @@ class RunLog:
         self.first: dict[int, list[str]] = {}  # each step's first lines
         self.failed: tuple[int, int] | None = None  # (step, exit code)
         self.said: list[str] = []  # the sync script's own lines
+        self.restart = ""  # how the app was restarted: "overlap" or "stop-start" (SYNC says so)
 
     def feed(self, line: str) -> None:
         line = line.rstrip("\r\n")
+        if line.startswith(RESTART + " "):
+            self.restart = line.split()[-1]
+            return
         if line.startswith(RUN + " "):
             word = line.split()
             if len(word) >= 3 and word[1] == "start" and word[2].isdigit():
@@ -497,9 +636,29 @@ class RunFailed(CycleFailed):
     """A liveUpdate.run step failed in the first replica: no replica was restarted (the app runs its
     previous code), the files were copied there; the next sync runs the step again. No rebuild."""
 
-    def __init__(self, message: str, hint: str, details: list[str], outcome: str) -> None:
-        super().__init__("run", message, hint, details)
+    def __init__(self, message: str, hint: str, details: list[str], outcome: str, phase: str = "run") -> None:
+        super().__init__(phase, message, hint, details)
         self.outcome = outcome
+
+
+NOT_STARTED = 5  # SYNC's exit: the new app process ended before it listened; the one before serves
+
+
+def start_failure(pods: Sequence[str], replicas: int, e: SyncFailed) -> RunFailed:
+    """The new process ended before it listened in these replicas (make-before-break restart; all of
+    them, or the first one tried alone): their old processes keep serving, no other replica was
+    touched; the next save sends the files again. No rebuild: an image with this code would fail its
+    rollout the same way."""
+    where = pods[0] if len(pods) == 1 else f"all {len(pods)} replicas"
+    others = "; the other replicas were not touched" if len(pods) < replicas else ""
+    why = e.lines[-1].removeprefix("devloop sync: ") if e.lines else f"exit {e.code}"
+    return RunFailed(
+        f"the app did not start with this save in {where}: {why}",
+        "its output is in the pod's log above; fix it and save: the files go again on the next save",
+        [],
+        f"the process from before this save keeps serving in {where} (it was never stopped){others}",
+        phase="start",
+    )
 
 
 def run_failure(svc: ServiceConfig, pod: str, log: RunLog) -> RunFailed | None:
@@ -540,6 +699,8 @@ class LiveSync:
         # service → why live update cannot work in its pods (cannot_write); each service's key is read and
         # written only by that service's own cycle thread (render, then sync), never by another
         self._blocked: dict[str, str] = {}
+        # service → its last sync restarted every replica make-before-break (same ownership as _blocked)
+        self._overlap: dict[str, bool] = {}
 
     def close(self) -> None:
         self.channels.close()
@@ -609,14 +770,18 @@ class LiveSync:
         steps = base64.b64encode(steps_script([(n, svc.live_update.run[n].cmd) for n in run]).encode()).decode() if run else "-"
         timeout = 75.0 + (RUN_TIMEOUT if run else 0.0)
         failed: list[RunFailed] = []
+        not_started: list[SyncFailed] = []
+        modes: list[str] = []  # how each replica's app was restarted
+        if self._overlap.get(svc.name):
+            budget = None  # make-before-break: the port is unanswered for milliseconds, no probe to pace for
 
-        def sync_in(pod: str) -> None:
+        def sync_in(pod: str) -> RunLog:
             """The sync in one replica: over its exec channel, else a one-shot exec."""
             log = RunLog(lambda line: self.out.pod_log(pod, line, service=svc.name))
             if len(payload) <= CHANNEL_MAX and not any(c.isspace() for c in target):
                 try:
                     self.channels.get(pod, ns).sync(target, ports, payload, timeout, steps, log)
-                    return
+                    return log
                 except ChannelFailed as e:
                     self.channels.drop(pod)
                     if not self._said_channel:
@@ -627,18 +792,23 @@ class LiveSync:
             except CommandFailed as e:  # the steps' output came on stderr, after the fact
                 for line in e.stderr.splitlines():
                     log.feed(line)
-                if log.failed is not None:
+                if log.failed is not None or e.returncode == NOT_STARTED:
                     raise SyncFailed(e.returncode, log.said[-3:], log) from None
                 raise
+            return log
 
         def one(pod: str) -> None:
             try:
-                _, w = self.restarts.restart(pod, budget, lambda: sync_in(pod), self._stop)
+                log, w = self.restarts.restart(pod, budget, lambda: sync_in(pod), self._stop)
                 waited.append(w)
+                modes.append(log.restart)
             except SyncFailed as e:
                 failure = run_failure(svc, pod, e.log) if e.log is not None else None
                 if failure is not None and pod == names[0]:
                     failed.append(failure)  # the first replica: nothing restarted anywhere
+                    return
+                if e.code == NOT_STARTED:
+                    not_started.append(e)
                     return
                 errors.append(f"{pod}: the sync in the pod failed (exit {e.code})" + (f" ({' / '.join(e.lines)})" if e.lines else ""))
             except DevloopError as e:
@@ -647,18 +817,34 @@ class LiveSync:
             except Exception as e:  # never a sync reported done when it was not: an unexpected error means a rebuild
                 errors.append(f"{pod}: {type(e).__name__}: {e}")
 
-        # one replica first, alone: its app restarts with the CPU to itself and answers the new code
-        # soonest (what the developer sees first); then the others together
-        if names:
-            one(names[0])
-        if failed:
-            raise failed[0]
-        threads = [threading.Thread(target=one, args=(n,)) for n in names[1:]] if not errors else []
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+        def together(pods: Sequence[str]) -> None:
+            threads = [threading.Thread(target=one, args=(n,)) for n in pods]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
+
+        if self._overlap.get(svc.name) and not run:
+            # make-before-break restarts (seen in this service's last sync): every old process serves
+            # until its new one listens, so every replica restarts at once
+            together(names)
+        else:
+            # one replica first, alone: a failing run step stops there (nothing restarted anywhere),
+            # and a stop-start restart has the CPU to itself; then the others together
+            if names:
+                one(names[0])
+            if failed:
+                raise failed[0]
+            if not_started:
+                raise start_failure(names[:1], len(names), not_started[0])
+            if not errors:
+                together(names[1:])
+        if not_started and len(not_started) == len(names):
+            raise start_failure(names, len(names), not_started[0])
+        if not_started:
+            errors.append(f"{len(not_started)} of {len(names)} replicas did not start the new code ({not_started[0].lines[-1:] or ''})")
+        self._overlap[svc.name] = bool(modes) and all(m == "overlap" for m in modes)
         if errors:
             raise NoSync(errors[0])
         if budget is not None and max(waited, default=0.0) > 0:
