@@ -99,7 +99,7 @@ class RegistryConfig(_Model):
 
 
 class WatchConfig(_Model):
-    debounce_ms: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 200
+    debounce_ms: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 50
     ignore: StrList = ()
 
 

@@ -27,6 +27,8 @@ from devloop.portcheck import Answer
 from devloop.ports import Cluster
 from devloop.proc import Background
 from devloop.proxy import Proxy, Upstreams
+from devloop.readiness import EarlyReady
+from devloop.timefmt import parse_time
 from devloop.workload import PodEvent, pod_name, pod_ready
 
 
@@ -165,6 +167,15 @@ class PortForward:
         self._rewatches = 0  # pod watches in a row that ended before reporting anything (the pause grows)
         self._said_not_ready = False  # a "not ready" event was printed since the last "ready" one
         self._problem = ""  # what kept the last start() from following the Service ('' when it did)
+        # new pods' readiness probes, run by devloop while the kubelet has not said Ready (readiness.py)
+        self._since = time.time()  # pods created before the forward started are the kubelet's alone
+        self.early = EarlyReady(
+            lambda pod, port: self.kube.connect(self.namespace, pod, port, CONNECT_TIMEOUT),
+            self._pod_object,
+            self._early_pass,
+            lambda pod: self.upstreams.not_early(pod),
+            port=lambda: self._target if isinstance(self._target, int) else None,
+        )
 
     # -- what the session calls ---------------------------------------------------------------------
     def start(self, fresh: bool = False) -> bool:
@@ -233,6 +244,7 @@ class PortForward:
     def stop(self) -> None:
         self._stopped.set()
         self._poke.set()
+        self.early.stop()
         self.proxy.stop()
         with self._lock:
             watch, self._watch = self._watch, None
@@ -301,10 +313,28 @@ class PortForward:
                         self._named[pod_name(p)] = int(cp["containerPort"])
 
     def _on_pod(self, event: PodEvent) -> None:
-        """A pod watch event (the watch's thread): new connections follow at once."""
+        """A pod watch event (the watch's thread): new connections follow at once; a new pod that is
+        not Ready yet gets its readiness probe run by devloop meanwhile."""
         self._rewatches = 0
+        if event.deleting or event.ready:
+            self.early.forget(event.name, gone=event.deleting)
+        elif event.created and parse_time(event.created) >= self._since - 1:
+            self.early.watch(event.name)
         if self.upstreams.seen(event.name, event.ready and not event.deleting, event.created) and not self.ready:
             self._poke.set()  # a pod got Ready (or not): check the forward now, not at the next retry
+
+    def _pod_object(self, pod: str) -> dict[str, Any] | None:
+        with self._lock:
+            selector = dict(self._selector)
+        return next((p for p in self.kube.pods(self.namespace, selector) if pod_name(p) == pod), None)
+
+    def _early_pass(self, pod: str) -> None:
+        if self.upstreams.early(pod):
+            self.out.detail(
+                f"port-forward: pod {pod} passes its readiness probe (run by devloop); new connections go to it", service=self.label
+            )
+            if not self.ready:
+                self._poke.set()
 
     def _port_of(self, pod: str) -> int:
         target = self._target

@@ -42,6 +42,7 @@ class _Pod:
     created: float
     seq: int  # order devloop first saw it: the tiebreak between pods created in the same second
     failed_at: float | None = None
+    early: bool = False  # passed its readiness probe run by devloop (readiness.py) before the kubelet said Ready
 
 
 class Upstreams:
@@ -65,10 +66,33 @@ class Upstreams:
                 pod.created = parse_time(created)
             changed = pod.ready != ready
             if changed:
+                was = pod.ready or pod.early
                 pod.ready = ready
+                pod.early = False  # the kubelet's word, from now on
                 pod.failed_at = None  # a pod that is Ready again gets a fresh chance
                 self._changed()
+                return was != ready
             return changed
+
+    def early(self, name: str) -> bool:
+        """A pod devloop's own run of its readiness probe passed before the kubelet said Ready: new
+        connections may go to it now (the kubelet's next word overrides). True when it changed."""
+        with self._cond:
+            pod = self._pods.get(name)
+            if pod is None or pod.ready or pod.early:
+                return False
+            pod.early = True
+            pod.failed_at = None
+            self._changed()
+            return True
+
+    def not_early(self, name: str) -> None:
+        """devloop's own probe of a pod it routed to early failed again: back to the kubelet's word."""
+        with self._cond:
+            pod = self._pods.get(name)
+            if pod is not None and pod.early:
+                pod.early = False
+                self._changed()
 
     def replace(self, pods: Iterable[tuple[str, bool, str]], keep_known: bool = False) -> None:
         """The whole table from a listing: pods not in it are gone. `keep_known`: a running watch
@@ -90,7 +114,7 @@ class Upstreams:
         """Ready pods, newest first; those that failed to connect in the last seconds after the others."""
         now = self._clock()
         with self._cond:
-            up = [(n, p) for n, p in self._pods.items() if p.ready]
+            up = [(n, p) for n, p in self._pods.items() if p.ready or p.early]
 
             def key(item: tuple[str, _Pod]) -> tuple[bool, float, int]:
                 p = item[1]
