@@ -213,3 +213,45 @@ def test_a_manifest_change_when_the_cluster_lags_the_sources_builds_them(sample_
     assert needing_images(Plan(services=(change,)), set()).services[0] == change
     (r,) = run(w.engine, [change])
     assert r.ok and r.built and "build" in r.phases and w.cluster.serving("web-app") == [str(r.image)] * 3
+
+
+def test_images_go_into_the_nodes_as_soon_as_their_containerd_answers(tmp_path: Path) -> None:
+    """`up` from nothing: the built images are loaded into the nodes while kind still creates the
+    cluster, once the nodes answer; not before, and not at all when the creation ends without them."""
+    cfg = _config(tmp_path)
+    looks: list[str] = []
+    loaded: list[str] = []
+
+    def load(image: str) -> str:
+        loaded.append(image)
+        return "loaded"
+
+    def answer() -> bool:
+        looks.append("look")
+        return len(looks) >= 3  # containerd answers from the third look on
+
+    def transport(_: config_mod.Config) -> Transport:
+        return Transport(FakePublisher(), preload=load, nodes_answer=answer)
+
+    out = Output(json_mode=True, stdout=io.StringIO())
+    target = KindTarget(
+        TargetSpec("kind", cfg.cluster.context), cfg, kind=FakeKind(), kube=FakeCluster(), images=FakeDocker(), transport=transport, out=out
+    )
+    never = threading.Event()
+    assert target.preload(["localhost:5001/web:dl-1"], lambda: False, never) == ["localhost:5001/web:dl-1"]
+    assert loaded == ["localhost:5001/web:dl-1"] and len(looks) == 3
+
+    looks.clear()
+    loaded.clear()
+    gone = Transport(FakePublisher(), preload=load, nodes_answer=lambda: False)
+    target = KindTarget(
+        TargetSpec("kind", cfg.cluster.context),
+        cfg,
+        kind=FakeKind(),
+        kube=FakeCluster(),
+        images=FakeDocker(),
+        transport=lambda _: gone,
+        out=out,
+    )
+    assert target.preload(["localhost:5001/web:dl-1"], lambda: True, never) == []  # created (or failed) without answering nodes
+    assert loaded == []
