@@ -158,6 +158,8 @@ def test_a_rollout_moves_the_forward_to_the_first_ready_new_pod_and_never_refuse
         f"the forwarded URL answered the new text at {lag:+.2f}s; {len(browser.answers)} requests, {len(browser.failures)} failed"
     )
     assert browser.failures == [], browser.failures[:5]  # not one refused (or dropped) connection while the forward moved
+    early = [e["message"] for e in d.seen if "passes its readiness probe (run by devloop)" in e.get("message", "")]
+    assert any(name in m for m in early for name in new_pods), f"devloop never ran a new pod's readiness probe itself: {early}"
     assert first_new < last_ready, "the forward moved before the rollout's last replica was Ready"
     assert lag <= 1.0, f"the new text {lag:.2f}s after the first new replica was Ready (target: 0.3s; this allows for the load)"
     assert {body for t, body in browser.answers if t > last_ready + 1.0} == {new}  # and stays there
