@@ -77,9 +77,9 @@ def _preload_beside(engine: Engine, creating: Future[bool]) -> list[str]:
     """The built images (as the pods will name them) into the nodes while the cluster is created:
     the first rollout then pulls nothing. Best effort: a failure leaves it to the kubelet's pull."""
     refs = [engine.image_ref(svc) for svc in engine.services if svc.image is not None]
-    built = [ref for ref in refs if engine.images.exists(ref.local)]
+    images = [ref.cluster for ref in refs if engine.images.exists(ref.cluster)]
     try:
-        return engine.target.preload(built, creating.done, threading.Event())  # polls: a Ctrl-C comes through between two looks
+        return engine.target.preload(images, creating.done, threading.Event())  # polls: a Ctrl-C comes through between two looks
     except DevloopError as e:
         engine.out.detail(f"loading the images into the nodes beside the cluster's creation: {e.message} (the nodes pull them)")
         return []

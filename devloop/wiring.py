@@ -19,7 +19,6 @@ from devloop.engine import Engine
 from devloop.helm import Helm
 from devloop.images import Images
 from devloop.kind import Kind
-from devloop.model import ImageRef
 from devloop.output import Output
 from devloop.ports import Builder, Cluster, quiet
 from devloop.publish import KindLoadPublisher, RegistryPublisher
@@ -114,10 +113,8 @@ def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> C
         def side_load(image: str) -> None:
             loader.load(image, out.info)
 
-        def preload(ref: ImageRef) -> str:
-            if not docker.exists(ref.cluster):  # pushed, then tidied: tagged again, as the pods name it
-                docker.tag(ref.local, ref.cluster)
-            return loader.load(ref.cluster, out.info)
+        def preload(image: str) -> str:
+            return loader.load(image, out.info)
 
         return Transport(publisher, collect, side_load=side_load, remove=remove, preload=preload, nodes_answer=loader.nodes_answer)
 

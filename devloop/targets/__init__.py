@@ -22,7 +22,7 @@ from typing import Protocol
 
 from devloop.config import Config
 from devloop.errors import ConfigError
-from devloop.model import ImageRef, Outage
+from devloop.model import Outage
 from devloop.ports import Publisher
 
 
@@ -138,7 +138,7 @@ class Target(Protocol):
         """Make a local image that is in no registry available to the nodes (the monitoring image)."""
         ...
 
-    def preload(self, images: list[ImageRef], created: Callable[[], bool], stop: threading.Event) -> list[str]:
+    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
         """While `ensure` creates the cluster (on another thread): these built images into its nodes as
         soon as they can take them (until `created()`); the images loaded."""
         ...

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from devloop.config import BUILTIN_KIND_CONFIG, Config
 from devloop.errors import ClusterUnavailable, DevloopError
-from devloop.model import ImageRef, Outage
+from devloop.model import Outage
 from devloop.output import Output
 from devloop.ports import Cluster, Clusters, ImageStore, Publisher
 from devloop.targets import TargetSpec
@@ -31,7 +31,7 @@ class Transport:
     collect: Collector | None = None
     side_load: Callable[[str], None] | None = None  # a local image into the nodes (`kind load`)
     remove: Callable[[], list[str]] | None = None  # `down --cluster`: what devloop created beside the cluster
-    preload: Callable[[ImageRef], str] | None = None  # a built image into the nodes while the cluster is created (what moved)
+    preload: Callable[[str], str] | None = None  # an image into the nodes while the cluster is created (what moved)
     nodes_answer: Callable[[], bool] | None = None  # the nodes exist and their containerd answers
 
 
@@ -153,7 +153,7 @@ class KindTarget:
         if self.transport.side_load is not None and self.images.exists(image):  # a local image (offline build)
             self.transport.side_load(image)
 
-    def preload(self, images: list[ImageRef], created: Callable[[], bool], stop: threading.Event) -> list[str]:
+    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
         """While kind creates the cluster: once its nodes' containerd answers, put these built images
         (as the pods name them) into the nodes, so that the first rollout pulls nothing (on a fresh
         node the base layers are most of the first `up`'s rollout). Returns the images loaded. Waits
@@ -166,7 +166,7 @@ class KindTarget:
                 if not answer():
                     return []
                 break
-        return [ref.cluster for ref in images if preload(ref)]
+        return [image for image in images if preload(image)]
 
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:
         """In the background, after a successful rollout: delete this service's old content tags

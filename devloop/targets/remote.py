@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from devloop.config import Config
 from devloop.errors import ClusterUnavailable, ConfigError
-from devloop.model import ImageRef, Outage
+from devloop.model import Outage
 from devloop.output import Output
 from devloop.ports import Cluster, Publisher
 from devloop.targets import TargetSpec, require_context
@@ -90,7 +90,7 @@ class RemoteTarget:
     def side_load(self, image: str) -> None:
         return None  # dev monitoring is for the local cluster
 
-    def preload(self, images: list[ImageRef], created: Callable[[], bool], stop: threading.Event) -> list[str]:
+    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
         return []  # a remote cluster exists already: its nodes pull
 
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:

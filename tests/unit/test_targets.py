@@ -14,7 +14,6 @@ import pytest
 from devloop import config as config_mod
 from devloop.errors import ClusterUnavailable, CommandFailed, ConfigError
 from devloop.forward import ApiWatch
-from devloop.model import ImageRef
 from devloop.output import Output
 from devloop.plan import Plan, ServiceChange, needing_images
 from devloop.targets import TargetSpec, check_down, resolve
@@ -223,8 +222,8 @@ def test_images_go_into_the_nodes_as_soon_as_their_containerd_answers(tmp_path: 
     looks: list[str] = []
     loaded: list[str] = []
 
-    def load(ref: ImageRef) -> str:
-        loaded.append(ref.cluster)
+    def load(image: str) -> str:
+        loaded.append(image)
         return "loaded"
 
     def answer() -> bool:
@@ -239,8 +238,7 @@ def test_images_go_into_the_nodes_as_soon_as_their_containerd_answers(tmp_path: 
         TargetSpec("kind", cfg.cluster.context), cfg, kind=FakeKind(), kube=FakeCluster(), images=FakeDocker(), transport=transport, out=out
     )
     never = threading.Event()
-    web = ImageRef("web", "dl-1", "localhost:5001")
-    assert target.preload([web], lambda: False, never) == ["localhost:5001/web:dl-1"]
+    assert target.preload(["localhost:5001/web:dl-1"], lambda: False, never) == ["localhost:5001/web:dl-1"]
     assert loaded == ["localhost:5001/web:dl-1"] and len(looks) == 3
 
     looks.clear()
@@ -255,5 +253,5 @@ def test_images_go_into_the_nodes_as_soon_as_their_containerd_answers(tmp_path: 
         transport=lambda _: gone,
         out=out,
     )
-    assert target.preload([web], lambda: True, never) == []  # created (or failed) without answering nodes
+    assert target.preload(["localhost:5001/web:dl-1"], lambda: True, never) == []  # created (or failed) without answering nodes
     assert loaded == []
