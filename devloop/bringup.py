@@ -9,7 +9,6 @@ Used by `devloop up` and at the start of `devloop dev`; the cycle itself is the 
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -52,7 +51,6 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
             pool.submit(_run_into, creating, engine.target.ensure)  # inside the try: a Ctrl-C may come while it starts
             early = _build_beside(engine, done, said)
             images = engine.clock() - start
-            loaded = _preload_beside(engine, creating)
             while not creating.done():
                 wait_futures([creating], SIGNAL_CHECK)  # bounded: a Ctrl-C is acted on meanwhile
         except BaseException:  # Ctrl-C: never wait for kind to finish a cluster nobody wants now
@@ -63,26 +61,12 @@ def _beside_creation(engine: Engine) -> dict[str, tuple[bool, bool]]:
     cluster = engine.clock() - start
     engine.out.info(
         (f"cluster created in {cluster:.1f}s" if created else f"the cluster existed already (checked in {cluster:.1f}s)")
-        + f"; meanwhile {_images_said(said, early, images)}"
-        + (f"; {len(loaded)} loaded into the nodes as they came up" if loaded else ""),
+        + f"; meanwhile {_images_said(said, early, images)}",
         cluster_seconds=round(cluster, 3),
         images_seconds=round(images, 3),
         images={name: what for name, what in said.items()},
-        preloaded=loaded,
     )
     return done
-
-
-def _preload_beside(engine: Engine, creating: Future[bool]) -> list[str]:
-    """The built images (as the pods will name them) into the nodes while the cluster is created:
-    the first rollout then pulls nothing. Best effort: a failure leaves it to the kubelet's pull."""
-    refs = [engine.image_ref(svc) for svc in engine.services if svc.image is not None]
-    images = [ref.cluster for ref in refs if engine.images.exists(ref.cluster)]
-    try:
-        return engine.target.preload(images, creating.done, threading.Event())  # polls: a Ctrl-C comes through between two looks
-    except DevloopError as e:
-        engine.out.detail(f"loading the images into the nodes beside the cluster's creation: {e.message} (the nodes pull them)")
-        return []
 
 
 def _run_into(future: Future[bool], fn: Callable[[], bool]) -> None:

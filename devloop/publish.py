@@ -135,16 +135,6 @@ class KindLoadPublisher:
     def publish(self, ref: ImageRef, note: Callable[[str], None], progress: Callable[[str], None] = quiet) -> str:
         return self.load(ref.local, note)
 
-    def nodes_answer(self) -> bool:
-        """The cluster's nodes exist and their containerd answers (while kind creates the cluster,
-        before the control plane is up, images can already go in)."""
-        nodes = self._kind.nodes(self._cluster)
-        for node in nodes:
-            said = self._images.exec_in(node, ["ctr", "-n", "k8s.io", "version"])
-            if said is None or said[0] != 0:
-                return False
-        return bool(nodes)
-
     def load(self, image: str, note: Callable[[str], None]) -> str:
         """Load a local image into the nodes that lack it: what moved, "" when nothing did."""
         nodes = self._kind.nodes(self._cluster)

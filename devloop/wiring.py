@@ -113,10 +113,7 @@ def _kind_transport(docker: Images, kind: Kind, kube: Cluster, out: Output) -> C
         def side_load(image: str) -> None:
             loader.load(image, out.info)
 
-        def preload(image: str) -> str:
-            return loader.load(image, out.info)
-
-        return Transport(publisher, collect, side_load=side_load, remove=remove, preload=preload, nodes_answer=loader.nodes_answer)
+        return Transport(publisher, collect, side_load=side_load, remove=remove)
 
     return transport
 

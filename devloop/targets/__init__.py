@@ -15,8 +15,7 @@ The composition root (`wiring.py`) builds the one a command needs.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -136,11 +135,6 @@ class Target(Protocol):
 
     def side_load(self, image: str) -> None:
         """Make a local image that is in no registry available to the nodes (the monitoring image)."""
-        ...
-
-    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
-        """While `ensure` creates the cluster (on another thread): these built images into its nodes as
-        soon as they can take them (until `created()`); the images loaded."""
         ...
 
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:

@@ -19,7 +19,6 @@ from devloop.output import Output
 from devloop.ports import Cluster, Clusters, ImageStore, Publisher
 from devloop.targets import TargetSpec
 
-PRELOAD_POLL = 0.5  # seconds between two looks at the nodes being created
 Collector = Callable[[str, set[str]], str]  # (image name, tags in use) → what was removed ("" when nothing)
 
 
@@ -31,8 +30,6 @@ class Transport:
     collect: Collector | None = None
     side_load: Callable[[str], None] | None = None  # a local image into the nodes (`kind load`)
     remove: Callable[[], list[str]] | None = None  # `down --cluster`: what devloop created beside the cluster
-    preload: Callable[[str], str] | None = None  # an image into the nodes while the cluster is created (what moved)
-    nodes_answer: Callable[[], bool] | None = None  # the nodes exist and their containerd answers
 
 
 class KindTarget:
@@ -152,21 +149,6 @@ class KindTarget:
     def side_load(self, image: str) -> None:
         if self.transport.side_load is not None and self.images.exists(image):  # a local image (offline build)
             self.transport.side_load(image)
-
-    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
-        """While kind creates the cluster: once its nodes' containerd answers, put these built images
-        (as the pods name them) into the nodes, so that the first rollout pulls nothing (on a fresh
-        node the base layers are most of the first `up`'s rollout). Returns the images loaded. Waits
-        at most until `created()`; a failure is left to the kubelet's pull."""
-        preload, answer = self.transport.preload, self.transport.nodes_answer
-        if preload is None or answer is None or not images:
-            return []
-        while not answer():
-            if created() or stop.wait(PRELOAD_POLL):
-                if not answer():
-                    return []
-                break
-        return [image for image in images if preload(image)]
 
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:
         """In the background, after a successful rollout: delete this service's old content tags

@@ -6,9 +6,6 @@ acts (the context exists, the API server answers, the pull secret is where the p
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
 from devloop.config import Config
 from devloop.errors import ClusterUnavailable, ConfigError
 from devloop.model import Outage
@@ -89,9 +86,6 @@ class RemoteTarget:
 
     def side_load(self, image: str) -> None:
         return None  # dev monitoring is for the local cluster
-
-    def preload(self, images: list[str], created: Callable[[], bool], stop: threading.Event) -> list[str]:
-        return []  # a remote cluster exists already: its nodes pull
 
     def collect_garbage(self, service: str, image_name: str, in_use: set[str]) -> None:
         return None  # a remote registry is never pruned by devloop
