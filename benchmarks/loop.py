@@ -1,12 +1,17 @@
 """Edit → serving, measured on the real kind cluster, side by side in one run.
 
 For each mode, N iterations of: edit MESSAGE in sample-app/server.js → wait until every replica
-serves the new text through the Service. A client pod inside the cluster polls the Service every
-20 ms and logs (time, pod, message) whenever a pod's answer changes; a mode's iteration is done
-when every ready replica has answered the new text and nothing old is served afterwards.
+serves the new text. The poller is in the cluster: a pod (bench-client) polls every Ready pod of the
+app directly (pod IP:3000, GET / on a new connection, one request every 50 ms per pod) and logs
+(time, pod, message). The host watches the app's pods and feeds the current Ready, not terminating
+pods to it, so it follows rollouts; a pod that is not Ready is never polled, in every mode (floor,
+devloop, peers). An iteration is done when each of the 3 replicas has answered the new text and
+nothing old is served afterwards (confirmed by 1 s of new-only answers).
 
 Modes (same cluster, same sample, 3 replicas):
   devloop-live      devloop dev with liveUpdate (sync + restart the process in place)
+  devloop-live@5s   the same, --saves saves (default 20) on a fixed clock: save k at t0 + k*5 s, whether
+  devloop-live@2s   or not the previous one is served; any rate works (@3s, @0.5s)
   devloop-registry  devloop dev, rebuild path, pushing to the local registry
   devloop-kindload  devloop dev, rebuild path, docker save + kind load image-archive
   devloop-registry-fastroll  as devloop-registry, with the dev-only deploy.rollingUpdate 1/2
@@ -19,18 +24,36 @@ Modes (same cluster, same sample, 3 replicas):
                     the cluster's kube-public/local-registry-hosting ConfigMap), a port-forward
   tilt-live         as tilt, with live_update: sync sample-app → /app, then restart node in place
                     (the container's command under a restart loop, as Tilt's restart_process does)
+  tilt-live@5s, tilt-live@2s   as devloop-live@Ns
   skaffold          `skaffold dev` (--skaffold PATH): a generated skaffold.yaml, the same Dockerfile and
                     build args, pushed to the local registry, kubectl deploy of the manifests, a port-forward
 The peer modes run only when their binary is given (benchmarks/peers/build.sh builds both from the Go
 module proxy); they start from no app in the cluster and take it away again when they end.
 
+Saves on a clock (mode@Ns): each save is measured against its own save time and its own text, from
+the poller's and the browser's logs once the last save is served; an answer with a later save's text
+counts for an earlier save too (it can only be there after the earlier write). "first": the first
+such answer of any replica; "total" (every replica): the moment each of the 3 replicas has answered
+it and no replica answers an older text any more; a save not fully served before the next save is
+made is a MISS (marked, counted in the table's "missed", its own figure kept in the p50/p95).
+
 Columns: "first" is the first new answer of any replica in-cluster, "total" is every replica serving
 it; "browser" is what a browser on the forwarded local URL sees: GET / with a new connection every
-20 ms from the moment of the edit, the first answer with the new text; "failed" counts the requests
-to that URL that were refused or failed during the change (devloop's portForward.localPort, Tilt's
-port_forwards, Skaffold's portForward; none for floor and baseline).
+--browser-interval (20 ms) from the moment of the edit, the first answer with the new text; "URL
+failed" counts the requests to that URL that were refused or failed during the change (devloop's
+portForward.localPort, Tilt's port_forwards, Skaffold's portForward; none for floor and baseline);
+"restarts" is the sum of the app pods' restartCount increase while the mode's poller ran (0 is the
+target); "poller failed" counts the in-cluster poller's failed requests to Ready pods.
 
-devloop's overhead above the floor (rebuild path, p50 total) is printed at the end.
+devloop's and the peers' overhead above the floor (p50 every replica, and the forwarded URL against
+the floor's first replica) is printed at the end.
+
+--up-from-nothing runs FIRST: Docker's build cache warmed with an untimed `docker build` of the
+sample, the cluster and its registry container deleted, then `devloop --json up` timed end to end,
+with its phases from the JSON events (cluster creation and the images built/pushed beside it, from
+the bring-up's info event; then deploy and rollout); that `up` makes the cluster the modes use.
+--services runs benchmarks/services.py's measure (examples/shop: two services in one save vs one)
+on the same cluster after the modes (the sample app taken away first) and prints the p50 ratio.
 
 Also: a no-op save and an ignored-file save (must start no cycle), and the idle CPU / RSS of
 `devloop dev` with a 50k-file node_modules in the tree.
@@ -39,7 +62,11 @@ Usage (after .ci/run's setup, or on a laptop with kind/kubectl/docker):
   python benchmarks/loop.py --iterations 5 [--json benchmarks/results/loop.json]
   python benchmarks/loop.py -n 5 --tilt ~/.cache/devloop-peers/bin/tilt --skaffold ~/.cache/devloop-peers/bin/skaffold
   python benchmarks/loop.py -n 5 --scale    # and the scale figures (benchmarks/scale.py) in the same JSON
-Prints a table with p50/p95 per phase and the baseline/devloop ratios.
+  issue 22 in one run (docs/benchmarks.md):
+  python benchmarks/loop.py -n 5 --saves 20 --up-from-nothing --services --tilt ~/.cache/devloop-peers/bin/tilt \
+      --modes floor,devloop-registry,tilt,devloop-live@5s,tilt-live@5s,devloop-live@2s,tilt-live@2s
+Prints a table with p50/p95 per phase and the baseline/devloop ratios. devloop runs as
+`python -m devloop` with this interpreter and the tree this file is in on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -541,8 +568,8 @@ def run_saves_on_clock(client: Client, browser: Browser | None, root: Path, mode
     if browser is not None:
         browser.first_seen(messages[-1], times[-1], timeout=30)
         end = time.time()
-    answers = client.entries(times[0])
-    urls = browser.entries(times[0]) if browser is not None else []
+    answers = sorted(client.entries(times[0]), key=lambda a: float(a["t"]))
+    urls = sorted(browser.entries(times[0])) if browser is not None else []
     rows: list[dict[str, Any]] = []
     for k, tk in enumerate(times):
         after = [a for a in answers if a["t"] >= tk]
