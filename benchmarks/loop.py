@@ -63,7 +63,7 @@ Usage (after .ci/run's setup, or on a laptop with kind/kubectl/docker):
   python benchmarks/loop.py -n 5 --tilt ~/.cache/devloop-peers/bin/tilt --skaffold ~/.cache/devloop-peers/bin/skaffold
   python benchmarks/loop.py -n 5 --scale    # and the scale figures (benchmarks/scale.py) in the same JSON
   issue 22 in one run (docs/benchmarks.md):
-  python benchmarks/loop.py -n 5 --saves 20 --up-from-nothing --services --tilt ~/.cache/devloop-peers/bin/tilt \
+  python benchmarks/loop.py -n 5 --saves 20 --browser-interval 0.2 --up-from-nothing --services --tilt ~/.cache/devloop-peers/bin/tilt \
       --modes floor,devloop-registry,tilt,devloop-live@5s,tilt-live@5s,devloop-live@2s,tilt-live@2s
 Prints a table with p50/p95 per phase and the baseline/devloop ratios. devloop runs as
 `python -m devloop` with this interpreter and the tree this file is in on PYTHONPATH.
