@@ -134,6 +134,7 @@ process.stdin.on('end', () => process.exit(0));
 """
 KEEPALIVE = "setInterval(() => {}, 3600000)"
 APP_SELECTOR = "app=web-app"
+LOG_DIR: Path | None = None  # where each mode's poller log is written (the run's temp dir, set in main())
 MODE_INFO: dict[str, dict[str, Any]] = {}  # per mode: restarts, the poller's failed requests, …
 
 
@@ -269,10 +270,10 @@ class Client:
         """The app pods' container restarts since the poller started (restartCount increase, summed)."""
         return sum(max(0, n - self.baseline.get(name, 0)) for name, n in dict(self.seen_restarts).items())
 
-    def failed(self, since: float = 0.0) -> tuple[int, int]:
-        """(failed requests, all requests) of the poller to Ready pods since `since`."""
+    def failed(self, since: float = 0.0, until: float = float("inf")) -> tuple[int, int]:
+        """(failed requests, all requests) of the poller to Ready pods in [since, until)."""
         with self._lock:
-            window = [a for a in self.log if a["t"] >= since]
+            window = [a for a in self.log if since <= a["t"] < until]
         return sum("err" in a for a in window), len(window)
 
     def entries(self, since: float) -> list[dict[str, Any]]:
@@ -308,6 +309,11 @@ class Client:
         """Stops the poller; records the mode's restarts and the poller's failed requests in MODE_INFO."""
         failed, requests = self.failed(self.started)
         MODE_INFO.setdefault(self.mode, {}).update(restarts=self.restarts(), poller_failed=failed, poller_requests=requests)
+        if LOG_DIR is not None:  # every answer, for a closer look (one JSON line each)
+            path = LOG_DIR / f"poller-{self.mode}.jsonl"
+            with self._lock:
+                path.write_text("".join(json.dumps(a) + "\n" for a in self.log))
+            MODE_INFO[self.mode]["poller_log"] = str(path)
         self._stop.set()
         if self._watch_proc is not None:
             self._watch_proc.kill()
@@ -582,9 +588,11 @@ def run_saves_on_clock(client: Client, browser: Browser | None, root: Path, mode
         if len(per_pod) >= 3:
             row["total"] = max(sorted(per_pod.values())[2], last_old) - tk
         row["missed"] = row["total"] is None or (k + 1 < len(times) and tk + row["total"] > times[k + 1])
+        until = times[k + 1] if k + 1 < len(times) else end
+        row["poller_failed"], row["poller_requests"] = client.failed(tk, until)
+        row["pods_answering"] = len({a["pod"] for a in after if a["t"] < until})
         if browser is not None:
             seen = [done for sent, done, ok, text in urls if sent >= tk and ok and index.get(text, -1) >= k]
-            until = times[k + 1] if k + 1 < len(times) else end
             window = [e for e in urls if tk <= e[0] < until]
             row["browser"] = seen[0] - tk if seen else None
             row["browser_failed"] = sum(not ok for _, _, ok, _ in window)
@@ -603,6 +611,8 @@ def print_iteration(mode: str, i: int, row: dict[str, Any]) -> None:
     line = f"  {mode} #{i}: total {s(row['total'])} (first new answer {s(row['first'])}"
     if row.get("missed"):
         line += "; MISSED: not every replica served it before the next save"
+    if row.get("poller_failed"):
+        line += f"; the poller: {row['poller_failed']}/{row['poller_requests']} requests to Ready pods failed"
     if "browser_failed" in row:
         seen = "never" if row["browser"] is None else f"{row['browser']:.2f}s"
         line += f"; forwarded URL {seen}, {row['browser_failed']}/{row['browser_requests']} requests failed"
@@ -1108,7 +1118,7 @@ def print_up(up: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    global CLUSTER, CONTEXT, REGISTRY_PORT, BROWSER_INTERVAL
+    global CLUSTER, CONTEXT, REGISTRY_PORT, BROWSER_INTERVAL, LOG_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
     ap.add_argument(
@@ -1186,6 +1196,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="devloop-bench-")) / "proj"
     shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
+    LOG_DIR = root.parent
+    print(f"logs (the peers', each mode's poller): {LOG_DIR}", flush=True)
     write_config(root, h, registry=True, live=False)
     up = None
     t_up = time.time()
