@@ -206,6 +206,13 @@ class Client:
         threading.Thread(target=self._read, daemon=True, name="poller-out").start()
         self._watch_proc: subprocess.Popen[bytes] | None = None
         threading.Thread(target=self._watch, daemon=True, name="poller-watch").start()
+        deadline = time.time() + 120  # the exec may take seconds to start: no edit before the poller answers
+        while not self.answers.qsize() and time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the in-cluster poller exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        if not self.answers.qsize():
+            raise TimeoutError("the in-cluster poller got no answer from the app's Ready pods within 120s")
 
     def _feed(self, ready: dict[str, str]) -> None:
         if ready == self._ready:
