@@ -1148,6 +1148,7 @@ def main() -> int:
     ap.add_argument("--cluster", default=CLUSTER, help=f"kind cluster name (default {CLUSTER}); created, and deleted at the end")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
+    ap.add_argument("--skip-idle", action="store_true", help="no no-op saves and idle measure (quick runs)")
     ap.add_argument(
         "--up-from-nothing",
         action="store_true",
@@ -1243,8 +1244,9 @@ def main() -> int:
                 rows = run_devloop_mode(h, root, mode, args.iterations, args.saves)
             results["modes"][mode] = rows
             MODE_INFO.setdefault(mode, {})["load_average_end"] = os.getloadavg()
-        print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
-        results["idle"] = noop_and_idle(h, root)
+        if not args.skip_idle:
+            print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
+            results["idle"] = noop_and_idle(h, root)
         if args.services:
             from benchmarks.services import run_on_cluster
 
@@ -1285,7 +1287,7 @@ def main() -> int:
     if "services" in results:
         sv = results["services"]
         print(f"services: one service p50 {sv['one_p50']:.2f}s, two in one save p50 {sv['two_p50']:.2f}s: {sv['ratio_p50']:.2f}x")
-    print(f"idle: {json.dumps(results['idle'])}; load average {results['load_average_start']} → {results['load_average_end']}")
+    print(f"idle: {json.dumps(results.get('idle'))}; load average {results['load_average_start']} → {results['load_average_end']}")
     if args.scale:  # after the loop's cluster is gone: scale.py makes its own (one cluster at a time on 2 cores)
         from benchmarks.scale import run as run_scale
 
