@@ -1,12 +1,17 @@
 """Edit → serving, measured on the real kind cluster, side by side in one run.
 
 For each mode, N iterations of: edit MESSAGE in sample-app/server.js → wait until every replica
-serves the new text through the Service. A client pod inside the cluster polls the Service every
-20 ms and logs (time, pod, message) whenever a pod's answer changes; a mode's iteration is done
-when every ready replica has answered the new text and nothing old is served afterwards.
+serves the new text. The poller is in the cluster: a pod (bench-client) polls every Ready pod of the
+app directly (pod IP:3000, GET / on a new connection, one request every 50 ms per pod) and logs
+(time, pod, message). The host watches the app's pods and feeds the current Ready, not terminating
+pods to it, so it follows rollouts; a pod that is not Ready is never polled, in every mode (floor,
+devloop, peers). An iteration is done when each of the 3 replicas has answered the new text and
+nothing old is served afterwards (confirmed by 1 s of new-only answers).
 
 Modes (same cluster, same sample, 3 replicas):
   devloop-live      devloop dev with liveUpdate (sync + restart the process in place)
+  devloop-live@5s   the same, --saves saves (default 20) on a fixed clock: save k at t0 + k*5 s, whether
+  devloop-live@2s   or not the previous one is served; any rate works (@3s, @0.5s)
   devloop-registry  devloop dev, rebuild path, pushing to the local registry
   devloop-kindload  devloop dev, rebuild path, docker save + kind load image-archive
   devloop-registry-fastroll  as devloop-registry, with the dev-only deploy.rollingUpdate 1/2
@@ -19,18 +24,36 @@ Modes (same cluster, same sample, 3 replicas):
                     the cluster's kube-public/local-registry-hosting ConfigMap), a port-forward
   tilt-live         as tilt, with live_update: sync sample-app → /app, then restart node in place
                     (the container's command under a restart loop, as Tilt's restart_process does)
+  tilt-live@5s, tilt-live@2s   as devloop-live@Ns
   skaffold          `skaffold dev` (--skaffold PATH): a generated skaffold.yaml, the same Dockerfile and
                     build args, pushed to the local registry, kubectl deploy of the manifests, a port-forward
 The peer modes run only when their binary is given (benchmarks/peers/build.sh builds both from the Go
 module proxy); they start from no app in the cluster and take it away again when they end.
 
+Saves on a clock (mode@Ns): each save is measured against its own save time and its own text, from
+the poller's and the browser's logs once the last save is served; an answer with a later save's text
+counts for an earlier save too (it can only be there after the earlier write). "first": the first
+such answer of any replica; "total" (every replica): the moment each of the 3 replicas has answered
+it and no replica answers an older text any more; a save not fully served before the next save is
+made is a MISS (marked, counted in the table's "missed", its own figure kept in the p50/p95).
+
 Columns: "first" is the first new answer of any replica in-cluster, "total" is every replica serving
 it; "browser" is what a browser on the forwarded local URL sees: GET / with a new connection every
-20 ms from the moment of the edit, the first answer with the new text; "failed" counts the requests
-to that URL that were refused or failed during the change (devloop's portForward.localPort, Tilt's
-port_forwards, Skaffold's portForward; none for floor and baseline).
+--browser-interval (20 ms) from the moment of the edit, the first answer with the new text; "URL
+failed" counts the requests to that URL that were refused or failed during the change (devloop's
+portForward.localPort, Tilt's port_forwards, Skaffold's portForward; none for floor and baseline);
+"restarts" is the sum of the app pods' restartCount increase while the mode's poller ran (0 is the
+target); "poller failed" counts the in-cluster poller's failed requests to Ready pods.
 
-devloop's overhead above the floor (rebuild path, p50 total) is printed at the end.
+devloop's and the peers' overhead above the floor (p50 every replica, and the forwarded URL against
+the floor's first replica) is printed at the end.
+
+--up-from-nothing runs FIRST: Docker's build cache warmed with an untimed `docker build` of the
+sample, the cluster and its registry container deleted, then `devloop --json up` timed end to end,
+with its phases from the JSON events (cluster creation and the images built/pushed beside it, from
+the bring-up's info event; then deploy and rollout); that `up` makes the cluster the modes use.
+--services runs benchmarks/services.py's measure (examples/shop: two services in one save vs one)
+on the same cluster after the modes (the sample app taken away first) and prints the p50 ratio.
 
 Also: a no-op save and an ignored-file save (must start no cycle), and the idle CPU / RSS of
 `devloop dev` with a 50k-file node_modules in the tree.
@@ -39,12 +62,17 @@ Usage (after .ci/run's setup, or on a laptop with kind/kubectl/docker):
   python benchmarks/loop.py --iterations 5 [--json benchmarks/results/loop.json]
   python benchmarks/loop.py -n 5 --tilt ~/.cache/devloop-peers/bin/tilt --skaffold ~/.cache/devloop-peers/bin/skaffold
   python benchmarks/loop.py -n 5 --scale    # and the scale figures (benchmarks/scale.py) in the same JSON
-Prints a table with p50/p95 per phase and the baseline/devloop ratios.
+  issue 22 in one run (docs/benchmarks.md):
+  python benchmarks/loop.py -n 5 --saves 20 --browser-interval 0.2 --up-from-nothing --services --tilt ~/.cache/devloop-peers/bin/tilt \
+      --modes floor,devloop-registry,tilt,devloop-live@5s,tilt-live@5s,devloop-live@2s,tilt-live@2s
+Prints a table with p50/p95 per phase and the baseline/devloop ratios. devloop runs as
+`python -m devloop` with this interpreter and the tree this file is in on PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -73,23 +101,41 @@ CLUSTER = "devloop-bench"  # --cluster; the bench's own registry container is f"
 CONTEXT = f"kind-{CLUSTER}"
 REGISTRY_PORT = 5001  # the bench registry's host port: a free one, chosen in main()
 PEERS = ("tilt", "tilt-live", "skaffold")
+DEVLOOP = [sys.executable, "-m", "devloop"]  # the devloop of the tree this file is in (PYTHONPATH set in main())
 BROWSER_INTERVAL = 0.02  # --browser-interval; 0: no forwarded-URL measure
 CLIENT = """
+// Polls every pod it is told about (a JSON object {name: ip} per stdin line, the app's Ready pods)
+// directly on ip:3000, GET / on a new connection, one request every 50 ms per pod.
 const http = require('http');
-function tick() {
-  const req = http.get({host: 'web-app-service', port: 80, path: '/', agent: false, timeout: 500}, res => {
+const readline = require('readline');
+let pods = {};
+const running = new Set();
+function poll(name) {
+  const ip = pods[name];
+  if (ip === undefined) { running.delete(name); return; }
+  const sent = Date.now();
+  let over = false;
+  const next = () => { if (!over) { over = true; setTimeout(() => poll(name), Math.max(0, 50 - (Date.now() - sent))); } };
+  const req = http.get({host: ip, port: 3000, path: '/', agent: false, timeout: 500}, res => {
     let b = ''; res.on('data', c => b += c);
     res.on('end', () => {
-      const pod = res.headers['x-pod-name'] || '?'; const msg = b.trim();
-      console.log(JSON.stringify({t: Date.now() / 1000, pod, msg}));
-      setTimeout(tick, 20);
+      console.log(JSON.stringify(res.statusCode === 200 ? {t: Date.now() / 1000, pod: name, msg: b.trim()} : {t: Date.now() / 1000, pod: name, err: 'HTTP ' + res.statusCode}));
+      next();
     });
   });
-  req.on('error', () => setTimeout(tick, 20));
+  req.on('error', e => { console.log(JSON.stringify({t: Date.now() / 1000, pod: name, err: String(e.code || e)})); next(); });
   req.on('timeout', () => req.destroy());
 }
-tick();
+readline.createInterface({input: process.stdin}).on('line', line => {
+  pods = JSON.parse(line);
+  for (const name of Object.keys(pods)) if (!running.has(name)) { running.add(name); poll(name); }
+});
+process.stdin.on('end', () => process.exit(0));
 """
+KEEPALIVE = "setInterval(() => {}, 3600000)"
+APP_SELECTOR = "app=web-app"
+LOG_DIR: Path | None = None  # where each mode's poller log is written (the run's temp dir, set in main())
+MODE_INFO: dict[str, dict[str, Any]] = {}  # per mode: restarts, the poller's failed requests, …
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,12 +147,36 @@ def pct(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-class Client:
-    """The in-cluster poller; yields (time, pod, message) answers."""
+def pod_restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses") or [])
 
-    def __init__(self, h: Harness, image: str) -> None:
+
+def ready_ip(pod: dict[str, Any]) -> str | None:
+    """The pod's IP when it is Ready and not terminating (what a Service would route to), else None."""
+    if pod["metadata"].get("deletionTimestamp"):
+        return None
+    status = pod.get("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return status.get("podIP") if ready else None
+
+
+class Client:
+    """The in-cluster poller: a pod (`bench-client`, the app's image) running a Node script that polls
+    every Ready app pod directly (pod IP:3000, GET / on a new connection, every 50 ms per pod) and prints
+    (time, pod, message) for every answer, (time, pod, err) for a failed request. The host watches the
+    app's pods (`kubectl get pods --watch`) and feeds the current Ready pods ({name: IP}) to the script's
+    stdin (`kubectl exec -i`) as they change, so the poller follows rollouts; a pod that is not Ready
+    (or is terminating) is not polled, the same judgement in every mode. The same watch counts the
+    app pods' container restarts (restartCount increase) from the poller's start."""
+
+    def __init__(self, h: Harness, image: str, mode: str) -> None:
         self.h = h
+        self.mode = mode
+        self.started = time.time()
         self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.log: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         h.kubectl_run("delete", "pod", "bench-client", "--ignore-not-found", "--wait=true")
         h.kubectl_run(
             "run",
@@ -118,14 +188,104 @@ class Client:
             "--",
             "node",
             "-e",
-            CLIENT,
+            KEEPALIVE,
         )
         h.kubectl_run("wait", "--for=condition=Ready", "pod/bench-client", "--timeout=120s")
+        pods = h.kubectl_json("get", "pods", "-l", APP_SELECTOR)["items"]
+        self.baseline = {p["metadata"]["name"]: pod_restarts(p) for p in pods}  # restartCount at the start
+        self.seen_restarts = dict(self.baseline)
         self.proc = subprocess.Popen(
-            [h.kubectl, "--context", CONTEXT, "logs", "-f", "bench-client"], env=h.env, stdout=subprocess.PIPE, text=True
+            [h.kubectl, "--context", CONTEXT, "exec", "-i", "bench-client", "--", "node", "-e", CLIENT],
+            env=h.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
+        self._ready: dict[str, str] = {}
+        self._feed({p["metadata"]["name"]: ip for p in pods if (ip := ready_ip(p))})
+        threading.Thread(target=self._read, daemon=True, name="poller-out").start()
+        self._watch_proc: subprocess.Popen[bytes] | None = None
+        threading.Thread(target=self._watch, daemon=True, name="poller-watch").start()
+        deadline = time.time() + 120  # the exec may take seconds to start: no edit before the poller answers
+        while not self.answers.qsize() and time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the in-cluster poller exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        if not self.answers.qsize():
+            raise TimeoutError("the in-cluster poller got no answer from the app's Ready pods within 120s")
+
+    def _feed(self, ready: dict[str, str]) -> None:
+        if ready == self._ready:
+            return
+        self._ready = ready
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(ready) + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the poller has gone (stop())
+
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        pump_json_lines(self.proc.stdout, self.answers)
+        for line in self.proc.stdout:
+            try:
+                a = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                self.log.append(a)
+            if "msg" in a:
+                self.answers.put(a)
+
+    def _watch(self) -> None:
+        """Follows the app's pods; restarted if kubectl's watch ends (the server closes watches now and then)."""
+        decoder = json.JSONDecoder()
+        while not self._stop.is_set():
+            self._watch_proc = subprocess.Popen(
+                [self.h.kubectl, "--context", CONTEXT, "get", "pods", "-l", APP_SELECTOR, "--watch", "--output-watch-events", "-o", "json"],
+                env=self.h.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert self._watch_proc.stdout is not None
+            pods: dict[str, dict[str, Any]] = {}
+            buf = ""
+            fd = self._watch_proc.stdout.fileno()
+            while chunk := os.read(fd, 65536):
+                buf += chunk.decode(errors="replace")
+                while True:
+                    buf = buf.lstrip()
+                    try:
+                        ev, used = decoder.raw_decode(buf)
+                    except ValueError:
+                        break
+                    buf = buf[used:]
+                    pod = ev.get("object", {})
+                    name = pod.get("metadata", {}).get("name")
+                    if not name:
+                        continue
+                    self.seen_restarts[name] = max(self.seen_restarts.get(name, 0), pod_restarts(pod))
+                    if ev.get("type") == "DELETED":
+                        pods.pop(name, None)
+                    else:
+                        pods[name] = pod
+                    self._feed({n: ip for n, p in pods.items() if (ip := ready_ip(p))})
+            self._watch_proc.wait()
+            self._stop.wait(0.2)
+
+    def restarts(self) -> int:
+        """The app pods' container restarts since the poller started (restartCount increase, summed)."""
+        return sum(max(0, n - self.baseline.get(name, 0)) for name, n in dict(self.seen_restarts).items())
+
+    def failed(self, since: float = 0.0, until: float = float("inf")) -> tuple[int, int]:
+        """(failed requests, all requests) of the poller to Ready pods in [since, until)."""
+        with self._lock:
+            window = [a for a in self.log if since <= a["t"] < until]
+        return sum("err" in a for a in window), len(window)
+
+    def entries(self, since: float) -> list[dict[str, Any]]:
+        with self._lock:
+            return [a for a in self.log if a["t"] >= since and "msg" in a]
 
     def drain(self) -> None:
         while not self.answers.empty():
@@ -153,7 +313,24 @@ class Client:
         raise TimeoutError(f"not every replica served {message!r} within {timeout}s: {first_new}")
 
     def stop(self) -> None:
-        self.proc.kill()
+        """Stops the poller; records the mode's restarts and the poller's failed requests in MODE_INFO."""
+        failed, requests = self.failed(self.started)
+        MODE_INFO.setdefault(self.mode, {}).update(restarts=self.restarts(), poller_failed=failed, poller_requests=requests)
+        if LOG_DIR is not None:  # every answer, for a closer look (one JSON line each)
+            path = LOG_DIR / f"poller-{self.mode}.jsonl"
+            with self._lock:
+                path.write_text("".join(json.dumps(a) + "\n" for a in self.log))
+            MODE_INFO[self.mode]["poller_log"] = str(path)
+        self._stop.set()
+        if self._watch_proc is not None:
+            self._watch_proc.kill()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self.h.kubectl_run("delete", "pod", "bench-client", "--ignore-not-found", "--wait=false", check=False)
 
 
@@ -271,7 +448,7 @@ class DevProcess:
     def __init__(self, root: Path, h: Harness) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.proc = subprocess.Popen(
-            [shutil.which("devloop", path=h.env["PATH"]) or "devloop", "--json", "dev"],
+            [*DEVLOOP, "--json", "dev"],
             cwd=root,
             env=h.env,
             stdout=subprocess.PIPE,
@@ -299,6 +476,14 @@ class DevProcess:
         self.proc.wait(60)
 
 
+def iter_events(d: DevProcess) -> list[dict[str, Any]]:
+    """The events devloop has emitted and nobody read yet."""
+    out = []
+    while not d.events.empty():
+        out.append(d.events.get_nowait())
+    return out
+
+
 def edit(root: Path, message: str) -> None:
     server = root / "sample-app" / "server.js"
     lines = server.read_text().splitlines(keepends=True)
@@ -306,12 +491,13 @@ def edit(root: Path, message: str) -> None:
     server.write_text("".join(lines))
 
 
-def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str, Any]]:
+def run_devloop_mode(h: Harness, root: Path, mode: str, n: int, saves: int) -> list[dict[str, Any]]:
+    base, interval = parse_mode(mode)
     local_port = write_config(
         root,
         h,
         registry=mode != "devloop-kindload",
-        live=mode == "devloop-live",
+        live=base == "devloop-live",
         fast_rollout=mode.endswith("-fastroll"),
         monitoring=mode.endswith("-monitoring"),
     )
@@ -321,13 +507,18 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
         if e["event"] == "cycle_done":
             assert e["ok"], e
             break
-    client = Client(h, e["image"])
+    client = Client(h, e["image"], mode)
     browser = Browser(local_port) if BROWSER_INTERVAL > 0 else None
     if browser is not None and not browser.wait_answer(60):
         print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{local_port} (browser column empty)", flush=True)
     rows: list[dict[str, Any]] = []
     try:
-        for i in range(n):
+        if interval is not None:
+            client.drain()
+            rows = run_saves_on_clock(client, browser, root, mode, saves, interval)
+            cycles = [e for e in iter_events(d) if e["event"] == "cycle_done"]
+            MODE_INFO.setdefault(mode, {}).update(cycles=len(cycles), failed_cycles=sum(not e["ok"] for e in cycles))
+        for i in range(n if interval is None else 0):
             msg = f"{mode} {i} {uuid.uuid4().hex[:6]}"
             client.drain()
             t0 = time.time()
@@ -357,8 +548,78 @@ def run_devloop_mode(h: Harness, root: Path, mode: str, n: int) -> list[dict[str
     return rows
 
 
+def parse_mode(mode: str) -> tuple[str, float | None]:
+    """ "devloop-live@2s" → ("devloop-live", 2.0); "tilt" → ("tilt", None)."""
+    base, _, rate = mode.partition("@")
+    return base, (float(rate.removesuffix("s")) if rate else None)
+
+
+def run_saves_on_clock(client: Client, browser: Browser | None, root: Path, mode: str, saves: int, interval: float) -> list[dict[str, Any]]:
+    """`saves` edits on a fixed clock (save k at t0 + k*interval, whether or not save k-1 is served
+    yet), then each save's figures against its own save time and its own text, from the poller's and
+    the browser's logs. Save k counts as served by an answer with its text or any later save's text
+    (a later text can only be there if save k's was written first); "an older text" is any earlier
+    save's (or the text before the first save). For save k:
+      first   the first answer of any Ready replica with save k's text or a later one
+      total   every replica: the moment each of the 3 replicas has answered save k's text or a later
+              one and no replica answers an older text any more
+      browser the first answer on the forwarded URL with save k's text or a later one (a request sent
+              after the save); failed/requests: the URL's requests sent from save k to save k+1 (the
+              last save: to the end of the measure)
+      missed  True when save k was not served by every replica before save k+1 was made (its `total`
+              then runs past the next save: a miss, counted in p50/p95 as it is)"""
+    messages = [f"{mode} {k} {uuid.uuid4().hex[:6]}" for k in range(saves)]
+    index = {m: k for k, m in enumerate(messages)}
+    t0 = time.time() + 0.5
+    times: list[float] = []
+    for k, msg in enumerate(messages):
+        time.sleep(max(0.0, t0 + k * interval - time.time()))  # the clock; not a synchronisation
+        times.append(time.time())
+        edit(root, msg)
+    client.wait_all_new(messages[-1], 3)
+    end = time.time()
+    if browser is not None:
+        browser.first_seen(messages[-1], times[-1], timeout=30)
+        end = time.time()
+    answers = sorted(client.entries(times[0]), key=lambda a: float(a["t"]))
+    urls = sorted(browser.entries(times[0])) if browser is not None else []
+    rows: list[dict[str, Any]] = []
+    for k, tk in enumerate(times):
+        after = [a for a in answers if a["t"] >= tk]
+        new = [a for a in after if index.get(a["msg"], -1) >= k]
+        row: dict[str, Any] = {"first": new[0]["t"] - tk if new else None, "total": None}
+        per_pod: dict[str, float] = {}
+        for a in new:
+            per_pod.setdefault(a["pod"], a["t"])
+        last_old = max((a["t"] for a in after if index.get(a["msg"], -1) < k), default=0.0)
+        if len(per_pod) >= 3:
+            row["total"] = max(sorted(per_pod.values())[2], last_old) - tk
+        row["missed"] = row["total"] is None or (k + 1 < len(times) and tk + row["total"] > times[k + 1])
+        until = times[k + 1] if k + 1 < len(times) else end
+        row["poller_failed"], row["poller_requests"] = client.failed(tk, until)
+        row["pods_answering"] = len({a["pod"] for a in after if a["t"] < until})
+        if browser is not None:
+            seen = [done for sent, done, ok, text in urls if sent >= tk and ok and index.get(text, -1) >= k]
+            window = [e for e in urls if tk <= e[0] < until]
+            row["browser"] = seen[0] - tk if seen else None
+            row["browser_failed"] = sum(not ok for _, _, ok, _ in window)
+            row["browser_requests"] = len(window)
+            took = [done - sent for sent, done, ok, _ in window if ok]
+            row["browser_request_s"] = statistics.median(took) if took else None
+        rows.append(row)
+        print_iteration(mode, k, row)
+    return rows
+
+
 def print_iteration(mode: str, i: int, row: dict[str, Any]) -> None:
-    line = f"  {mode} #{i}: total {row['total']:.2f}s (first new answer {row['first']:.2f}s"
+    def s(v: float | None) -> str:
+        return "never" if v is None else f"{v:.2f}s"
+
+    line = f"  {mode} #{i}: total {s(row['total'])} (first new answer {s(row['first'])}"
+    if row.get("missed"):
+        line += "; MISSED: not every replica served it before the next save"
+    if row.get("poller_failed"):
+        line += f"; the poller: {row['poller_failed']}/{row['poller_requests']} requests to Ready pods failed"
     if "browser_failed" in row:
         seen = "never" if row["browser"] is None else f"{row['browser']:.2f}s"
         line += f"; forwarded URL {seen}, {row['browser_failed']}/{row['browser_requests']} requests failed"
@@ -390,7 +651,7 @@ def run_baseline(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
         '{"spec":{"template":{"spec":{"containers":[{"name":"web-app","imagePullPolicy":"IfNotPresent","command":null,"args":null}]}}}}',
     )
     sh(h.kubectl, *ctx, "rollout", "status", "deployment/web-app", "--timeout=300s")
-    client = Client(h, "my-web-app:dev")
+    client = Client(h, "my-web-app:dev", "baseline")
     rows = []
     try:
         for i in range(n):
@@ -446,7 +707,7 @@ def run_floor(h: Harness, root: Path, n: int) -> list[dict[str, float]]:
     subprocess.run(
         [h.kubectl, *ctx, "rollout", "status", "deployment/web-app", "--timeout=300s"], env=h.env, check=True, capture_output=True
     )
-    client = Client(h, current)
+    client = Client(h, current, "floor")
     rows = []
     try:
         for i, msg in enumerate(messages):
@@ -566,7 +827,7 @@ def registry_host(h: Harness, root: Path) -> str:
         if attempt == 0:
             print("  no local-registry-hosting ConfigMap in the cluster: devloop up with the registry on", flush=True)
             write_config(root, h, registry=True, live=False)
-            subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True, capture_output=True)
+            subprocess.run([*DEVLOOP, "up"], cwd=root, env=h.env, check=True, capture_output=True)
     raise RuntimeError("the cluster advertises no local registry (kube-public/local-registry-hosting) after devloop up")
 
 
@@ -588,7 +849,7 @@ def ensure_app(h: Harness, root: Path) -> None:
     """floor and baseline roll the Deployment a devloop mode left; after a peer took it away, `devloop up` puts it back."""
     if h.kubectl_run("get", "deployment/web-app", check=False).returncode != 0:
         write_config(root, h, registry=True, live=False)
-        subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True, capture_output=True)
+        subprocess.run([*DEVLOOP, "up"], cwd=root, env=h.env, check=True, capture_output=True)
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -632,9 +893,10 @@ def tilt_phases(log_path: Path, offset: int) -> tuple[dict[str, float], int]:
     return phases, offset + len(text.encode())
 
 
-def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str, saves: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`tilt up` or `skaffold dev` on the same cluster, sample, registry and edits as devloop's modes,
     timed by the same in-cluster poller; returns the rows and the mode's extras (initial deploy, RSS)."""
+    base, interval = parse_mode(mode)
     host = registry_host(h, root)
     remove_app(h)
     forward_port = free_port()
@@ -645,8 +907,8 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
     log_path = root.parent / f"{mode}.log"
     start_msg = f"{mode} start {uuid.uuid4().hex[:6]}"
     edit(root, start_msg)
-    if mode.startswith("tilt"):
-        (root / "Tiltfile").write_text(tiltfile(root, h, forward_port, live=mode == "tilt-live"))
+    if base.startswith("tilt"):
+        (root / "Tiltfile").write_text(tiltfile(root, h, forward_port, live=base == "tilt-live"))
         argv = [binary, "up", "--stream=true", f"--port={free_port()}", "--file=Tiltfile"]
         down: list[str] | None = [binary, "down", "--file=Tiltfile", "--delete-namespaces=false"]
     else:
@@ -654,7 +916,7 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
         argv = [binary, "dev", f"--default-repo={host}", "--port-forward=user", "--update-check=false", "--interactive=false"]
         argv += [f"--kube-context={CONTEXT}", "--cleanup=true"]
         down = None  # skaffold dev deletes what it deployed when interrupted
-    extras: dict[str, Any] = {"version": check_peer(mode.split("-")[0], binary), "log": str(log_path)}
+    extras: dict[str, Any] = {"version": check_peer(base.split("-")[0], binary), "log": str(log_path)}
     print(f"  {extras['version']}: {' '.join(argv[1:])} (log: {log_path})", flush=True)
     with log_path.open("w") as log:
         launched = time.time()
@@ -677,10 +939,10 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
             image = r.stdout.strip() if r.returncode == 0 else ""
         # The poller runs the peer's image under another name: Skaffold streams the logs of every pod
         # running an image it built, and would stream the poller's 50 lines a second too.
-        poller_image = f"{host}/devloop-bench-poller:{mode}"
+        poller_image = f"{host}/devloop-bench-poller:{base}"
         subprocess.run(["docker", "tag", image.split("@")[0], poller_image], env=h.env, check=True, capture_output=True)
         subprocess.run(["docker", "push", "-q", poller_image], env=h.env, check=True, capture_output=True)
-        client = Client(h, poller_image)
+        client = Client(h, poller_image, mode)
         _, ready = client.wait_all_new(start_msg, 3, timeout=600)
         extras["initial_deploy"] = ready - launched
         if mode == "skaffold":
@@ -696,7 +958,10 @@ def run_peer_mode(h: Harness, root: Path, mode: str, n: int, binary: str) -> tup
         if browser is not None and not browser.wait_answer(60):
             print(f"  {mode}: nothing answers on the forwarded URL http://127.0.0.1:{forward_port} (browser column empty)", flush=True)
         offset = log_path.stat().st_size
-        for i in range(n):
+        if interval is not None:
+            client.drain()
+            rows = run_saves_on_clock(client, browser, root, mode, saves, interval)
+        for i in range(n if interval is None else 0):
             msg = f"{mode} {i} {uuid.uuid4().hex[:6]}"
             client.drain()
             t0 = time.time()
@@ -787,7 +1052,7 @@ def registry_port(name: str) -> int:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    cols = ["detect", "build", "load", "rollout", "first", "browser", "total"]
+    cols = ["detect", "build", "load", "rollout", "first", "total", "browser"]
     width = max([18, *(len(m) + 2 for m in results["modes"])])
 
     def cell(rows: list[dict[str, Any]], c: str) -> str:
@@ -796,30 +1061,80 @@ def print_table(results: dict[str, Any]) -> None:
             return f"{'–':>9} {'':<8}"
         return f"{pct(values, 0.5):>9.2f}/{pct(values, 0.95):<8.2f}"
 
-    print(f"\n{'mode':<{width}}" + "".join(f"{c + ' p50/p95':>18}" for c in cols) + f"{'failed/requests':>18}{'ms/request':>12}")
+    head = f"\n{'mode':<{width}}" + "".join(f"{c + ' p50/p95':>18}" for c in cols)
+    print(head + f"{'URL failed/req':>16}{'ms/req':>8}{'restarts':>10}{'missed':>8}{'poller failed':>15}")
     for mode, rows in results["modes"].items():
         failed, took = "–", "–"
         if rows and "browser_failed" in rows[0]:
             failed = f"{sum(r['browser_failed'] for r in rows)}/{sum(r['browser_requests'] for r in rows)}"
             times = [r["browser_request_s"] for r in rows if r.get("browser_request_s") is not None]
             took = f"{1000 * statistics.median(times):.0f}" if times else "–"
-        print(f"{mode:<{width}}" + "".join(cell(rows, c) for c in cols) + f"{failed:>18}{took:>12}")
+        info = results["mode_info"].get(mode, {})
+        missed = f"{sum(bool(r.get('missed')) for r in rows)}/{len(rows)}" if rows and "missed" in rows[0] else "–"
+        poller = f"{info['poller_failed']}/{info['poller_requests']}" if "poller_failed" in info else "–"
+        line = f"{mode:<{width}}" + "".join(cell(rows, c) for c in cols)
+        print(line + f"{failed:>16}{took:>8}{info.get('restarts', '–')!s:>10}{missed:>8}{poller:>15}")
     print(
-        "first = first new answer in-cluster, total = every replica serves it (in-cluster poller, 20 ms); browser = first new "
-        "answer on the forwarded local URL (a new connection per request, the next 20 ms after the last answer); failed = "
-        "refused/failed requests there during the changes; ms/request = median time of an answered request"
+        "first = first new answer of any Ready replica, total = every replica serves it and nothing older is served (in-cluster "
+        "poller: every Ready pod IP, GET / on a new connection every 50 ms); browser = first new answer on the forwarded local URL "
+        f"(a new connection per request, every {BROWSER_INTERVAL:g} s); URL failed = refused/failed requests there during the changes; "
+        "restarts = app pods' restartCount increase during the mode; missed (modes @Ns) = saves not served by every replica "
+        "before the next save; poller failed = failed requests of the poller to Ready pods"
     )
 
 
+UP_PHASES = ("cluster", "images beside it", "build", "publish", "deploy", "rollout")
+
+
+def up_from_nothing(h: Harness, root: Path) -> dict[str, Any]:
+    """`devloop --json up` from no cluster and no registry, Docker's build cache warm and the images
+    present: the image is built once beforehand (untimed), the cluster and its registry container
+    deleted, then `up` timed end to end; the phases from its JSON events (the bring-up's info event
+    says how long the cluster's creation and the images beside it took; the cycle's phase events)."""
+    build_arg = f"NODE_IMAGE={h.node_base}"  # the cache warm (untimed): the sample's layers, as `up` builds them
+    subprocess.run(["docker", "build", "-q", "--build-arg", build_arg, "sample-app"], cwd=root, env=h.env, check=True, capture_output=True)
+    subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=h.env, check=True, capture_output=True)
+    subprocess.run(["docker", "rm", "-f", f"{CLUSTER}-registry"], env=h.env, check=False, capture_output=True)
+    t0 = time.time()
+    out = subprocess.run([*DEVLOOP, "--json", "up"], cwd=root, env=h.env, capture_output=True, text=True, check=False)
+    total = time.time() - t0
+    events = []
+    for line in out.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    if out.returncode != 0:
+        raise RuntimeError(f"devloop up exited {out.returncode}: {out.stderr.strip()[-500:]} {out.stdout.strip()[-500:]}")
+    result: dict[str, Any] = {"total": round(total, 2), "phases": {}}
+    for e in events:
+        if "cluster_seconds" in e:
+            result["phases"]["cluster"] = e["cluster_seconds"]
+            result["phases"]["images beside it"] = e.get("images_seconds")
+            result["bring_up_message"] = e.get("message")
+        elif e.get("event") == "phase":
+            result["phases"][e["phase"]] = round(result["phases"].get(e["phase"], 0.0) + e["seconds"], 3)
+    if events:  # from the command's start to its first event: Python, config, checks
+        result["start_to_first_event"] = round(events[0]["ts"] - t0, 2)
+        result["last_event_to_exit"] = round(t0 + total - events[-1]["ts"], 2)
+    return result
+
+
+def print_up(up: dict[str, Any]) -> None:
+    ph = up["phases"]
+    parts = [f"{k} {ph[k]:.2f}" for k in (*UP_PHASES, *sorted(set(ph) - set(UP_PHASES))) if ph.get(k) is not None]
+    print(f"up from nothing: {up['total']:.2f}s wall ({'; '.join(parts)}; start → first event {up.get('start_to_first_event', 0):.2f})")
+
+
 def main() -> int:
-    global CLUSTER, CONTEXT, REGISTRY_PORT, BROWSER_INTERVAL
+    global CLUSTER, CONTEXT, REGISTRY_PORT, BROWSER_INTERVAL, LOG_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", "-n", type=int, default=5)
     ap.add_argument(
         "--modes",
         help="comma-separated (default: floor,devloop-live,devloop-registry,devloop-registry-fastroll,devloop-kindload,baseline, "
-        "then tilt,tilt-live and skaffold when --tilt / --skaffold are given)",
+        "then tilt,tilt-live and skaffold when --tilt / --skaffold are given); devloop-live@5s, tilt-live@2s, …: --saves saves "
+        "on a fixed clock, one every 5 s (2 s)",
     )
+    ap.add_argument("--saves", type=int, default=20, help="saves of a mode@Ns (default 20)")
     ap.add_argument("--tilt", metavar="PATH", help="a tilt binary (v0.37.6: benchmarks/peers/build.sh) for the tilt and tilt-live modes")
     ap.add_argument("--skaffold", metavar="PATH", help="a skaffold binary (v2.24.0: benchmarks/peers/build.sh) for the skaffold mode")
     ap.add_argument(
@@ -833,6 +1148,17 @@ def main() -> int:
     ap.add_argument("--cluster", default=CLUSTER, help=f"kind cluster name (default {CLUSTER}); created, and deleted at the end")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "loop.json")
     ap.add_argument("--keep-cluster", action="store_true")
+    ap.add_argument("--skip-idle", action="store_true", help="no no-op saves and idle measure (quick runs)")
+    ap.add_argument(
+        "--up-from-nothing",
+        action="store_true",
+        help="first of all: delete the cluster and its registry, then time `devloop --json up` (Docker's cache warm), per phase",
+    )
+    ap.add_argument(
+        "--services",
+        action="store_true",
+        help="also benchmarks/services.py (examples/shop: two services in one save vs one, -n iterations) on the same cluster, last",
+    )
     ap.add_argument(
         "--scale",
         action="store_true",
@@ -854,50 +1180,79 @@ def main() -> int:
         modes += ["tilt", "tilt-live"] if args.tilt else []
         modes += ["skaffold"] if args.skaffold else []
     peers = {"tilt": args.tilt, "tilt-live": args.tilt, "skaffold": args.skaffold}
-    for mode in modes:  # before any cluster work: a missing or broken peer is one line, at once
-        if mode in PEERS:
+    for mode in modes:  # before any cluster work: a missing or broken peer, a bad mode: one line, at once
+        try:
+            base, interval = parse_mode(mode)
+        except ValueError:
+            print(f"loop.py: mode {mode}: the rate after @ is seconds (devloop-live@5s)", file=sys.stderr)
+            return 2
+        if interval is not None and base not in ("devloop-live", "tilt-live"):
+            print(f"loop.py: mode {mode}: saves on a clock (@Ns) are for devloop-live and tilt-live", file=sys.stderr)
+            return 2
+        if base in PEERS:
             try:
-                check_peer(mode.split("-")[0], peers[mode])
+                check_peer(base.split("-")[0], peers[base])
             except PeerUnavailable as e:
                 print(f"loop.py: mode {mode}: {e}", file=sys.stderr)
                 return 2
 
     h = dataclasses.replace(make_harness(), context=CONTEXT)
-    # devloop from this interpreter's environment when it is not on PATH (`.venv/bin/python benchmarks/loop.py`)
-    h.env["PATH"] = os.pathsep.join([h.env["PATH"], str(Path(sys.executable).parent)])
+    # devloop from this tree (DEVLOOP runs `python -m devloop` with this interpreter)
+    h.env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [h.env.get("PYTHONPATH")])])
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="devloop-bench-")) / "proj"
     shutil.copytree(REPO / "sample-app", root / "sample-app", ignore=shutil.ignore_patterns("node_modules"))
     shutil.copy(REPO / "kind-config.yaml", root / "kind-config.yaml")
+    LOG_DIR = root.parent
+    print(f"logs (the peers', each mode's poller): {LOG_DIR}", flush=True)
     write_config(root, h, registry=True, live=False)
+    up = None
     t_up = time.time()
-    subprocess.run(["devloop", "up"], cwd=root, env=h.env, check=True)
+    if args.up_from_nothing:
+        print("== up from nothing (the cluster and its registry deleted; Docker's cache warm)", flush=True)
+        up = up_from_nothing(h, root)
+        print_up(up)
+    else:
+        subprocess.run([*DEVLOOP, "up"], cwd=root, env=h.env, check=True)
 
     results: dict[str, Any] = {
         "iterations": args.iterations,
+        "saves": args.saves,
         "cluster": CLUSTER,
+        "devloop": subprocess.run([*DEVLOOP, "--version"], env=h.env, capture_output=True, text=True, check=False).stdout.strip(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_up)),
         "load_average_start": os.getloadavg(),
         "devloop_up": round(time.time() - t_up, 2),
+        "up_from_nothing": up,
         "browser_interval": BROWSER_INTERVAL,
         "modes": {},
+        "mode_info": MODE_INFO,
         "peers": {},
     }
     try:
         for mode in modes:
             print(f"== {mode}  (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
+            base, _ = parse_mode(mode)
             if mode == "baseline":
                 rows = run_baseline(h, root, args.iterations)
             elif mode == "floor":
                 rows = run_floor(h, root, args.iterations)
-            elif mode in PEERS:
-                rows, results["peers"][mode] = run_peer_mode(h, root, mode, args.iterations, str(peers[mode]))
+            elif base in PEERS:
+                rows, results["peers"][mode] = run_peer_mode(h, root, mode, args.iterations, str(peers[base]), args.saves)
             else:
-                rows = run_devloop_mode(h, root, mode, args.iterations)
+                rows = run_devloop_mode(h, root, mode, args.iterations, args.saves)
             results["modes"][mode] = rows
-        print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
-        results["idle"] = noop_and_idle(h, root)
+            MODE_INFO.setdefault(mode, {})["load_average_end"] = os.getloadavg()
+        if not args.skip_idle:
+            print("== no-op saves and idle watcher (50k files in node_modules)", flush=True)
+            results["idle"] = noop_and_idle(h, root)
+        if args.services:
+            from benchmarks.services import run_on_cluster
+
+            print(f"== services: examples/shop, one service vs two in one save, {args.iterations} each", flush=True)
+            remove_app(h)  # the shop's rollouts alone on the node
+            results["services"] = run_on_cluster(h, CLUSTER, REGISTRY_PORT, args.iterations)
     finally:
         results["load_average_end"] = os.getloadavg()
         if not args.keep_cluster:
@@ -909,22 +1264,30 @@ def main() -> int:
         print(
             f"{mode}: {extra['version']}; initial deploy {extra.get('initial_deploy', float('nan')):.2f}s; RSS {extra.get('rss_mb', 0):.0f} MB with children"
         )
-    base = results["modes"].get("baseline")
-    if base:
-        b50 = statistics.median(r["total"] for r in base)
+    base_rows = results["modes"].get("baseline")
+    if base_rows:
+        b50 = statistics.median(r["total"] for r in base_rows)
         for mode, rows in results["modes"].items():
             if mode != "baseline":
-                print(f"baseline/{mode}: {b50 / statistics.median(r['total'] for r in rows):.1f}x (p50 total)")
+                print(f"baseline/{mode}: {b50 / pct([r['total'] for r in rows if r['total'] is not None], 0.5):.1f}x (p50 total)")
     floor = results["modes"].get("floor")
     if floor:
         f50 = statistics.median(r["total"] for r in floor)
+        f50_first = statistics.median(r["first"] for r in floor)
         results["overhead_above_floor"] = {}
         for mode, rows in results["modes"].items():
-            if mode.startswith("devloop-") or mode in PEERS:
-                over = statistics.median(r["total"] for r in rows) - f50
+            if mode.startswith("devloop-") or parse_mode(mode)[0] in PEERS:
+                over = pct([r["total"] for r in rows if r["total"] is not None], 0.5) - f50
                 results["overhead_above_floor"][mode] = round(over, 3)
-                print(f"{mode}: {over:+.2f}s above the floor ({f50:.2f}s, p50 total)")
-    print(f"idle: {json.dumps(results['idle'])}; load average {results['load_average_start']} → {results['load_average_end']}")
+                urls = [r["browser"] for r in rows if r.get("browser") is not None]
+                url = f"; forwarded URL p50 {pct(urls, 0.5):.2f}s vs the floor's first replica {f50_first:.2f}s" if urls else ""
+                print(f"{mode}: {over:+.2f}s above the floor ({f50:.2f}s, p50 every replica){url}")
+    if up:
+        print_up(up)
+    if "services" in results:
+        sv = results["services"]
+        print(f"services: one service p50 {sv['one_p50']:.2f}s, two in one save p50 {sv['two_p50']:.2f}s: {sv['ratio_p50']:.2f}x")
+    print(f"idle: {json.dumps(results.get('idle'))}; load average {results['load_average_start']} → {results['load_average_end']}")
     if args.scale:  # after the loop's cluster is gone: scale.py makes its own (one cluster at a time on 2 cores)
         from benchmarks.scale import run as run_scale
 
