@@ -318,8 +318,8 @@ class PortForward:
         self._rewatches = 0
         if event.deleting or event.ready:
             self.early.forget(event.name, gone=event.deleting)
-        elif event.created and parse_time(event.created) >= self._since - 1:
-            self.early.watch(event.name)
+        elif event.running and event.created and parse_time(event.created) >= self._since - 1:
+            self.early.watch(event.name)  # from the moment its containers run: before that no probe can pass
         if self.upstreams.seen(event.name, event.ready and not event.deleting, event.created) and not self.ready:
             self._poke.set()  # a pod got Ready (or not): check the forward now, not at the next retry
 

@@ -34,6 +34,7 @@ class PodEvent:
     ready: bool = False  # the Ready condition is True (and the pod is not being deleted)
     created: str = ""  # metadata.creationTimestamp (RFC 3339: sorts as time)
     ip: str = ""
+    running: bool = False  # every container has started (its app may not listen yet)
 
     @classmethod
     def of(cls, pod: Mapping[str, Any], deleted: bool = False) -> PodEvent | None:
@@ -52,6 +53,7 @@ class PodEvent:
             pod_ready(pod) and not gone,
             str(meta.get("creationTimestamp", "")),
             str(status.get("podIP", "") or ""),
+            bool(status.get("containerStatuses")) and all("running" in (cs.get("state") or {}) for cs in status["containerStatuses"]),
         )
 
 
