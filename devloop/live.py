@@ -49,7 +49,7 @@ LISTEN_JS = "/tmp/.devloop-listen.js"  # the preload below, written by the super
 UP = "/tmp/.devloop-up"  # the generation of the app process that last started listening (written by the preload)
 FAILED = "/tmp/.devloop-failed"  # "<generation> <exit code>" of a new process that ended while the one it replaces ran
 
-GO = "/tmp/.devloop-go"  # a FIFO the spare process waits on
+GO = "/tmp/.devloop-go"  # + ".<generation>": the FIFO a spare process waits on (one per spare; it removes it)
 
 # Make-before-break restarts for Node.js apps. Every node process the supervisor starts preloads this
 # (NODE_OPTIONS --require; CommonJS, any Node version); it acts in the app's own process only (not in
@@ -71,7 +71,7 @@ LISTEN_PRELOAD = f"""(() => {{
   if (/^(npm|npx|yarn|pnpm|corepack)(-cli)?([.]c?js)?$/.test(base) || !env.DEVLOOP_GEN) return;
   const gen = env.DEVLOOP_GEN, old = Number(env.DEVLOOP_REPLACES || 0), sup = Number(env.DEVLOOP_SUPERVISOR || 0), go = env.DEVLOOP_GO;
   for (const k of ["DEVLOOP_GEN", "DEVLOOP_REPLACES", "DEVLOOP_SUPERVISOR", "DEVLOOP_GO"]) delete env[k];
-  if (go) {{ try {{ fs.readFileSync(go); }} catch (_) {{}} }}
+  if (go) {{ try {{ fs.readFileSync(go); }} catch (_) {{}} try {{ fs.unlinkSync(go); }} catch (_) {{}} }}
   const listen = net.Server.prototype.listen, emit = net.Server.prototype.emit;
   let until = 0, asked = false, up = false;
   net.Server.prototype.listen = function (...args) {{
@@ -118,7 +118,7 @@ if printf '%s\\n' '{LISTEN_PRELOAD}' > {LISTEN_JS} 2>/dev/null; then
   export NODE_OPTIONS="${{NODE_OPTIONS:+$NODE_OPTIONS }}--require {LISTEN_JS}" DEVLOOP_SUPERVISOR="$me"
   command -v mkfifo >/dev/null 2>&1 && warm=1
 fi
-gen=1; old=; spare=; spare_for=; next=; more=
+gen=1; old=; spare=; spare_for=; spare_go=; next=; more=
 DEVLOOP_GEN=$gen "$@" &
 child=$!
 echo "$child $gen" > {CHILD_PID}
@@ -128,9 +128,9 @@ while :; do
     next=; old=$child; gen=$((gen+1))
     if [ -n "$spare" ] && [ "$spare_for" = "$old" ] && kill -0 "$spare" 2>/dev/null; then
       child=$spare
-      echo go > {GO} &
+      echo go > "$spare_go" &
     else
-      [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null
+      [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null && rm -f "$spare_go"
       DEVLOOP_GEN=$gen DEVLOOP_REPLACES=$old "$@" &
       child=$!
     fi
@@ -140,8 +140,8 @@ while :; do
   fi
   if [ -n "$more" ]; then
     more=
-    if [ -n "$warm" ] && [ -z "$spare" ] && rm -f {GO} && mkfifo -m 600 {GO}; then
-      DEVLOOP_GEN=$((gen+1)) DEVLOOP_REPLACES=$child DEVLOOP_GO={GO} "$@" &
+    if [ -n "$warm" ] && [ -z "$spare" ] && spare_go={GO}.$((gen+1)) && rm -f "$spare_go" && mkfifo -m 600 "$spare_go"; then
+      DEVLOOP_GEN=$((gen+1)) DEVLOOP_REPLACES=$child DEVLOOP_GO="$spare_go" "$@" &
       spare=$!; spare_for=$child
     fi
     continue
@@ -160,7 +160,7 @@ while :; do
     echo "$child $gen" > {CHILD_PID}
     continue
   fi
-  [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null
+  [ -n "$spare" ] && kill -TERM "$spare" 2>/dev/null && rm -f "$spare_go"
   exit "$code"
 done"""
 
