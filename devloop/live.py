@@ -843,7 +843,8 @@ class LiveSync:
         if not_started and len(not_started) == len(names):
             raise start_failure(names, len(names), not_started[0])
         if not_started:
-            errors.append(f"{len(not_started)} of {len(names)} replicas did not start the new code ({not_started[0].lines[-1:] or ''})")
+            said = not_started[0].lines[-1] if not_started[0].lines else f"exit {not_started[0].code}"
+            errors.append(f"{len(not_started)} of {len(names)} replicas did not start the new code ({said})")
         self._overlap[svc.name] = bool(modes) and all(m == "overlap" for m in modes)
         if errors:
             raise NoSync(errors[0])
