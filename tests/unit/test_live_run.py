@@ -243,3 +243,39 @@ def test_the_steps_script_quotes_every_word() -> None:
     assert script.splitlines() == ["step 0 npx tsc -p . || exit 1", "step 2 sh -c 'echo '\"'\"'a b'\"'\"'' || exit 1"]
     ran = subprocess.run(["sh", "-c", 'step() { shift; [ "$1" = npx ] || "$@"; }\n' + script], capture_output=True, text=True)
     assert ran.stdout == "a b\n"
+
+
+class NotStartingCluster(StepCluster):
+    """A sync whose new app process ends before it listens (make-before-break: SYNC exits 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash = False
+
+    def exec(self, name: str, namespace: str, argv: list[str], stdin: bytes | None = None, timeout: float = 30) -> str:
+        if self.crash and argv[:2] == ["sh", "-c"] and argv[2] == live.SYNC:
+            self.syncs.append((name, [], []))
+            said = "devloop sync: the new app process exited (code 1) before it listened; the one before keeps serving"
+            raise CommandFailed(argv, live.NOT_STARTED, f"{live.RESTART} overlap\n{said}\n")
+        return super().exec(name, namespace, argv, stdin, timeout)
+
+
+def test_new_code_that_cannot_start_fails_the_cycle_the_old_process_serving_and_nothing_rebuilt(sample_copy: Path) -> None:
+    cluster = NotStartingCluster()
+    e, _, docker = engine(sample_copy, cluster)
+    e.up()
+    builds = list(docker.builds)
+    server = sample_copy / "sample-app" / "server.js"
+    server.write_text(server.read_text() + "\nthis is not javascript(\n")
+    cluster.crash = True
+    (r,) = e.run(Plan(services=(ServiceChange("web-app", sync=("server.js",), image_files=("server.js",), reason="live update"),)))
+    assert not r.ok and r.error is not None and r.error.phase == "start"
+    assert r.error.message.startswith("the app did not start with this save in ") and "before it listened" in r.error.message
+    assert len(r.error.message.splitlines()) == 1 and "pod's log" in r.error.hint
+    assert "keeps serving" in r.outcome and "the other replicas were not touched" in r.outcome
+    assert docker.builds == builds and len(cluster.syncs) == 1  # no rebuild; the first replica only
+    cluster.crash = False  # fixed: the next save sends the failed save's file again, to every replica
+    (sample_copy / "sample-app" / "extra.js").write_text("// new\n")
+    (r2,) = e.run(Plan(services=(ServiceChange("web-app", sync=("extra.js",), image_files=("extra.js",), reason="live update"),)))
+    assert r2.ok and r2.synced, r2.error
+    assert [files for _, files, _ in cluster.syncs[1:]] == [["extra.js", "server.js"]] * 3
