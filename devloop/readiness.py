@@ -168,30 +168,35 @@ class EarlyReady:
 
     def _run(self, pod: str, stop: threading.Event) -> None:
         try:
-            spec = self.spec_of(pod)
-            probe = probe_of(spec, self.port()) if spec is not None else None
-            if probe is None:
-                return  # no probe devloop can run: the kubelet decides
-            deadline = self.clock() + GIVE_UP
-            passed = failed = 0
-            early = False
-            while not stop.is_set() and self.clock() < deadline:
-                started = self.clock()
-                try:
-                    ok = passes(self.connect(pod, probe.port), probe)
-                except Exception:  # not running yet, the API server busy: the next round
-                    ok = False
-                passed, failed = (passed + 1, 0) if ok else (0, failed + 1)
-                if not early and passed >= probe.successes and not stop.is_set():
-                    early = True
-                    self.on_pass(pod)
-                elif early and failed >= probe.failures:
-                    early = False  # as the kubelet would: not ready after failureThreshold failures in a row
-                    self.on_fail(pod)
-                # once routed to, it is still probed (less often) until the kubelet has its say
-                stop.wait(max(0.0, (self.interval * (4 if early else 1)) - (self.clock() - started)))
+            self._probe(pod, stop)
+        except Exception:  # never a traceback from a background probe (the session closing, the API server away): the kubelet decides
+            return
         finally:
             with self._lock:
                 if self._probing.get(pod) is stop:
                     del self._probing[pod]
                     self._done.add(pod)
+
+    def _probe(self, pod: str, stop: threading.Event) -> None:
+        spec = self.spec_of(pod)
+        probe = probe_of(spec, self.port()) if spec is not None else None
+        if probe is None:
+            return  # no probe devloop can run: the kubelet decides
+        deadline = self.clock() + GIVE_UP
+        passed = failed = 0
+        early = False
+        while not stop.is_set() and self.clock() < deadline:
+            started = self.clock()
+            try:
+                ok = passes(self.connect(pod, probe.port), probe)
+            except Exception:  # not running yet, the API server busy: the next round
+                ok = False
+            passed, failed = (passed + 1, 0) if ok else (0, failed + 1)
+            if not early and passed >= probe.successes and not stop.is_set():
+                early = True
+                self.on_pass(pod)
+            elif early and failed >= probe.failures:
+                early = False  # as the kubelet would: not ready after failureThreshold failures in a row
+                self.on_fail(pod)
+            # once routed to, it is still probed (less often) until the kubelet has its say
+            stop.wait(max(0.0, (self.interval * (4 if early else 1)) - (self.clock() - started)))

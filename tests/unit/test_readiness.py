@@ -158,3 +158,18 @@ def test_a_pod_the_kubelet_calls_ready_is_not_probed() -> None:
     early.forget("web-1")
     early.watch("web-1")
     assert early.probing() == [] and calls == []
+
+
+def test_a_probe_whose_pod_cannot_be_read_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session closing (its API client gone) while a pod is probed: no traceback from the thread."""
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+
+    def gone(pod: str) -> dict[str, Any]:
+        raise RuntimeError("the API client is closed")
+
+    early = EarlyReady(lambda pod, port: socket.socketpair()[0], gone, print, print)
+    early.watch("web-1")
+    for t in [t for t in threading.enumerate() if t.name == "early-ready-web-1"]:
+        t.join(30)
+    assert escaped == [] and early.probing() == []
