@@ -241,6 +241,10 @@ class PortForward:
             )
         return "check the Service's selector and ports (`kubectl get endpoints`)"
 
+    def renew(self, pods: list[str]) -> None:
+        """After a live update restarted the app in these pods: no connection opened ahead to the process from before."""
+        self.proxy.renew(pods)
+
     def stop(self) -> None:
         self._stopped.set()
         self._poke.set()

@@ -183,7 +183,9 @@ fi"""
 # base64 sh script or "-", $3...: container ports as the 4-digit hex /proc/net/tcp uses): unpack, run
 # the steps in the target directory (one failing: exit 4, no restart), then restart the app and wait
 # until the new process answers; it says which way on stderr ("{RESTART} overlap|stop-start").
-#   overlap (the supervisor writes its pid, and the running process listened through the preload):
+#   overlap (no run steps in this sync, the supervisor writes its pid, and the running process
+#     listened through the preload; a sync with liveUpdate.run steps restarts stop-start: with them
+#     the new code was seen served late, issue 22's note):
 #     USR1 asks for the new process beside the old one; done when the preload says the new generation
 #     listens (the old one is asked to stop then, in any case); a new process that ends first leaves
 #     the old one serving (exit 5); one that never listens within 30 s is stopped (exit 3).
@@ -199,7 +201,7 @@ target=$1; steps=$2; shift 2
 tar -xf - -C "$target" || fail "cannot unpack the files into $target"
 {RUN_STEPS}
 read -r old gen < {CHILD_PID} || fail "no app process started by the devloop supervisor ({CHILD_PID} missing)"
-if [ -n "$gen" ] && [ -s {UP} ] && read -r sup < {SUPERVISOR_PID}; then
+if [ "$steps" = - ] && [ -n "$gen" ] && [ -s {UP} ] && read -r sup < {SUPERVISOR_PID}; then
   echo "{RESTART} overlap" >&2
   want=$((gen+1)); i=0
   kill -USR1 "$sup" || fail "the devloop supervisor ($sup) is gone"
@@ -218,7 +220,12 @@ if [ -n "$gen" ] && [ -s {UP} ] && read -r sup < {SUPERVISOR_PID}; then
     [ "$now" = "$old" ] && [ $((i % 50)) -eq 49 ] && kill -USR1 "$sup" 2>/dev/null
     i=$((i+1)); sleep 0.02
   done
-  kill -TERM "$old" 2>/dev/null
+  # the new process answers; the one before was asked to stop when the port was taken: wait until it
+  # is gone (at most 30 s, asked again each second), so that no connection it still holds is taken for the new code
+  kill -TERM "$old" 2>/dev/null; i=0
+  while kill -0 "$old" 2>/dev/null && [ $i -lt 600 ]; do
+    sleep 0.05; i=$((i+1)); [ $((i % 20)) -eq 0 ] && kill -TERM "$old" 2>/dev/null
+  done
   exit 0
 fi
 echo "{RESTART} stop-start" >&2

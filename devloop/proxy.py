@@ -660,6 +660,21 @@ class Proxy:
         spare[1].close()
         return None
 
+    def renew(self, pods: Iterable[str]) -> None:
+        """The apps in these pods were restarted in place (a live update): a connection opened ahead
+        to one of them reaches the process from before, which may still drain; drop it (the next
+        one is opened to the new process)."""
+        names = set(pods)
+        with self._lock:
+            spare = self._spare
+            if spare is not None and spare[0] in names:
+                self._spare = None
+            else:
+                spare = None
+        if spare is not None:
+            spare[1].close()
+            self.upstreams.wake()
+
     @property
     def threads(self) -> int:
         with self._lock:

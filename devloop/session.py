@@ -539,6 +539,9 @@ class DevSession:
             svc = self.config.service(r.service)
             if r.synced:
                 self._watch_pods(svc, r.ready_pods)
+                a = self._access(svc)
+                for f in a.forwards:  # make-before-break: the process from before may still hold a connection opened ahead
+                    f.renew(r.ready_pods)
             elif (r.ok and not r.skipped) or r.rolled_back:
                 self._ready(svc, r.ready_pods)
             elif first and r.ok:
