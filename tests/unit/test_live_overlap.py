@@ -9,7 +9,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,15 +18,10 @@ from pathlib import Path
 import pytest
 
 from devloop import live
+from devloop.forward import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Pod:
